@@ -18,11 +18,13 @@ from mi_losses.functional._validation import (
 
 __all__ = ["pairwise_square_mahalanobis_distance", "square_mahalanobis_distance"]
 
-# In float32 the expansion ``y^2 - 2 y c + c^2`` loses about ``eps * (y^2 + c^2) / (y - c)^2`` of
-# relative accuracy. Pairs whose centred terms exceed their distance by more than this factor
-# times ``1e-5 / eps`` are re-evaluated in float64 (rare: it takes near-duplicate samples far
-# from the batch mean, relative to sigma).
-_ACCURACY = 1e-5
+# Rounding the expanded terms ``[a y^2].W`` and ``[a].U`` (their sum is the pair's "magnitude")
+# costs about ``eps * magnitude`` nats of absolute accuracy in the distance: nothing when the
+# data are centred and independent, a lot for near-duplicate samples far from the batch mean
+# (relative to sigma). Pairs that would lose more than this relative and absolute tolerance are
+# rare; when any exists the distances are evaluated again in float64.
+_RELATIVE_TOLERANCE = 1e-5
+_ABSOLUTE_TOLERANCE = 1e-4  # nats
 
 
 def square_mahalanobis_distance(
@@ -174,12 +176,10 @@ def pairwise_mahalanobis(
         weight = component_mask.unsqueeze(-1)
         reference = (weight * centres).sum(0) / weight.sum(0).clamp_min(1.0)
     queries, centres = queries - reference, centres - reference
-    distance, conditioning = _ExpandedMahalanobis.apply(
+    distance, excess_error = _ExpandedMahalanobis.apply(
         queries, centres, stds, query_mask, component_mask
     )
-    if distance.dtype != torch.float64 and bool(
-        conditioning > _ACCURACY / torch.finfo(distance.dtype).eps
-    ):
+    if distance.dtype != torch.float64 and bool(excess_error > _ABSOLUTE_TOLERANCE):
         distance, _ = _ExpandedMahalanobis.apply(
             queries.double(),
             centres.double(),
@@ -197,8 +197,8 @@ class _ExpandedMahalanobis(torch.autograd.Function):
     ``W = b / sigma^2``, ``V = W c`` and ``U = sum_e W c^2``, for centred queries ``y``
     ``(M, S, E)`` and centres ``c`` ``(N, S, E)``. The forward pass runs two large matrix
     products, the backward pass four, and nothing of size ``(M, N, S, E)`` is ever formed.
-    The second output is the conditioning of the expansion: the largest ratio, over pairs, of
-    the magnitude of the expanded terms to the distance, by which rounding errors are amplified.
+    The second output is the largest rounding error of the expansion, ``eps * magnitude``, in
+    excess of the relative tolerance ``_RELATIVE_TOLERANCE * D`` over all pairs.
     """
 
     @staticmethod
@@ -212,14 +212,12 @@ class _ExpandedMahalanobis(torch.autograd.Function):
         cross = flat @ weighted.reshape(num_components, -1).T
         magnitude = squares.add_(query_mask @ (weighted * centres).sum(-1).T)
         distance = magnitude.sub(cross, alpha=2.0).mul_(0.5).clamp_min_(0.0)
-        tiny = torch.finfo(distance.dtype).tiny
-        if distance.numel():
-            conditioning = magnitude.div_(distance.mul(2.0).add_(tiny)).amax()
-        else:
-            conditioning = distance.new_zeros(())
+        eps = torch.finfo(distance.dtype).eps
+        excess_error = magnitude.mul_(eps).sub_(distance, alpha=_RELATIVE_TOLERANCE)
+        excess_error = excess_error.amax() if excess_error.numel() else distance.new_zeros(())
         ctx.save_for_backward(masked, centres, stds, query_mask, inverse_variance, weighted)
-        ctx.mark_non_differentiable(conditioning)
-        return distance, conditioning
+        ctx.mark_non_differentiable(excess_error)
+        return distance, excess_error
 
     @staticmethod
     @torch.autograd.function.once_differentiable
