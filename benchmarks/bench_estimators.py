@@ -387,6 +387,7 @@ def _time_limit(seconds: float) -> Iterator[None]:
 @dataclasses.dataclass
 class Measurement:
     seconds: float | None = None  # median over the timed calls
+    min_seconds: float | None = None
     peak_bytes: int | None = None  # of the one memory run
     runs: int = 0
     value: float | None = None
@@ -443,6 +444,7 @@ def measure(
         sync()
         times.append(time.perf_counter() - start)
     out.seconds = statistics.median(times)
+    out.min_seconds = min(times)
     out.runs = len(times)
     if isinstance(result, torch.Tensor):
         out.value = float(result.detach().double())
@@ -636,6 +638,14 @@ def run_case(
                 if library.grads is not None and naive.grads is not None
                 else None
             ),
+            "naive_min_s": naive.min_seconds,
+            "library_min_s": library.min_seconds,
+            "floor_min_s": floor.min_seconds,
+            # the library's peak in units of one float32 (M, N) matrix and of one (B, S, E) input
+            "library_peak_over_mn": _ratio(library.peak_bytes, 4 * m * n),
+            "library_peak_over_input": _ratio(
+                library.peak_bytes, means.numel() * means.element_size()
+            ),
             "naive_estimated_gib": naive_bytes / GIB,
             "runs": f"{naive.runs}/{library.runs}/{floor.runs}",
             "note": "; ".join(notes),
@@ -674,6 +684,11 @@ CSV_COLUMNS = [
     "naive_value",
     "naive_vs_library_rel_diff",
     "naive_vs_library_grad_rel_diff",
+    "naive_min_s",
+    "library_min_s",
+    "floor_min_s",
+    "library_peak_over_mn",
+    "library_peak_over_input",
     "naive_estimated_gib",
     "runs",
     "note",
@@ -729,6 +744,9 @@ def machine_line(device: torch.device) -> str:
         f"torch {torch.__version__}",
         f"python {platform.python_version()}",
     ]
+    with contextlib.suppress(OSError):
+        load = os.getloadavg()
+        parts.append(f"load average at start {load[0]:.1f}")
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         parts.insert(
@@ -769,6 +787,8 @@ def write_results(
             writer.writerow(
                 {key: ("" if row.get(key) is None else row.get(key)) for key in CSV_COLUMNS}
             )
+    with contextlib.suppress(OSError):
+        machine += f" (at end {os.getloadavg()[0]:.1f})"
     text = [
         f"Machine: {machine}",
         "",
