@@ -15,7 +15,8 @@ gradients w.r.t. all four ``(B, S, E)`` inputs, three ways, in one process:
     ``MATH.md`` (Performance) and the four products autograd needs for their backward, with
     ``K = S * E``, ``M = N = B / 2`` (sequence) or ``K = E``, ``M = N = B * S / 2`` (token).
 
-Times are medians over repeats after a warm-up run. Peak extra memory is the high-water mark of
+Times are medians over repeats after a warm-up run (``--statistic min``: the fastest repeat,
+the better estimate on a machine shared with other jobs; the CSV has both). Peak extra memory is the high-water mark of
 tensor memory above what was allocated before the call (the inputs), gradients of the inputs
 included, measured in one separate (untimed) run: on CPU the running sum of the allocation and
 free events of ``torch.profiler`` (``profile_memory=True``), the same quantity as
@@ -386,7 +387,8 @@ def _time_limit(seconds: float) -> Iterator[None]:
 
 @dataclasses.dataclass
 class Measurement:
-    seconds: float | None = None  # median over the timed calls
+    seconds: float | None = None  # median over the timed calls (min with --statistic min)
+    median_seconds: float | None = None
     min_seconds: float | None = None
     peak_bytes: int | None = None  # of the one memory run
     runs: int = 0
@@ -443,7 +445,7 @@ def measure(
         result = step()
         sync()
         times.append(time.perf_counter() - start)
-    out.seconds = statistics.median(times)
+    out.seconds = out.median_seconds = statistics.median(times)
     out.min_seconds = min(times)
     out.runs = len(times)
     if isinstance(result, torch.Tensor):
@@ -641,6 +643,9 @@ def run_case(
                 if library.grads is not None and naive.grads is not None
                 else None
             ),
+            "naive_median_s": naive.median_seconds,
+            "library_median_s": library.median_seconds,
+            "floor_median_s": floor.median_seconds,
             "naive_min_s": naive.min_seconds,
             "library_min_s": library.min_seconds,
             "floor_min_s": floor.min_seconds,
@@ -687,6 +692,9 @@ CSV_COLUMNS = [
     "naive_value",
     "naive_vs_library_rel_diff",
     "naive_vs_library_grad_rel_diff",
+    "naive_median_s",
+    "library_median_s",
+    "floor_median_s",
     "naive_min_s",
     "library_min_s",
     "floor_min_s",
@@ -799,7 +807,7 @@ def write_results(
         f"Command: `{command}`",
         "",
         f"Forward + backward of `mutual_information_sub_batch` (gradients w.r.t. all four "
-        f"`(B, S, E)` inputs); {statistic} seconds; peak extra memory in MiB above the inputs "
+        f"`(B, S, E)` inputs); seconds: {statistic} of the timed calls; peak extra memory in MiB above the inputs "
         f"(input gradients included), measured with `{memory}`.",
         "",
         markdown_table(rows),
