@@ -1,0 +1,102 @@
+"""Input checks shared by every public function: clear ``ValueError`` messages at the boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
+
+
+def check_floating(name: str, tensor: torch.Tensor) -> None:
+    """Raise unless ``tensor`` is a floating-point tensor."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name} must have a floating-point dtype, got {tensor.dtype}")
+
+
+def check_ndim(name: str, tensor: torch.Tensor, ndim: int, layout: str) -> None:
+    """Raise unless ``tensor`` has ``ndim`` dimensions (``layout`` names them, e.g. ``(B, S, E)``)."""
+    if tensor.ndim != ndim:
+        raise ValueError(
+            f"{name} must have {ndim} dimensions {layout}, got shape {_shape(tensor.shape)}"
+        )
+
+
+def check_same_shape(name: str, tensor: torch.Tensor, like_name: str, like: torch.Tensor) -> None:
+    """Raise unless ``tensor`` has the shape of ``like``."""
+    if tensor.shape != like.shape:
+        raise ValueError(
+            f"{name} must have shape {_shape(like.shape)} like {like_name}, "
+            f"got {_shape(tensor.shape)}"
+        )
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    """Raise unless every given tensor lives on the same device."""
+    present = {name: t for name, t in tensors.items() if t is not None}
+    devices = {name: t.device for name, t in present.items()}
+    first_name, first_device = next(iter(devices.items()))
+    for name, device in devices.items():
+        if device != first_device:
+            raise ValueError(
+                f"{name} must be on the same device as {first_name} ({first_device}), got {device}"
+            )
+
+
+def check_positive(name: str, tensor: torch.Tensor) -> None:
+    """Raise unless every element of ``tensor`` is finite and ``> 0`` (one fused pass, one sync)."""
+    if not bool(torch.all((tensor > 0) & torch.isfinite(tensor))):
+        raise ValueError(
+            f"{name} must be finite and > 0 everywhere, got min {tensor.min().item():.3g} "
+            "(pass validate_args=False to skip this check)"
+        )
+
+
+def as_bool_mask(
+    name: str,
+    mask: torch.Tensor | None,
+    shape: Sequence[int],
+    device: torch.device,
+    *,
+    validate_values: bool,
+) -> torch.Tensor:
+    """Return ``mask`` as a bool tensor of ``shape``; ``None`` means all true.
+
+    Accepts bool masks and numeric masks whose values are 0 or 1.
+    """
+    if mask is None:
+        return torch.ones(tuple(shape), dtype=torch.bool, device=device)
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {_shape(shape)}, got {_shape(mask.shape)}")
+    if mask.device != device:
+        raise ValueError(f"{name} must be on device {device}, got {mask.device}")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_complex():
+        raise ValueError(f"{name} must be bool or hold only 0 and 1, got dtype {mask.dtype}")
+    if validate_values and not bool(torch.all((mask == 0) | (mask == 1))):
+        raise ValueError(f"{name} must be bool or hold only 0 and 1, got other values")
+    return mask != 0
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype the estimators compute in: float32 or better (half precision is promoted)."""
+    dtype = tensors[0].dtype
+    for tensor in tensors[1:]:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return torch.promote_types(dtype, torch.float32)
+
+
+def result_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype results are returned in: the promoted input dtype."""
+    dtype = tensors[0].dtype
+    for tensor in tensors[1:]:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
