@@ -12,6 +12,7 @@ MASK_PATTERNS = (
     "int01",  # random, as an int64 0/1 tensor
     "empty_rows",  # random, with one fully masked row in each half
     "disjoint",  # first half active only at even s, second half only at odd s
+    "one_hot",  # one active position per row: in sequence granularity V_i is a strict subset
     "first_half_empty",  # no query of the first half is active
     "all_empty",  # nothing is active
 )
@@ -40,6 +41,9 @@ def make_mask(pattern: str, b: int, s: int, seed: int = 0) -> Tensor | None:
         mask[:half] = even
         mask[half:] = ~even
         return mask
+    if pattern == "one_hot":
+        position = torch.randint(0, s, (b,), generator=g)
+        return torch.nn.functional.one_hot(position, s).bool()
     if pattern == "first_half_empty":
         mask[:half] = False
         mask[half:, 0] = True

@@ -45,7 +45,7 @@ def _mean_and_stderr(values: list[float]) -> tuple[float, float]:
 @pytest.mark.parametrize(
     ("granularity", "b", "s", "e", "masked"),
     [
-        ("sequence", 2048, 1, 1, False),
+        ("sequence", 1024, 1, 1, False),
         ("sequence", 1024, 1, 2, False),
         ("token", 64, 32, 2, True),  # ~600 query tokens against ~600 component tokens
     ],
@@ -53,7 +53,7 @@ def _mean_and_stderr(values: list[float]) -> tuple[float, float]:
 def test_gaussian_channel_low_dimension_is_close(granularity, b, s, e, masked) -> None:
     """E[L1Out] - I ~ (exp(2 I) - 1) / (2 N) (delta method; E_y E_x[p(y|x)^2] / p(y)^2 =
     (1 + snr)^d = exp(2 I)); with N ~ 1000 components that is < 0.02 nats here."""
-    signal, noise, seeds = 1.0, 0.5, 8
+    signal, noise, seeds = 1.0, 0.5, 6
     dims = e if granularity == "token" else s * e
     closed = _closed_form(dims, signal, noise)
     values, components = [], []
@@ -111,11 +111,11 @@ def test_infonce_below_and_l1out_above_on_average() -> None:
     s, e, signal, noise = 1, 2, 1.0, 0.5
     closed = _closed_form(s * e, signal, noise)
     upper, lower = [], []
-    for seed in range(10):
-        inputs = _channel(512, s, e, signal, noise, seed)
+    for seed in range(6):
+        inputs = _channel(256, s, e, signal, noise, seed)
         upper.append(mutual_information_sub_batch(noise_mask=None, **inputs).item())
         info_nce = ref.mutual_information_sub_batch(noise_mask=None, info_nce=True, **inputs)
-        assert info_nce.per_query.max().item() <= math.log(256 + 1) + 1e-12
+        assert info_nce.per_query.max().item() <= math.log(128 + 1) + 1e-12
         lower.append(info_nce.value.item())
     upper_mean, upper_err = _mean_and_stderr(upper)
     lower_mean, lower_err = _mean_and_stderr(lower)

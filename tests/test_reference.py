@@ -274,7 +274,7 @@ def test_reference_gaussian_channel_is_sandwiched_by_l1out_and_infonce() -> None
     signal, noise, e = 1.0, 0.5, 1
     closed = 0.5 * e * math.log(1 + signal**2 / noise**2)
     l1out, nce = [], []
-    for seed in range(4):
+    for seed in range(2):
         inputs = _channel(1024, 1, e, signal, noise, seed)
         upper = ref.mutual_information_sub_batch(noise_mask=None, **inputs)
         lower = ref.mutual_information_sub_batch(noise_mask=None, info_nce=True, **inputs)
