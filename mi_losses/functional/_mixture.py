@@ -100,7 +100,9 @@ def negative_log_mean_exp(z: torch.Tensor, valid: torch.Tensor) -> LogMeanExp:
     log_num_valid = num_valid.clamp_min(1).to(z.dtype).log()
     value = torch.where(query_valid, log_num_valid - log_sum, 0.0)
     with torch.no_grad():
-        log_weights = masked - log_sum.unsqueeze(-1)
+        # Normalised by their own sum (softmax), not by exp(-log_sum): the weights then sum to one
+        # to rounding, which keeps sum_j w_ij t_ij accurate when |z| is large.
+        log_weights = torch.log_softmax(masked, dim=-1)
         weights = torch.where(valid, log_weights.exp(), 0.0)
         weight_entropy = -torch.where(valid, weights * log_weights, 0.0).sum(-1)
     return LogMeanExp(value, query_valid, weights, log_num_valid.detach(), weight_entropy)
