@@ -160,3 +160,26 @@ def test_low_precision_distances(dtype) -> None:
         rtol=1e-2,
         atol=1e-2,
     )
+
+
+@pytest.mark.parametrize("std", [1.0, 0.01])
+@pytest.mark.parametrize("offset_over_std", [0.0, 10.0, 100.0])
+@pytest.mark.parametrize("spread_over_std", [0.01, 1.0, 10.0, 100.0])
+@pytest.mark.parametrize("shape", [(8, 8, 1, 1), (16, 12, 4, 16), (40, 40, 2, 64)], ids=str)
+def test_pairwise_float32_regime_scan(shape, spread_over_std, offset_over_std, std) -> None:
+    """|c| up to ~100 sigma, half of the queries next to a centre (near-zero distances):
+    float32 within 1e-4 relative of the float64 evaluation, or 1e-4 nats absolute."""
+    m, n, s, e = shape
+    g = torch.Generator().manual_seed(int(offset_over_std) + int(100 * spread_over_std) + e)
+    offset, spread = offset_over_std * std, spread_over_std * std
+    queries = offset + spread * torch.randn(m, s, e, generator=g, dtype=torch.float64)
+    centres = offset + spread * torch.randn(n, s, e, generator=g, dtype=torch.float64)
+    near = min(m, n)
+    queries[:near] = centres[:near] + std * torch.randn(
+        near, s, e, generator=g, dtype=torch.float64
+    )
+    stds = std * (0.5 + torch.rand(n, s, e, generator=g, dtype=torch.float64))
+    q32, c32, s32 = queries.float(), centres.float(), stds.float()
+    got = pairwise_square_mahalanobis_distance(q32, c32, s32)
+    expected = ref.pairwise_square_mahalanobis_distance(q32, c32, s32)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)

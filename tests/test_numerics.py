@@ -273,3 +273,40 @@ def test_mixture_entropy_components_float32_two_far_components() -> None:
     )
     total = mahalanobis + losses[ref.LOG_CONSTANTS_KEY].double()
     torch.testing.assert_close(total, value.double().detach(), rtol=1e-4, atol=0.0)
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+@pytest.mark.parametrize("std", [1.0, 0.01])
+@pytest.mark.parametrize("offset_over_std", [0.0, 100.0])
+@pytest.mark.parametrize("spread_over_std", [0.1, 3.0, 30.0])
+def test_mi_float32_regime_scan(spread_over_std, offset_over_std, std, granularity) -> None:
+    """MI value and components in float32 within 1e-4 relative (or 1e-4 nats) of float64."""
+    b, s, e = 8, 2, 16
+    inputs = make_inputs(
+        b,
+        s,
+        e,
+        seed=int(10 * spread_over_std + offset_over_std),
+        dtype=torch.float32,
+        offset=offset_over_std * std,
+        clean_scale=spread_over_std * std,
+        mean_scale=0.3 * std,
+        std_range=(0.5 * std, 1.5 * std),
+    )
+    mask = make_mask("random", b, s, seed=98)
+    losses: dict[str, torch.Tensor] = {}
+    value = mutual_information_sub_batch(
+        noise_mask=mask, losses=losses, granularity=granularity, symmetric=True, **inputs
+    )
+    expected = ref.mutual_information_sub_batch(
+        noise_mask=mask, granularity=granularity, symmetric=True, **inputs
+    )
+    torch.testing.assert_close(value.double(), expected.value.detach(), rtol=1e-4, atol=1e-4)
+    for key in ref.MI_COMPONENT_KEYS:
+        torch.testing.assert_close(
+            losses[key].double(),
+            expected.components[key],
+            rtol=1e-4,
+            atol=1e-4,
+            msg=lambda m, k=key: f"{k}: {m}",
+        )
