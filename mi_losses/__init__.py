@@ -14,6 +14,7 @@ from mi_losses.losses import (
     ComponentLossModule,
     GaussianMixtureEntropy,
     MahalanobisDistance,
+    MutualInformationLoss,
     SubBatchMutualInformation,
 )
 from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings
@@ -50,6 +51,7 @@ __all__ = [
     "GaussianNoiseLayer",
     "Granularity",
     "MahalanobisDistance",
+    "MutualInformationLoss",
     "NoisyEmbeddings",
     "ObfuscationTask",
     "SubBatchMutualInformation",

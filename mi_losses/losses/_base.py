@@ -65,3 +65,24 @@ class ComponentLossModule(nn.Module):
     def _remember(self, estimate: Estimate) -> None:
         self.component_losses = dict(estimate.components)
         self.last_num_queries = estimate.num_queries.detach()
+
+
+class MutualInformationLoss(ComponentLossModule):
+    """Base of the modules that estimate ``I(X; Y)`` from one batch of the noise layer's output.
+
+    What :class:`mi_losses.task.ObfuscationTask` accepts as its privacy loss (``mi_loss`` in
+    YAML). Subclass it to plug your own estimator into the task and its logging: implement
+    :meth:`forward` with this signature, return a scalar and call ``self._remember(estimate)``
+    with an :class:`mi_losses.types.Estimate` so that the component losses get logged.
+    """
+
+    def forward(
+        self,
+        means_tensor: torch.Tensor,
+        stds_tensor: torch.Tensor,
+        noise_mask: torch.Tensor | None,
+        clean_input_embeddings: torch.Tensor,
+        noisy_input_embeddings: torch.Tensor,
+    ) -> torch.Tensor:
+        """Estimate from ``(B, S, E)`` tensors and the ``(B, S)`` noise mask; a scalar."""
+        raise NotImplementedError

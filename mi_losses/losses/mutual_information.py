@@ -6,7 +6,7 @@ import torch
 
 from mi_losses.functional import mutual_information_sub_batch_estimate
 from mi_losses.losses._base import (
-    ComponentLossModule,
+    MutualInformationLoss,
     Units,
     check_bool,
     check_choice,
@@ -15,7 +15,7 @@ from mi_losses.losses._base import (
 from mi_losses.types import Granularity
 
 
-class SubBatchMutualInformation(ComponentLossModule):
+class SubBatchMutualInformation(MutualInformationLoss):
     """Upper bound (in expectation) on the mutual information between clean and noisy embeddings.
 
     Thin wrapper over :func:`mi_losses.functional.mutual_information_sub_batch_estimate`. The
