@@ -161,8 +161,8 @@ class TrainingSummary(Callback):
 
     Records, after every training step, the step values of the logged metrics named in
     ``tracked`` and of every metric whose name starts with ``plot_prefix``. At the end of
-    ``fit`` (global rank zero only) it prints a table (``rich`` if installed) of the first and
-    last value of each tracked metric, writes it to ``summary_filename`` and plots every
+    ``fit`` (global rank zero only) it prints a table (``rich`` if installed) of the first,
+    last, smallest and largest step value of each tracked metric, writes it to ``summary_filename`` and plots every
     recorded series against the step into ``plot_filename`` (matplotlib), both in
     ``trainer.log_dir``. Place it after :class:`ComponentLossLogger` in ``trainer.callbacks``.
 
@@ -216,13 +216,13 @@ class TrainingSummary(Callback):
                 continue
             series.append((step, float(value)))
 
-    def rows(self) -> list[tuple[str, float, float]]:
-        """``(label, first, last)`` for every tracked metric that was recorded."""
+    def rows(self) -> list[tuple[str, float, float, float, float]]:
+        """``(label, first, last, min, max)`` of every tracked metric that was recorded."""
         rows = []
         for label, name in self.tracked.items():
-            series = self.history.get(name)
-            if series:
-                rows.append((label, series[0][1], series[-1][1]))
+            values = [value for _, value in self.history.get(name, [])]
+            if values:
+                rows.append((label, values[0], values[-1], min(values), max(values)))
         return rows
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -241,26 +241,30 @@ class TrainingSummary(Callback):
             print(f"Component-loss plot: {self.plot_path}")
 
 
-def _plain_table(rows: Sequence[tuple[str, float, float]]) -> str:
-    width = max([len("metric"), *(len(label) for label, _, _ in rows)])
-    lines = [f"{'metric':<{width}}  {'first step':>12}  {'last step':>12}"]
-    lines += [f"{label:<{width}}  {first:>12.4g}  {last:>12.4g}" for label, first, last in rows]
+_COLUMNS = ("first step", "last step", "min", "max")
+Row = tuple[str, float, float, float, float]
+
+
+def _plain_table(rows: Sequence[Row]) -> str:
+    width = max([len("metric"), *(len(row[0]) for row in rows)])
+    lines = [f"{'metric':<{width}}" + "".join(f"  {c:>11}" for c in _COLUMNS)]
+    lines += [f"{row[0]:<{width}}" + "".join(f"  {v:>11.4g}" for v in row[1:]) for row in rows]
     return "\n".join(lines)
 
 
-def _print_table(rows: Sequence[tuple[str, float, float]], plain: str) -> None:
+def _print_table(rows: Sequence[Row], plain: str) -> None:
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
         print(plain)
         return
-    table = Table(title="Training summary")
+    table = Table(title="Training summary (step values)")
     table.add_column("metric")
-    table.add_column("first step", justify="right")
-    table.add_column("last step", justify="right")
-    for label, first, last in rows:
-        table.add_row(label, f"{first:.4g}", f"{last:.4g}")
+    for column in _COLUMNS:
+        table.add_column(column, justify="right")
+    for label, *values in rows:
+        table.add_row(label, *(f"{v:.4g}" for v in values))
     Console().print(table)
 
 
@@ -279,7 +283,8 @@ def _plot(history: Mapping[str, list[tuple[int, float]]], path: Path) -> None:
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(names) :]:
         axis.set_visible(False)
-    for axis in axes[-1]:
-        axis.set_xlabel("step")
+    for axis in axes.flat:
+        axis.tick_params(labelbottom=True)
+        axis.set_xlabel("step", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
