@@ -164,7 +164,7 @@ class TrainingSummary(Callback):
     ``fit`` (global rank zero only) it prints a table (``rich`` if installed) of the first,
     last, smallest and largest step value of each tracked metric, writes it to ``summary_filename`` and plots every
     recorded series against the step into ``plot_filename`` (matplotlib), both in
-    ``trainer.log_dir``. Place it after :class:`ComponentLossLogger` in ``trainer.callbacks``.
+    ``trainer.log_dir`` (no files without a logger or under ``fast_dev_run``). Place it after :class:`ComponentLossLogger` in ``trainer.callbacks``.
 
     Args:
         tracked: table rows, ``label: logged metric name``.
@@ -228,13 +228,15 @@ class TrainingSummary(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or not self.history:
             return
-        directory = Path(trainer.log_dir or trainer.default_root_dir)
-        directory.mkdir(parents=True, exist_ok=True)
         rows = self.rows()
         text = _plain_table(rows)
+        _print_table(rows, text)
+        if not trainer.loggers or trainer.fast_dev_run or trainer.log_dir is None:
+            return  # no logs to write next to (no logger, or fast_dev_run's dummy logger)
+        directory = Path(trainer.log_dir)
+        directory.mkdir(parents=True, exist_ok=True)
         self.summary_path = directory / self.summary_filename
         self.summary_path.write_text(text + "\n")
-        _print_table(rows, text)
         if self.plot_filename is not None:
             self.plot_path = directory / self.plot_filename
             _plot(self.history, self.plot_path)

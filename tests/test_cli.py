@@ -52,6 +52,7 @@ def test_config_runs_with_fast_dev_run(config: Path, tmp_path: Path) -> None:
         ]
     )
     assert cli.trainer.global_step == 2
+    assert list(tmp_path.rglob("*.png")) == []  # fast_dev_run writes no logs, so no plot
     assert cli.model.mi_loss.component_losses["mutual_information_loss"].isfinite()
 
 
@@ -121,6 +122,7 @@ def test_callback_help_shows_the_docstrings(capsys: pytest.CaptureFixture[str]) 
         (["--model.alpha", "1.5"], "ObfuscationTask: alpha must lie in [0, 1], got 1.5"),
         (["--data.batch_size", "63"], "batch_size must be even and at least 2"),
         (["--model.init_std", "5.0"], "init_std must lie strictly between"),
+        (["--num_threads", "0"], "num_threads must be a positive integer or null, got 0"),
     ],
 )
 def test_bad_values_fail_at_construction(override: list[str], message: str) -> None:
