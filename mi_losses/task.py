@@ -25,7 +25,8 @@ class ObfuscationTask(pl.LightningModule):
     embeddings must stay useful to): ``0`` means the downstream outputs are unchanged, ``1``
     that they are as far off as a constant output would be.
 
-    Logged per step and epoch (``{stage}`` is ``train``, ``val`` or ``test``): ``{stage}/loss``,
+    Logged per epoch, and per step in training (``{stage}`` is ``train``, ``val`` or ``test``):
+    ``{stage}/loss``,
     ``{stage}/privacy_loss`` (the ``mi_loss`` value), ``{stage}/utility_loss``,
     ``{stage}/std/mean|min|max`` (over noised positions) and
     ``{stage}/gaussian_entropy_log_loss``. The component losses of ``mi_loss`` are logged by
@@ -36,7 +37,8 @@ class ObfuscationTask(pl.LightningModule):
             takes ``(means_tensor, stds_tensor, noise_mask, clean_input_embeddings,
             noisy_input_embeddings)``); default ``SubBatchMutualInformation()``. Swap it or
             its options in YAML with ``class_path``/``init_args``.
-        alpha: weight of the privacy loss, in ``[0, 1]``.
+        alpha: weight of the privacy loss, in ``[0, 1]``. An MI estimate over whole sequences
+            is hundreds of nats while the utility loss is of order 1, hence the small default.
         embedding_dim: ``E`` (linked to ``data.embedding_dim`` by the CLI).
         noise_hidden_dim: width of the noise layer's MLP.
         min_std: lower bound of ``sigma``.
@@ -51,7 +53,7 @@ class ObfuscationTask(pl.LightningModule):
     def __init__(
         self,
         mi_loss: MutualInformationLoss | None = None,
-        alpha: float = 0.5,
+        alpha: float = 0.002,
         embedding_dim: int = 16,
         noise_hidden_dim: int = 64,
         min_std: float = 1e-3,
@@ -111,6 +113,7 @@ class ObfuscationTask(pl.LightningModule):
             clean_input_embeddings=clean,
             noisy_input_embeddings=noisy,
         )
+        # The synthetic data noises exactly the real tokens: the noise mask is the token mask.
         utility = self.utility_loss(clean, noisy, noise_mask)
         loss = self.alpha * privacy + (1.0 - self.alpha) * utility
 

@@ -238,3 +238,30 @@ def test_module_without_component_losses_is_refused() -> None:
     model.mi_loss = torch.nn.Identity()
     with pytest.raises(TypeError, match="has no component_losses"):
         ComponentLossLogger().loss_module(model)
+
+
+def test_example_user_module_logs_its_components(tmp_path: Path) -> None:
+    import runpy
+
+    example = runpy.run_path(
+        str(Path(__file__).parents[1] / "examples" / "own_lightning_module.py")
+    )
+    model = example["PrivateClassifier"]()
+    loader = torch.utils.data.DataLoader(
+        example["make_data"](num=64), batch_size=16, drop_last=True
+    )
+    trainer = pl.Trainer(
+        max_steps=2,
+        logger=CSVLogger(tmp_path, name="example"),
+        log_every_n_steps=1,
+        callbacks=[ComponentLossLogger(module_attribute="privacy", prefix="privacy")],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, loader)
+    trainer.logger.save()
+    rows = [r for r in read_csv(Path(trainer.logger.log_dir) / "metrics.csv") if r.get("step")]
+    logged = [r for r in rows if r.get("train/privacy/mutual_information_loss_step")]
+    assert len(logged) == 2
+    assert all(r[f"train/privacy/{key}_step"] != "" for r in logged for key in MI_KEYS)
