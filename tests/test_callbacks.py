@@ -265,3 +265,61 @@ def test_example_user_module_logs_its_components(tmp_path: Path) -> None:
     logged = [r for r in rows if r.get("train/privacy/mutual_information_loss_step")]
     assert len(logged) == 2
     assert all(r[f"train/privacy/{key}_step"] != "" for r in logged for key in MI_KEYS)
+
+
+def test_tensorboard_logger_receives_every_component(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, data = tiny_setup()
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = pl.Trainer(
+        max_steps=3,
+        logger=logger,
+        log_every_n_steps=1,
+        callbacks=[ComponentLossLogger()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        accelerator="cpu",
+    )
+    trainer.fit(model, datamodule=data)
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    for key in MI_KEYS:
+        assert len(events.Scalars(f"train/mi/{key}_step")) == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_weighted_epoch_mean_on_gpu(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    model, data = tiny_setup()
+    recorder, component_logger = Recorder(), ComponentLossLogger()
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=CSVLogger(tmp_path, name="gpu"),
+        log_every_n_steps=1,
+        callbacks=[recorder, component_logger],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        accelerator="gpu",
+        devices=1,
+    )
+    trainer.fit(model, datamodule=data)
+    assert model.mi_loss.last_num_queries.device.type == "cuda"
+    metric = component_logger.metrics["train"].metrics["mutual_information_loss"]
+    assert metric.device.type == "cuda"
+    trainer.logger.save()
+    rows = read_csv(Path(trainer.logger.log_dir) / "metrics.csv")
+    epoch = next(r for r in rows if r.get("train/mi/mutual_information_loss_epoch"))
+    seen = recorder.seen["train"]
+    assert len(seen) == STEPS_PER_EPOCH
+    for key in MI_KEYS:
+        assert float(epoch[f"train/mi/{key}_epoch"]) == pytest.approx(
+            weighted(seen, key), rel=1e-5, abs=1e-6
+        )
