@@ -19,6 +19,9 @@ class ComponentLossMetrics(nn.Module):
     step ``t``: the mean over all valid queries seen, exactly as if the steps had been one batch.
     The metric states are sums, so distributed sync (``dist_reduce_fx="sum"``) is exact.
 
+    A step without valid queries (weight 0) leaves the epoch value unchanged; its own step
+    value is NaN (there was nothing to average), which loggers show as a gap.
+
     Keys are created on the first update that carries them (or up front with ``keys``), so any
     loss module can be tracked; every later update must carry the same keys.
 

@@ -56,6 +56,14 @@ def test_instances_do_not_share_state() -> None:
     assert float(val.compute()["a"]) == 9.0
 
 
+def test_step_without_valid_queries_does_not_move_the_epoch_value() -> None:
+    metrics = ComponentLossMetrics()
+    metrics(as_tensors({"a": 2.0}), torch.tensor(3))
+    step = metrics(as_tensors({"a": 0.0}), torch.tensor(0))
+    assert torch.isnan(step["a"])
+    assert float(metrics.compute()["a"]) == 2.0
+
+
 def test_nan_component_is_an_error_not_a_silent_average() -> None:
     metrics = ComponentLossMetrics()
     with pytest.raises(RuntimeError, match="nan"):
