@@ -14,8 +14,6 @@ from mi_losses.types import ComponentLossesDict, Estimate
 Units = Literal["nats", "bits"]
 """Unit of an information quantity: natural log (``nats``) or log base 2 (``bits``)."""
 
-_UNITS: tuple[str, ...] = ("nats", "bits")
-
 
 def check_choice(owner: str, option: str, value: object, allowed: Collection[object]) -> None:
     """Raise ``ValueError`` naming ``owner.option``, the allowed values and the value given."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -41,7 +41,7 @@ class MahalanobisDistance(ComponentLossModule):
 
     def __init__(self, reduction: Reduction = "mean") -> None:
         super().__init__()
-        check_choice(type(self).__name__, "reduction", reduction, ("mean", "sum", "none"))
+        check_choice(type(self).__name__, "reduction", reduction, get_args(Reduction))
         self.reduction = reduction
 
     def forward(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -52,9 +52,9 @@ class GaussianMixtureEntropy(ComponentLossModule):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        check_choice(owner, "granularity", granularity, ("sequence", "token"))
-        check_choice(owner, "reduction", reduction, ("mean", "sum"))
-        check_choice(owner, "units", units, ("nats", "bits"))
+        check_choice(owner, "granularity", granularity, get_args(Granularity))
+        check_choice(owner, "reduction", reduction, get_args(Reduction))
+        check_choice(owner, "units", units, get_args(Units))
         self.granularity = granularity
         self.reduction = reduction
         self.units = units

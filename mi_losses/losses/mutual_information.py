@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 
 from mi_losses.functional import mutual_information_sub_batch_estimate
@@ -61,9 +63,9 @@ class SubBatchMutualInformation(MutualInformationLoss):
         super().__init__()
         owner = type(self).__name__
         check_bool(owner, "combine_noise_masks", combine_noise_masks)
-        check_choice(owner, "granularity", granularity, ("sequence", "token"))
+        check_choice(owner, "granularity", granularity, get_args(Granularity))
         check_bool(owner, "symmetric", symmetric)
-        check_choice(owner, "units", units, ("nats", "bits"))
+        check_choice(owner, "units", units, get_args(Units))
         self.combine_noise_masks = combine_noise_masks
         self.granularity = granularity
         self.symmetric = symmetric
