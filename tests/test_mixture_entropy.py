@@ -69,8 +69,11 @@ def test_matches_reference(shape, query_pattern, component_pattern, granularity,
     assert estimate.num_queries.dtype == torch.int64
     assert int(estimate.num_queries) == expected.num_queries
     torch.testing.assert_close(estimate.value, value, rtol=1e-6, atol=1e-7)
+    assert set(estimate.components) == set(ref.ENTROPY_COMPONENT_KEYS)
     for key in ref.ENTROPY_COMPONENT_KEYS:
         torch.testing.assert_close(estimate.components[key], losses[key], rtol=1e-6, atol=1e-7)
+        assert not estimate.components[key].requires_grad
+        assert estimate.components[key].shape == ()
     if expected.num_queries == 0:
         assert value.item() == 0.0
 

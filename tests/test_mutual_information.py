@@ -81,8 +81,11 @@ def test_matches_reference(shape, pattern, granularity, combine, symmetric, dtyp
     assert estimate.num_queries.shape == ()
     assert int(estimate.num_queries) == expected.num_queries
     torch.testing.assert_close(estimate.value, value, rtol=1e-6, atol=1e-7)
+    assert set(estimate.components) == set(ref.MI_COMPONENT_KEYS)
     for key in ref.MI_COMPONENT_KEYS:
         torch.testing.assert_close(estimate.components[key], losses[key], rtol=1e-6, atol=1e-7)
+        assert not estimate.components[key].requires_grad
+        assert estimate.components[key].shape == ()
     if expected.num_queries == 0:
         assert value.item() == 0.0
 
