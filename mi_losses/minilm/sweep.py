@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from mi_losses.minilm.data import PydocTextDataModule
@@ -140,6 +141,7 @@ def sweep(
     learning_rate: float = 3e-3,
     max_std: float = 0.5,
     batch_size: int = 16,
+    num_threads: int | None = None,
 ) -> dict[str, Any]:
     """Train one noise layer per ``alpha``, evaluate it and isotropic noise; write JSON and PNG.
 
@@ -152,12 +154,15 @@ def sweep(
         learning_rate: Adam learning rate of the noise layer.
         max_std: upper bound of the learned ``sigma``.
         batch_size: training batch size (even).
+        num_threads: torch intra-op CPU threads; ``None`` keeps torch's default.
 
     Returns:
         The sweep result: ``learned`` (one entry per ``alpha``), ``isotropic`` (one per std),
         ``seconds``.
     """
     start = time.perf_counter()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
     alphas = [0.003, 0.01, 0.03, 0.1] if alphas is None else alphas
     if isotropic_stds is None:
         isotropic_stds = [0.005, 0.01, 0.02, 0.03, 0.045, 0.06, 0.08, 0.1, 0.13, 0.17, 0.22, 0.3]
