@@ -98,17 +98,19 @@ def negative_log_mean_exp(z: torch.Tensor, valid: torch.Tensor) -> LogMeanExp:
     log_sum = torch.logsumexp(masked, dim=-1)
     num_valid = valid.sum(-1)
     log_num_valid = num_valid.clamp_min(1).to(z.dtype).log()
-    value = torch.where(query_valid, log_num_valid - log_sum, torch.zeros_like(log_sum))
+    value = torch.where(query_valid, log_num_valid - log_sum, 0.0)
     with torch.no_grad():
-        log_weights = masked - log_sum.unsqueeze(-1)
-        weights = torch.where(valid, log_weights.exp(), torch.zeros_like(log_weights))
-        weight_entropy = -torch.where(valid, weights * log_weights, torch.zeros_like(z)).sum(-1)
+        # Normalised by their own sum (softmax), not by exp(-log_sum): the weights then sum to one
+        # to rounding, which keeps sum_j w_ij t_ij accurate when |z| is large.
+        log_weights = torch.log_softmax(masked, dim=-1)
+        weights = torch.where(valid, log_weights.exp(), 0.0)
+        weight_entropy = -torch.where(valid, weights * log_weights, 0.0).sum(-1)
     return LogMeanExp(value, query_valid, weights, log_num_valid.detach(), weight_entropy)
 
 
 def query_mean(per_query: torch.Tensor, query_valid: torch.Tensor) -> torch.Tensor:
     """Mean over valid queries; ``0`` (keeping the graph) when none is valid."""
-    total = torch.where(query_valid, per_query, torch.zeros_like(per_query)).sum()
+    total = torch.where(query_valid, per_query, 0.0).sum()
     return total / query_valid.sum().clamp_min(1).to(per_query.dtype)
 
 

@@ -18,11 +18,13 @@ from mi_losses.functional._validation import (
 
 __all__ = ["pairwise_square_mahalanobis_distance", "square_mahalanobis_distance"]
 
-# In float32 the expansion ``y^2 - 2 y c + c^2`` loses about ``eps * (y^2 + c^2) / (y - c)^2`` of
-# relative accuracy. Pairs whose centred terms exceed their distance by more than this factor
-# times ``1e-5 / eps`` are re-evaluated in float64 (rare: it takes near-duplicate samples far
-# from the batch mean, relative to sigma).
-_ACCURACY = 1e-5
+# Rounding the expanded terms ``[a y^2].W`` and ``[a].U`` (their sum is the pair's "magnitude")
+# costs about ``eps * magnitude`` nats of absolute accuracy in the distance: nothing when the
+# data are centred and independent, a lot for near-duplicate samples far from the batch mean
+# (relative to sigma). Pairs that would lose more than this relative and absolute tolerance are
+# rare; when any exists the distances are evaluated again in float64.
+_RELATIVE_TOLERANCE = 1e-5
+_ABSOLUTE_TOLERANCE = 1e-4  # nats
 
 
 def square_mahalanobis_distance(
@@ -173,15 +175,14 @@ def pairwise_mahalanobis(
     with torch.no_grad():
         weight = component_mask.unsqueeze(-1)
         reference = (weight * centres).sum(0) / weight.sum(0).clamp_min(1.0)
-    distance, conditioning = _expanded_distance(
-        queries - reference, centres - reference, stds, query_mask, component_mask
+    queries, centres = queries - reference, centres - reference
+    distance, excess_error = _ExpandedMahalanobis.apply(
+        queries, centres, stds, query_mask, component_mask
     )
-    if distance.dtype != torch.float64 and bool(
-        conditioning > _ACCURACY / torch.finfo(distance.dtype).eps
-    ):
-        distance, _ = _expanded_distance(
-            (queries - reference).double(),
-            (centres - reference).double(),
+    if distance.dtype != torch.float64 and bool(excess_error > _ABSOLUTE_TOLERANCE):
+        distance, _ = _ExpandedMahalanobis.apply(
+            queries.double(),
+            centres.double(),
             stds.double(),
             query_mask.double(),
             component_mask.double(),
@@ -190,30 +191,57 @@ def pairwise_mahalanobis(
     return distance
 
 
-def _expanded_distance(
-    queries: torch.Tensor,
-    centres: torch.Tensor,
-    stds: torch.Tensor,
-    query_mask: torch.Tensor,
-    component_mask: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``0.5 * ([a y^2].[b/s^2]^T - 2 [a y].[b c/s^2]^T + [a].[b c^2/s^2]^T)`` and its conditioning.
+class _ExpandedMahalanobis(torch.autograd.Function):
+    """``D = 0.5 [a y^2].[W]^T - [a y].[V]^T + 0.5 [a].[U]^T`` with hand-written backward.
 
-    The conditioning is the largest ratio, over pairs, of the summed magnitudes of the expanded
-    terms to the distance itself: the factor by which rounding errors are amplified.
+    ``W = b / sigma^2``, ``V = W c`` and ``U = sum_e W c^2``, for centred queries ``y``
+    ``(M, S, E)`` and centres ``c`` ``(N, S, E)``. The forward pass runs two large matrix
+    products, the backward pass four, and nothing of size ``(M, N, S, E)`` is ever formed.
+    The second output is the largest rounding error of the expansion, ``eps * magnitude``, in
+    excess of the relative tolerance ``_RELATIVE_TOLERANCE * D`` over all pairs.
     """
-    num_queries, num_components = queries.shape[0], centres.shape[0]
-    masked_queries = queries * query_mask.unsqueeze(-1)
-    inverse_variance = component_mask.unsqueeze(-1) / stds.square()
-    weighted_centres = centres * inverse_variance
-    query_squares = masked_queries.square().reshape(num_queries, -1)
-    squares = query_squares @ inverse_variance.reshape(num_components, -1).T
-    cross = masked_queries.reshape(num_queries, -1) @ weighted_centres.reshape(num_components, -1).T
-    centre_squares = query_mask @ (weighted_centres * centres).sum(-1).T
-    magnitude = squares + centre_squares
-    distance = (0.5 * (magnitude - 2.0 * cross)).clamp_min(0.0)
-    with torch.no_grad():
-        tiny = torch.finfo(distance.dtype).tiny
-        conditioning = (magnitude / (2.0 * distance + tiny)).amax() if distance.numel() else 0.0
-        conditioning = torch.as_tensor(conditioning)
-    return distance, conditioning
+
+    @staticmethod
+    def forward(ctx, queries, centres, stds, query_mask, component_mask):
+        num_queries, num_components = queries.shape[0], centres.shape[0]
+        masked = queries * query_mask.unsqueeze(-1)
+        inverse_variance = component_mask.unsqueeze(-1) / stds.square()
+        weighted = centres * inverse_variance
+        flat = masked.reshape(num_queries, -1)
+        squares = flat.square() @ inverse_variance.reshape(num_components, -1).T
+        cross = flat @ weighted.reshape(num_components, -1).T
+        magnitude = squares.add_(query_mask @ (weighted * centres).sum(-1).T)
+        distance = magnitude.sub(cross, alpha=2.0).mul_(0.5).clamp_min_(0.0)
+        eps = torch.finfo(distance.dtype).eps
+        excess_error = magnitude.mul_(eps).sub_(distance, alpha=_RELATIVE_TOLERANCE)
+        excess_error = excess_error.amax() if excess_error.numel() else distance.new_zeros(())
+        ctx.save_for_backward(masked, centres, stds, query_mask, inverse_variance, weighted)
+        ctx.mark_non_differentiable(excess_error)
+        return distance, excess_error
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad, _):
+        masked, centres, stds, query_mask, inverse_variance, weighted = ctx.saved_tensors
+        num_queries, num_components = masked.shape[0], centres.shape[0]
+        flat = masked.reshape(num_queries, -1)
+        grad_queries = None
+        if ctx.needs_input_grad[0]:
+            # dD/dy_i = sum_j g_ij (y_i W_j - V_j), masked to the query's active positions.
+            through_w = grad @ inverse_variance.reshape(num_components, -1)
+            through_v = grad @ weighted.reshape(num_components, -1)
+            grad_queries = (flat * through_w - through_v).reshape(masked.shape)
+            grad_queries.mul_(query_mask.unsqueeze(-1))
+        grad_centres = grad_stds = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_t = grad.T
+            grad_w = (grad_t @ flat.square()).mul_(0.5).reshape(centres.shape)
+            grad_v = (grad_t @ flat).neg_().reshape(centres.shape)
+            grad_u = (grad_t @ query_mask).mul_(0.5).unsqueeze(-1)
+            if ctx.needs_input_grad[1]:
+                grad_centres = inverse_variance * (grad_v + 2.0 * grad_u * centres)
+            if ctx.needs_input_grad[2]:
+                # W, V = W c and U = sum_e W c^2 all depend on sigma through W = b / sigma^2.
+                grad_w += grad_v * centres + grad_u * centres.square()
+                grad_stds = grad_w.mul_(inverse_variance).div_(stds).mul_(-2.0)
+        return grad_queries, grad_centres, grad_stds, None, None

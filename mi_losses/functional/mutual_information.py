@@ -172,24 +172,27 @@ def mutual_information_sub_batch_estimate(
         component_mask = query_mask
     else:
         component_mask = torch.ones_like(query_mask)
-    half = batch_size // 2
-    first, second = slice(0, half), slice(half, batch_size)
+    halves = [
+        tensor.split(batch_size // 2)
+        for tensor in (noisy, centres, stds, query_mask, component_mask)
+    ]
 
-    def direction(queries: slice, components: slice) -> Estimate:
+    def direction(queries: int, components: int) -> Estimate:
+        noisy_, centres_, stds_, query_mask_, component_mask_ = halves
         return _leave_one_out(
-            noisy[queries],
-            centres[queries],
-            stds[queries],
-            query_mask[queries],
-            centres[components],
-            stds[components],
-            component_mask[components],
+            noisy_[queries],
+            centres_[queries],
+            stds_[queries],
+            query_mask_[queries],
+            centres_[components],
+            stds_[components],
+            component_mask_[components],
             granularity,
         )
 
-    estimate = direction(first, second)
+    estimate = direction(0, 1)
     if symmetric:
-        estimate = average_estimates([estimate, direction(second, first)])
+        estimate = average_estimates([estimate, direction(1, 0)])
     return to_result(estimate, result_dtype(*inputs.values()))
 
 
