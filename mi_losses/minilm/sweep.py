@@ -60,7 +60,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
 
     isotropic = sorted(result["isotropic"], key=lambda point: point["sentence_cosine"])
     learned = result["learned"]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (left, right, third) = plt.subplots(1, 3, figsize=(16, 4.4))
     styles = {"nn_failure_rate_cosine": "-", "nn_failure_rate_l2": "--"}
     for key, style in styles.items():
         label = "cosine" if key.endswith("cosine") else "L2"
@@ -123,6 +123,33 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     right.set_title("Sub-batch MI upper bound (lower is more private)")
     right.legend(fontsize=8)
     right.grid(alpha=0.3, which="both")
+    for points, name, color, marker in (
+        (isotropic, "isotropic noise", "tab:gray", "o"),
+        (learned, "learned layer", "tab:blue", "s"),
+    ):
+        ordered = sorted(points, key=lambda point: point["retrieval_top1"])
+        third.plot(
+            [p["retrieval_top1"] for p in ordered],
+            [p["nn_failure_rate_cosine"] for p in ordered],
+            "-",
+            color=color,
+            marker=marker,
+            markersize=4,
+            label=f"{name}, cosine attack",
+        )
+    third.plot(
+        [p["retrieval_top1"] for p in learned],
+        [p["nn_failure_rate_l2_shift_aware"] for p in learned],
+        ":",
+        color="tab:red",
+        marker="^",
+        label="learned layer, shift-aware L2 attack",
+    )
+    third.set_xlabel("utility: top-1 retrieval of the clean sentence")
+    third.set_ylabel("privacy: NN token-recovery failure rate")
+    third.set_title("The same attack against retrieval utility")
+    third.legend(fontsize=7)
+    third.grid(alpha=0.3)
     figure.suptitle("all-MiniLM-L6-v2, held-out pydoc text: privacy vs utility")
     figure.tight_layout()
     path = Path(path)
@@ -256,6 +283,11 @@ def format_sweep(result: dict[str, Any]) -> str:
             f"{pair(point, 'mutual_information_nats_per_token', 1)} |"
         )
     return "\n".join(lines)
+
+
+def replot(sweep_json: str, png: str) -> Path:
+    """Redraw the plot of a saved ``sweep.json`` (no training)."""
+    return plot(json.loads(Path(sweep_json).read_text()), png)
 
 
 def main(args: list[str] | None = None) -> None:
