@@ -205,3 +205,16 @@ def test_whole_pipeline_writes_report_and_logs_component_losses(tmp_path: Path) 
     ):
         assert all(row[key] for row in steps), key
     assert any(row.get("val/utility_loss") for row in rows)
+
+
+def test_checkpoint_holds_the_noise_layer_only() -> None:
+    from mi_losses.minilm.task import MiniLMObfuscation
+
+    task = MiniLMObfuscation(hidden_dim=8)
+    checkpoint = {"state_dict": task.state_dict()}
+    task.on_save_checkpoint(checkpoint)
+    assert checkpoint["state_dict"]
+    assert all(key.startswith("noise_layer.") for key in checkpoint["state_dict"])
+    assert not task.strict_loading
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        MiniLMObfuscation(alpha=1.5)
