@@ -1,0 +1,101 @@
+"""Module form of the sub-batch (leave-one-out) mutual information estimate."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import torch
+
+from mi_losses.functional import mutual_information_sub_batch_estimate
+from mi_losses.losses._base import (
+    MutualInformationLoss,
+    Units,
+    check_bool,
+    check_choice,
+    to_units,
+)
+from mi_losses.types import Granularity
+
+
+class SubBatchMutualInformation(MutualInformationLoss):
+    """Upper bound (in expectation) on the mutual information between clean and noisy embeddings.
+
+    Thin wrapper over :func:`mi_losses.functional.mutual_information_sub_batch_estimate`. The
+    batch is split in halves; queries ``i`` are the first half, components ``j`` the second::
+
+        r_ij = sum_P [ log sigma_j - log sigma_i
+                       + 0.5 ((y_i - c_j)/sigma_j)^2 - 0.5 ((y_i - c_i)/sigma_i)^2 ]
+        I    = mean over valid queries of  - log( 1/|V_i| * sum_{j in V_i} exp(-r_ij) )
+
+    the leave-one-out ("L1Out") estimator of Poole et al. (2019), so minimising it is a sound
+    privacy objective. It decomposes exactly as ``I = H(Y) - H(Y|X)`` into the component losses.
+
+    Args:
+        combine_noise_masks: compare a pair only on positions noised in both the query and the
+            component (``combine_noise_masks_for_mutual_information_sub_batches`` of the
+            functional API); if false, components use all positions.
+        granularity: ``"sequence"`` (one sample = one sequence) or ``"token"`` (one sample =
+            one active token).
+        symmetric: average the estimate over both directions (each half as the queries).
+        units: ``"nats"`` or ``"bits"`` (value and components divided by ln 2).
+
+    Attributes:
+        component_losses: ``gaussian_mixture_mahalanobis_distance_loss``,
+            ``gaussian_mixture_log_constants_and_determinant_loss``,
+            ``gaussian_mixture_entropy_loss``, ``std_log_loss`` and ``mutual_information_loss``
+            of the latest call (in ``units``); ``last_num_queries`` their weight.
+
+    Example:
+        >>> loss = SubBatchMutualInformation()
+        >>> x, mu, sigma = torch.randn(4, 3, 2), torch.zeros(4, 3, 2), torch.ones(4, 3, 2)
+        >>> value = loss(mu, sigma, None, x, x + sigma * torch.randn(4, 3, 2))
+        >>> bool(value == loss.component_losses["mutual_information_loss"])
+        True
+    """
+
+    def __init__(
+        self,
+        combine_noise_masks: bool = True,
+        granularity: Granularity = "sequence",
+        symmetric: bool = False,
+        units: Units = "nats",
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        check_bool(owner, "combine_noise_masks", combine_noise_masks)
+        check_choice(owner, "granularity", granularity, get_args(Granularity))
+        check_bool(owner, "symmetric", symmetric)
+        check_choice(owner, "units", units, get_args(Units))
+        self.combine_noise_masks = combine_noise_masks
+        self.granularity = granularity
+        self.symmetric = symmetric
+        self.units = units
+
+    def forward(
+        self,
+        means_tensor: torch.Tensor,
+        stds_tensor: torch.Tensor,
+        noise_mask: torch.Tensor | None,
+        clean_input_embeddings: torch.Tensor,
+        noisy_input_embeddings: torch.Tensor,
+    ) -> torch.Tensor:
+        """MI estimate for a batch of ``(B, S, E)`` tensors, ``B`` even; ``noise_mask`` ``(B, S)``."""
+        estimate = mutual_information_sub_batch_estimate(
+            means_tensor,
+            stds_tensor,
+            noise_mask,
+            clean_input_embeddings,
+            noisy_input_embeddings,
+            self.combine_noise_masks,
+            granularity=self.granularity,
+            symmetric=self.symmetric,
+        )
+        estimate = to_units(estimate, self.units)
+        self._remember(estimate)
+        return estimate.value
+
+    def extra_repr(self) -> str:
+        return (
+            f"combine_noise_masks={self.combine_noise_masks}, granularity={self.granularity!r}, "
+            f"symmetric={self.symmetric}, units={self.units!r}"
+        )

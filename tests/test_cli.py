@@ -1,0 +1,150 @@
+"""The ``mi-losses`` CLI: every config in ``configs/`` parses and runs; help and errors are clear."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+from mi_losses.cli import main
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+MI_KEYS = (
+    "gaussian_mixture_mahalanobis_distance_loss",
+    "gaussian_mixture_log_constants_and_determinant_loss",
+    "gaussian_mixture_entropy_loss",
+    "std_log_loss",
+    "mutual_information_loss",
+)
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # relative output paths of the configs land in tmp_path
+    monkeypatch.setattr(sys, "argv", ["mi-losses"])  # pytest's own arguments are not ours
+
+
+def test_the_configs_are_there() -> None:
+    assert {p.name for p in CONFIGS} >= {"demo.yaml", "swap_loss.yaml"}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_runs_with_fast_dev_run(config: Path, tmp_path: Path) -> None:
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.fast_dev_run",
+            "2",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            *QUIET,
+        ]
+    )
+    assert cli.trainer.global_step == 2
+    assert list(tmp_path.rglob("*.png")) == []  # fast_dev_run writes no logs, so no plot
+    assert cli.model.mi_loss.component_losses["mutual_information_loss"].isfinite()
+
+
+def test_swap_config_swaps_the_loss_options() -> None:
+    config = str(ROOT / "configs" / "swap_loss.yaml")
+    cli = main(["fit", "--config", config, "--trainer.fast_dev_run", "1", *QUIET])
+    loss = cli.model.mi_loss
+    assert (loss.granularity, loss.symmetric, loss.units, loss.combine_noise_masks) == (
+        "token",
+        True,
+        "bits",
+        False,
+    )
+
+
+def test_demo_logs_every_component_per_step_and_writes_summary(tmp_path: Path) -> None:
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "demo.yaml"),
+            "--trainer.max_steps",
+            "8",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "logs"),
+            *QUIET,
+        ]
+    )
+    log_dir = Path(cli.trainer.log_dir)
+    with (log_dir / "metrics.csv").open() as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("train/loss_step")]
+    assert len(rows) == 8
+    for row in rows:
+        for key in MI_KEYS:
+            assert row[f"train/mi/{key}_step"] != ""
+    # The demo's claim, on its first steps: the MI estimate falls, utility stays bounded.
+    mi = [float(row["train/mi/mutual_information_loss_step"]) for row in rows]
+    assert mi[-1] < 0.8 * mi[0]
+    assert all(float(row["train/utility_loss_step"]) < 0.5 for row in rows)
+    assert (log_dir / "component_losses.png").read_bytes()[:4] == b"\x89PNG"
+    assert "MI estimate" in (log_dir / "summary.txt").read_text()
+
+
+def test_help_shows_the_docstrings(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "weight of the privacy loss, in ``[0, 1]``" in out  # ObfuscationTask.alpha
+    assert "``E``" in out and "--data.batch_size" in out  # the data module's options
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.mi_loss.help", "SubBatchMutualInformation"])
+    out = capsys.readouterr().out
+    assert "average the estimate over both directions" in out  # symmetric
+    assert "{nats,bits}" in out
+
+
+def test_callback_help_shows_the_docstrings(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--trainer.callbacks.help", "ComponentLossLogger"])
+    assert "attribute path of the loss module" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--model.alpha", "1.5"], "ObfuscationTask: alpha must lie in [0, 1], got 1.5"),
+        (["--data.batch_size", "63"], "batch_size must be even and at least 2"),
+        (["--model.init_std", "5.0"], "init_std must lie strictly between"),
+        (["--num_threads", "0"], "num_threads must be a positive integer or null, got 0"),
+    ],
+)
+def test_bad_values_fail_at_construction(override: list[str], message: str) -> None:
+    config = str(ROOT / "configs" / "demo.yaml")
+    with pytest.raises(ValueError) as error:
+        main(["fit", "--config", config, *override, *QUIET])
+    assert message in str(error.value)
+
+
+def test_bad_loss_option_is_rejected_when_parsing(capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(ROOT / "configs" / "demo.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", config, "--model.mi_loss.init_args.units", "nat"])
+    assert exit_info.value.code != 0
+    error = capsys.readouterr().err
+    assert "units" in error and "nat" in error
+
+
+def test_console_script_is_declared() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["mi-losses"] == "mi_losses.cli:main"

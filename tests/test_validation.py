@@ -1,0 +1,236 @@
+"""Bad input raises ``ValueError`` naming the argument (STYLE.md), at the public boundary."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mi_losses.functional import (
+    gaussian_entropy_log_loss,
+    gaussian_mixture_entropy,
+    gaussian_mixture_entropy_estimate,
+    mutual_information_sub_batch,
+    mutual_information_sub_batch_estimate,
+    pairwise_square_mahalanobis_distance,
+)
+from tests.helpers import ENTROPY_ARG_ORDER, MI_ARG_ORDER, make_entropy_inputs, make_inputs
+
+MI_FUNCTIONS = [mutual_information_sub_batch, mutual_information_sub_batch_estimate]
+ENTROPY_FUNCTIONS = [gaussian_mixture_entropy, gaussian_mixture_entropy_estimate]
+
+
+def _mi_kwargs(b: int = 4, s: int = 3, e: int = 2) -> dict:
+    kwargs = make_inputs(b, s, e, seed=70)
+    kwargs["noise_mask"] = torch.ones(b, s, dtype=torch.bool)
+    return kwargs
+
+
+def _entropy_kwargs(m: int = 3, n: int = 4, s: int = 3, e: int = 2) -> dict:
+    kwargs = make_entropy_inputs(m, n, s, e, seed=71)
+    kwargs["mask"] = torch.ones(m, s, dtype=torch.bool)
+    return kwargs
+
+
+# --------------------------------------------------------------------------------------------
+# mutual_information_sub_batch
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", MI_FUNCTIONS)
+@pytest.mark.parametrize("b", [1, 3, 5])
+def test_mi_odd_batch(fn, b) -> None:
+    with pytest.raises(ValueError, match=r"(?i)batch|even"):
+        fn(**_mi_kwargs(b=b))
+
+
+@pytest.mark.parametrize("fn", MI_FUNCTIONS)
+def test_mi_empty_batch(fn) -> None:
+    with pytest.raises(ValueError, match=r"(?i)batch|even|at least"):
+        fn(**_mi_kwargs(b=0))
+
+
+@pytest.mark.parametrize("fn", MI_FUNCTIONS)
+@pytest.mark.parametrize("name", MI_ARG_ORDER)
+@pytest.mark.parametrize("bad_shape", [(4, 3, 3), (4, 2, 2), (2, 3, 2), (4, 6)], ids=str)
+def test_mi_shape_mismatch(fn, name, bad_shape) -> None:
+    kwargs = _mi_kwargs()
+    kwargs[name] = 0.5 + torch.rand(bad_shape, dtype=torch.float64)
+    with pytest.raises(ValueError, match=name):
+        fn(**kwargs)
+
+
+@pytest.mark.parametrize("fn", MI_FUNCTIONS)
+@pytest.mark.parametrize("bad_shape", [(4, 2), (4,), (2, 3), (4, 3, 2)], ids=str)
+def test_mi_mask_shape(fn, bad_shape) -> None:
+    kwargs = _mi_kwargs()
+    kwargs["noise_mask"] = torch.ones(bad_shape, dtype=torch.bool)
+    with pytest.raises(ValueError, match="noise_mask"):
+        fn(**kwargs)
+
+
+@pytest.mark.parametrize("fn", MI_FUNCTIONS)
+@pytest.mark.parametrize(
+    "bad_mask",
+    [
+        torch.full((4, 3), 2, dtype=torch.long),
+        torch.full((4, 3), -1, dtype=torch.long),
+        torch.full((4, 3), 0.5, dtype=torch.float64),
+    ],
+    ids=["two", "minus_one", "half"],
+)
+def test_mi_mask_values(fn, bad_mask) -> None:
+    kwargs = _mi_kwargs()
+    kwargs["noise_mask"] = bad_mask
+    with pytest.raises(ValueError, match="noise_mask"):
+        fn(**kwargs)
+
+
+@pytest.mark.parametrize("fn", MI_FUNCTIONS)
+@pytest.mark.parametrize("bad", [0.0, -0.3])
+def test_mi_non_positive_stds(fn, bad) -> None:
+    kwargs = _mi_kwargs()
+    kwargs["stds_tensor"] = kwargs["stds_tensor"].clone()
+    kwargs["stds_tensor"][1, 2, 1] = bad
+    with pytest.raises(ValueError, match="stds_tensor"):
+        fn(**kwargs)
+    result = fn(**kwargs, validate_args=False)  # the value check is skipped
+    assert result is not None
+
+
+@pytest.mark.parametrize("fn", MI_FUNCTIONS)
+@pytest.mark.parametrize("name", MI_ARG_ORDER)
+def test_mi_integer_dtype(fn, name) -> None:
+    kwargs = _mi_kwargs()
+    kwargs[name] = torch.ones_like(kwargs[name], dtype=torch.long)
+    with pytest.raises(ValueError, match=name):
+        fn(**kwargs)
+
+
+@pytest.mark.parametrize("fn", MI_FUNCTIONS)
+@pytest.mark.parametrize("name", [*MI_ARG_ORDER, "noise_mask"])
+def test_mi_other_device(fn, name) -> None:
+    kwargs = _mi_kwargs()
+    kwargs[name] = kwargs[name].to("meta")
+    with pytest.raises(ValueError, match=name):
+        fn(**kwargs)
+
+
+@pytest.mark.parametrize("fn", MI_FUNCTIONS)
+def test_mi_bad_granularity(fn) -> None:
+    with pytest.raises(ValueError, match="granularity"):
+        fn(**_mi_kwargs(), granularity="word")
+
+
+# --------------------------------------------------------------------------------------------
+# gaussian_mixture_entropy
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
+@pytest.mark.parametrize("name", ENTROPY_ARG_ORDER)
+@pytest.mark.parametrize("bad_shape", [(4, 3, 3), (4, 2, 2), (4, 6)], ids=str)
+def test_entropy_shape_mismatch(fn, name, bad_shape) -> None:
+    kwargs = _entropy_kwargs()
+    kwargs[name] = 0.5 + torch.rand(bad_shape, dtype=torch.float64)
+    with pytest.raises(ValueError, match=name):
+        fn(**kwargs)
+
+
+@pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
+@pytest.mark.parametrize("name", ["clean_embeddings", "means", "stds"])
+def test_entropy_component_batch_mismatch(fn, name) -> None:
+    kwargs = _entropy_kwargs()
+    kwargs[name] = 0.5 + torch.rand(5, 3, 2, dtype=torch.float64)  # N = 4 elsewhere
+    with pytest.raises(ValueError, match=name):
+        fn(**kwargs)
+
+
+@pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
+@pytest.mark.parametrize("name", ["mask", "component_mask"])
+@pytest.mark.parametrize("bad_shape", [(3, 2), (4, 3, 2), (7,)], ids=str)
+def test_entropy_mask_shape(fn, name, bad_shape) -> None:
+    kwargs = _entropy_kwargs()
+    kwargs[name] = torch.ones(bad_shape, dtype=torch.bool)
+    with pytest.raises(ValueError, match=name):
+        fn(**kwargs)
+
+
+@pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
+@pytest.mark.parametrize("name", ["mask", "component_mask"])
+def test_entropy_mask_values(fn, name) -> None:
+    kwargs = _entropy_kwargs()
+    rows = 3 if name == "mask" else 4
+    kwargs[name] = torch.full((rows, 3), 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=name):
+        fn(**kwargs)
+
+
+@pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
+def test_entropy_non_positive_stds(fn) -> None:
+    kwargs = _entropy_kwargs()
+    kwargs["stds"] = kwargs["stds"].clone()
+    kwargs["stds"][0, 0, 0] = -1.0
+    with pytest.raises(ValueError, match="stds"):
+        fn(**kwargs)
+    assert fn(**kwargs, validate_args=False) is not None
+
+
+@pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
+@pytest.mark.parametrize("name", ENTROPY_ARG_ORDER)
+def test_entropy_integer_dtype(fn, name) -> None:
+    kwargs = _entropy_kwargs()
+    kwargs[name] = torch.ones_like(kwargs[name], dtype=torch.long)
+    with pytest.raises(ValueError, match=name):
+        fn(**kwargs)
+
+
+@pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
+@pytest.mark.parametrize("name", [*ENTROPY_ARG_ORDER, "mask"])
+def test_entropy_other_device(fn, name) -> None:
+    kwargs = _entropy_kwargs()
+    kwargs[name] = kwargs[name].to("meta")
+    with pytest.raises(ValueError, match=name):
+        fn(**kwargs)
+
+
+@pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
+def test_entropy_bad_granularity(fn) -> None:
+    with pytest.raises(ValueError, match="granularity"):
+        fn(**_entropy_kwargs(), granularity="word")
+
+
+# --------------------------------------------------------------------------------------------
+# gaussian_entropy_log_loss and the pairwise distance
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0])
+def test_gaussian_entropy_log_loss_non_positive_stds(bad) -> None:
+    stds = torch.ones(2, 3, 4, dtype=torch.float64)
+    stds[1, 1, 1] = bad
+    with pytest.raises(ValueError, match="stds"):
+        gaussian_entropy_log_loss(stds)
+    assert gaussian_entropy_log_loss(stds, validate_args=False) is not None
+
+
+def test_gaussian_entropy_log_loss_mask_shape() -> None:
+    with pytest.raises(ValueError, match="noise_mask"):
+        gaussian_entropy_log_loss(torch.ones(2, 3, 4), torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_gaussian_entropy_log_loss_integer_dtype() -> None:
+    with pytest.raises(ValueError, match="stds"):
+        gaussian_entropy_log_loss(torch.ones(2, 3, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("name", "shapes"),
+    [
+        ("centres", ((3, 2, 4), (5, 3, 4), (5, 3, 4))),
+        ("stds", ((3, 2, 4), (5, 2, 4), (5, 2, 3))),
+    ],
+)
+def test_pairwise_shape_mismatch(name, shapes) -> None:
+    queries, centres, stds = (0.5 + torch.rand(shape) for shape in shapes)
+    with pytest.raises(ValueError, match=rf"{name}|queries"):
+        pairwise_square_mahalanobis_distance(queries, centres, stds)
