@@ -32,7 +32,7 @@ from mi_losses.minilm.evaluate import (  # noqa: E402
 from mi_losses.minilm.model import MiniLMEncoder, load_tokenizer  # noqa: E402
 from mi_losses.noise import GaussianNoiseLayer  # noqa: E402
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "minilm.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "minilm" / "fit.yaml"
 TEXTS = [
     "The if statement is used for conditional execution.",
     "A list is a mutable sequence, typically used to store collections of homogeneous items.",
@@ -195,12 +195,15 @@ def test_whole_pipeline_writes_report_and_logs_component_losses(tmp_path: Path) 
 
     (metrics_file,) = tmp_path.glob("**/metrics.csv")
     rows = list(csv.DictReader(metrics_file.open()))
-    steps = [row for row in rows if row.get("train/mutual_information_loss")]
+    steps = [row for row in rows if row.get("train/mi/mutual_information_loss_step")]
     assert len(steps) == 4
     for key in (
-        "train/gaussian_mixture_entropy_loss",
-        "train/std_log_loss",
+        "train/mi/gaussian_mixture_mahalanobis_distance_loss_step",
+        "train/mi/gaussian_mixture_log_constants_and_determinant_loss_step",
+        "train/mi/gaussian_mixture_entropy_loss_step",
+        "train/mi/std_log_loss_step",
         "train/utility_loss",
+        "train/std/mean",
         "train/loss",
     ):
         assert all(row[key] for row in steps), key

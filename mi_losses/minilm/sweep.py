@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
+from mi_losses.callbacks import ComponentLossLogger
 from mi_losses.minilm.data import PydocTextDataModule
 from mi_losses.minilm.evaluate import (
     IsotropicGaussianNoise,
@@ -214,6 +215,7 @@ def sweep(
             enable_model_summary=False,
             log_every_n_steps=10,
             logger=CSVLogger(output, name=f"alpha_{alpha:g}"),
+            callbacks=[ComponentLossLogger(module_attribute="mi_loss", prefix="mi")],
         )
         fit_start = time.perf_counter()
         trainer.fit(task, datamodule=datamodule)

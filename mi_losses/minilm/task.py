@@ -9,7 +9,9 @@ at the noise mask (content tokens; ``[CLS]``, ``[SEP]`` and padding stay clean):
     U    = mean_b [1 - cos(f(y)_b, f(x)_b)]
 
 where ``f`` is the frozen encoder's mean-pooled sentence embedding. Gradients of ``U`` flow
-through the frozen encoder into the noise layer. Only the noise layer is trained and saved.
+through the frozen encoder into the noise layer. Only the noise layer is trained and saved. The MI
+estimate is the module :class:`mi_losses.losses.SubBatchMutualInformation` (attribute
+``mi_loss``), whose component losses ``mi_losses.callbacks.ComponentLossLogger`` logs per step.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
-from mi_losses.functional import mutual_information_sub_batch
+from mi_losses.losses import SubBatchMutualInformation
 from mi_losses.minilm.model import MiniLMEncoder
 from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings
 
@@ -65,9 +67,11 @@ class MiniLMObfuscation(pl.LightningModule):
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
         self.save_hyperparameters()
         self.alpha = alpha
-        self.granularity = granularity
-        self.combine_noise_masks = combine_noise_masks_for_mutual_information_sub_batches
         self.learning_rate = learning_rate
+        self.mi_loss = SubBatchMutualInformation(
+            combine_noise_masks=combine_noise_masks_for_mutual_information_sub_batches,
+            granularity=granularity,
+        )
         self.encoder = MiniLMEncoder(model_path)
         self.noise_layer = GaussianNoiseLayer(
             self.encoder.embedding_dim,
@@ -90,27 +94,20 @@ class MiniLMObfuscation(pl.LightningModule):
         noise_mask = batch["noise_mask"].bool()
         attention_mask = batch["attention_mask"].bool()
         clean, out = self(batch["input_ids"], noise_mask)
-        losses: dict[str, torch.Tensor] = {}
-        mutual_information = mutual_information_sub_batch(
-            out.means,
-            out.stds,
-            noise_mask,
-            clean,
-            out.noisy,
-            self.combine_noise_masks,
-            losses=losses,
-            granularity=self.granularity,
-        )
+        mutual_information = self.mi_loss(out.means, out.stds, noise_mask, clean, out.noisy)
         with torch.no_grad():
             clean_sentence = self.encoder.sentence_embedding(clean, attention_mask)
         noisy_sentence = self.encoder.sentence_embedding(out.noisy, attention_mask)
         utility = utility_loss(clean_sentence, noisy_sentence)
         loss = self.alpha * mutual_information + (1.0 - self.alpha) * utility
         batch_size = int(noise_mask.shape[0])
-        logged = {f"{stage}/{key}": value for key, value in losses.items()}
-        logged[f"{stage}/utility_loss"] = utility.detach()
-        logged[f"{stage}/noise_std_mean"] = out.stds.detach()[noise_mask].mean()
-        logged[f"{stage}/loss"] = loss.detach()
+        # The components of the MI estimate are logged by mi_losses.callbacks.ComponentLossLogger
+        # (train/mi/mutual_information_loss, ...); the rest here.
+        logged = {
+            f"{stage}/utility_loss": utility.detach(),
+            f"{stage}/std/mean": out.stds.detach()[noise_mask].mean(),
+            f"{stage}/loss": loss.detach(),
+        }
         on_step = stage == "train"
         self.log_dict(logged, on_step=on_step, on_epoch=not on_step, batch_size=batch_size)
         return loss
