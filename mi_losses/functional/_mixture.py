@@ -1,4 +1,14 @@
-"""Steps shared by the mixture estimators: samples per granularity, pair terms, log-mean-exp."""
+"""Steps shared by the mixture estimators: samples per granularity, pair sums, log-mean-exp.
+
+Every pairwise term of MATH.md other than the Mahalanobis distance is a sum over the pair active
+set ``P(i, j)`` of a per-position quantity of the query or of the component,
+
+    sum_s a_is b_js (u_is + v_js)  =  [a*u, a] . [b, b*v]^T,
+
+one small matrix product (``(M, 2S) x (2S, N)``); its softmax-weighted sum over components,
+``sum_j w_ij (...)``, is ``rowdot(a, u * (w . b) + w . (b v))`` and needs no ``(M, N)`` term at
+all. Only the distance ``D`` and the mixture weights ``w`` are ``(M, N)`` tensors.
+"""
 
 from __future__ import annotations
 
@@ -19,53 +29,78 @@ def check_granularity(granularity: str) -> None:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
 
 
-def as_samples(
-    tensor: torch.Tensor, mask: torch.Tensor, granularity: Granularity
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(n, S, E)`` and ``(n, S)`` as samples: sequences as they are, or tokens ``(n*S, 1, E)``."""
+def as_samples(tensor: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    """``(n, S, ...)`` as samples: sequences as they are, or tokens ``(n*S, 1, ...)``."""
     if granularity == "token":
-        return tensor.reshape(-1, 1, tensor.shape[-1]), mask.reshape(-1, 1)
-    return tensor, mask
+        return tensor.reshape(-1, 1, *tensor.shape[2:])
+    return tensor
 
 
-class PairTerms(NamedTuple):
-    """``(M, N)`` sums over the pair active sets ``P(i, j)`` of MATH.md.
+class Pairs(NamedTuple):
+    """Queries ``(M, S, E)`` against components ``(N, S, E)``: what every estimator needs.
 
     Attributes:
-        valid: ``|P(i, j)| > 0``.
-        count: ``|P(i, j)|``, the number of active scalar elements ``(s, e)``.
-        mahalanobis: ``0.5 * sum_P ((y_i - c_j) / sigma_j)^2``.
-        log_det: ``sum_P log sigma_j``.
+        query_mask: ``a``, ``(M, S)`` 0/1 in the compute dtype.
+        component_mask: ``b``, ``(N, S)`` 0/1.
+        valid: ``(M, N)`` bool, ``|P(i, j)| > 0``.
+        mahalanobis: ``D``, ``(M, N)``, ``0.5 * sum_P ((y_i - c_j) / sigma_j)^2``.
+        component_constants: ``(N, S)``, ``sum_e log sigma_js + E/2 log 2 pi``: summed over
+            ``P(i, j)`` it gives the log-normaliser of component ``j``.
     """
 
+    query_mask: torch.Tensor
+    component_mask: torch.Tensor
     valid: torch.Tensor
-    count: torch.Tensor
     mahalanobis: torch.Tensor
-    log_det: torch.Tensor
+    component_constants: torch.Tensor
+
+    def pair_sum(
+        self, query_term: torch.Tensor | None, component_term: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``sum_{s in P(i, j)} (u_is + v_js)`` as an ``(M, N)`` tensor; ``None`` means zero."""
+        a, b = self.query_mask, self.component_mask
+        left, right = [], []
+        if query_term is not None:
+            left.append(a * query_term)
+            right.append(b)
+        if component_term is not None:
+            left.append(a)
+            right.append(b * component_term)
+        return torch.cat(left, dim=1) @ torch.cat(right, dim=1).T
+
+    def weighted_pair_sum(
+        self,
+        weights: torch.Tensor,
+        query_term: torch.Tensor | None,
+        component_term: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``sum_j w_ij sum_{s in P(i, j)} (u_is + v_js)`` per query, without ``(M, N)`` terms."""
+        a, b = self.query_mask, self.component_mask
+        total = torch.zeros_like(a)
+        if query_term is not None:
+            total = total + query_term * (weights @ b)
+        if component_term is not None:
+            total = total + weights @ (b * component_term)
+        return (a * total).sum(-1)
 
 
-def pair_terms(
+def pairs(
     queries: torch.Tensor,
     query_mask: torch.Tensor,
     centres: torch.Tensor,
     stds: torch.Tensor,
     component_mask: torch.Tensor,
-) -> PairTerms:
-    """Pair terms of queries ``(M, S, E)`` against components ``(N, S, E)``; float 0/1 masks."""
-    positions = query_mask @ component_mask.T
-    log_det = query_mask @ (component_mask * stds.log().sum(-1)).T
-    mahalanobis = pairwise_mahalanobis(queries, centres, stds, query_mask, component_mask)
-    return PairTerms(
-        valid=positions > 0,
-        count=positions * queries.shape[-1],
-        mahalanobis=mahalanobis,
-        log_det=log_det,
+) -> Pairs:
+    """:class:`Pairs` of queries ``(M, S, E)`` and components; masks bool ``(M, S)``, ``(N, S)``."""
+    dtype = queries.dtype
+    a, b = query_mask.to(dtype), component_mask.to(dtype)
+    return Pairs(
+        query_mask=a,
+        component_mask=b,
+        valid=(a @ b.T) > 0,
+        mahalanobis=pairwise_mahalanobis(queries, centres, stds, a, b),
+        component_constants=stds.log().sum(-1) + queries.shape[-1] * HALF_LOG_TWO_PI,
     )
-
-
-def masked_sum(per_position: torch.Tensor, query_mask: torch.Tensor, component_mask: torch.Tensor):
-    """``sum_{s in P(i, j)} v_is`` for a per-query, per-position ``v`` ``(M, S)``: an ``(M, N)``."""
-    return (query_mask * per_position) @ component_mask.T
 
 
 class LogMeanExp(NamedTuple):
@@ -75,8 +110,8 @@ class LogMeanExp(NamedTuple):
         value: ``(M,)``, with gradient; ``0`` for queries without valid components.
         query_valid: ``(M,)`` bool, ``V_i`` non-empty.
         weights: ``(M, N)`` softmax of ``z`` over ``V_i`` (``0`` elsewhere), detached.
-        log_num_valid: ``(M,)`` ``log |V_i|`` (``0`` where empty), detached.
-        weight_entropy: ``(M,)`` entropy of the weights, detached.
+        log_num_valid: ``(M,)`` ``log |V_i|`` (``0`` where empty).
+        weight_entropy: ``(M,)`` entropy of the weights (``0`` where empty).
     """
 
     value: torch.Tensor
@@ -89,23 +124,45 @@ class LogMeanExp(NamedTuple):
 def negative_log_mean_exp(z: torch.Tensor, valid: torch.Tensor) -> LogMeanExp:
     """Masked ``-log mean exp`` over the last axis: a ``logsumexp`` over the valid pairs only.
 
-    Invalid pairs are excluded before the ``logsumexp``; a row without any valid pair is filled
-    with zeros (not ``-inf``) so that its value and gradient stay finite, and is then zeroed.
+    Invalid pairs are excluded (set to ``-inf``) before the reduction; a row without any valid
+    pair gets the value ``0`` and a zero gradient, never NaN.
     """
-    query_valid = valid.any(-1)
-    fill = torch.where(query_valid, -math.inf, 0.0).to(z.dtype).unsqueeze(-1)
-    masked = torch.where(valid, z, fill)
-    log_sum = torch.logsumexp(masked, dim=-1)
-    num_valid = valid.sum(-1)
-    log_num_valid = num_valid.clamp_min(1).to(z.dtype).log()
-    value = torch.where(query_valid, log_num_valid - log_sum, 0.0)
-    with torch.no_grad():
-        # Normalised by their own sum (softmax), not by exp(-log_sum): the weights then sum to one
-        # to rounding, which keeps sum_j w_ij t_ij accurate when |z| is large.
-        log_weights = torch.log_softmax(masked, dim=-1)
-        weights = torch.where(valid, log_weights.exp(), 0.0)
-        weight_entropy = -torch.where(valid, weights * log_weights, 0.0).sum(-1)
-    return LogMeanExp(value, query_valid, weights, log_num_valid.detach(), weight_entropy)
+    value, weights, weight_entropy, log_num_valid = _NegativeLogMeanExp.apply(z, valid)
+    return LogMeanExp(value, valid.any(-1), weights, log_num_valid, weight_entropy)
+
+
+class _NegativeLogMeanExp(torch.autograd.Function):
+    """``log |V_i| - logsumexp_{V_i} z_i`` with the softmax weights computed once.
+
+    The weights are the gradient (``d value_i / d z_ij = -w_ij``) and the mixture weights of the
+    components, so they are normalised by their own sum (accurate even when ``|z|`` is large)
+    and saved for the backward pass instead of exponentiating again.
+    """
+
+    @staticmethod
+    def forward(ctx, z, valid):
+        query_valid = valid.any(-1)
+        shifted = z.masked_fill(~valid, -math.inf)
+        peak = shifted.amax(-1, keepdim=True).masked_fill_(~query_valid.unsqueeze(-1), 0.0)
+        shifted.sub_(peak)
+        weights = shifted.exp()
+        total = weights.sum(-1)
+        weights.div_(total.clamp_min(torch.finfo(z.dtype).tiny).unsqueeze(-1))
+        log_total = total.log().masked_fill_(~query_valid, 0.0)
+        log_num_valid = valid.sum(-1).clamp_min(1).to(z.dtype).log()
+        value = (log_num_valid - peak.squeeze(-1) - log_total).masked_fill_(~query_valid, 0.0)
+        # Entropy(w) = -sum_j w_ij log w_ij, with log w_ij = shifted_ij - log_total_i.
+        shifted.masked_fill_(~valid, 0.0)
+        weight_entropy = log_total - torch.linalg.vecdot(weights, shifted)
+        ctx.save_for_backward(weights)
+        ctx.mark_non_differentiable(weights, weight_entropy, log_num_valid)
+        return value, weights, weight_entropy, log_num_valid
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_value, *_):
+        (weights,) = ctx.saved_tensors
+        return weights * grad_value.neg().unsqueeze(-1), None
 
 
 def query_mean(per_query: torch.Tensor, query_valid: torch.Tensor) -> torch.Tensor:
@@ -114,21 +171,21 @@ def query_mean(per_query: torch.Tensor, query_valid: torch.Tensor) -> torch.Tens
     return total / query_valid.sum().clamp_min(1).to(per_query.dtype)
 
 
-def weighted(weights: torch.Tensor, pairwise: torch.Tensor) -> torch.Tensor:
-    """``sum_j w_ij * t_ij`` per query (``w`` is zero outside ``V_i``)."""
-    return (weights * pairwise).sum(-1)
+def mixture_components(pairs_: Pairs, lme: LogMeanExp) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mahalanobis and log-constants-and-determinant components of a mixture entropy (detached).
 
-
-def mixture_components(terms: PairTerms, lme: LogMeanExp) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mahalanobis and log-constants-and-determinant components of a mixture entropy (detached)."""
+    ``mean_i sum_j w_ij D_ij`` and
+    ``mean_i [sum_j w_ij (sum_P log sigma_j + |P|/2 log 2 pi) + log |V_i| - Entropy(w_i)]``.
+    """
     with torch.no_grad():
-        mahalanobis = query_mean(weighted(lme.weights, terms.mahalanobis), lme.query_valid)
-        constants = terms.log_det + terms.count * HALF_LOG_TWO_PI
-        log_constants = query_mean(
-            weighted(lme.weights, constants) + lme.log_num_valid - lme.weight_entropy,
-            lme.query_valid,
+        weights = lme.weights
+        mahalanobis = torch.linalg.vecdot(weights, pairs_.mahalanobis)
+        constants = pairs_.weighted_pair_sum(weights, None, pairs_.component_constants)
+        log_constants = constants + lme.log_num_valid - lme.weight_entropy
+        return (
+            query_mean(mahalanobis, lme.query_valid),
+            query_mean(log_constants, lme.query_valid),
         )
-    return mahalanobis.detach(), log_constants.detach()
 
 
 def average_estimates(estimates: list[Estimate]) -> Estimate:

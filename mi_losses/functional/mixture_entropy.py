@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 
 from mi_losses.functional._mixture import (
-    HALF_LOG_TWO_PI,
     as_samples,
     check_granularity,
     mixture_components,
     negative_log_mean_exp,
-    pair_terms,
+    pairs,
     query_mean,
     to_result,
 )
@@ -153,15 +152,16 @@ def gaussian_mixture_entropy_estimate(
 
     inputs = (clean_embeddings, transformed_embeddings, means, stds)
     dtype = compute_dtype(*inputs)
-    queries, query_mask = as_samples(transformed_embeddings.to(dtype), query_mask, granularity)
-    stds, _ = as_samples(stds.to(dtype), component_mask, granularity)
-    centres, component_mask = as_samples(
-        clean_embeddings.to(dtype) + means.to(dtype), component_mask, granularity
+    pairs_ = pairs(
+        as_samples(transformed_embeddings.to(dtype), granularity),
+        as_samples(query_mask, granularity),
+        as_samples(clean_embeddings.to(dtype) + means.to(dtype), granularity),
+        as_samples(stds.to(dtype), granularity),
+        as_samples(component_mask, granularity),
     )
-    terms = pair_terms(queries, query_mask.to(dtype), centres, stds, component_mask.to(dtype))
-    log_density = -(terms.mahalanobis + terms.log_det + terms.count * HALF_LOG_TWO_PI)
-    lme = negative_log_mean_exp(log_density, terms.valid)
-    mahalanobis, log_constants = mixture_components(terms, lme)
+    log_density = -(pairs_.mahalanobis + pairs_.pair_sum(None, pairs_.component_constants))
+    lme = negative_log_mean_exp(log_density, pairs_.valid)
+    mahalanobis, log_constants = mixture_components(pairs_, lme)
     estimate = Estimate(
         value=query_mean(lme.value, lme.query_valid),
         components={

@@ -9,13 +9,11 @@ from mi_losses.functional._mixture import (
     as_samples,
     average_estimates,
     check_granularity,
-    masked_sum,
     mixture_components,
     negative_log_mean_exp,
-    pair_terms,
+    pairs,
     query_mean,
     to_result,
-    weighted,
 )
 from mi_losses.functional._validation import (
     as_bool_mask,
@@ -207,27 +205,25 @@ def _leave_one_out(
     granularity: Granularity,
 ) -> Estimate:
     """One direction of the estimator: queries of one half against components of the other."""
-    dtype = queries.dtype
-    own_mahalanobis = 0.5 * ((queries - query_centres) / query_stds).square().sum(-1)
-    own_log_det = query_stds.log().sum(-1)
-    own_mahalanobis, _ = as_samples(own_mahalanobis.unsqueeze(-1), query_mask, granularity)
-    own_log_det, _ = as_samples(own_log_det.unsqueeze(-1), query_mask, granularity)
-    queries, query_mask = as_samples(queries, query_mask, granularity)
-    stds, _ = as_samples(stds, component_mask, granularity)
-    centres, component_mask = as_samples(centres, component_mask, granularity)
-    query_mask, component_mask = query_mask.to(dtype), component_mask.to(dtype)
-
-    terms = pair_terms(queries, query_mask, centres, stds, component_mask)
-    own_mahalanobis = masked_sum(own_mahalanobis.squeeze(-1), query_mask, component_mask)
-    own_log_det = masked_sum(own_log_det.squeeze(-1), query_mask, component_mask)
-    log_ratio = terms.log_det - own_log_det + terms.mahalanobis - own_mahalanobis
-    lme = negative_log_mean_exp(-log_ratio, terms.valid)
+    # -log N(y_i; c_i, sigma_i) per position: the query's own conditional density.
+    own = 0.5 * ((queries - query_centres) / query_stds).square() + query_stds.log()
+    own = own.sum(-1) + queries.shape[-1] * HALF_LOG_TWO_PI
+    pairs_ = pairs(
+        as_samples(queries, granularity),
+        as_samples(query_mask, granularity),
+        as_samples(centres, granularity),
+        as_samples(stds, granularity),
+        as_samples(component_mask, granularity),
+    )
+    own = as_samples(own, granularity)
+    # r_ij = D_ij + sum_P [log sigma_j - log sigma_i - 0.5 ((y_i - c_i) / sigma_i)^2]
+    log_ratio = pairs_.mahalanobis + pairs_.pair_sum(-own, pairs_.component_constants)
+    lme = negative_log_mean_exp(-log_ratio, pairs_.valid)
     value = query_mean(lme.value, lme.query_valid)
 
-    mahalanobis, log_constants = mixture_components(terms, lme)
+    mahalanobis, log_constants = mixture_components(pairs_, lme)
     with torch.no_grad():
-        own_log_density = -(own_mahalanobis + own_log_det + terms.count * HALF_LOG_TWO_PI)
-        std_log = query_mean(weighted(lme.weights, own_log_density), lme.query_valid)
+        std_log = -query_mean(pairs_.weighted_pair_sum(lme.weights, own, None), lme.query_valid)
     return Estimate(
         value=value,
         components={
