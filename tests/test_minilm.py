@@ -221,3 +221,16 @@ def test_checkpoint_holds_the_noise_layer_only() -> None:
     assert not task.strict_loading
     with pytest.raises(ValueError, match="alpha must lie in"):
         MiniLMObfuscation(alpha=1.5)
+
+
+def test_sigma_only_layer_keeps_a_zero_mean() -> None:
+    from mi_losses.minilm.task import MiniLMObfuscation
+
+    task = MiniLMObfuscation(hidden_dim=8, learn_mean=False)
+    optimised = {
+        id(p) for group in task.configure_optimizers().param_groups for p in group["params"]
+    }
+    assert not any(id(p) in optimised for p in task.noise_layer.mean_head.parameters())
+    assert any(id(p) in optimised for p in task.noise_layer.std_head.parameters())
+    out = task.noise_layer(torch.randn(2, 3, 384))
+    assert torch.equal(out.means, torch.zeros_like(out.means))
