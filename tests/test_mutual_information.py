@@ -283,3 +283,26 @@ def test_fully_masked_batch_gives_zero_with_zero_gradient(granularity, symmetric
     for key in ref.MI_COMPONENT_KEYS:
         assert torch.isfinite(losses[key]).all()
         assert losses[key].item() == 0.0
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_without_components_the_value_and_gradient_are_unchanged(granularity, symmetric) -> None:
+    inputs = make_inputs(6, 3, 4, seed=90, requires_grad=True)
+    mask = make_mask("random", 6, 3, seed=91)
+    kwargs = {"granularity": granularity, "symmetric": symmetric}
+    full = mutual_information_sub_batch_estimate(noise_mask=mask, **inputs, **kwargs)
+    bare = mutual_information_sub_batch_estimate(
+        noise_mask=mask, with_components=False, **inputs, **kwargs
+    )
+    assert bare.components == {}
+    assert int(bare.num_queries) == int(full.num_queries)
+    torch.testing.assert_close(bare.value, full.value, rtol=0, atol=0)
+    grads_full = torch.autograd.grad(full.value, list(inputs.values()))
+    grads_bare = torch.autograd.grad(bare.value, list(inputs.values()))
+    for got, expected in zip(grads_bare, grads_full, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    losses: dict[str, torch.Tensor] = {}
+    value = mutual_information_sub_batch(noise_mask=mask, losses=losses, **inputs, **kwargs)
+    assert set(losses) == set(full.components)
+    torch.testing.assert_close(value, full.value, rtol=0, atol=0)

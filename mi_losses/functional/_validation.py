@@ -49,11 +49,17 @@ def check_same_device(**tensors: torch.Tensor | None) -> None:
 
 
 def check_positive(name: str, tensor: torch.Tensor) -> None:
-    """Raise unless every element of ``tensor`` is finite and ``> 0`` (one fused pass, one sync)."""
-    if not bool(torch.all((tensor > 0) & torch.isfinite(tensor))):
+    """Raise unless every element of ``tensor`` is finite and ``> 0`` (one pass, one sync).
+
+    NaN propagates through ``aminmax`` and fails the comparison too.
+    """
+    if tensor.numel() == 0:
+        return
+    low, high = torch.aminmax(tensor.detach())
+    if not (bool(low > 0) and bool(high < torch.inf)):
         raise ValueError(
-            f"{name} must be finite and > 0 everywhere, got min {tensor.min().item():.3g} "
-            "(pass validate_args=False to skip this check)"
+            f"{name} must be finite and > 0 everywhere, got values in [{low.item():.3g}, "
+            f"{high.item():.3g}] (pass validate_args=False to skip this check)"
         )
 
 

@@ -91,6 +91,7 @@ def gaussian_mixture_entropy(
         component_mask=component_mask,
         granularity=granularity,
         validate_args=validate_args,
+        with_components=losses is not None,
     )
     if losses is not None:
         losses.update(estimate.components)
@@ -107,11 +108,13 @@ def gaussian_mixture_entropy_estimate(
     component_mask: torch.Tensor | None = None,
     granularity: Granularity = "sequence",
     validate_args: bool = True,
+    with_components: bool = True,
 ) -> Estimate:
     """:func:`gaussian_mixture_entropy` returning an :class:`~mi_losses.types.Estimate`.
 
     Same arguments (without ``losses``); the estimate also carries its components and the number
-    of valid queries, the weight to aggregate it with.
+    of valid queries, the weight to aggregate it with. ``with_components=False`` skips the
+    components (``Estimate.components`` is then empty), which saves a little time.
     """
     check_granularity(granularity)
     for name, tensor in (
@@ -161,13 +164,16 @@ def gaussian_mixture_entropy_estimate(
     )
     log_density = -(pairs_.mahalanobis + pairs_.pair_sum(None, pairs_.component_constants))
     lme = negative_log_mean_exp(log_density, pairs_.valid)
-    mahalanobis, log_constants = mixture_components(pairs_, lme)
-    estimate = Estimate(
-        value=query_mean(lme.value, lme.query_valid),
-        components={
+    components = {}
+    if with_components:
+        mahalanobis, log_constants = mixture_components(pairs_, lme)
+        components = {
             "gaussian_mixture_mahalanobis_distance_loss": mahalanobis,
             "gaussian_mixture_log_constants_and_determinant_loss": log_constants,
-        },
+        }
+    estimate = Estimate(
+        value=query_mean(lme.value, lme.query_valid),
+        components=components,
         num_queries=lme.query_valid.sum(),
     )
     return to_result(estimate, result_dtype(*inputs))

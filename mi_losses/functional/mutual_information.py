@@ -109,6 +109,7 @@ def mutual_information_sub_batch(
         granularity=granularity,
         symmetric=symmetric,
         validate_args=validate_args,
+        with_components=losses is not None,
     )
     if losses is not None:
         losses.update(estimate.components)
@@ -126,11 +127,13 @@ def mutual_information_sub_batch_estimate(
     granularity: Granularity = "sequence",
     symmetric: bool = False,
     validate_args: bool = True,
+    with_components: bool = True,
 ) -> Estimate:
     """:func:`mutual_information_sub_batch` returning an :class:`~mi_losses.types.Estimate`.
 
     Same arguments (without ``losses``); the estimate also carries its components and the number
-    of valid queries (both directions together when ``symmetric``).
+    of valid queries (both directions together when ``symmetric``). ``with_components=False``
+    skips the components (``Estimate.components`` is then empty), which saves a little time.
     """
     check_granularity(granularity)
     inputs = {
@@ -186,6 +189,7 @@ def mutual_information_sub_batch_estimate(
             stds_[components],
             component_mask_[components],
             granularity,
+            with_components,
         )
 
     estimate = direction(0, 1)
@@ -203,6 +207,7 @@ def _leave_one_out(
     stds: torch.Tensor,
     component_mask: torch.Tensor,
     granularity: Granularity,
+    with_components: bool,
 ) -> Estimate:
     """One direction of the estimator: queries of one half against components of the other."""
     # -log N(y_i; c_i, sigma_i) per position: the query's own conditional density.
@@ -220,6 +225,9 @@ def _leave_one_out(
     log_ratio = pairs_.mahalanobis + pairs_.pair_sum(-own, pairs_.component_constants)
     lme = negative_log_mean_exp(-log_ratio, pairs_.valid)
     value = query_mean(lme.value, lme.query_valid)
+    num_queries = lme.query_valid.sum()
+    if not with_components:
+        return Estimate(value, {}, num_queries)
 
     mahalanobis, log_constants = mixture_components(pairs_, lme)
     with torch.no_grad():
@@ -233,5 +241,5 @@ def _leave_one_out(
             "std_log_loss": std_log.detach(),
             "mutual_information_loss": value.detach(),
         },
-        num_queries=lme.query_valid.sum(),
+        num_queries=num_queries,
     )
