@@ -11,8 +11,9 @@ gradients w.r.t. all four ``(B, S, E)`` inputs, three ways, in one process:
     exceeds ``--naive-budget-gib``; the row says how much it would need.
 (b) **library**: ``mi_losses.functional.mutual_information_sub_batch``.
 (c) **floor**: the raw matrix products the library's kernel needs for the same shapes, timed
-    alone in the same dtype: the two ``(M, K) x (K, N)`` products of the expansion in
-    ``MATH.md`` (Performance) and the four products autograd needs for their backward, with
+    alone in the kernel's compute dtype (float32 for half-precision inputs): the two
+    ``(M, K) x (K, N)`` products of the expansion in ``MATH.md`` (Performance) and the four
+    products its backward needs, with
     ``K = S * E``, ``M = N = B / 2`` (sequence) or ``K = E``, ``M = N = B * S / 2`` (token).
 
 Times are medians over repeats after a warm-up run (``--statistic min``: the fastest repeat,
@@ -257,7 +258,8 @@ def floor_operands(case: Case, device: torch.device) -> list[torch.Tensor]:
     else:
         m = n = half * case.seq
         k = case.emb
-    dtype = DTYPES[case.dtype]
+    # The kernel multiplies in its compute dtype: float32 or better (half precision promoted).
+    dtype = torch.promote_types(DTYPES[case.dtype], torch.float32)
     generator = torch.Generator().manual_seed(1)
     shapes = [(m, k), (n, k), (m, k), (n, k), (m, n)]
     return [

@@ -12,6 +12,7 @@ from mi_losses.functional import (
     mutual_information_sub_batch,
     mutual_information_sub_batch_estimate,
     pairwise_square_mahalanobis_distance,
+    square_mahalanobis_distance,
 )
 from tests.helpers import ENTROPY_ARG_ORDER, MI_ARG_ORDER, make_entropy_inputs, make_inputs
 
@@ -234,3 +235,14 @@ def test_pairwise_shape_mismatch(name, shapes) -> None:
     queries, centres, stds = (0.5 + torch.rand(shape) for shape in shapes)
     with pytest.raises(ValueError, match=rf"{name}|queries"):
         pairwise_square_mahalanobis_distance(queries, centres, stds)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_distances_non_positive_stds(bad) -> None:
+    x, y, stds = torch.rand(2, 3, 4), torch.rand(2, 3, 4), 0.5 + torch.rand(2, 3, 4)
+    stds[1, 2, 3] = bad
+    with pytest.raises(ValueError, match="stds must be finite and > 0"):
+        square_mahalanobis_distance(x, y, stds)
+    with pytest.raises(ValueError, match="stds must be finite and > 0"):
+        pairwise_square_mahalanobis_distance(x, y, stds)
+    square_mahalanobis_distance(x, y, stds, validate_args=False)  # the check can be skipped

@@ -32,6 +32,8 @@ def square_mahalanobis_distance(
     y: torch.Tensor,
     stds: torch.Tensor,
     mask: torch.Tensor | None = None,
+    *,
+    validate_args: bool = True,
 ) -> torch.Tensor:
     r"""Square Mahalanobis distance under a diagonal covariance, summed over active positions.
 
@@ -50,6 +52,7 @@ def square_mahalanobis_distance(
         stds: standard deviations ``> 0``, ``(..., S, E)``, broadcastable with both.
         mask: active positions, bool or 0/1, broadcastable against the broadcast shape without
             its last axis, ``(..., S)``; ``None`` means all positions.
+        validate_args: check that ``stds`` is finite and ``> 0`` (one pass).
 
     Returns:
         The distances, shape: the broadcast shape without its last two axes. Computed in
@@ -67,6 +70,8 @@ def square_mahalanobis_distance(
                 f"{name} must have at least 2 dimensions (..., S, E), got {_shape(tensor.shape)}"
             )
     check_same_device(x=x, y=y, stds=stds, mask=mask)
+    if validate_args:
+        check_positive("stds", stds)
     try:
         shape = torch.broadcast_shapes(x.shape, y.shape, stds.shape)
     except RuntimeError as error:
