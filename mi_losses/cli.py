@@ -53,14 +53,19 @@ class MILossesCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def main(args: list[str] | None = None) -> MILossesCLI:
-    """Entry point of the ``mi-losses`` console script (``args`` default to ``sys.argv``)."""
+def run(args: list[str] | None = None) -> MILossesCLI:
+    """Run the CLI and return it (``args`` default to ``sys.argv``), for use from Python."""
     return MILossesCLI(
         ObfuscationTask,
         SyntheticEmbeddingDataModule,
         args=args,
         parser_kwargs={"description": "Train a Gaussian noise layer against an MI estimate."},
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``mi-losses`` console script; returns nothing, so it exits with 0."""
+    run(args)
 
 
 if __name__ == "__main__":

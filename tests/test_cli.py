@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mi_losses.cli import main
+from mi_losses.cli import main, run
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,7 +39,7 @@ def test_the_configs_are_there() -> None:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_runs_with_fast_dev_run(config: Path, tmp_path: Path) -> None:
-    cli = main(
+    cli = run(
         [
             "fit",
             "--config",
@@ -58,7 +58,7 @@ def test_config_runs_with_fast_dev_run(config: Path, tmp_path: Path) -> None:
 
 def test_swap_config_swaps_the_loss_options() -> None:
     config = str(ROOT / "configs" / "swap_loss.yaml")
-    cli = main(["fit", "--config", config, "--trainer.fast_dev_run", "1", *QUIET])
+    cli = run(["fit", "--config", config, "--trainer.fast_dev_run", "1", *QUIET])
     loss = cli.model.mi_loss
     assert (loss.granularity, loss.symmetric, loss.units, loss.combine_noise_masks) == (
         "token",
@@ -69,7 +69,7 @@ def test_swap_config_swaps_the_loss_options() -> None:
 
 
 def test_demo_logs_every_component_per_step_and_writes_summary(tmp_path: Path) -> None:
-    cli = main(
+    cli = run(
         [
             "fit",
             "--config",
@@ -148,3 +148,12 @@ def test_bad_loss_option_is_rejected_when_parsing(capsys: pytest.CaptureFixture[
 def test_console_script_is_declared() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["mi-losses"] == "mi_losses.cli:main"
+
+
+def test_console_script_entry_point_returns_none_so_the_process_exits_zero(
+    tmp_path: Path,
+) -> None:
+    """A console script calls ``sys.exit(main())``: anything but None would exit non-zero."""
+    config = str(ROOT / "configs" / "demo.yaml")
+    args = ["fit", "--config", config, "--trainer.fast_dev_run", "1"]
+    assert main([*args, "--trainer.default_root_dir", str(tmp_path), *QUIET]) is None

@@ -35,8 +35,8 @@ class MiniLMCLI(LightningCLI):
             torch.set_num_threads(threads)
 
 
-def main(args: list[str] | None = None) -> MiniLMCLI:
-    """Run the CLI (``args`` replaces ``sys.argv[1:]`` when given)."""
+def run(args: list[str] | None = None) -> MiniLMCLI:
+    """Run the CLI and return it (``args`` replaces ``sys.argv[1:]`` when given)."""
     return MiniLMCLI(
         MiniLMObfuscation,
         PydocTextDataModule,
@@ -44,6 +44,11 @@ def main(args: list[str] | None = None) -> MiniLMCLI:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": "Learn and attack an obfuscation of all-MiniLM-L6-v2."},
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``mi-losses-minilm`` console script; returns nothing (exit code 0)."""
+    run(args)
 
 
 if __name__ == "__main__":
