@@ -17,17 +17,15 @@ from mi_losses.data import SyntheticEmbeddingDataModule
 from mi_losses.task import ObfuscationTask
 
 
-class MILossesCLI(LightningCLI):
-    """``LightningCLI`` for :class:`ObfuscationTask` on :class:`SyntheticEmbeddingDataModule`.
+class ThreadsCLI(LightningCLI):
+    """``LightningCLI`` with a ``num_threads`` option and Lightning's rich progress bar.
 
-    ``model.embedding_dim`` follows ``data.embedding_dim``. Lightning's rich progress bar is
-    used when ``rich`` is installed and the configuration sets no progress bar of its own.
     ``num_threads`` sets torch's intra-op CPU threads (small models on a busy CPU run faster
-    on one thread than on several competing ones).
+    on one thread than on several competing ones). The rich progress bar is used when ``rich``
+    is installed and the configuration sets no progress bar of its own.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.embedding_dim", "model.embedding_dim")
         parser.add_argument(
             "--num_threads",
             type=int | None,
@@ -51,6 +49,17 @@ class MILossesCLI(LightningCLI):
         if wants_bar and not has_bar and importlib.util.find_spec("rich") is not None:
             kwargs["callbacks"] = [*callbacks, RichProgressBar()]
         return super().instantiate_trainer(**kwargs)
+
+
+class MILossesCLI(ThreadsCLI):
+    """``mi-losses``: :class:`ObfuscationTask` on :class:`SyntheticEmbeddingDataModule`.
+
+    ``model.embedding_dim`` follows ``data.embedding_dim``.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.link_arguments("data.embedding_dim", "model.embedding_dim")
 
 
 def run(args: list[str] | None = None) -> MILossesCLI:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 
 from mi_losses.functional.distance import pairwise_mahalanobis
-from mi_losses.types import Estimate, Granularity
+from mi_losses.types import ComponentLossesDict, Estimate, Granularity
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 GRANULARITIES = ("sequence", "token")
@@ -211,3 +211,10 @@ def to_result(estimate: Estimate, dtype: torch.dtype) -> Estimate:
         {key: value.to(dtype) for key, value in estimate.components.items()},
         estimate.num_queries,
     )
+
+
+def value_with_losses(estimate: Estimate, losses: ComponentLossesDict | None) -> torch.Tensor:
+    """The estimate's value, after adding its components to ``losses`` when it is given."""
+    if losses is not None:
+        losses.update(estimate.components)
+    return estimate.value

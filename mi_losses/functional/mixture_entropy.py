@@ -12,6 +12,7 @@ from mi_losses.functional._mixture import (
     pairs,
     query_mean,
     to_result,
+    value_with_losses,
 )
 from mi_losses.functional._validation import (
     _shape,
@@ -93,9 +94,7 @@ def gaussian_mixture_entropy(
         validate_args=validate_args,
         with_components=losses is not None,
     )
-    if losses is not None:
-        losses.update(estimate.components)
-    return estimate.value
+    return value_with_losses(estimate, losses)
 
 
 def gaussian_mixture_entropy_estimate(

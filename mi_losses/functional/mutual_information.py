@@ -14,6 +14,7 @@ from mi_losses.functional._mixture import (
     pairs,
     query_mean,
     to_result,
+    value_with_losses,
 )
 from mi_losses.functional._validation import (
     as_bool_mask,
@@ -111,9 +112,7 @@ def mutual_information_sub_batch(
         validate_args=validate_args,
         with_components=losses is not None,
     )
-    if losses is not None:
-        losses.update(estimate.components)
-    return estimate.value
+    return value_with_losses(estimate, losses)
 
 
 def mutual_information_sub_batch_estimate(
