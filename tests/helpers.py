@@ -132,3 +132,22 @@ def tolerances(dtype: torch.dtype) -> dict[str, float]:
     if dtype == torch.float32:
         return {"rtol": 1e-4, "atol": 1e-4}
     raise ValueError(dtype)
+
+
+def gaussian_channel_inputs(
+    b: int, s: int, e: int, signal: float, noise: float, seed: int
+) -> dict[str, Tensor]:
+    """``Y = X + N``, ``X ~ N(0, signal^2)``, ``N ~ N(0, noise^2)`` elementwise; means 0.
+
+    The four ``(b, s, e)`` float64 tensors of ``mutual_information_sub_batch``, by argument name.
+    """
+    g = torch.Generator().manual_seed(seed)
+    clean = signal * torch.randn(b, s, e, generator=g, dtype=torch.float64)
+    stds = torch.full((b, s, e), noise, dtype=torch.float64)
+    noisy = clean + stds * torch.randn(b, s, e, generator=g, dtype=torch.float64)
+    return {
+        "means_tensor": torch.zeros_like(clean),
+        "stds_tensor": stds,
+        "clean_input_embeddings": clean,
+        "noisy_input_embeddings": noisy,
+    }

@@ -14,23 +14,7 @@ from mi_losses.functional import (
     mutual_information_sub_batch_estimate,
 )
 from tests import reference as ref
-from tests.helpers import make_inputs, make_mask
-
-
-def _channel(
-    b: int, s: int, e: int, signal: float, noise: float, seed: int
-) -> dict[str, torch.Tensor]:
-    """``Y = X + N``, ``X ~ N(0, signal^2)``, ``N ~ N(0, noise^2)`` elementwise; means 0."""
-    g = torch.Generator().manual_seed(seed)
-    clean = signal * torch.randn(b, s, e, generator=g, dtype=torch.float64)
-    stds = torch.full((b, s, e), noise, dtype=torch.float64)
-    noisy = clean + stds * torch.randn(b, s, e, generator=g, dtype=torch.float64)
-    return {
-        "means_tensor": torch.zeros_like(clean),
-        "stds_tensor": stds,
-        "clean_input_embeddings": clean,
-        "noisy_input_embeddings": noisy,
-    }
+from tests.helpers import gaussian_channel_inputs, make_inputs, make_mask
 
 
 def _closed_form(dims: int, signal: float, noise: float) -> float:
@@ -58,7 +42,7 @@ def test_gaussian_channel_low_dimension_is_close(granularity, b, s, e, masked) -
     closed = _closed_form(dims, signal, noise)
     values, components = [], []
     for seed in range(seeds):
-        inputs = _channel(b, s, e, signal, noise, seed)
+        inputs = gaussian_channel_inputs(b, s, e, signal, noise, seed)
         mask = make_mask("random", b, s, seed=seed) if masked else None
         estimate = mutual_information_sub_batch_estimate(
             noise_mask=mask, granularity=granularity, **inputs
@@ -81,7 +65,7 @@ def test_gaussian_channel_upper_bound_in_expectation(s, e, signal, noise) -> Non
     closed = _closed_form(s * e, signal, noise)
     values = [
         mutual_information_sub_batch(
-            noise_mask=None, **_channel(256, s, e, signal, noise, seed)
+            noise_mask=None, **gaussian_channel_inputs(256, s, e, signal, noise, seed)
         ).item()
         for seed in range(10)
     ]
@@ -95,7 +79,7 @@ def test_gaussian_channel_high_dimension_little_noise_is_far_above() -> None:
     closed = _closed_form(s * e, signal, noise)
     values, nce = [], []
     for seed in range(3):
-        inputs = _channel(64, s, e, signal, noise, seed)
+        inputs = gaussian_channel_inputs(64, s, e, signal, noise, seed)
         values.append(mutual_information_sub_batch(noise_mask=None, **inputs).item())
         info_nce = ref.mutual_information_sub_batch(noise_mask=None, info_nce=True, **inputs)
         nce.append(info_nce.value.item())
@@ -112,7 +96,7 @@ def test_infonce_below_and_l1out_above_on_average() -> None:
     closed = _closed_form(s * e, signal, noise)
     upper, lower = [], []
     for seed in range(6):
-        inputs = _channel(256, s, e, signal, noise, seed)
+        inputs = gaussian_channel_inputs(256, s, e, signal, noise, seed)
         upper.append(mutual_information_sub_batch(noise_mask=None, **inputs).item())
         info_nce = ref.mutual_information_sub_batch(noise_mask=None, info_nce=True, **inputs)
         assert info_nce.per_query.max().item() <= math.log(128 + 1) + 1e-12

@@ -13,7 +13,7 @@ import torch
 from torch.distributions import Normal
 
 from tests import reference as ref
-from tests.helpers import make_entropy_inputs, make_inputs, make_mask
+from tests.helpers import gaussian_channel_inputs, make_entropy_inputs, make_inputs, make_mask
 
 
 def _log_mean_exp(values: list[float]) -> float:
@@ -257,25 +257,12 @@ def test_mixture_entropy_of_gaussian_samples_approaches_closed_form() -> None:
     assert abs(got.value.item() - closed) < 4 * stderr + 0.01
 
 
-def _channel(b: int, s: int, e: int, signal: float, noise: float, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    clean = signal * torch.randn(b, s, e, generator=g, dtype=torch.float64)
-    stds = torch.full((b, s, e), noise, dtype=torch.float64)
-    noisy = clean + stds * torch.randn(b, s, e, generator=g, dtype=torch.float64)
-    return {
-        "means_tensor": torch.zeros_like(clean),
-        "stds_tensor": stds,
-        "clean_input_embeddings": clean,
-        "noisy_input_embeddings": noisy,
-    }
-
-
 def test_reference_gaussian_channel_is_sandwiched_by_l1out_and_infonce() -> None:
     signal, noise, e = 1.0, 0.5, 1
     closed = 0.5 * e * math.log(1 + signal**2 / noise**2)
     l1out, nce = [], []
     for seed in range(2):
-        inputs = _channel(1024, 1, e, signal, noise, seed)
+        inputs = gaussian_channel_inputs(1024, 1, e, signal, noise, seed)
         upper = ref.mutual_information_sub_batch(noise_mask=None, **inputs)
         lower = ref.mutual_information_sub_batch(noise_mask=None, info_nce=True, **inputs)
         assert lower.per_query.max().item() <= math.log(512 + 1) + 1e-12

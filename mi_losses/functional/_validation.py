@@ -92,17 +92,14 @@ def as_bool_mask(
     return mask != 0
 
 
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The dtype the estimators compute in: float32 or better (half precision is promoted)."""
-    dtype = tensors[0].dtype
-    for tensor in tensors[1:]:
-        dtype = torch.promote_types(dtype, tensor.dtype)
-    return torch.promote_types(dtype, torch.float32)
-
-
 def result_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """The dtype results are returned in: the promoted input dtype."""
     dtype = tensors[0].dtype
     for tensor in tensors[1:]:
         dtype = torch.promote_types(dtype, tensor.dtype)
     return dtype
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype the estimators compute in: float32 or better (half precision is promoted)."""
+    return torch.promote_types(result_dtype(*tensors), torch.float32)
