@@ -1,7 +1,10 @@
 """Exact, memory-efficient mutual-information and entropy losses for noisy embeddings.
 
-``import mi_losses`` loads torch only; the Lightning parts (callbacks, data, task, CLI) are
-imported on first use, so the losses can be used without paying for Lightning.
+The library: :mod:`mi_losses.functional` (the math), :mod:`mi_losses.losses` (thin modules),
+:mod:`mi_losses.metrics` and :mod:`mi_losses.callbacks` (torchmetrics / Lightning),
+:mod:`mi_losses.noise` (a Gaussian noise layer). Applications built on it live in
+:mod:`mi_losses.apps`. ``import mi_losses`` loads torch only; the Lightning parts are imported
+on first use, so the losses can be used without paying for Lightning.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from mi_losses import functional
+from mi_losses import _moved, functional, keys
 from mi_losses.losses import (
     ComponentLossModule,
     GaussianMixtureEntropy,
@@ -18,21 +21,23 @@ from mi_losses.losses import (
     SubBatchMutualInformation,
 )
 from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings
-from mi_losses.types import ComponentLossesDict, Estimate, Granularity
+from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Reduction, Units
 
 if TYPE_CHECKING:
+    from mi_losses.apps.demo.data import SyntheticEmbeddingDataModule
+    from mi_losses.apps.demo.task import ObfuscationTask
     from mi_losses.callbacks import ComponentLossLogger, TrainingSummary
-    from mi_losses.data import SyntheticEmbeddingDataModule
     from mi_losses.metrics import ComponentLossMetrics
-    from mi_losses.task import ObfuscationTask
 
 _LAZY = {
     "ComponentLossMetrics": "mi_losses.metrics",
     "ComponentLossLogger": "mi_losses.callbacks",
     "TrainingSummary": "mi_losses.callbacks",
-    "SyntheticEmbeddingDataModule": "mi_losses.data",
-    "ObfuscationTask": "mi_losses.task",
+    "SyntheticEmbeddingDataModule": "mi_losses.apps.demo.data",
+    "ObfuscationTask": "mi_losses.apps.demo.task",
 }
+
+_moved.install()
 
 
 def __getattr__(name: str) -> Any:
@@ -54,9 +59,12 @@ __all__ = [
     "MutualInformationLoss",
     "NoisyEmbeddings",
     "ObfuscationTask",
+    "Reduction",
     "SubBatchMutualInformation",
     "SyntheticEmbeddingDataModule",
     "TrainingSummary",
+    "Units",
     "functional",
+    "keys",
 ]
 __version__ = "0.1.0"

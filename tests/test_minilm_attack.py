@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mi_losses.minilm.attack import nearest_token_ids, recovery_rate
+from mi_losses.apps.minilm.attack import nearest_token_ids, recovery_rate
 
 
 def brute_force(embeddings: torch.Tensor, table: torch.Tensor, metric: str) -> torch.Tensor:
@@ -51,7 +51,7 @@ def test_bad_shapes_and_metric_are_rejected() -> None:
 
 
 def test_interpolation_at_equal_utility() -> None:
-    from mi_losses.minilm.sweep import interpolate_at_utility
+    from mi_losses.apps.minilm.sweep import interpolate_at_utility
 
     curve = [
         {"sentence_cosine": 0.9, "nn_failure_rate_cosine": 0.1},

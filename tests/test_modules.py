@@ -179,8 +179,8 @@ def test_component_losses_are_empty_before_the_first_call() -> None:
             "GaussianMixtureEntropy: granularity must be one of 'sequence', 'token', got 'word'",
         ),
         (
-            lambda: GaussianMixtureEntropy(reduction="none"),
-            "GaussianMixtureEntropy: reduction must be one of 'mean', 'sum', got 'none'",
+            lambda: GaussianMixtureEntropy(reduction="avg"),
+            "GaussianMixtureEntropy: reduction must be one of 'mean', 'sum', 'none', got 'avg'",
         ),
         (
             lambda: GaussianMixtureEntropy(units="nat"),

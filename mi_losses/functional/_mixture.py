@@ -21,12 +21,6 @@ from mi_losses.functional.distance import pairwise_mahalanobis
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
-GRANULARITIES = ("sequence", "token")
-
-
-def check_granularity(granularity: str) -> None:
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
 
 
 def as_samples(tensor: torch.Tensor, granularity: Granularity) -> torch.Tensor:
@@ -201,7 +195,13 @@ def average_estimates(estimates: list[Estimate]) -> Estimate:
         for key in estimates[0].components
     }
     num_queries = torch.stack([e.num_queries for e in estimates]).sum()
-    return Estimate(mean([e.value for e in estimates]), components, num_queries)
+    per_query = [e.per_query for e in estimates]
+    return Estimate(
+        mean([e.value for e in estimates]),
+        components,
+        num_queries,
+        None if any(p is None for p in per_query) else torch.cat(per_query),  # type: ignore[arg-type]
+    )
 
 
 def to_result(estimate: Estimate, dtype: torch.dtype) -> Estimate:
@@ -210,6 +210,7 @@ def to_result(estimate: Estimate, dtype: torch.dtype) -> Estimate:
         estimate.value.to(dtype),
         {key: value.to(dtype) for key, value in estimate.components.items()},
         estimate.num_queries,
+        None if estimate.per_query is None else estimate.per_query.to(dtype),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mi_losses.functional._validation import (
+from mi_losses._validation import (
     _shape,
     as_bool_mask,
     check_floating,

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mi_losses.functional._validation import (
+from mi_losses._validation import (
     as_bool_mask,
     check_floating,
     check_positive,

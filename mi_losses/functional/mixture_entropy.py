@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import torch
 
-from mi_losses.functional._mixture import (
-    as_samples,
-    check_granularity,
-    mixture_components,
-    negative_log_mean_exp,
-    pairs,
-    query_mean,
-    to_result,
-    value_with_losses,
-)
-from mi_losses.functional._validation import (
+from mi_losses import keys
+from mi_losses._validation import (
     _shape,
     as_bool_mask,
     check_floating,
+    check_granularity,
     check_ndim,
     check_positive,
     check_same_device,
     check_same_shape,
     compute_dtype,
     result_dtype,
+)
+from mi_losses.functional._mixture import (
+    as_samples,
+    mixture_components,
+    negative_log_mean_exp,
+    pairs,
+    query_mean,
+    to_result,
+    value_with_losses,
 )
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity
 
@@ -167,12 +168,13 @@ def gaussian_mixture_entropy_estimate(
     if with_components:
         mahalanobis, log_constants = mixture_components(pairs_, lme)
         components = {
-            "gaussian_mixture_mahalanobis_distance_loss": mahalanobis,
-            "gaussian_mixture_log_constants_and_determinant_loss": log_constants,
+            keys.MAHALANOBIS: mahalanobis,
+            keys.LOG_CONSTANTS: log_constants,
         }
     estimate = Estimate(
         value=query_mean(lme.value, lme.query_valid),
         components=components,
         num_queries=lme.query_valid.sum(),
+        per_query=torch.where(lme.query_valid, lme.value, 0.0),
     )
     return to_result(estimate, result_dtype(*inputs))

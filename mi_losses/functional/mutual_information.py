@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import torch
 
-from mi_losses.functional._mixture import (
-    HALF_LOG_TWO_PI,
-    as_samples,
-    average_estimates,
-    check_granularity,
-    mixture_components,
-    negative_log_mean_exp,
-    pairs,
-    query_mean,
-    to_result,
-    value_with_losses,
-)
-from mi_losses.functional._validation import (
+from mi_losses import keys
+from mi_losses._validation import (
     as_bool_mask,
     check_floating,
+    check_granularity,
     check_ndim,
     check_positive,
     check_same_device,
     check_same_shape,
     compute_dtype,
     result_dtype,
+)
+from mi_losses.functional._mixture import (
+    HALF_LOG_TWO_PI,
+    as_samples,
+    average_estimates,
+    mixture_components,
+    negative_log_mean_exp,
+    pairs,
+    query_mean,
+    to_result,
+    value_with_losses,
 )
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity
 
@@ -224,9 +225,10 @@ def _leave_one_out(
     log_ratio = pairs_.mahalanobis + pairs_.pair_sum(-own, pairs_.component_constants)
     lme = negative_log_mean_exp(-log_ratio, pairs_.valid)
     value = query_mean(lme.value, lme.query_valid)
+    per_query = torch.where(lme.query_valid, lme.value, 0.0)
     num_queries = lme.query_valid.sum()
     if not with_components:
-        return Estimate(value, {}, num_queries)
+        return Estimate(value, {}, num_queries, per_query)
 
     mahalanobis, log_constants = mixture_components(pairs_, lme)
     with torch.no_grad():
@@ -234,11 +236,12 @@ def _leave_one_out(
     return Estimate(
         value=value,
         components={
-            "gaussian_mixture_mahalanobis_distance_loss": mahalanobis,
-            "gaussian_mixture_log_constants_and_determinant_loss": log_constants,
-            "gaussian_mixture_entropy_loss": mahalanobis + log_constants,
-            "std_log_loss": std_log.detach(),
-            "mutual_information_loss": value.detach(),
+            keys.MAHALANOBIS: mahalanobis,
+            keys.LOG_CONSTANTS: log_constants,
+            keys.MIXTURE_ENTROPY: mahalanobis + log_constants,
+            keys.STD_LOG: std_log.detach(),
+            keys.MUTUAL_INFORMATION: value.detach(),
         },
         num_queries=num_queries,
+        per_query=per_query,
     )

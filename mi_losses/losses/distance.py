@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 
+from mi_losses._validation import check_choice
 from mi_losses.functional import square_mahalanobis_distance
-from mi_losses.losses._base import ComponentLossModule, check_choice
-from mi_losses.types import Estimate
-
-Reduction = Literal["mean", "sum", "none"]
+from mi_losses.losses.base import ComponentLossModule
+from mi_losses.types import Estimate, Reduction
 
 
 class MahalanobisDistance(ComponentLossModule):

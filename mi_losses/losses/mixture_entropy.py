@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 
+from mi_losses._validation import check_choice
 from mi_losses.functional import gaussian_mixture_entropy_estimate
-from mi_losses.losses._base import ComponentLossModule, Units, check_choice, to_units
-from mi_losses.types import Granularity
-
-Reduction = Literal["mean", "sum"]
+from mi_losses.losses.base import ComponentLossModule, reduce, to_units
+from mi_losses.types import Granularity, Reduction, Units
 
 
 class GaussianMixtureEntropy(ComponentLossModule):
@@ -28,8 +27,8 @@ class GaussianMixtureEntropy(ComponentLossModule):
     Args:
         granularity: ``"sequence"`` (one sample = one sequence) or ``"token"`` (one sample =
             one active token).
-        reduction: ``"mean"`` over valid queries (the estimate), or ``"sum"`` (the mean times the
-            number of valid queries).
+        reduction: ``"mean"`` over valid queries (the estimate), ``"sum"`` (the mean times the
+            number of valid queries) or ``"none"`` (per-query values, ``0`` where invalid).
         units: ``"nats"`` or ``"bits"`` (value and components divided by ln 2).
 
     Attributes:
@@ -85,9 +84,7 @@ class GaussianMixtureEntropy(ComponentLossModule):
         )
         estimate = to_units(estimate, self.units)
         self._remember(estimate)
-        if self.reduction == "sum":
-            return estimate.value * estimate.num_queries
-        return estimate.value
+        return reduce(estimate, self.reduction)
 
     def extra_repr(self) -> str:
         return (

@@ -6,15 +6,10 @@ from typing import get_args
 
 import torch
 
+from mi_losses._validation import check_bool, check_choice
 from mi_losses.functional import mutual_information_sub_batch_estimate
-from mi_losses.losses._base import (
-    MutualInformationLoss,
-    Units,
-    check_bool,
-    check_choice,
-    to_units,
-)
-from mi_losses.types import Granularity
+from mi_losses.losses.base import MutualInformationLoss, reduce, to_units
+from mi_losses.types import Granularity, Reduction, Units
 
 
 class SubBatchMutualInformation(MutualInformationLoss):
@@ -38,6 +33,8 @@ class SubBatchMutualInformation(MutualInformationLoss):
             one active token).
         symmetric: average the estimate over both directions (each half as the queries).
         units: ``"nats"`` or ``"bits"`` (value and components divided by ln 2).
+        reduction: ``"mean"`` over valid queries (the estimate), ``"sum"`` (the mean times the
+            number of valid queries) or ``"none"`` (per-query values, ``0`` where invalid).
 
     Attributes:
         component_losses: ``gaussian_mixture_mahalanobis_distance_loss``,
@@ -59,6 +56,7 @@ class SubBatchMutualInformation(MutualInformationLoss):
         granularity: Granularity = "sequence",
         symmetric: bool = False,
         units: Units = "nats",
+        reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -66,10 +64,12 @@ class SubBatchMutualInformation(MutualInformationLoss):
         check_choice(owner, "granularity", granularity, get_args(Granularity))
         check_bool(owner, "symmetric", symmetric)
         check_choice(owner, "units", units, get_args(Units))
+        check_choice(owner, "reduction", reduction, get_args(Reduction))
         self.combine_noise_masks = combine_noise_masks
         self.granularity = granularity
         self.symmetric = symmetric
         self.units = units
+        self.reduction = reduction
 
     def forward(
         self,
@@ -92,10 +92,10 @@ class SubBatchMutualInformation(MutualInformationLoss):
         )
         estimate = to_units(estimate, self.units)
         self._remember(estimate)
-        return estimate.value
+        return reduce(estimate, self.reduction)
 
     def extra_repr(self) -> str:
         return (
             f"combine_noise_masks={self.combine_noise_masks}, granularity={self.granularity!r}, "
-            f"symmetric={self.symmetric}, units={self.units!r}"
+            f"symmetric={self.symmetric}, units={self.units!r}, reduction={self.reduction!r}"
         )

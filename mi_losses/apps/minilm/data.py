@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mi_losses.minilm.model import load_tokenizer
+from mi_losses.apps.minilm.model import load_tokenizer
 
 _HEADING = re.compile(r"^[*=\-~^\"#]{3,}$")
 

@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
-from typing import Literal
 
 import torch
 from torch import nn
 
-from mi_losses.types import ComponentLossesDict, Estimate
-
-Units = Literal["nats", "bits"]
-"""Unit of an information quantity: natural log (``nats``) or log base 2 (``bits``)."""
-
-
-def check_choice(owner: str, option: str, value: object, allowed: Collection[object]) -> None:
-    """Raise ``ValueError`` naming ``owner.option``, the allowed values and the value given."""
-    if value not in allowed:
-        allowed_text = ", ".join(repr(a) for a in allowed)
-        raise ValueError(f"{owner}: {option} must be one of {allowed_text}, got {value!r}")
-
-
-def check_bool(owner: str, option: str, value: object) -> None:
-    """Raise ``ValueError`` unless ``value`` is a real ``bool`` (YAML ``yes``/``1`` slip through)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{owner}: {option} must be a bool (true or false), got {value!r}")
+from mi_losses.types import ComponentLossesDict, Estimate, Reduction, Units
 
 
 def to_units(estimate: Estimate, units: Units) -> Estimate:
@@ -37,7 +19,20 @@ def to_units(estimate: Estimate, units: Units) -> Estimate:
         value=estimate.value * scale,
         components={key: value * scale for key, value in estimate.components.items()},
         num_queries=estimate.num_queries,
+        per_query=None if estimate.per_query is None else estimate.per_query * scale,
     )
+
+
+def reduce(estimate: Estimate, reduction: Reduction) -> torch.Tensor:
+    """What a module returns for ``reduction``: the mean over valid queries (the estimate),
+    its sum (mean times the number of valid queries), or the per-query values."""
+    if reduction == "sum":
+        return estimate.value * estimate.num_queries
+    if reduction == "none":
+        if estimate.per_query is None:
+            raise ValueError("reduction='none' needs per-query values, which this estimate lacks")
+        return estimate.per_query
+    return estimate.value
 
 
 class ComponentLossModule(nn.Module):
@@ -68,7 +63,7 @@ class ComponentLossModule(nn.Module):
 class MutualInformationLoss(ComponentLossModule):
     """Base of the modules that estimate ``I(X; Y)`` from one batch of the noise layer's output.
 
-    What :class:`mi_losses.task.ObfuscationTask` accepts as its privacy loss (``mi_loss`` in
+    What :class:`mi_losses.apps.demo.task.ObfuscationTask` accepts as its privacy loss (``mi_loss`` in
     YAML). Subclass it to plug your own estimator into the task and its logging: implement
     :meth:`forward` with this signature, return a scalar and call ``self._remember(estimate)``
     with an :class:`mi_losses.types.Estimate` so that the component losses get logged.

@@ -7,7 +7,7 @@ per token) on the y axis, so a method beats another at equal utility when its po
 other's curve. ``sweep.json`` also gives, for each learned layer, the isotropic failure rates
 interpolated at its utility.
 
-    PYTHONPATH=. python -m mi_losses.minilm.sweep --alphas '[0.003, 0.01, 0.03, 0.1]'
+    PYTHONPATH=. python -m mi_losses.apps.minilm.sweep --alphas '[0.003, 0.01, 0.03, 0.1]'
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from mi_losses.callbacks import ComponentLossLogger
-from mi_losses.minilm.data import PydocTextDataModule
-from mi_losses.minilm.evaluate import (
+from mi_losses.apps.minilm.data import PydocTextDataModule
+from mi_losses.apps.minilm.evaluate import (
     IsotropicGaussianNoise,
     clean_sentence_embeddings,
     evaluate_noise,
 )
-from mi_losses.minilm.task import MiniLMObfuscation
+from mi_losses.apps.minilm.task import MiniLMObfuscation
+from mi_losses.callbacks import ComponentLossLogger
 
 ATTACKS = ("nn_failure_rate_cosine", "nn_failure_rate_l2", "nn_failure_rate_l2_shift_aware")
 

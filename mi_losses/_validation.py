@@ -1,10 +1,17 @@
-"""Input checks shared by every public function: clear ``ValueError`` messages at the boundary."""
+"""Every input check of the package, in one place: clear ``ValueError`` messages at the boundary.
+
+Tensor checks for the functional core, option checks (choices, bools) for the functional
+keyword options and the modules' YAML values.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import get_args
 
 import torch
+
+from mi_losses.types import Granularity
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -103,3 +110,26 @@ def result_dtype(*tensors: torch.Tensor) -> torch.dtype:
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """The dtype the estimators compute in: float32 or better (half precision is promoted)."""
     return torch.promote_types(result_dtype(*tensors), torch.float32)
+
+
+def check_choice(owner: str, option: str, value: object, allowed: Collection[object]) -> None:
+    """Raise ``ValueError`` naming ``owner: option``, the allowed values and the value given.
+
+    ``owner`` is the class name for module options, or ``""`` for a function's argument.
+    """
+    if value not in allowed:
+        allowed_text = ", ".join(repr(a) for a in allowed)
+        prefix = f"{owner}: " if owner else ""
+        raise ValueError(f"{prefix}{option} must be one of {allowed_text}, got {value!r}")
+
+
+def check_bool(owner: str, option: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is a real ``bool`` (YAML ``yes``/``1`` slip through)."""
+    if not isinstance(value, bool):
+        prefix = f"{owner}: " if owner else ""
+        raise ValueError(f"{prefix}{option} must be a bool (true or false), got {value!r}")
+
+
+def check_granularity(granularity: object) -> None:
+    """Raise unless ``granularity`` is one of :data:`mi_losses.types.Granularity`."""
+    check_choice("", "granularity", granularity, get_args(Granularity))

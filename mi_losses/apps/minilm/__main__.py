@@ -1,4 +1,4 @@
-"""``python -m mi_losses.minilm fit --config configs/minilm/fit.yaml``: train, then report.
+"""``python -m mi_losses.apps.minilm fit --config configs/minilm/fit.yaml``: train, then report.
 
 A :class:`~pytorch_lightning.cli.LightningCLI` over :class:`MiniLMObfuscation` and
 :class:`PydocTextDataModule`; the report is written by the ``ObfuscationReport`` callback that the
@@ -8,9 +8,9 @@ with other jobs one thread is much faster than two competing ones).
 
 from __future__ import annotations
 
-from mi_losses.cli import ThreadsCLI
-from mi_losses.minilm.data import PydocTextDataModule
-from mi_losses.minilm.task import MiniLMObfuscation
+from mi_losses.apps.cli import ThreadsCLI
+from mi_losses.apps.minilm.data import PydocTextDataModule
+from mi_losses.apps.minilm.task import MiniLMObfuscation
 
 
 def run(args: list[str] | None = None) -> ThreadsCLI:

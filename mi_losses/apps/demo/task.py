@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from mi_losses.downstream import FrozenDownstreamEncoder
+from mi_losses.apps.demo.downstream import FrozenDownstreamEncoder
 from mi_losses.functional import gaussian_entropy_log_loss
 from mi_losses.losses import MutualInformationLoss, SubBatchMutualInformation
 from mi_losses.noise import GaussianNoiseLayer

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mi_losses.apps.minilm.attack import recovered_tokens
+from mi_losses.apps.minilm.model import MiniLMEncoder
 from mi_losses.functional import mutual_information_sub_batch_estimate
-from mi_losses.minilm.attack import recovered_tokens
-from mi_losses.minilm.model import MiniLMEncoder
 from mi_losses.noise import NoisyEmbeddings
 
 NoiseFunction = Callable[[torch.Tensor, torch.Tensor], NoisyEmbeddings]

@@ -22,8 +22,8 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
+from mi_losses.apps.minilm.model import MiniLMEncoder
 from mi_losses.losses import SubBatchMutualInformation
-from mi_losses.minilm.model import MiniLMEncoder
 from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings
 
 

@@ -10,11 +10,12 @@ from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from mi_losses.apps.demo.data import SyntheticEmbeddingDataModule
+from mi_losses.apps.demo.task import ObfuscationTask
+
 # Imported so that the parser knows them as Callback subclasses: short names work in
 # `--trainer.callbacks.help ComponentLossLogger` and in `class_path`.
 from mi_losses.callbacks import ComponentLossLogger, TrainingSummary  # noqa: F401
-from mi_losses.data import SyntheticEmbeddingDataModule
-from mi_losses.task import ObfuscationTask
 
 
 class ThreadsCLI(LightningCLI):
