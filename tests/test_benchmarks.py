@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import importlib.util
 import math
@@ -11,6 +12,10 @@ from types import ModuleType
 
 import pytest
 import torch
+
+from benchmarks.grids import Case, make_inputs
+from benchmarks.naive import naive_mutual_information_sub_batch
+from tests import reference
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_estimators.py"
 
@@ -35,7 +40,7 @@ def test_tiny_grid_writes_tables_and_naive_agrees_with_library(
     bench: ModuleType, tmp_path: Path
 ) -> None:
     rows = bench.main(["--grid", "tiny", "--out", str(tmp_path), "--warmup", "0", "--repeats", "1"])
-    assert len(rows) == len(bench._grid_tiny()) == 4
+    assert len(rows) == len(bench.grid_tiny()) == 4
 
     machine, records = _read_csv(tmp_path / "results_cpu.csv")
     assert "torch " + torch.__version__ in machine
@@ -102,6 +107,37 @@ def test_a_failing_compile_is_reported_in_the_row(
     assert row["compile"] == "on"
     assert row["note"] == "compile failed: RuntimeError: inductor exploded"
     assert row["library_s"] is None and row["naive_s"] > 0
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+def test_naive_matches_the_test_reference(granularity: str) -> None:
+    """The baseline is the estimate of docs/math.md: it equals tests/reference.py in float64."""
+    case = Case(granularity, 6, 5, 3, dtype="float64")
+    means, stds, mask, clean, noisy = make_inputs(case, torch.device("cpu"), seed=4)
+    mask = mask.clone()
+    mask[1, 2:] = False
+    value = naive_mutual_information_sub_batch(
+        means, stds, mask, clean, noisy, granularity=granularity
+    )
+    expected = reference.mutual_information_sub_batch(
+        means, stds, mask, clean, noisy, granularity=granularity
+    ).value
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(value, [means, stds, clean, noisy])
+    expected_grads = torch.autograd.grad(expected, [means, stds, clean, noisy])
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_the_script_is_a_thin_command_line() -> None:
+    """The benchmark is split into small files; no function is longer than 60 lines."""
+    for path in sorted(SCRIPT.parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                assert length <= 60, f"{path.name}:{node.name} has {length} lines"
+    assert len(SCRIPT.read_text().splitlines()) < 250
 
 
 def test_naive_matches_a_float64_loop(bench: ModuleType) -> None:
