@@ -26,7 +26,7 @@ class Estimate(NamedTuple):
     Attributes:
         value: the estimate, a scalar tensor in nats that carries the gradient.
         components: the component losses (detached scalars, nats) whose sum identities
-            ``MATH.md`` states.
+            docs/math.md#components-and-their-identities states.
         num_queries: number of valid queries the value averages over (an int64 scalar); the
             weight to use when aggregating estimates over steps or devices.
         per_query: the per-query values whose mean over valid queries is ``value`` (``0`` at

@@ -141,7 +141,7 @@ def test_the_script_is_a_thin_command_line() -> None:
 
 
 def test_naive_matches_a_float64_loop(bench: ModuleType) -> None:
-    """The baseline itself is right: one query/component pair at a time, straight from MATH.md."""
+    """The baseline itself is right: one query/component pair at a time, straight from docs/math.md."""
     case = bench.Case("sequence", 4, 5, 3, dtype="float64")
     means, stds, mask, clean, noisy = bench.make_inputs(case, torch.device("cpu"), seed=3)
     mask = mask.clone()

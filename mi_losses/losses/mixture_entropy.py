@@ -32,8 +32,9 @@ class GaussianMixtureEntropy(ComponentLossModule):
         units: ``"nats"`` or ``"bits"`` (value and components divided by ln 2).
 
     Attributes:
-        component_losses: the component losses of ``MATH.md`` of the latest call (per-query
-            means, in ``units``, whatever the reduction); ``last_num_queries`` their weight.
+        component_losses: the component losses of the latest call
+            (docs/math.md#components-and-their-identities): per-query means, in ``units``,
+            whatever the reduction; ``last_num_queries`` their weight.
 
     Example:
         >>> loss = GaussianMixtureEntropy(units="bits")
