@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-from mi_losses.apps.cli import main, run
+from mi_losses.apps.cli import DEMO_CONFIG, main, run, with_default_config
+from mi_losses.apps.progress import StepProgressBar, short_metrics
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -157,3 +159,90 @@ def test_console_script_entry_point_returns_none_so_the_process_exits_zero(
     config = str(ROOT / "configs" / "demo.yaml")
     args = ["fit", "--config", config, "--trainer.fast_dev_run", "1"]
     assert main([*args, "--trainer.default_root_dir", str(tmp_path), *QUIET]) is None
+
+
+def test_fit_without_config_runs_the_packaged_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    cli = run(["fit", "--trainer.fast_dev_run", "1", *QUIET])
+    assert cli.trainer.global_step == 1
+    assert cli.model.alpha == 0.002 and cli.datamodule.vocab_size == 256  # the demo's values
+    assert f"using the demo configuration {DEMO_CONFIG}" in capsys.readouterr().err
+
+
+def test_packaged_demo_config_is_configs_demo() -> None:
+    assert DEMO_CONFIG.read_text() == (ROOT / "configs" / "demo.yaml").read_text()
+
+
+def test_default_config_is_added_only_when_none_is_given() -> None:
+    assert with_default_config(["fit"]) == ["fit", "--config", str(DEMO_CONFIG)]
+    for args in (
+        ["fit", "--config", "x.yaml"],
+        ["fit", "--config=x.yaml"],
+        ["fit", "-c", "x.yaml"],
+        ["fit", "--help"],
+        ["--help"],
+        [],
+    ):
+        assert with_default_config(args) == args
+
+
+def test_short_metrics_show_each_value_once_under_a_short_label() -> None:
+    logged = {
+        "train/loss_step": 2.0,
+        "train/loss_epoch": 3.0,
+        "train/mi/mutual_information_loss": 40.0,
+        "val/utility_loss_epoch": 0.5,
+        "v_num": 7,
+    }
+    labels = {"loss": "train/loss", "mi": "train/mi/mutual_information_loss"}
+    labels |= {"val_utility": "val/utility_loss", "std": "train/std/mean"}
+    assert short_metrics(logged, labels) == {"loss": 2.0, "mi": 40.0, "val_utility": 0.5}
+
+
+def _bar(cli: object) -> StepProgressBar:
+    bars = [c for c in cli.trainer.callbacks if isinstance(c, StepProgressBar)]  # type: ignore[attr-defined]
+    assert len(bars) == 1
+    return bars[0]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("rich") is None, reason="needs the optional extra 'cli' (rich)"
+)
+def test_progress_bar_counts_steps_of_max_steps_with_short_values(tmp_path: Path) -> None:
+    cli = run(
+        [
+            *("fit", "--config", str(ROOT / "configs" / "demo.yaml")),
+            *("--trainer.max_steps", "40", "--trainer.limit_train_batches", "16"),
+            *("--trainer.limit_val_batches", "1", "--trainer.enable_checkpointing", "false"),
+            *("--trainer.logger.init_args.save_dir", str(tmp_path)),
+            *("--trainer.enable_model_summary", "false"),
+        ]
+    )
+    bar = _bar(cli)
+    assert cli.trainer.current_epoch >= 2  # 40 steps of 16 batches: the bar spans epochs
+    assert bar.train_progress_bar_id is not None and bar.progress is not None
+    task = bar.progress.tasks[bar.train_progress_bar_id]
+    assert (task.completed, task.total) == (40, 40)
+    assert task.description.strip().endswith("Step")
+    shown = bar.get_metrics(cli.trainer, cli.model)
+    assert set(shown) == {"loss", "mi", "utility", "std", "val_mi"}
+    assert all(isinstance(value, float) for value in shown.values())
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("rich") is None, reason="needs the optional extra 'cli' (rich)"
+)
+def test_progress_bar_counts_epochs_from_one_without_max_steps(tmp_path: Path) -> None:
+    cli = run(
+        [
+            *("fit", "--config", str(ROOT / "configs" / "demo.yaml")),
+            *("--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2"),
+            *("--trainer.limit_val_batches", "1", "--trainer.enable_checkpointing", "false"),
+            *("--trainer.logger.init_args.save_dir", str(tmp_path)),
+            *("--trainer.enable_model_summary", "false"),
+        ]
+    )
+    bar = _bar(cli)
+    assert bar.train_progress_bar_id is not None and bar.progress is not None
+    task = bar.progress.tasks[bar.train_progress_bar_id]
+    assert task.description.strip().endswith("Epoch 2/2")
+    assert (task.completed, task.total) == (2, 2)

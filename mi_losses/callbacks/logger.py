@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pytorch_lightning as pl
 import torch
@@ -102,7 +102,7 @@ class ComponentLossLogger(Callback):
                 f"{type(module).__name__}, which has no component_losses/last_num_queries; use "
                 "a mi_losses loss module (a ComponentLossModule)"
             )
-        return module
+        return cast(torch.nn.Module, module)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.loss_module(pl_module)  # fail before the first step, not at step 1000
@@ -111,12 +111,12 @@ class ComponentLossLogger(Callback):
         if stage not in self.metrics or trainer.sanity_checking:
             return
         module = self.loss_module(pl_module)
-        components: Mapping[str, torch.Tensor] = module.component_losses
+        components = cast(Mapping[str, torch.Tensor], module.component_losses)
         if not components:
             return
         metrics = self.metrics[stage].to(pl_module.device)
         on_step = stage == "train" or self.eval_on_step
-        weight = module.last_num_queries
+        weight = cast(torch.Tensor, module.last_num_queries)
         if on_step:
             metrics(components, weight)
         else:

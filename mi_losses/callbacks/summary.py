@@ -47,8 +47,9 @@ class TrainingSummary(Callback):
         self.plot_path: Path | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        position = trainer.callbacks.index(self)
-        later = [c for c in trainer.callbacks[position + 1 :] if isinstance(c, ComponentLossLogger)]
+        callbacks: list[Callback] = getattr(trainer, "callbacks", [])  # set at run time
+        position = callbacks.index(self)
+        later = [c for c in callbacks[position + 1 :] if isinstance(c, ComponentLossLogger)]
         if later:
             raise ValueError(
                 "TrainingSummary must come after ComponentLossLogger in trainer.callbacks "
@@ -93,7 +94,11 @@ class TrainingSummary(Callback):
         rows = self.rows()
         text = _plain_table(rows)
         _print_table(rows, text)
-        if not trainer.loggers or trainer.fast_dev_run or trainer.log_dir is None:
+        if (
+            not trainer.loggers
+            or getattr(trainer, "fast_dev_run", False)
+            or trainer.log_dir is None
+        ):
             return  # no logs to write next to (no logger, or fast_dev_run's dummy logger)
         directory = Path(trainer.log_dir)
         directory.mkdir(parents=True, exist_ok=True)
