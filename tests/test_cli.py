@@ -165,7 +165,7 @@ def test_fit_without_config_runs_the_packaged_demo(capsys: pytest.CaptureFixture
     cli = run(["fit", "--trainer.fast_dev_run", "1", *QUIET])
     assert cli.trainer.global_step == 1
     assert cli.model.alpha == 0.002 and cli.datamodule.vocab_size == 256  # the demo's values
-    assert f"using the demo configuration {DEMO_CONFIG}" in capsys.readouterr().err
+    assert f"mi-losses: no --config given; using {DEMO_CONFIG}" in capsys.readouterr().err
 
 
 def test_packaged_demo_config_is_configs_demo() -> None:

@@ -77,18 +77,20 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "demo" / "demo.yaml"
 _RUNS = ("fit", "validate", "test", "predict")
 
 
-def with_default_config(args: list[str], default: Path = DEMO_CONFIG) -> list[str]:
+def with_default_config(
+    args: list[str], default: Path = DEMO_CONFIG, program: str = "mi-losses"
+) -> list[str]:
     """``args`` with ``--config default`` added when a run subcommand has no ``--config``.
 
-    Calls with ``--help`` or another subcommand are left alone; a note on stderr says which
-    file is used.
+    Calls with ``--help`` or another subcommand are left alone; a note on stderr names the file
+    used. Any application CLI can call it with its own packaged ``default``.
     """
     if not args or args[0] not in _RUNS:
         return args
     flags = {arg.split("=", 1)[0] for arg in args[1:]}
     if flags & {"-c", "--config", "-h", "--help"}:
         return args
-    print(f"mi-losses: no --config given; using the demo configuration {default}", file=sys.stderr)
+    print(f"{program}: no --config given; using {default}", file=sys.stderr)
     return [args[0], "--config", str(default), *args[1:]]
 
 

@@ -84,8 +84,13 @@ class StepProgressBar(RichProgressBar):
             return  # one bar for the whole run: keep its count and speed across epochs
         super().on_train_epoch_start(trainer, pl_module)
 
-    def on_train_batch_end(  # type: ignore[no-untyped-def]
-        self, trainer, pl_module, outputs, batch, batch_idx
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self._counts_steps():
