@@ -269,5 +269,7 @@ def test_module_options_are_plain_and_validated(module: Any) -> None:
     assert "gather_components=True" in repr(loss)
     with pytest.raises(ValueError, match=f"{module.__name__}: gather_components must be a bool"):
         module(gather_components=1)
-    with pytest.raises(ValueError, match="max_gathered_components must be None or an int >= 1"):
+    with pytest.raises(
+        ValueError, match=f"{module.__name__}: max_gathered_components must be None or an int >= 1"
+    ):
         module(gather_components=True, max_gathered_components=0)

@@ -58,8 +58,10 @@ def check_gather_options(gather: object, max_gathered_components: object, owner:
         or not isinstance(max_gathered_components, int)
         or max_gathered_components < 1
     ):
+        prefix = f"{owner}: " if owner else ""
         raise ValueError(
-            f"max_gathered_components must be None or an int >= 1, got {max_gathered_components!r}"
+            f"{prefix}max_gathered_components must be None or an int >= 1, got "
+            f"{max_gathered_components!r}"
         )
 
 
