@@ -17,13 +17,15 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
-from mi_losses import keys
+from mi_losses import MutualInformationLoss, SubBatchMutualInformation, keys
 from mi_losses.apps.cli import run
+from mi_losses.apps.demo.task import ObfuscationTask
 from mi_losses.callbacks import ComponentLossLogger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,3 +140,47 @@ def test_ddp_run_logs_the_same_components_as_one_process(tmp_path: Path) -> None
             written = float(ddp_rows[step][f"train/mi/{key}_step"])
             assert written == pytest.approx(logged[0], rel=1e-6)
         assert own[0]["own"] != own[1]["own"]  # the ranks' own values differ: a real check
+
+
+class _Trainer:
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+
+
+class _OwnLoss(MutualInformationLoss):
+    """A user's loss without a gather option."""
+
+
+@pytest.mark.parametrize(
+    ("option", "world_size", "module_flag", "expected"),
+    [
+        (None, 1, False, False),  # one process: the loss module's own setting
+        (None, 1, True, True),
+        (None, 2, False, True),  # several processes: on
+        (False, 2, True, False),  # explicit: wins
+        (True, 1, False, True),
+    ],
+)
+def test_task_turns_gathering_on_under_several_processes(
+    option: bool | None, world_size: int, module_flag: bool, expected: bool
+) -> None:
+    task = ObfuscationTask(
+        SubBatchMutualInformation(gather_components=module_flag), gather_components=option
+    )
+    with patch.object(ObfuscationTask, "trainer", _Trainer(world_size)):
+        task.setup("fit")
+    assert task.mi_loss.gather_components is expected
+
+
+def test_task_gather_option_is_validated() -> None:
+    with pytest.raises(ValueError, match="gather_components must be true, false or null"):
+        ObfuscationTask(gather_components=1)  # type: ignore[arg-type]
+    own = ObfuscationTask(_OwnLoss(), gather_components=None)
+    with patch.object(ObfuscationTask, "trainer", _Trainer(2)):
+        own.setup("fit")  # a loss without the option is left alone
+    explicit = ObfuscationTask(_OwnLoss(), gather_components=True)
+    with (
+        patch.object(ObfuscationTask, "trainer", _Trainer(1)),
+        pytest.raises(ValueError, match="_OwnLoss has none"),
+    ):
+        explicit.setup("fit")

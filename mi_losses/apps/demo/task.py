@@ -106,17 +106,17 @@ class ObfuscationTask(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Turn component gathering on under a multi-process strategy (see ``gather_components``)."""
-        gather = self.gather_components
-        if gather is None and self.trainer.world_size > 1:
-            gather = hasattr(self.mi_loss, "gather_components")  # a custom loss may lack it
-        if gather is None:
+        has_option = hasattr(self.mi_loss, "gather_components")  # a custom loss may lack it
+        if self.gather_components is None:
+            if self.trainer.world_size > 1 and has_option:
+                self.mi_loss.gather_components = True
             return
-        if not hasattr(self.mi_loss, "gather_components"):
+        if not has_option:
             raise ValueError(
-                f"ObfuscationTask: gather_components={gather} needs a loss module with a "
-                f"gather_components option; {type(self.mi_loss).__name__} has none"
+                f"ObfuscationTask: gather_components={self.gather_components} needs a loss "
+                f"module with a gather_components option; {type(self.mi_loss).__name__} has none"
             )
-        self.mi_loss.gather_components = gather
+        self.mi_loss.gather_components = self.gather_components
 
     def utility_loss(
         self, clean: torch.Tensor, noisy: torch.Tensor, token_mask: torch.Tensor
