@@ -27,6 +27,9 @@ class ComponentLossMetrics(nn.Module):
 
     Args:
         keys: component keys to create up front (optional).
+        sync_on_step: also sync the step values that :meth:`forward` returns across processes,
+            so that every rank gets (and logs) the step's global weighted mean; one collective
+            per key and step. Epoch values (:meth:`compute`) are always synced.
 
     Example:
         >>> metrics = ComponentLossMetrics()
@@ -36,8 +39,9 @@ class ComponentLossMetrics(nn.Module):
         {'a': tensor(3.2500)}
     """
 
-    def __init__(self, keys: Iterable[str] = ()) -> None:
+    def __init__(self, keys: Iterable[str] = (), *, sync_on_step: bool = False) -> None:
         super().__init__()
+        self.sync_on_step = sync_on_step
         self.metrics = nn.ModuleDict()
         # Follows ``.to(device)`` so that keys created later land on the module's device.
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
@@ -45,7 +49,9 @@ class ComponentLossMetrics(nn.Module):
             self._add(key)
 
     def _add(self, key: str) -> MeanMetric:
-        metric = MeanMetric(nan_strategy="error").to(self._device_anchor.device)
+        metric = MeanMetric(nan_strategy="error", dist_sync_on_step=self.sync_on_step).to(
+            self._device_anchor.device
+        )
         self.metrics[key] = metric
         return metric
 

@@ -29,8 +29,10 @@ class ComponentLossLogger(Callback):
 
     Lightning appends ``_step`` and ``_epoch`` when a value is logged both per step and per
     epoch. The epoch value is the mean over all valid queries of the epoch (steps weighted by
-    ``last_num_queries``), synced exactly across processes. Stages never share a metric.
-    The loss module must be called in every step of the stages listed in ``stages``.
+    ``last_num_queries``). Under data parallelism both are synced exactly across processes:
+    every rank logs the same global value, the step's (or the epoch's) mean over the valid
+    queries of all ranks. Stages never share a metric. The loss module must be called in every
+    step of the stages listed in ``stages`` (on every rank: the sync is a collective).
 
     In YAML::
 
@@ -79,7 +81,10 @@ class ComponentLossLogger(Callback):
         self.stages = stages
         self.eval_on_step = eval_on_step
         self.prog_bar_key = prog_bar_key
-        self.metrics: dict[str, ComponentLossMetrics] = {s: ComponentLossMetrics() for s in stages}
+        # Step values synced too: under data parallelism every rank logs the same global value.
+        self.metrics: dict[str, ComponentLossMetrics] = {
+            s: ComponentLossMetrics(sync_on_step=True) for s in stages
+        }
 
     @property
     def state_key(self) -> str:

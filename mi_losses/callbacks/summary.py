@@ -89,18 +89,20 @@ class TrainingSummary(Callback):
         return rows
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # trainer.log_dir is a broadcast under DDP: every rank must ask, not only rank 0.
+        log_dir = (
+            None
+            if not trainer.loggers or getattr(trainer, "fast_dev_run", False)
+            else trainer.log_dir
+        )
         if not trainer.is_global_zero or not self.history:
             return
         rows = self.rows()
         text = _plain_table(rows)
         _print_table(rows, text)
-        if (
-            not trainer.loggers
-            or getattr(trainer, "fast_dev_run", False)
-            or trainer.log_dir is None
-        ):
+        if log_dir is None:
             return  # no logs to write next to (no logger, or fast_dev_run's dummy logger)
-        directory = Path(trainer.log_dir)
+        directory = Path(log_dir)
         directory.mkdir(parents=True, exist_ok=True)
         self.summary_path = directory / self.summary_filename
         self.summary_path.write_text(text + "\n")

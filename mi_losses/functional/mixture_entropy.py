@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from mi_losses import keys
@@ -17,6 +19,7 @@ from mi_losses._validation import (
     compute_dtype,
     result_dtype,
 )
+from mi_losses.functional import _distributed
 from mi_losses.functional._mixture import (
     as_samples,
     mixture_components,
@@ -27,6 +30,9 @@ from mi_losses.functional._mixture import (
     value_with_losses,
 )
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["gaussian_mixture_entropy", "gaussian_mixture_entropy_estimate"]
 
@@ -42,6 +48,9 @@ def gaussian_mixture_entropy(
     component_mask: torch.Tensor | None = None,
     granularity: Granularity = "sequence",
     validate_args: bool = True,
+    gather_components: bool = False,
+    process_group: ProcessGroup | None = None,
+    max_gathered_components: int | None = None,
 ) -> torch.Tensor:
     r"""Cross-batch Monte Carlo estimate of the entropy of the transformed embeddings, in nats.
 
@@ -71,6 +80,15 @@ def gaussian_mixture_entropy(
         component_mask: ``(N, S)``; ``None`` (default) means all positions.
         granularity: ``"sequence"`` (a sample is a sequence) or ``"token"`` (an active token).
         validate_args: check the values of ``stds`` and of non-bool masks (one pass each).
+        gather_components: under data parallelism, evaluate this rank's queries against the
+            components of all ranks of ``process_group`` (an autograd-aware all-gather; ranks
+            may differ in ``N`` and ``S``). The value is this rank's queries' estimate; input
+            gradients are those of the sum of the ranks' values. Nothing changes without an
+            initialised process group or with one rank. See ``docs/distributed.md``.
+        process_group: the ranks to gather over; ``None`` means the default group.
+        max_gathered_components: with ``gather_components``, each rank sends at most this
+            many components (sequences, or tokens at token granularity), drawn at random:
+            bounded memory for more variance. ``None`` sends all.
 
     Returns:
         Scalar ``H`` in nats, in the input dtype (computed in float32 or better); ``0`` when
@@ -94,6 +112,9 @@ def gaussian_mixture_entropy(
         granularity=granularity,
         validate_args=validate_args,
         with_components=losses is not None,
+        gather_components=gather_components,
+        process_group=process_group,
+        max_gathered_components=max_gathered_components,
     )
     return value_with_losses(estimate, losses)
 
@@ -109,14 +130,19 @@ def gaussian_mixture_entropy_estimate(
     granularity: Granularity = "sequence",
     validate_args: bool = True,
     with_components: bool = True,
+    gather_components: bool = False,
+    process_group: ProcessGroup | None = None,
+    max_gathered_components: int | None = None,
 ) -> Estimate:
     """:func:`gaussian_mixture_entropy` returning an :class:`~mi_losses.types.Estimate`.
 
     Same arguments (without ``losses``); the estimate also carries its components and the number
     of valid queries, the weight to aggregate it with. ``with_components=False`` skips the
     components (``Estimate.components`` is then empty), which saves a little time.
+    With ``gather_components`` the value, components and ``num_queries`` are this rank's.
     """
     check_granularity(granularity)
+    _distributed.check_gather_options(gather_components, max_gathered_components)
     for name, tensor in (
         ("clean_embeddings", clean_embeddings),
         ("transformed_embeddings", transformed_embeddings),
@@ -155,11 +181,20 @@ def gaussian_mixture_entropy_estimate(
 
     inputs = (clean_embeddings, transformed_embeddings, means, stds)
     dtype = compute_dtype(*inputs)
+    component_half = (clean_embeddings.to(dtype) + means.to(dtype), stds.to(dtype), component_mask)
+    if gather_components:
+        component_half = _distributed.gather_components(
+            *component_half,
+            granularity=granularity,
+            process_group=process_group,
+            max_gathered_components=max_gathered_components,
+        )
+    centres, component_stds, component_mask = component_half
     pairs_ = pairs(
         as_samples(transformed_embeddings.to(dtype), granularity),
         as_samples(query_mask, granularity),
-        as_samples(clean_embeddings.to(dtype) + means.to(dtype), granularity),
-        as_samples(stds.to(dtype), granularity),
+        as_samples(centres, granularity),
+        as_samples(component_stds, granularity),
         as_samples(component_mask, granularity),
     )
     log_density = -(pairs_.mahalanobis + pairs_.pair_sum(None, pairs_.component_constants))

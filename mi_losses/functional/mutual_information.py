@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from mi_losses import keys
@@ -16,6 +18,7 @@ from mi_losses._validation import (
     compute_dtype,
     result_dtype,
 )
+from mi_losses.functional import _distributed
 from mi_losses.functional._mixture import (
     HALF_LOG_TWO_PI,
     as_samples,
@@ -28,6 +31,9 @@ from mi_losses.functional._mixture import (
     value_with_losses,
 )
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["mutual_information_sub_batch", "mutual_information_sub_batch_estimate"]
 
@@ -44,6 +50,9 @@ def mutual_information_sub_batch(
     granularity: Granularity = "sequence",
     symmetric: bool = False,
     validate_args: bool = True,
+    gather_components: bool = False,
+    process_group: ProcessGroup | None = None,
+    max_gathered_components: int | None = None,
 ) -> torch.Tensor:
     r"""Leave-one-out (L1Out) estimate of ``I(X; Y)`` in nats, from one batch split in halves.
 
@@ -83,6 +92,16 @@ def mutual_information_sub_batch(
             ``A``) and average the two estimates and their components: less variance for
             twice the work. A direction without any valid query is left out of the average.
         validate_args: check the values of ``stds_tensor`` and of a non-bool ``noise_mask``.
+        gather_components: under data parallelism, evaluate this rank's queries against the
+            component halves of all ranks of ``process_group`` (an autograd-aware all-gather;
+            ranks may differ in ``B`` and ``S``). The value is this rank's queries' estimate;
+            input gradients are those of the sum of the ranks' values, so DDP's averaging
+            gives the gradient of their mean. Nothing changes without an initialised process
+            group or with one rank. See ``docs/distributed.md``.
+        process_group: the ranks to gather over; ``None`` means the default group.
+        max_gathered_components: with ``gather_components``, each rank sends at most this
+            many components (sequences, or tokens at token granularity), drawn at random:
+            bounded memory for more variance. ``None`` sends all.
 
     Returns:
         Scalar ``I`` in nats, in the input dtype (computed in float32 or better); ``0`` (with a
@@ -112,6 +131,9 @@ def mutual_information_sub_batch(
         symmetric=symmetric,
         validate_args=validate_args,
         with_components=losses is not None,
+        gather_components=gather_components,
+        process_group=process_group,
+        max_gathered_components=max_gathered_components,
     )
     return value_with_losses(estimate, losses)
 
@@ -128,14 +150,19 @@ def mutual_information_sub_batch_estimate(
     symmetric: bool = False,
     validate_args: bool = True,
     with_components: bool = True,
+    gather_components: bool = False,
+    process_group: ProcessGroup | None = None,
+    max_gathered_components: int | None = None,
 ) -> Estimate:
     """:func:`mutual_information_sub_batch` returning an :class:`~mi_losses.types.Estimate`.
 
     Same arguments (without ``losses``); the estimate also carries its components and the number
     of valid queries (both directions together when ``symmetric``). ``with_components=False``
     skips the components (``Estimate.components`` is then empty), which saves a little time.
+    With ``gather_components`` the value, components and ``num_queries`` are this rank's.
     """
     check_granularity(granularity)
+    _distributed.check_gather_options(gather_components, max_gathered_components)
     inputs = {
         "means_tensor": means_tensor,
         "stds_tensor": stds_tensor,
@@ -180,14 +207,20 @@ def mutual_information_sub_batch_estimate(
 
     def direction(queries: int, components: int) -> Estimate:
         noisy_, centres_, stds_, query_mask_, component_mask_ = halves
+        component_half = (centres_[components], stds_[components], component_mask_[components])
+        if gather_components:
+            component_half = _distributed.gather_components(
+                *component_half,
+                granularity=granularity,
+                process_group=process_group,
+                max_gathered_components=max_gathered_components,
+            )
         return _leave_one_out(
             noisy_[queries],
             centres_[queries],
             stds_[queries],
             query_mask_[queries],
-            centres_[components],
-            stds_[components],
-            component_mask_[components],
+            *component_half,
             granularity,
             with_components,
         )

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 import torch
 
 from mi_losses._validation import check_choice
 from mi_losses.functional import gaussian_mixture_entropy_estimate
+from mi_losses.functional._distributed import check_gather_options
 from mi_losses.losses.base import ComponentLossModule, reduce, to_units
 from mi_losses.types import Granularity, Reduction, Units
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 class GaussianMixtureEntropy(ComponentLossModule):
@@ -30,6 +34,13 @@ class GaussianMixtureEntropy(ComponentLossModule):
         reduction: ``"mean"`` over valid queries (the estimate), ``"sum"`` (the mean times the
             number of valid queries) or ``"none"`` (per-query values, ``0`` where invalid).
         units: ``"nats"`` or ``"bits"`` (value and components divided by ln 2).
+        gather_components: under data parallelism (DDP and the like), evaluate this rank's
+            queries against the components of all ranks (an autograd-aware all-gather); the
+            value and ``component_losses`` stay this rank's, ``last_num_queries`` their weight.
+            Nothing changes when not distributed. The ranks are those of the attribute
+            ``process_group`` (default group when None; set it in Python, not in YAML).
+        max_gathered_components: with ``gather_components``, each rank sends at most this many
+            components (sequences, or tokens), drawn at random; ``None`` sends all.
 
     Attributes:
         component_losses: the component losses of the latest call
@@ -49,12 +60,18 @@ class GaussianMixtureEntropy(ComponentLossModule):
         granularity: Granularity = "sequence",
         reduction: Reduction = "mean",
         units: Units = "nats",
+        gather_components: bool = False,
+        max_gathered_components: int | None = None,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
         check_choice(owner, "granularity", granularity, get_args(Granularity))
         check_choice(owner, "reduction", reduction, get_args(Reduction))
         check_choice(owner, "units", units, get_args(Units))
+        check_gather_options(gather_components, max_gathered_components, owner)
+        self.gather_components = gather_components
+        self.max_gathered_components = max_gathered_components
+        self.process_group: ProcessGroup | None = None
         self.granularity = granularity
         self.reduction = reduction
         self.units = units
@@ -82,6 +99,9 @@ class GaussianMixtureEntropy(ComponentLossModule):
             mask,
             component_mask=component_mask,
             granularity=self.granularity,
+            gather_components=self.gather_components,
+            process_group=self.process_group,
+            max_gathered_components=self.max_gathered_components,
         )
         estimate = to_units(estimate, self.units)
         self._remember(estimate)
@@ -89,5 +109,7 @@ class GaussianMixtureEntropy(ComponentLossModule):
 
     def extra_repr(self) -> str:
         return (
-            f"granularity={self.granularity!r}, reduction={self.reduction!r}, units={self.units!r}"
+            f"granularity={self.granularity!r}, reduction={self.reduction!r}, units={self.units!r}, "
+            f"gather_components={self.gather_components}, "
+            f"max_gathered_components={self.max_gathered_components}"
         )

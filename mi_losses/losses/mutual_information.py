@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 import torch
 
 from mi_losses._validation import check_bool, check_choice
 from mi_losses.functional import mutual_information_sub_batch_estimate
+from mi_losses.functional._distributed import check_gather_options
 from mi_losses.losses.base import MutualInformationLoss, reduce, to_units
 from mi_losses.types import Granularity, Reduction, Units
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 class SubBatchMutualInformation(MutualInformationLoss):
@@ -35,6 +39,13 @@ class SubBatchMutualInformation(MutualInformationLoss):
         units: ``"nats"`` or ``"bits"`` (value and components divided by ln 2).
         reduction: ``"mean"`` over valid queries (the estimate), ``"sum"`` (the mean times the
             number of valid queries) or ``"none"`` (per-query values, ``0`` where invalid).
+        gather_components: under data parallelism (DDP and the like), evaluate this rank's
+            queries against the components of all ranks (an autograd-aware all-gather); the
+            value and ``component_losses`` stay this rank's, ``last_num_queries`` their weight.
+            Nothing changes when not distributed. The ranks are those of the attribute
+            ``process_group`` (default group when None; set it in Python, not in YAML).
+        max_gathered_components: with ``gather_components``, each rank sends at most this many
+            components (sequences, or tokens), drawn at random; ``None`` sends all.
 
     Attributes:
         component_losses: ``gaussian_mixture_mahalanobis_distance_loss``,
@@ -57,6 +68,8 @@ class SubBatchMutualInformation(MutualInformationLoss):
         symmetric: bool = False,
         units: Units = "nats",
         reduction: Reduction = "mean",
+        gather_components: bool = False,
+        max_gathered_components: int | None = None,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -65,6 +78,10 @@ class SubBatchMutualInformation(MutualInformationLoss):
         check_bool(owner, "symmetric", symmetric)
         check_choice(owner, "units", units, get_args(Units))
         check_choice(owner, "reduction", reduction, get_args(Reduction))
+        check_gather_options(gather_components, max_gathered_components, owner)
+        self.gather_components = gather_components
+        self.max_gathered_components = max_gathered_components
+        self.process_group: ProcessGroup | None = None
         self.combine_noise_masks = combine_noise_masks
         self.granularity = granularity
         self.symmetric = symmetric
@@ -89,6 +106,9 @@ class SubBatchMutualInformation(MutualInformationLoss):
             self.combine_noise_masks,
             granularity=self.granularity,
             symmetric=self.symmetric,
+            gather_components=self.gather_components,
+            process_group=self.process_group,
+            max_gathered_components=self.max_gathered_components,
         )
         estimate = to_units(estimate, self.units)
         self._remember(estimate)
@@ -97,5 +117,7 @@ class SubBatchMutualInformation(MutualInformationLoss):
     def extra_repr(self) -> str:
         return (
             f"combine_noise_masks={self.combine_noise_masks}, granularity={self.granularity!r}, "
-            f"symmetric={self.symmetric}, units={self.units!r}, reduction={self.reduction!r}"
+            f"symmetric={self.symmetric}, units={self.units!r}, reduction={self.reduction!r}, "
+            f"gather_components={self.gather_components}, "
+            f"max_gathered_components={self.max_gathered_components}"
         )

@@ -48,6 +48,10 @@ class ObfuscationTask(pl.LightningModule):
         downstream_heads: attention heads of the frozen downstream encoder.
         downstream_seed: seed of the frozen downstream encoder's weights.
         learning_rate: Adam learning rate of the noise layer.
+        gather_components: evaluate each rank's queries against the components of all ranks
+            (the ``gather_components`` option of the loss module). ``None`` (default): on when
+            the trainer runs more than one process (``trainer.world_size > 1``), otherwise the
+            loss module's own setting; ``true``/``false`` set the loss module's option.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class ObfuscationTask(pl.LightningModule):
         downstream_heads: int = 2,
         downstream_seed: int = 0,
         learning_rate: float = 3e-3,
+        gather_components: bool | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
@@ -75,7 +80,13 @@ class ObfuscationTask(pl.LightningModule):
                 "ObfuscationTask: mi_loss must be a MutualInformationLoss (e.g. "
                 f"SubBatchMutualInformation), got {type(mi_loss).__name__}"
             )
+        if gather_components is not None and not isinstance(gather_components, bool):
+            raise ValueError(
+                "ObfuscationTask: gather_components must be true, false or null, got "
+                f"{gather_components!r}"
+            )
         self.save_hyperparameters(ignore=["mi_loss"])
+        self.gather_components = gather_components
         self.mi_loss = mi_loss
         self.alpha = alpha
         self.learning_rate = learning_rate
@@ -92,6 +103,20 @@ class ObfuscationTask(pl.LightningModule):
             num_heads=downstream_heads,
             seed=downstream_seed,
         )
+
+    def setup(self, stage: str) -> None:
+        """Turn component gathering on under a multi-process strategy (see ``gather_components``)."""
+        has_option = hasattr(self.mi_loss, "gather_components")  # a custom loss may lack it
+        if self.gather_components is None:
+            if self.trainer.world_size > 1 and has_option:
+                self.mi_loss.gather_components = True
+            return
+        if not has_option:
+            raise ValueError(
+                f"ObfuscationTask: gather_components={self.gather_components} needs a loss "
+                f"module with a gather_components option; {type(self.mi_loss).__name__} has none"
+            )
+        self.mi_loss.gather_components = self.gather_components
 
     def utility_loss(
         self, clean: torch.Tensor, noisy: torch.Tensor, token_mask: torch.Tensor
@@ -136,6 +161,7 @@ class ObfuscationTask(pl.LightningModule):
                 on_step=on_step,
                 on_epoch=True,
                 batch_size=batch_size,
+                sync_dist=True,  # the same global value on every rank (a no-op on one)
                 prog_bar=name == "utility_loss",
                 reduce_fx="min" if name == "std/min" else "max" if name == "std/max" else "mean",
             )
