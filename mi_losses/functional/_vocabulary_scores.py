@@ -161,7 +161,12 @@ class _LogMixture(torch.autograd.Function):
         safe_log_q = torch.where(finite, log_q, 0.0)
         grad = torch.where(finite, grad, 0.0)
         grad_queries = torch.zeros_like(queries)
-        grad_centres, grad_stds, grad_log_prior = [], [], []
+        # Under create_graph the chunks are concatenated (differentiable); otherwise they are
+        # written into preallocated gradients, so the peak stays one (V, E) tensor per input.
+        differentiable = torch.is_grad_enabled()
+        grad_c = _RowGradient(table, differentiable)
+        grad_s = _RowGradient(stds, differentiable)
+        grad_p = _RowGradient(log_prior, differentiable)
         for start, stop in chunk_bounds(table.shape[0], ctx.chunk_size):
             centres, stds_, precision, log_weight = chunk_rows(vocabulary, start, stop, reference)
             scores = chunk_scores(features, centres, precision, log_weight)
@@ -172,28 +177,45 @@ class _LogMixture(torch.autograd.Function):
             grad_queries = grad_queries + through_weighted - queries * through_precision
             moments = weights.T @ features
             second, first = moments.chunk(2, dim=1)
-            rows = support[start:stop].unsqueeze(-1)
-            grad_centres.append(
-                torch.where(rows, precision * (first - row_totals.unsqueeze(-1) * centres), 0.0)
-            )
-            spread = second - 2.0 * centres * first
-            spread = spread + row_totals.unsqueeze(-1) * (centres.square() - stds_.square())
-            grad_stds.append(torch.where(rows, precision / stds_ * spread, 0.0))
-            grad_log_prior.append(torch.where(support[start:stop], row_totals, 0.0))
+            keep = support[start:stop]
+            rows = keep.unsqueeze(-1)
+            totals = row_totals.unsqueeze(-1)
+            grad_c.put(start, torch.where(rows, precision * (first - totals * centres), 0.0))
+            spread = second - 2.0 * centres * first + totals * (centres.square() - stds_.square())
+            grad_s.put(start, torch.where(rows, precision / stds_ * spread, 0.0))
+            grad_p.put(start, torch.where(keep, row_totals, 0.0))
         needs = ctx.needs_input_grad
-        grad_c = torch.cat(grad_centres) if grad_centres else torch.zeros_like(table)
+        grad_centres = grad_c.result()
         return (
             grad_queries if needs[0] else None,
-            grad_c if needs[1] else None,
-            (grad_c.clone() if needs[1] else grad_c) if needs[2] else None,
-            (torch.cat(grad_stds) if grad_stds else torch.zeros_like(stds)) if needs[3] else None,
-            (torch.cat(grad_log_prior) if grad_log_prior else torch.zeros_like(log_prior))
-            if needs[4]
-            else None,
+            grad_centres if needs[1] else None,
+            (grad_centres.clone() if needs[1] else grad_centres) if needs[2] else None,
+            grad_s.result() if needs[3] else None,
+            grad_p.result() if needs[4] else None,
             None,
             None,
             None,
         )
+
+
+class _RowGradient:
+    """The gradient of a ``(V, ...)`` input assembled from row chunks."""
+
+    def __init__(self, like: torch.Tensor, differentiable: bool) -> None:
+        self.like = like
+        self.chunks: list[torch.Tensor] | None = [] if differentiable else None
+        self.buffer = None if differentiable else torch.empty_like(like)
+
+    def put(self, start: int, rows: torch.Tensor) -> None:
+        if self.chunks is not None:
+            self.chunks.append(rows)
+        elif self.buffer is not None:
+            self.buffer[start : start + rows.shape[0]] = rows
+
+    def result(self) -> torch.Tensor:
+        if self.buffer is not None:
+            return self.buffer
+        return torch.cat(self.chunks) if self.chunks else torch.zeros_like(self.like)
 
 
 def best_rows(
