@@ -1,6 +1,10 @@
 """The math: every estimator of ``MATH.md`` as a function of tensors (nats throughout)."""
 
 from mi_losses.functional.attack import bayes_token_attack, fano_error_floor
+from mi_losses.functional.closed_form import (
+    gaussian_channel_mutual_information,
+    gaussian_differential_entropy,
+)
 from mi_losses.functional.distance import (
     pairwise_square_mahalanobis_distance,
     square_mahalanobis_distance,
@@ -27,6 +31,8 @@ from mi_losses.functional.vocabulary_parameters import (
 __all__ = [
     "bayes_token_attack",
     "fano_error_floor",
+    "gaussian_channel_mutual_information",
+    "gaussian_differential_entropy",
     "gaussian_entropy_log_loss",
     "gaussian_mixture_entropy",
     "gaussian_mixture_entropy_estimate",
