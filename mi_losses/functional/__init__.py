@@ -18,6 +18,11 @@ from mi_losses.functional.mutual_information import (
     mutual_information_sub_batch,
     mutual_information_sub_batch_estimate,
 )
+from mi_losses.functional.pairwise_bounds import (
+    PairwiseBounds,
+    kolchinsky_tracey_entropy_bounds,
+    kolchinsky_tracey_mutual_information_bounds,
+)
 from mi_losses.functional.vocabulary import (
     vocabulary_mutual_information,
     vocabulary_mutual_information_estimate,
@@ -29,6 +34,7 @@ from mi_losses.functional.vocabulary_parameters import (
 )
 
 __all__ = [
+    "PairwiseBounds",
     "bayes_token_attack",
     "fano_error_floor",
     "gaussian_channel_mutual_information",
@@ -36,6 +42,8 @@ __all__ = [
     "gaussian_entropy_log_loss",
     "gaussian_mixture_entropy",
     "gaussian_mixture_entropy_estimate",
+    "kolchinsky_tracey_entropy_bounds",
+    "kolchinsky_tracey_mutual_information_bounds",
     "mutual_information_sub_batch",
     "mutual_information_sub_batch_estimate",
     "pairwise_square_mahalanobis_distance",
