@@ -91,14 +91,18 @@ def chunk_bounds(size: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)]
 
 
-def log_mixture(queries: torch.Tensor, vocabulary: Vocabulary, chunk_size: int) -> torch.Tensor:
-    """``log q(y_i) = logsumexp_v [log p_v + log N(y_i ; W_v + mu_v, sigma_v)]``, ``(N,)``.
+def known_prior_terms(
+    queries: torch.Tensor, tokens: torch.Tensor, vocabulary: Vocabulary, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query: ``log N(y_i ; W_t + mu_t, sigma_t)`` (own row ``t = tokens[i]``) and
+    ``log q(y_i) = logsumexp_v [log p_v + log N(y_i ; W_v + mu_v, sigma_v)]``, each ``(N,)``.
 
     Differentiable (twice) in ``queries`` ``(N, E)``, the table, means, stds and log prior;
-    memory ``O(N * chunk_size)`` in the forward and the first backward pass.
+    memory ``O(N * chunk_size)`` beyond the inputs and one gradient per input, in the forward
+    and the first backward pass (the own rows' gradients are added into the same buffers).
     """
     reference = centre_of(queries)
-    log_q: torch.Tensor = _LogMixture.apply(  # type: ignore[no-untyped-call]
+    own, log_q = _KnownPriorTerms.apply(  # type: ignore[no-untyped-call]
         queries - reference,
         vocabulary.table,
         vocabulary.means,
@@ -106,23 +110,38 @@ def log_mixture(queries: torch.Tensor, vocabulary: Vocabulary, chunk_size: int) 
         vocabulary.log_prior,
         vocabulary.support,
         reference,
+        tokens,
         chunk_size,
     )
-    return log_q
+    return own, log_q
 
 
-class _LogMixture(torch.autograd.Function):
-    """The running ``logsumexp`` over vocabulary chunks, its backward recomputing each chunk.
+def _own_rows(
+    queries: torch.Tensor,
+    vocabulary: Vocabulary,
+    tokens: torch.Tensor,
+    reference: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y_i - c_t) / sigma_t^2``-ready pieces of the own rows: difference, stds, precision."""
+    centres = vocabulary.table[tokens] + vocabulary.means[tokens] - reference
+    stds = vocabulary.stds[tokens]
+    return queries - centres, stds, stds.square().reciprocal()
 
-    With posterior weights ``G_iv = g_i exp(score_iv - log q_i)`` (``g`` the incoming gradient)
-    and centred ``y``, ``c``, precision ``P = 1/sigma^2``:
+
+class _KnownPriorTerms(torch.autograd.Function):
+    """The own term and the running ``logsumexp`` over vocabulary chunks; the backward pass
+    recomputes each chunk.
+
+    With posterior weights ``G_iv = g_i exp(score_iv - log q_i)`` (``g`` the incoming gradient
+    of ``log q``) and centred ``y``, ``c``, precision ``P = 1/sigma^2``:
 
         d/dy_i     = sum_v G_iv P_v (c_v - y_i)
         d/dc_v     = P_v (sum_i G_iv y_i - G_v c_v),                 G_v = sum_i G_iv
         d/dsigma_v = (P_v / sigma_v) (sum_i G_iv (y_i - c_v)^2 - G_v sigma_v^2)
         d/dlog p_v = G_v
 
-    written in differentiable operations, so that a second backward pass is exact.
+    and the own term's gradients are added at the rows ``t_i``. Everything is written in
+    differentiable operations, so that a second backward pass is exact.
     """
 
     @staticmethod
@@ -134,39 +153,50 @@ class _LogMixture(torch.autograd.Function):
         log_prior: torch.Tensor,
         support: torch.Tensor,
         reference: torch.Tensor,
+        tokens: torch.Tensor,
         chunk_size: int,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         vocabulary = Vocabulary(table, means, stds, log_prior, support)
+        difference, own_stds, own_precision = _own_rows(queries, vocabulary, tokens, reference)
+        own = -0.5 * (difference.square() * own_precision).sum(-1) - own_stds.log().sum(-1)
+        own = own - queries.shape[-1] * HALF_LOG_TWO_PI
         features = query_features(queries)
         total = queries.new_full(queries.shape[:1], -math.inf)
         for start, stop in chunk_bounds(table.shape[0], chunk_size):
             centres, _, precision, log_weight = chunk_rows(vocabulary, start, stop, reference)
             scores = chunk_scores(features, centres, precision, log_weight)
             total = torch.logaddexp(total, torch.logsumexp(scores, dim=1))
-        return total
+        return own, total
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        queries, table, means, stds, log_prior, support, reference, chunk_size = inputs
-        ctx.save_for_backward(queries, table, means, stds, log_prior, support, reference, output)
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        queries, table, means, stds, log_prior, support, reference, tokens, chunk_size = inputs
+        ctx.save_for_backward(
+            queries, table, means, stds, log_prior, support, reference, tokens, output[1]
+        )
         ctx.chunk_size = chunk_size
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        queries, table, means, stds, log_prior, support, reference, log_q = ctx.saved_tensors
+    def backward(
+        ctx: Any, grad_own: torch.Tensor, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        queries, table, means, stds, log_prior, support, reference, tokens, log_q = saved
         vocabulary = Vocabulary(table, means, stds, log_prior, support)
         features = query_features(queries)
         # Queries whose mixture is empty (log q = -inf) get no gradient instead of NaN.
         finite = torch.isfinite(log_q)
         safe_log_q = torch.where(finite, log_q, 0.0)
         grad = torch.where(finite, grad, 0.0)
-        grad_queries = torch.zeros_like(queries)
         # Under create_graph the chunks are concatenated (differentiable); otherwise they are
         # written into preallocated gradients, so the peak stays one (V, E) tensor per input.
         differentiable = torch.is_grad_enabled()
         grad_c = _RowGradient(table, differentiable)
         grad_s = _RowGradient(stds, differentiable)
         grad_p = _RowGradient(log_prior, differentiable)
+        difference, own_stds, own_precision = _own_rows(queries, vocabulary, tokens, reference)
+        toward = grad_own.unsqueeze(-1) * difference * own_precision
+        grad_queries = -toward
         for start, stop in chunk_bounds(table.shape[0], ctx.chunk_size):
             centres, stds_, precision, log_weight = chunk_rows(vocabulary, start, stop, reference)
             scores = chunk_scores(features, centres, precision, log_weight)
@@ -184,6 +214,10 @@ class _LogMixture(torch.autograd.Function):
             spread = second - 2.0 * centres * first + totals * (centres.square() - stds_.square())
             grad_s.put(start, torch.where(rows, precision / stds_ * spread, 0.0))
             grad_p.put(start, torch.where(keep, row_totals, 0.0))
+        # The own term: d/dc_t = g (y - c_t) P_t, d/dsigma_t = g ((y - c_t)^2 P_t - 1) / sigma_t.
+        grad_c.add_rows(tokens, toward)
+        own_spread = difference.square() * own_precision - 1.0
+        grad_s.add_rows(tokens, grad_own.unsqueeze(-1) * own_spread / own_stds)
         needs = ctx.needs_input_grad
         grad_centres = grad_c.result()
         return (
@@ -195,16 +229,18 @@ class _LogMixture(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
 class _RowGradient:
-    """The gradient of a ``(V, ...)`` input assembled from row chunks."""
+    """The gradient of a ``(V, ...)`` input assembled from row chunks and indexed rows."""
 
     def __init__(self, like: torch.Tensor, differentiable: bool) -> None:
         self.like = like
         self.chunks: list[torch.Tensor] | None = [] if differentiable else None
         self.buffer = None if differentiable else torch.empty_like(like)
+        self.indexed: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def put(self, start: int, rows: torch.Tensor) -> None:
         if self.chunks is not None:
@@ -212,10 +248,20 @@ class _RowGradient:
         elif self.buffer is not None:
             self.buffer[start : start + rows.shape[0]] = rows
 
+    def add_rows(self, index: torch.Tensor, rows: torch.Tensor) -> None:
+        """Add ``rows`` at ``index`` (repeats accumulate)."""
+        if self.buffer is not None:
+            self.buffer.index_add_(0, index, rows.to(self.buffer.dtype))
+        else:
+            self.indexed.append((index, rows))
+
     def result(self) -> torch.Tensor:
         if self.buffer is not None:
             return self.buffer
-        return torch.cat(self.chunks) if self.chunks else torch.zeros_like(self.like)
+        total = torch.cat(self.chunks) if self.chunks else torch.zeros_like(self.like)
+        for index, rows in self.indexed:
+            total = total.index_add(0, index, rows)
+        return total
 
 
 def best_rows(

@@ -19,7 +19,7 @@ from mi_losses._validation import (
     result_dtype,
 )
 from mi_losses.functional._mixture import query_mean, to_result, value_with_losses
-from mi_losses.functional._vocabulary_scores import HALF_LOG_TWO_PI, Vocabulary, log_mixture
+from mi_losses.functional._vocabulary_scores import Vocabulary, known_prior_terms
 from mi_losses.types import ComponentLossesDict, Estimate
 
 __all__ = ["vocabulary_mutual_information", "vocabulary_mutual_information_estimate"]
@@ -146,11 +146,7 @@ def vocabulary_mutual_information_estimate(
         vocab_chunk_size=vocab_chunk_size,
         validate_args=validate_args,
     )
-    log_q = log_mixture(queries, vocabulary, vocab_chunk_size)
-    own_centres = vocabulary.table[tokens] + vocabulary.means[tokens]
-    own_stds = vocabulary.stds[tokens]
-    own = -0.5 * ((queries - own_centres) / own_stds).square().sum(-1)
-    own = own - own_stds.log().sum(-1) - queries.shape[-1] * HALF_LOG_TWO_PI
+    own, log_q = known_prior_terms(queries, tokens, vocabulary, vocab_chunk_size)
     per_token = own - log_q
     valid = torch.ones_like(per_token, dtype=torch.bool)
     value = query_mean(per_token, valid)
