@@ -6,7 +6,13 @@ import math
 
 import torch
 
-from mi_losses.apps.calibrate import calibrate, exact_mutual_information_1d, infonce_lower
+from mi_losses.apps.calibrate import (
+    calibrate,
+    exact_mutual_information_1d,
+    gaussian_rows,
+    infonce_lower,
+    summarise,
+)
 from mi_losses.functional import mutual_information_sub_batch
 
 
@@ -47,7 +53,7 @@ def test_tiny_grid_writes_table_csv_and_plot(tmp_path, capsys) -> None:
         seeds=2,
         truth_tokens=2000,
     )
-    for name in ("calibration.csv", "calibration.md", "calibration.png"):
+    for name in ("calibration.csv", "calibration_table.md", "calibration.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "| gaussian | 2 | 1 | 16 |" in capsys.readouterr().out
     gaussian = next(r for r in summary if r["channel"] == "gaussian")
@@ -55,3 +61,15 @@ def test_tiny_grid_writes_table_csv_and_plot(tmp_path, capsys) -> None:
     for row in summary:
         assert float(row["infonce_lower"]) <= math.log(int(row["batch"]) // 2 + 1) + 1e-9
         assert float(row["kt_bhattacharyya_lower"]) <= float(row["kt_kl_upper"])
+
+
+def test_seeded_gaussian_grid_sandwich() -> None:
+    """On a seeded grid, InfoNCE and KT-Bhattacharyya <= truth <= L1Out within 3 standard
+    errors over seeds (all three are bounds in expectation of the population MI)."""
+    summary = summarise(gaussian_rows([1, 4], [0.5, 3.0], [32], seeds=8))
+    assert len(summary) == 4
+    for row in summary:
+        truth = float(row["truth"])
+        for lower in ("infonce_lower", "kt_bhattacharyya_lower"):
+            assert float(row[lower]) <= truth + 3 * float(row[lower + "_se"]), (row, lower)
+        assert float(row["l1out_upper"]) >= truth - 3 * float(row["l1out_upper_se"]), row

@@ -203,3 +203,23 @@ def test_bad_inputs() -> None:
         kolchinsky_tracey_mutual_information_bounds(args[0], -args[1], None, args[2])
     with pytest.raises(ValueError, match="noise_mask must have shape"):
         kolchinsky_tracey_mutual_information_bounds(*args[:2], torch.ones(4, 3), args[2])
+
+
+@pytest.mark.parametrize(("dim", "snr"), [(1, 1.0), (4, 0.5), (4, 4.0)])
+def test_bhattacharyya_bound_is_below_the_population_mi_on_average(dim, snr) -> None:
+    """``E[I_empirical] <= I`` (concavity of entropy), so the KT lower bound is a lower bound on
+    the population MI of the Gaussian channel in expectation; the mean over seeds stays below
+    ``d/2 log(1 + snr^2)`` within 3 standard errors. The KL bound is capped at ``log N``."""
+    truth = 0.5 * dim * math.log(1 + snr**2)
+    lowers, uppers = [], []
+    for seed in range(12):
+        g = torch.Generator().manual_seed(seed)
+        clean = snr * torch.randn(32, 1, dim, generator=g, dtype=torch.float64)
+        bounds = kolchinsky_tracey_mutual_information_bounds(
+            torch.zeros_like(clean), torch.ones_like(clean), None, clean
+        )
+        lowers.append(float(bounds.lower))
+        uppers.append(float(bounds.upper))
+    lower = torch.tensor(lowers)
+    assert float(lower.mean()) <= truth + 3 * float(lower.std()) / math.sqrt(len(lowers))
+    assert max(uppers) <= math.log(32) + 1e-9

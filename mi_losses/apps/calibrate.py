@@ -13,7 +13,7 @@ Estimators per batch: the sub-batch L1Out estimate (``mutual_information_sub_bat
 bound in expectation), the InfoNCE estimate from the same pairs (a lower bound in expectation),
 the Kolchinsky–Tracey KL/Bhattacharyya bounds (which bound the MI of the batch's *empirical*
 channel, also printed, estimated by Monte Carlo) and, for vocabularies, the known-prior
-vocabulary MI. Writes ``calibration.csv``, ``calibration.md`` and ``calibration.png``::
+vocabulary MI. Writes ``calibration.csv``, ``calibration_table.md`` and ``calibration.png``::
 
     mi-losses-calibrate --out docs            # or: python -m mi_losses.apps.calibrate
 """
@@ -241,7 +241,7 @@ def calibrate(
     truth_tokens: int = 100_000,
     num_threads: int = 1,
 ) -> list[Row]:
-    """Run the grid, print the table, write ``calibration.{csv,md,png}`` under ``out``.
+    """Run the grid, print the table and write it under ``out`` (CSV, markdown and PNG).
 
     Args:
         out: output folder.
@@ -267,12 +267,14 @@ def calibrate(
         writer.writerows(rows)
     table = markdown_table(summary)
     elapsed = time.perf_counter() - started
-    (out / "calibration.md").write_text(
+    (out / "calibration_table.md").write_text(
         f"{table}\n\nnats; mean ± standard error over {seeds} seeds; {elapsed:.0f} s.\n"
     )
     plot_calibration(summary, out / "calibration.png")
     print(table)
-    print(f"\n{len(rows)} runs in {elapsed:.1f} s; wrote {out}/calibration.{{csv,md,png}}")
+    print(
+        f"\n{len(rows)} runs in {elapsed:.1f} s; wrote calibration.csv, calibration_table.md, calibration.png under {out}"
+    )
     return summary
 
 

@@ -6,8 +6,8 @@ For a query ``y`` ``(E,)`` and a vocabulary row ``v`` with centre ``c_v = W_v + 
     score_v(y) = log p_v + log N(y ; c_v, diag sigma_v^2)
                = log p_v - sum_e log sigma_ve - E/2 log 2 pi - 0.5 sum_e (y_e - c_ve)^2 / sigma_ve^2.
 
-The quadratic form of all queries against a chunk of ``C`` rows is one matrix product,
-``[y^2, y] . [1/sigma^2, -2 c/sigma^2]^T + sum_e c^2/sigma^2``, on coordinates centred on the
+The score of all queries against a chunk of ``C`` rows is one matrix product,
+``[y^2, y] . [-1/(2 sigma^2), c/sigma^2]^T`` plus a per-row constant, on coordinates centred on the
 (detached) mean of the queries. Rows with ``p_v = 0`` get the score ``-inf`` and their values are
 never read (they are replaced by ``c = 0, sigma = 1`` before any arithmetic). Nothing larger than
 ``(N, C)`` is formed: the log-mixture ``log q(y) = logsumexp_v score_v(y)`` is accumulated over
@@ -65,12 +65,20 @@ def chunk_scores(
     centres: torch.Tensor,
     precision: torch.Tensor,
     log_weight: torch.Tensor,
+    *,
+    inplace: bool = False,
 ) -> torch.Tensor:
-    """``(N, C)`` scores from query ``features = [y^2, y]`` ``(N, 2E)`` and one chunk's rows."""
+    """``(N, C)`` scores from query ``features = [y^2, y]`` ``(N, 2E)`` and one chunk's rows.
+
+    ``inplace`` (only without autograd) reuses the product's ``(N, C)`` buffer for every step.
+    """
     weighted = centres * precision
-    right = torch.cat([precision, -2.0 * weighted], dim=1)
-    quadratic = features @ right.T + (weighted * centres).sum(-1)
-    return log_weight - 0.5 * quadratic
+    if inplace:
+        right = torch.cat([-0.5 * precision, weighted], dim=1)
+        scores = features @ right.T
+        return scores.add_(log_weight - 0.5 * (weighted * centres).sum(-1))
+    right = torch.cat([-0.5 * precision, weighted], dim=1)
+    return features @ right.T + (log_weight - 0.5 * (weighted * centres).sum(-1))
 
 
 def query_features(queries: torch.Tensor) -> torch.Tensor:
@@ -164,7 +172,7 @@ class _KnownPriorTerms(torch.autograd.Function):
         total = queries.new_full(queries.shape[:1], -math.inf)
         for start, stop in chunk_bounds(table.shape[0], chunk_size):
             centres, _, precision, log_weight = chunk_rows(vocabulary, start, stop, reference)
-            scores = chunk_scores(features, centres, precision, log_weight)
+            scores = chunk_scores(features, centres, precision, log_weight, inplace=True)
             total = torch.logaddexp(total, torch.logsumexp(scores, dim=1))
         return own, total
 
@@ -199,8 +207,12 @@ class _KnownPriorTerms(torch.autograd.Function):
         grad_queries = -toward
         for start, stop in chunk_bounds(table.shape[0], ctx.chunk_size):
             centres, stds_, precision, log_weight = chunk_rows(vocabulary, start, stop, reference)
-            scores = chunk_scores(features, centres, precision, log_weight)
-            weights = grad.unsqueeze(-1) * (scores - safe_log_q.unsqueeze(-1)).exp()
+            if differentiable:
+                scores = chunk_scores(features, centres, precision, log_weight)
+                weights = grad.unsqueeze(-1) * (scores - safe_log_q.unsqueeze(-1)).exp()
+            else:  # one (N, C) buffer for the scores and the weights
+                weights = chunk_scores(features, centres, precision, log_weight, inplace=True)
+                weights.sub_(safe_log_q.unsqueeze(-1)).exp_().mul_(grad.unsqueeze(-1))
             row_totals = weights.sum(0)
             through = weights @ torch.cat([precision, centres * precision], dim=1)
             through_precision, through_weighted = through.chunk(2, dim=1)
@@ -279,7 +291,7 @@ def best_rows(
         best_index = torch.zeros((queries.shape[0], 0), dtype=torch.int64, device=queries.device)
         for start, stop in chunk_bounds(vocabulary.table.shape[0], chunk_size):
             centres, _, precision, log_weight = chunk_rows(vocabulary, start, stop, reference)
-            scores = chunk_scores(features, centres, precision, log_weight)
+            scores = chunk_scores(features, centres, precision, log_weight, inplace=True)
             index = torch.arange(start, stop, device=queries.device).expand_as(scores)
             candidates = torch.cat([best, scores], dim=1)
             candidate_index = torch.cat([best_index, index], dim=1)

@@ -9,8 +9,10 @@ is an upper bound on ``H(Y)`` with ``D = KL`` and a lower bound with ``D = Bhatt
 (Kolchinsky & Tracey, 2017). Subtracting ``H(Y | X) = (1/N) sum_i H(p_i)`` bounds the mutual
 information of the **empirical channel**: ``X`` uniform over the batch's ``N`` samples and
 ``Y | X = j ~ p_j``. Both bounds are deterministic (no noisy sample is drawn) and never exceed
-``log N`` nats of MI, so they bound the population MI of the layer only when that is far below
-``log N``; they are not estimates of it.
+``log N`` nats of MI. Relation to the population MI ``I`` of the layer: entropy is concave and
+the empirical mixture averages to the population mixture, so ``E[I_empirical] <= I``; the
+Bhattacharyya (lower) bound is therefore also a lower bound on ``I`` in expectation, while the
+KL ("upper") bound is **not** an upper bound on ``I`` (it reads at most ``log N``).
 """
 
 from __future__ import annotations
@@ -128,7 +130,9 @@ def kolchinsky_tracey_mutual_information_bounds(
     N(c_j, sigma_j)``: at most ``log N``. It equals the layer's population MI only in the limit
     where that MI is far below ``log N``; with little noise the "upper" bound reads about
     ``log N`` whatever the population MI is (8 nats of true MI, ``N = 512``: 6.2). Use it to
-    say how well this batch's samples can be told apart, not as a privacy guarantee.
+    say how well this batch's samples can be told apart, not as a privacy guarantee. Because
+    ``E[I_empirical] <= I`` (concavity of entropy), ``lower`` is also a lower bound on the
+    population MI in expectation; ``upper`` bounds nothing about the population.
 
     Returns:
         :class:`PairwiseBounds` ``(lower, upper)`` in nats, each in ``[0, log N]``.
