@@ -3,7 +3,7 @@
 One forward + backward of ``vocabulary_mutual_information`` (gradients w.r.t. the noisy
 embeddings, ``means`` and ``stds``) at ``N`` tokens, a ``V``-row vocabulary and ``E`` features,
 against the **floor**: the raw matrix products the chunked kernel runs for the same shapes, timed
-alone in the same process on preallocated operands. Per chunk of ``C`` rows the forward pass
+alone in the same process on preallocated operands (the two alternate, medians of ``--repeats``). Per chunk of ``C`` rows the forward pass
 runs one ``(N, 2E) x (2E, C)`` product; the backward pass recomputes it and runs
 ``(N, C) x (C, 2E)`` and ``(C, N) x (N, 2E)``: four products of ``N * 2E * C``
 multiply-adds per chunk in all. Peak memory is the high-water mark of tensor memory above the
@@ -94,23 +94,28 @@ def floor_step(n: int, v: int, e: int, chunk: int, device: torch.device) -> Call
     return step
 
 
-def timed(step: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median seconds of ``step`` after ``warmup`` runs."""
+def timed(
+    steps: list[Callable[[], Any]], device: torch.device, warmup: int, repeats: int
+) -> list[float]:
+    """Median seconds of each step after ``warmup`` runs, the steps alternating so that a
+    machine shared with other jobs slows them alike."""
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     for _ in range(warmup):
-        step()
+        for step in steps:
+            step()
     sync()
-    times = []
+    times: list[list[float]] = [[] for _ in steps]
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for step, record in zip(steps, times, strict=True):
+            start = time.perf_counter()
+            step()
+            sync()
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,8 +123,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     n, v, e, chunk = args.tokens, args.vocab, args.dim, args.chunk
     inputs = make_inputs(n, v, e, torch.float32, device)
-    library = timed(library_step(inputs, chunk), device, args.warmup, args.repeats)
-    floor = timed(floor_step(n, v, e, chunk, device), device, args.warmup, args.repeats)
+    library, floor = timed(
+        [library_step(inputs, chunk), floor_step(n, v, e, chunk, device)],
+        device,
+        args.warmup,
+        args.repeats,
+    )
     memory: dict[str, int] = {}
     with MemoryMeter(device, "auto").measure(memory):
         library_step(inputs, chunk)()

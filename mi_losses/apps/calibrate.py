@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from mi_losses import functional
 from mi_losses.apps.calibrate_plot import plot_calibration
 from mi_losses.functional import (
     gaussian_channel_mutual_information,
@@ -45,7 +46,13 @@ def infonce_lower(stds: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor) 
 
     ``I_lower = mean_i -log((1 + sum_j exp(-r_ij)) / (N + 1))`` with the ``r_ij`` of
     ``mutual_information_sub_batch``: queries are the first half, components the second.
+    The library's ``mutual_information_bounds(...).lower`` when the installed version has it;
+    otherwise this direct float64 evaluation.
     """
+    bounds = getattr(functional, "mutual_information_bounds", None)
+    if bounds is not None:
+        lower: torch.Tensor = bounds(torch.zeros_like(clean), stds, None, clean, noisy).lower
+        return lower
     half = clean.shape[0] // 2
     y, c_i, s_i = noisy[:half, 0], clean[:half, 0], stds[:half, 0]
     c_j, s_j = clean[half:, 0], stds[half:, 0]
