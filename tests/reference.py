@@ -1,4 +1,4 @@
-"""A direct, slow and obvious float64 evaluation of ``MATH.md``, written from the formulas alone.
+"""A direct, slow and obvious float64 evaluation of docs/math.md, written from the formulas alone.
 
 Nothing here is clever: pairwise terms are broadcast to ``(M, N, S, E)``, valid pairs are
 selected with boolean indexing, and the reduction over components is a Python loop over the

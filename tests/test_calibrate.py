@@ -1,4 +1,4 @@
-"""The calibration command on a tiny grid: files, table, and its InfoNCE against MATH.md."""
+"""The calibration command on a tiny grid: files, table, and its InfoNCE against docs/math.md#the-sandwich-from-one-pass."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Component gathering across ranks (MATH.md, "Distributed evaluation") on the gloo backend.
+"""Component gathering across ranks (docs/math.md#distributed-evaluation) on the gloo backend.
 
 2 and 3 CPU processes each evaluate every case of ``tests/distributed_worker.py`` once; the
 parent rebuilds the global batch and checks every rank's value, components, number of queries

@@ -1,4 +1,6 @@
-"""Closed-form ground truths of MATH.md: Gaussian channel, mixture bounds, invariances."""
+"""Closed-form ground truths (docs/math.md#ground-truths-used-by-the-tests): Gaussian channel,
+mixture bounds, invariances.
+"""
 
 from __future__ import annotations
 

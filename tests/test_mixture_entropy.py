@@ -1,4 +1,4 @@
-"""``gaussian_mixture_entropy`` and its estimate against the float64 reference of MATH.md."""
+"""``gaussian_mixture_entropy`` and its estimate against the float64 reference (docs/math.md#gaussian-mixture-entropy)."""
 
 from __future__ import annotations
 

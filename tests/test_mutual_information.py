@@ -1,4 +1,4 @@
-"""``mutual_information_sub_batch`` and its estimate against the float64 reference of MATH.md."""
+"""``mutual_information_sub_batch`` and its estimate against the float64 reference (docs/math.md#mutual-information)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Numerics of MATH.md: the hard float32 regime, low-precision inputs, gradcheck, finiteness."""
+"""Numerics (docs/math.md#numerics): the hard float32 regime, low-precision inputs, gradcheck, finiteness."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_mi_float32_hard_regime(regime, pattern, granularity, symmetric) -> None
     )
     torch.testing.assert_close(value.double(), expected.value.detach(), rtol=1e-4, atol=1e-5)
     scale = max(abs(v.item()) for v in expected.components.values())
-    # the identities of MATH.md hold in float32 too, to the same relative accuracy
+    # the identities of docs/math.md#components-and-their-identities hold in float32 too, to the same relative accuracy
     entropy = losses[ref.MAHALANOBIS_KEY].double() + losses[ref.LOG_CONSTANTS_KEY].double()
     identity = {"rtol": 1e-4, "atol": 1e-5 * scale}
     torch.testing.assert_close(entropy, losses[ref.ENTROPY_KEY].double(), **identity)

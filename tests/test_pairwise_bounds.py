@@ -26,7 +26,7 @@ def bhattacharyya(c_i, s_i, c_j, s_j):
 
 
 def reference(means, stds, mask, clean, granularity):
-    """MATH.md's H_D with D over P(i, j), pair by pair; returns (mean H(p_i), I_B, I_KL)."""
+    """H_D of docs/math.md#pairwise-distance-bounds with D over P(i, j), pair by pair; returns (mean H(p_i), I_B, I_KL)."""
     b, s, _ = clean.shape
     mask = torch.ones(b, s, dtype=torch.bool) if mask is None else mask.bool()
     centres = clean + means

@@ -1,4 +1,4 @@
-"""Slow float64 evaluations of MATH.md's known-prior section, for the vocabulary tests."""
+"""Slow float64 evaluations of docs/math.md#known-prior-mutual-information, for the vocabulary tests."""
 
 from __future__ import annotations
 

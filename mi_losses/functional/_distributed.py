@@ -1,5 +1,6 @@
-"""The component half of a mixture gathered across data-parallel ranks (MATH.md, "Distributed
-evaluation").
+"""The component half of a mixture gathered across data-parallel ranks.
+
+Semantics: docs/math.md#distributed-evaluation.
 
 Under data parallelism every rank holds a slice of the global batch. With gathering on, a rank
 keeps its queries and evaluates them against the components of *all* ranks: each rank sends its
@@ -19,7 +20,8 @@ arrival and never read). Components come back in the layout the estimators expec
 - sequence granularity: a remote sequence is cut or padded (masked) to the local ``S``; the
   positions it loses lie outside every local query, so ``P(i, j)`` is unchanged;
 - token granularity: the gathered tokens are laid out ``S`` per row (a token's position does
-  not matter, MATH.md), the last row padded with masked tokens.
+  not matter, docs/math.md#granularity-what-one-sample-is), the last row padded with masked
+  tokens.
 
 Memory: ``max_gathered_components=K`` bounds what each rank sends to ``K`` components (``K``
 sequences, or ``K`` tokens at token granularity) drawn uniformly without replacement. Every

@@ -74,7 +74,8 @@ def kolchinsky_tracey_entropy_bounds(
     ``O(N^2 + block)``, and recomputed in the backward pass.
 
     This bounds the entropy of the mixture over **this batch's samples** (the empirical
-    channel), not the entropy of the layer's output distribution. Masks follow MATH.md: at
+    channel), not the entropy of the layer's output distribution. Masks follow
+    docs/math.md#pair-active-sets: at
     ``granularity="sequence"`` a sample is a sequence, ``H(p_i)`` sums over its active positions
     and ``D`` over ``P(i, j)`` = positions active in both (pairs without one are left out, so
     with unequal masks it is the same convention as the sub-batch estimator, not a bound of one
