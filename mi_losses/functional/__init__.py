@@ -1,5 +1,6 @@
 """The math: every estimator of ``MATH.md`` as a function of tensors (nats throughout)."""
 
+from mi_losses.functional.bounds import MutualInformationBounds, mutual_information_bounds
 from mi_losses.functional.distance import (
     pairwise_square_mahalanobis_distance,
     square_mahalanobis_distance,
@@ -15,9 +16,11 @@ from mi_losses.functional.mutual_information import (
 )
 
 __all__ = [
+    "MutualInformationBounds",
     "gaussian_entropy_log_loss",
     "gaussian_mixture_entropy",
     "gaussian_mixture_entropy_estimate",
+    "mutual_information_bounds",
     "mutual_information_sub_batch",
     "mutual_information_sub_batch_estimate",
     "pairwise_square_mahalanobis_distance",

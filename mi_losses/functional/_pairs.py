@@ -8,21 +8,17 @@ import torch
 from mi_losses import keys
 from mi_losses._validation import _shape
 from mi_losses.functional._mixture import query_mean
-from mi_losses.functional._streaming import (
-    DEFAULT_MAX_BLOCK_BYTES,
-    Plan,
-    Stream,
-    effective_masks,
-)
+from mi_losses.functional._stream_passes import effective_masks
+from mi_losses.functional._streaming import DEFAULT_MAX_BLOCK_BYTES, Plan, Stream
 from mi_losses.types import Estimate, Granularity
 
-__all__ = ["DEFAULT_MAX_BLOCK_BYTES", "effective_masks"]
+__all__ = ["DEFAULT_MAX_BLOCK_BYTES"]
 
 
 def as_samples(tensor: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     """``(n, S, ...)`` as samples: sequences as they are, or tokens ``(n*S, 1, ...)`` (a view)."""
     if granularity == "token":
-        return tensor.reshape(-1, 1, *tensor.shape[2:])
+        return tensor.reshape(tensor.shape[0] * tensor.shape[1], 1, *tensor.shape[2:])
     return tensor
 
 

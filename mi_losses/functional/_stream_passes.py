@@ -189,7 +189,7 @@ def backward_pass(
     """
     dtype = log_sum_exp.dtype
     queries, clean, _, stds, _, _ = inputs
-    functional = torch.is_grad_enabled() or _is_wrapped(grad)
+    functional = torch.is_grad_enabled() or torch.compiler.is_compiling() or _is_wrapped(grad)
     grad_queries = _Accumulator(queries, dtype, functional)
     grad_centres = _Accumulator(clean, dtype, functional)
     grad_stds = _Accumulator(stds, dtype, functional)
@@ -256,7 +256,8 @@ class _Accumulator:
         if self.buffer is not None:
             return self.buffer
         layers: list[list[tuple[int, int, torch.Tensor]]] = []
-        for (start, stop), piece in sorted(self.pieces.items()):
+        for start, stop in sorted(self.pieces):
+            piece = self.pieces[(start, stop)]
             for layer in layers:
                 if layer[-1][1] <= start:
                     layer.append((start, stop, piece))

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from mi_losses.functional._stream_passes import Spec, backward_pass, effective_masks, forward_pass
+from mi_losses.functional._stream_passes import Spec, backward_pass, forward_pass
 
 DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
 """Default memory budget of the blocks (scores, weights and factors alive at once)."""
