@@ -119,13 +119,23 @@ def _plan_blocks(d: _Direction, budget: int, dtype: torch.dtype) -> tuple[list[A
     return _ranges(m, m_block), _ranges(n, n_block)
 
 
+def keeps_scores(inputs: tuple[torch.Tensor, ...], spec: Spec, dtype: torch.dtype) -> bool:
+    """Whether all pair scores fit in a quarter of the budget: then the forward pass keeps them
+    and a first-order backward pass does not recompute them (two matrix products fewer)."""
+    pairs = sum((q1 - q0) * (c1 - c0) for q0, q1, c0, c1 in spec.directions)
+    return pairs * (torch.finfo(dtype).bits // 8) <= spec.max_block_bytes // 4
+
+
 def forward_pass(
     inputs: tuple[torch.Tensor, ...], spec: Spec, dtype: torch.dtype, check: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-query ``logsumexp`` ``(Q,)``, statistics ``(4, Q)`` and the largest excess error.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-query ``logsumexp`` ``(Q,)``, statistics ``(4, Q)``, the largest excess error, and
+    the scores of every block flattened in loop order (empty unless :func:`keeps_scores`).
 
     Statistics: ``sum_j w z``, ``sum_j w sum_P q``, ``sum_j w sum_P p`` and ``|V_i|``.
     """
+    keep = keeps_scores(inputs, spec, dtype)
+    kept: list[torch.Tensor] = []
     log_sum_exps, all_stats = [], []
     excess = inputs[0].new_zeros((), dtype=dtype)
     for span in spec.directions:
@@ -136,13 +146,18 @@ def forward_pass(
         peak = torch.full((m,), -math.inf, dtype=dtype, device=a.device)
         total, score, count = a.new_zeros(m), a.new_zeros(m), a.new_zeros(m)
         weighted_mask, weighted_constants = a.new_zeros(a.shape), a.new_zeros(a.shape)
+        own_values: list[torch.Tensor] = []
         for c_rows in component_blocks:
             comp = _components(d, c_rows, dtype)
             for q_rows in query_blocks:
                 rows = slice(*q_rows)
                 query = _queries(d, q_rows, dtype)
+                if query.own is not None and c_rows[0] == 0:
+                    own_values.append(query.own.value)
                 valid = (query.active @ comp.active.T) > 0
                 z = torch.where(valid, query.left @ comp.right.T, -math.inf)
+                if keep:
+                    kept.append(z.reshape(-1))
                 old = peak[rows]
                 new = torch.maximum(old, z.amax(-1))
                 shift = torch.where(torch.isfinite(new), new, 0.0)
@@ -166,12 +181,12 @@ def forward_pass(
         shift = torch.where(torch.isfinite(peak), peak, 0.0)
         log_sum_exps.append(torch.where(has, shift + total.log(), -math.inf))
         own = a.new_zeros(m)
-        if spec.with_own and m:
-            own_values = [_queries(d, r, dtype).own.value for r in query_blocks]  # type: ignore[union-attr]
+        if own_values:
             own = (torch.cat(own_values) * weighted_mask).sum(-1)
         constants = (weighted_constants * a).sum(-1)
         all_stats.append(torch.stack([score / total, own / total, constants / total, count]))
-    return torch.cat(log_sum_exps), torch.cat(all_stats, dim=1), excess
+    scores = torch.cat(kept) if kept else inputs[0].new_zeros(0, dtype=dtype)
+    return torch.cat(log_sum_exps), torch.cat(all_stats, dim=1), excess, scores
 
 
 def backward_pass(
@@ -180,6 +195,7 @@ def backward_pass(
     grad: torch.Tensor,
     spec: Spec,
     needs_components: bool,
+    scores: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``sum_i grad_i logsumexp_i`` w.r.t. queries, centres and stds.
 
@@ -193,7 +209,7 @@ def backward_pass(
     grad_queries = _Accumulator(queries, dtype, functional)
     grad_centres = _Accumulator(clean, dtype, functional)
     grad_stds = _Accumulator(stds, dtype, functional)
-    offset = 0
+    offset = position = 0
     for span in spec.directions:
         q0, _, c0, _ = span
         d = _direction(inputs, span, spec.with_own, dtype)
@@ -208,8 +224,14 @@ def backward_pass(
             grad_right: torch.Tensor | None = None
             for q_rows in query_blocks:
                 query = _queries(d, q_rows, dtype)
-                valid = (query.active @ comp.active.T) > 0
-                z = query.left @ comp.right.T
+                shape = (q_rows[1] - q_rows[0], c_rows[1] - c_rows[0])
+                if scores is not None and scores.numel():
+                    z = scores[position : position + shape[0] * shape[1]].reshape(shape)
+                    position += shape[0] * shape[1]
+                    valid = torch.isfinite(z)
+                else:
+                    valid = (query.active @ comp.active.T) > 0
+                    z = query.left @ comp.right.T
                 log_w = torch.where(valid, z - lse[q_rows[0] : q_rows[1]].unsqueeze(-1), -math.inf)
                 weights = log_w.exp() * g[q_rows[0] : q_rows[1]].unsqueeze(-1)
                 if needs_components:

@@ -77,7 +77,7 @@ def stream(
     """Run the kernel; inputs ``(rows, S, E)`` in any float dtype, masks ``(rows, S)`` bool."""
     if plan.accuracy_check and torch.compiler.is_compiling():
         plan = dataclasses.replace(plan, accuracy_check=False)
-    log_sum_exp, stats = _StreamingLogSumExp.apply(
+    log_sum_exp, stats, _ = _StreamingLogSumExp.apply(
         queries, clean, means, stds, query_mask, component_mask, plan
     )
     log_sum_exp = log_sum_exp.to(plan.dtype)
@@ -104,35 +104,36 @@ class _StreamingLogSumExp(torch.autograd.Function):
         query_mask: torch.Tensor,
         component_mask: torch.Tensor,
         plan: Plan,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs = (queries, clean, means, stds, query_mask, component_mask)
         spec = Spec(plan.directions, plan.with_own, plan.max_block_bytes)
         check = plan.accuracy_check and plan.dtype != torch.float64
-        log_sum_exp, stats, excess = forward_pass(inputs, spec, plan.dtype, check)
+        log_sum_exp, stats, excess, scores = forward_pass(inputs, spec, plan.dtype, check)
         if check and bool(excess > 0):
-            log_sum_exp, stats, _ = forward_pass(inputs, spec, torch.float64, False)
-        return log_sum_exp, stats
+            log_sum_exp, stats, _, scores = forward_pass(inputs, spec, torch.float64, False)
+        return log_sum_exp, stats, scores
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         *tensors, plan = inputs
-        log_sum_exp, stats = output
-        ctx.save_for_backward(*tensors, log_sum_exp)
+        log_sum_exp, stats, scores = output
+        ctx.save_for_backward(*tensors, log_sum_exp, scores)
         ctx.plan = plan
-        ctx.mark_non_differentiable(stats)
+        ctx.mark_non_differentiable(stats, scores)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor, _: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        *inputs, log_sum_exp = ctx.saved_tensors
+    def backward(ctx: Any, grad: torch.Tensor, *_: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        *inputs, log_sum_exp, scores = ctx.saved_tensors
         plan = dataclasses.replace(ctx.plan, dtype=log_sum_exp.dtype, accuracy_check=False)
         if torch.is_grad_enabled():
             # Second derivatives: the weights exp(z - logsumexp) depend on the inputs through
             # the logsumexp too, so recompute it with a graph.
-            log_sum_exp, _ = _StreamingLogSumExp.apply(*inputs, plan)
+            log_sum_exp, _, _ = _StreamingLogSumExp.apply(*inputs, plan)
+            scores = None
         spec = Spec(plan.directions, plan.with_own, plan.max_block_bytes)
         needs = ctx.needs_input_grad
         grad_queries, grad_centres, grad_stds = backward_pass(
-            tuple(inputs), log_sum_exp, grad.to(log_sum_exp.dtype), spec, any(needs[1:4])
+            tuple(inputs), log_sum_exp, grad.to(log_sum_exp.dtype), spec, any(needs[1:4]), scores
         )
         queries, clean, means, stds = inputs[:4]
         return (
