@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
+from mi_losses._validation import (
+    as_bool_mask,
+    check_bool,
+    check_finite_at_active,
+    check_mask_values,
+    check_positive,
+    check_positive_at_active,
+    check_same_device,
+)
 from mi_losses.functional import (
     gaussian_entropy_log_loss,
     gaussian_mixture_entropy,
@@ -246,3 +257,96 @@ def test_distances_non_positive_stds(bad) -> None:
     with pytest.raises(ValueError, match="stds must be finite and > 0"):
         pairwise_square_mahalanobis_distance(x, y, stds)
     square_mahalanobis_distance(x, y, stds, validate_args=False)  # the check can be skipped
+
+
+# --------------------------------------------------------------------------------------------
+# The checks of mi_losses._validation themselves
+# --------------------------------------------------------------------------------------------
+
+ACTIVE = torch.tensor([[True, False, True], [False, False, True]])  # (2, 3) positions
+
+
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), -float("inf"), 0.0, -1.0, 1e30])
+def test_checks_ignore_inactive_positions(fill: float) -> None:
+    values = 0.5 + torch.rand(2, 3, 4)
+    values[~ACTIVE] = fill
+    check_finite_at_active("x", values, ACTIVE)
+    check_positive_at_active("stds", values, ACTIVE)
+
+
+@pytest.mark.parametrize(("bad", "text"), [(float("nan"), "nan"), (float("inf"), "inf")])
+def test_check_finite_at_active_names_argument_and_values(bad: float, text: str) -> None:
+    values = torch.rand(2, 3, 4)
+    values[0, 2, 1] = bad
+    with pytest.raises(ValueError, match=rf"^clean_embeddings must be finite at active .*{text}"):
+        check_finite_at_active("clean_embeddings", values, ACTIVE)
+    with pytest.raises(ValueError, match=rf"everywhere.*{text}"):
+        check_finite_at_active("clean_embeddings", values, None)
+    check_finite_at_active("clean_embeddings", values[:, :0], ACTIVE[:, :0])  # empty
+
+
+@pytest.mark.parametrize(
+    ("bad", "text"), [(0.0, r"\[0, "), (-2.0, r"\[-2, "), (float("nan"), "nan")]
+)
+def test_check_positive_at_active_names_argument_and_values(bad: float, text: str) -> None:
+    stds = 0.5 + torch.rand(2, 3, 4)
+    stds[1, 2, 3] = bad
+    with pytest.raises(
+        ValueError, match=rf"^stds_tensor must be finite and > 0 at active .*{text}"
+    ):
+        check_positive_at_active("stds_tensor", stds, ACTIVE)
+    with pytest.raises(ValueError, match="stds must be finite and > 0 everywhere"):
+        check_positive("stds", stds)
+
+
+def test_active_mask_broadcasts() -> None:
+    stds = 0.5 + torch.rand(2, 3, 4)
+    stds[:, 1] = 0.0
+    check_positive_at_active("stds", stds, torch.tensor([True, False, True]))
+    with pytest.raises(ValueError, match="stds"):
+        check_positive_at_active("stds", stds, torch.tensor([True, True, True]))
+
+
+@pytest.mark.parametrize(
+    ("mask", "text"),
+    [
+        (torch.tensor([[0.0, 0.5], [1.0, 1.0]]), "0.5"),
+        (torch.tensor([[0, 2], [1, 1]]), "2"),
+        (torch.tensor([[0, -1], [1, 1]]), "-1"),
+        (torch.tensor([[0.0, float("nan")], [1.0, 1.0]]), "nan"),
+    ],
+)
+def test_mask_values_other_than_0_and_1(mask: torch.Tensor, text: str) -> None:
+    with pytest.raises(ValueError, match=rf"^noise_mask must be bool or hold only 0 and 1.*{text}"):
+        check_mask_values("noise_mask", mask)
+    with pytest.raises(ValueError, match=rf"^noise_mask .*{text}"):
+        as_bool_mask("noise_mask", mask, (2, 2), mask.device, validate_values=True)
+    # without validation, any non-zero value counts as true
+    assert as_bool_mask("noise_mask", mask, (2, 2), mask.device, validate_values=False)[0, 1]
+
+
+def test_good_masks_pass() -> None:
+    for mask in (torch.tensor([[0, 1]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[False, True]])):
+        check_mask_values("mask", mask)
+        assert as_bool_mask("mask", mask, (1, 2), mask.device, validate_values=True).tolist() == [
+            [False, True]
+        ]
+
+
+@pytest.mark.parametrize("mask", [[[True, False]], (1, 0), 1.0], ids=["list", "tuple", "float"])
+def test_non_tensor_masks_are_value_errors(mask: object) -> None:
+    with pytest.raises(ValueError, match=r"^query_mask must be a torch\.Tensor or None, got"):
+        as_bool_mask("query_mask", mask, (1, 2), torch.device("cpu"), validate_values=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^query_mask must be a torch\.Tensor or None, got"):
+        check_same_device(x=torch.ones(1), query_mask=mask)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["no", "yes", 1, 0, None, 1.0])
+def test_check_bool_rejects_everything_but_bool(value: object) -> None:
+    with pytest.raises(
+        ValueError,
+        match=rf"^symmetric must be a bool \(true or false\), got {re.escape(repr(value))}$",
+    ):
+        check_bool("", "symmetric", value)
+    check_bool("", "symmetric", True)
+    check_bool("", "symmetric", False)
