@@ -7,6 +7,8 @@ bfloat16 (computed in float32 and returned in the input dtype).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -26,3 +28,11 @@ def dtype(request: pytest.FixtureRequest) -> torch.dtype:
 @pytest.fixture(params=[torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def half_dtype(request: pytest.FixtureRequest) -> torch.dtype:
     return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def fresh_dynamo() -> Iterator[None]:
+    """A clean ``torch._dynamo`` cache before and after a compile test."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

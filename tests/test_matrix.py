@@ -1,6 +1,6 @@
 """The test matrix: every check applied to every public function of ``mi_losses.functional``.
 
-Each function is described once in :data:`tests.harness.REGISTRY`; every test below runs over
+Each function is described once in :data:`tests.registry.REGISTRY`; every test below runs over
 all of its variants (granularities, mask flags, symmetric or not, mask patterns) and over the
 ``device`` fixture of ``tests/conftest.py`` (cpu, plus cuda where available), so the CUDA run is
 this same matrix. Checks: values and components against the float64 reference of
@@ -8,7 +8,7 @@ this same matrix. Checks: values and components against the float64 reference of
 against the reference's autograd, module == functional, ``gradcheck``, ``torch.compile``
 equivalence (values and gradients), half precision (float16/bfloat16 computed in float32,
 returned in the input dtype), mixed devices rejected. The hardening checks of issue 9 (second
-derivatives, padding, scales, bad input...) are in ``tests/test_hardening.py``.
+derivatives, padding, scales, bad input...) are in ``tests/test_hardening_*.py``.
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.harness import (
-    BY_NAME,
-    REGISTRY,
-    Case,
-    Data,
-    Entry,
-    Variant,
-    entry_variants,
-    grads,
-    masked_variant,
-)
+from mi_losses import functional
+from tests.harness import Case, Data, Entry, Variant, grads
+from tests.registry import BY_NAME, REGISTRY, entry_variants, masked_variant
+
+
+def test_registry_covers_the_public_api() -> None:
+    """Every public function of ``mi_losses.functional`` has an entry (so the whole matrix
+    applies to it): register new functions in ``tests/registry/``."""
+    registered = {entry.name for entry in REGISTRY}
+    missing = sorted(set(functional.__all__) - registered)
+    assert not missing, f"not in tests.registry.REGISTRY: {missing}"
+
 
 TOLERANCES = {
     torch.float64: {"rtol": 1e-9, "atol": 1e-10},
@@ -119,21 +120,14 @@ def test_half_precision(
         assert bool(torch.isfinite(grad).all()), f"gradient of {name} is not finite"
 
 
-@pytest.fixture
-def _fresh_dynamo():  # type: ignore[no-untyped-def]
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
-@pytest.mark.usefixtures("_fresh_dynamo")
+@pytest.mark.usefixtures("fresh_dynamo")
 @pytest.mark.parametrize(
     ("entry", "variant"), entry_variants(lambda e, v: v.id == e.key_variants[0])
 )
 def test_compile_matches_eager(entry: Entry, variant: Variant, device: torch.device) -> None:
     """``torch.compile`` (``aot_eager``: forward and backward traced through AOTAutograd, no C++
     compiler) gives eager's value and gradients, with ``validate_args=False``. One variant per
-    function (compiling is slow); ``test_hardening.test_compile_fullgraph`` compiles another
+    function (compiling is slow); ``test_hardening_inputs.test_compile_fullgraph`` compiles another
     one with ``fullgraph=True``."""
     base = entry.case(variant, Data(seed=25))
     base.options["validate_args"] = False
@@ -155,7 +149,7 @@ def test_compile_matches_eager(entry: Entry, variant: Variant, device: torch.dev
         )
 
 
-@pytest.mark.usefixtures("_fresh_dynamo")
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_inductor_forward_matches_eager() -> None:
     """One case through the default (inductor) backend, forward only (it compiles C++)."""
     entry = BY_NAME["pairwise_square_mahalanobis_distance"]
