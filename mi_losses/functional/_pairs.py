@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 
 from mi_losses import keys
-from mi_losses._validation import _shape
+from mi_losses._validation import check_finite_at_active, check_positive_at_active
 from mi_losses.functional._mixture import query_mean
-from mi_losses.functional._stream_passes import effective_masks
 from mi_losses.functional._streaming import DEFAULT_MAX_BLOCK_BYTES, Plan, Stream
 from mi_losses.types import Estimate, Granularity
 
@@ -42,57 +41,34 @@ def make_plan(
     return Plan(tuple(directions), with_own, max_block_bytes, dtype, accuracy_check)
 
 
-def stream_is_finite(stream: Stream) -> bool:
-    """Whether the kernel's results are finite for every valid query (one host sync).
-
-    A non-finite or non-positive std, or a non-finite value, at an active position makes some
-    result NaN or infinite; so do legitimately overflowing distances. Only then are the inputs
-    checked one by one (:func:`check_active_values`).
-    """
-    valid = stream.num_valid > 0
-    finite = torch.isfinite(stream.log_sum_exp) | ~valid
-    stats = torch.stack([stream.weighted_score, stream.weighted_own, stream.weighted_constants])
-    return bool((finite & torch.isfinite(stats).all(0)).all())
-
-
 def check_active_values(
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], positive: tuple[str, ...]
 ) -> None:
-    """Raise ``ValueError`` naming the first input with a non-finite value at an active position.
+    """Raise ``ValueError`` naming the first input with a bad value at an active position.
 
     ``tensors`` maps a name to ``(tensor (rows, S, E), active (rows, S) bool)``; names in
-    ``positive`` must also be ``> 0`` there.
+    ``positive`` must be finite and ``> 0`` there, the others finite.
     """
     for name, (tensor, active) in tensors.items():
-        values = tensor.detach()
-        bad = ~torch.isfinite(values)
         if name in positive:
-            bad = bad | (values <= 0)
-        bad = bad & active.unsqueeze(-1)
-        if bool(bad.any()):
-            index = tuple(int(i) for i in bad.nonzero()[0])
-            need = "finite and > 0" if name in positive else "finite"
-            raise ValueError(
-                f"{name} must be {need} at active positions (where the mask is true), got "
-                f"{values[index].item()!r} at index {_shape(index)} "
-                "(pass validate_args=False to skip this check)"
-            )
+            check_positive_at_active(name, tensor, active)
+        else:
+            check_finite_at_active(name, tensor, active)
 
 
 def active_positions(
     query_mask: torch.Tensor, component_mask: torch.Tensor, spans: list[tuple[int, int, int, int]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions read for the queries ``(rows, S)`` and for the components' tensors.
+    """Positions the masks declare active ``(rows, S)``: queries, and the components' tensors.
 
-    A component tensor's row is read as a component (effective component mask) or, for the
-    mutual information, as a query's own density (effective query mask).
+    These are the positions ``validate_args`` checks (a superset of those the kernel reads: a
+    query position no component shares is active by its mask but takes part in no pair).
     """
     queries = torch.zeros_like(query_mask)
     components = torch.zeros_like(component_mask)
     for q0, q1, c0, c1 in spans:
-        a, b = effective_masks(query_mask[q0:q1], component_mask[c0:c1])
-        queries = _or_rows(queries, q0, a)
-        components = _or_rows(components, c0, b)
+        queries = _or_rows(queries, q0, query_mask[q0:q1])
+        components = _or_rows(components, c0, component_mask[c0:c1])
     return queries, components
 
 

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 
 from mi_losses import keys
+from mi_losses._validation import check_bool
 from mi_losses.functional._mixture import average_estimates, query_mean, to_result
 from mi_losses.functional._pairs import DEFAULT_MAX_BLOCK_BYTES, direction_estimates
 from mi_losses.functional._streaming import Stream
@@ -122,6 +123,7 @@ def bounds_estimates(
     with_components: bool = True,
 ) -> tuple[Estimate, Estimate]:
     """``(lower, upper)`` as :class:`~mi_losses.types.Estimate` (components on the upper)."""
+    check_bool("", "with_components", with_components)
     prepared = prepare_mutual_information(
         means_tensor,
         stds_tensor,

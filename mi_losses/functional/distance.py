@@ -8,8 +8,10 @@ from mi_losses._validation import (
     _shape,
     as_bool_mask,
     check_bool,
+    check_finite_at_active,
     check_floating,
     check_ndim,
+    check_positive_at_active,
     check_same_device,
     check_same_shape,
     compute_dtype,
@@ -98,24 +100,18 @@ def square_mahalanobis_distance(
                 f"got {_shape(mask.shape)}"
             )
         active = as_bool_mask("mask", mask, mask.shape, x.device, validate_values=validate_args)
+    if validate_args:
+        positions = active.expand(shape[:-1]) if mask is not None else None
+        for name, tensor in (("x", x), ("y", y)):
+            check_finite_at_active(name, tensor.expand(shape), positions)
+        check_positive_at_active("stds", stds.expand(shape), positions)
+    if mask is not None:
         # Inactive positions are replaced before any arithmetic: never read.
         columns = active.unsqueeze(-1)
         x, y = torch.where(columns, x, 0.0), torch.where(columns, y, 0.0)
         stds = torch.where(columns, stds, 1.0)
     terms = 0.5 * ((x - y) / stds).square().sum(-1)
     result = terms.sum(-1)
-    if validate_args and not bool(torch.isfinite(result).all()):
-        positions = torch.ones(shape[:-1], dtype=torch.bool, device=x.device)
-        if mask is not None:
-            positions = active.expand(shape[:-1])
-        check_active_values(
-            {
-                "x": (x.expand(shape).reshape(-1, 1, shape[-1]), positions.reshape(-1, 1)),
-                "y": (y.expand(shape).reshape(-1, 1, shape[-1]), positions.reshape(-1, 1)),
-                "stds": (stds.expand(shape).reshape(-1, 1, shape[-1]), positions.reshape(-1, 1)),
-            },
-            positive=("stds",),
-        )
     return result.to(out_dtype)
 
 
@@ -175,13 +171,12 @@ def pairwise_square_mahalanobis_distance(
         centres.device,
         validate_values=validate_args,
     )
-    distance = pairwise_mahalanobis(queries, centres, stds, a, b, dtype)
-    if validate_args and not bool(torch.isfinite(distance).all()):
-        a, b = effective_masks(a, b)
+    if validate_args:
         check_active_values(
             {"queries": (queries, a), "centres": (centres, b), "stds": (stds, b)},
             positive=("stds",),
         )
+    distance = pairwise_mahalanobis(queries, centres, stds, a, b, dtype)
     return distance.to(result_dtype(queries, centres, stds))
 
 

@@ -25,7 +25,6 @@ from mi_losses.functional._pairs import (
     check_block_bytes,
     direction_estimates,
     make_plan,
-    stream_is_finite,
 )
 from mi_losses.functional._streaming import stream
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity
@@ -127,6 +126,7 @@ def gaussian_mixture_entropy_estimate(
     check_granularity(granularity)
     check_bool("", "validate_args", validate_args)
     check_bool("", "accuracy_check", accuracy_check)
+    check_bool("", "with_components", with_components)
     check_block_bytes(max_block_bytes)
     named = {
         "clean_embeddings": clean_embeddings,
@@ -168,8 +168,7 @@ def gaussian_mixture_entropy_estimate(
     span = (0, tensors[0].shape[0], 0, tensors[1].shape[0])
     dtype = compute_dtype(*named.values())
     plan = make_plan([span], False, max_block_bytes, dtype, accuracy_check)
-    result = stream(*tensors, plan)
-    if validate_args and not stream_is_finite(result):
+    if validate_args:
         query_active, component_active = active_positions(tensors[4], tensors[5], [span])
         check_active_values(
             {
@@ -180,5 +179,6 @@ def gaussian_mixture_entropy_estimate(
             },
             positive=("stds",),
         )
+    result = stream(*tensors, plan)
     (estimate,) = direction_estimates(result, [span[1]], False, with_components)
     return to_result(estimate, result_dtype(*named.values()))

@@ -26,7 +26,6 @@ from mi_losses.functional._pairs import (
     check_block_bytes,
     direction_estimates,
     make_plan,
-    stream_is_finite,
 )
 from mi_losses.functional._streaming import Plan, Stream, stream
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity
@@ -143,6 +142,7 @@ def mutual_information_sub_batch_estimate(
     of valid queries (both directions together when ``symmetric``). ``with_components=False``
     skips the components (``Estimate.components`` is then empty), which saves a little time.
     """
+    check_bool("", "with_components", with_components)
     prepared = prepare_mutual_information(
         means_tensor,
         stds_tensor,
@@ -173,9 +173,9 @@ class PreparedMutualInformation(NamedTuple):
     result_dtype: torch.dtype
 
     def run(self) -> Stream:
-        """The kernel's per-query results; with ``validate_args``, bad active values raise."""
-        result = stream(*self.tensors, self.plan)
-        if self.validate_args and not stream_is_finite(result):
+        """The kernel's per-query results; with ``validate_args``, bad active values raise
+        first (one pass over each input)."""
+        if self.validate_args:
             query_active, component_active = active_positions(
                 self.tensors[4], self.tensors[5], list(self.plan.directions)
             )
@@ -191,7 +191,7 @@ class PreparedMutualInformation(NamedTuple):
                 },
                 positive=(self.names[3],),
             )
-        return result
+        return stream(*self.tensors, self.plan)
 
 
 def prepare_mutual_information(
