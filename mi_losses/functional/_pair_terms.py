@@ -94,9 +94,16 @@ def query_side(
     columns = [scaled.square().reshape(m, -1), scaled.reshape(m, -1), active]
     if own is not None:
         clean, means, stds = own
-        centre = torch.where(cols, clean.to(dtype), 0.0) + torch.where(cols, means.to(dtype), 0.0)
         sigma = torch.where(cols, stds.to(dtype), 1.0)
-        residual = (y - centre) / sigma
+        clean_, means_ = (
+            torch.where(cols, clean.to(dtype), 0.0),
+            torch.where(cols, means.to(dtype), 0.0),
+        )
+        if dtype == torch.float64:
+            residual = (y - (clean_ + means_)) / sigma  # c = x + mu as MATH.md writes it
+        else:
+            # (y - x) - mu: float32 does not round x + mu away when the data sit far from 0.
+            residual = ((y - clean_) - means_) / sigma
         per_position = (0.5 * residual.square() + sigma.log()).sum(-1)
         value = -(per_position + queries.shape[-1] * HALF_LOG_TWO_PI) * active
         own_term = OwnTerm(residual, sigma, value)
@@ -128,10 +135,20 @@ def component_side(
     n = clean.shape[0]
     cols = mask.unsqueeze(-1)
     active = mask.to(dtype)
-    centre = torch.where(cols, clean.to(dtype), 0.0) + torch.where(cols, means.to(dtype), 0.0)
     sigma = torch.where(cols, stds.to(dtype), 1.0)
-    scaled = (centre - scale.reference) * scale.inverse_scale * active.unsqueeze(-1)
-    precision = (sigma * scale.inverse_scale).square().reciprocal() * active.unsqueeze(-1)
+    clean_, means_ = (
+        torch.where(cols, clean.to(dtype), 0.0),
+        torch.where(cols, means.to(dtype), 0.0),
+    )
+    if dtype == torch.float64:
+        centred = (clean_ + means_) - scale.reference  # c = x + mu as MATH.md writes it
+    else:
+        # (x - r) + mu: float32 does not round x + mu away when the data sit far from 0.
+        centred = (clean_ - scale.reference) + means_
+    scaled = centred * scale.inverse_scale
+    scaled = scaled * active.unsqueeze(-1)
+    relative = torch.where(cols, sigma * scale.inverse_scale, 1.0)
+    precision = relative.square().reciprocal() * active.unsqueeze(-1)
     weighted = precision * scaled
     constants = (sigma.log().sum(-1) + clean.shape[-1] * HALF_LOG_TWO_PI) * active
     columns = [

@@ -20,9 +20,9 @@ from mi_losses.functional._pair_terms import (
 
 # Rounding the expanded square costs about ``eps * magnitude`` nats in a pair's distance
 # (``magnitude`` the sum of the positive expanded terms). Where that exceeds this relative plus
-# absolute tolerance for a valid pair, a float32 evaluation is redone in float64.
-RELATIVE_TOLERANCE = 1e-5
-ABSOLUTE_TOLERANCE = 1e-4
+# absolute tolerance (per compute dtype) for a valid pair, a float32 evaluation is redone in
+# float64, and a float64 one evaluates the flagged pairs from their differences.
+TOLERANCES = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-10, 1e-8)}
 
 
 def effective_masks(
@@ -109,6 +109,7 @@ class Spec(NamedTuple):
     directions: tuple[tuple[int, int, int, int], ...]
     with_own: bool
     max_block_bytes: int
+    direct: bool = False  # evaluate the pairs the rounding check flags from their differences
 
 
 def _plan_blocks(d: _Direction, budget: int, dtype: torch.dtype) -> tuple[list[Any], list[Any]]:
@@ -156,6 +157,12 @@ def forward_pass(
                     own_values.append(query.own.value)
                 valid = (query.active @ comp.active.T) > 0
                 z = torch.where(valid, query.left @ comp.right.T, -math.inf)
+                if check or spec.direct:
+                    error = _excess(query, comp, z, valid, dtype)
+                    if check:
+                        excess = torch.maximum(excess, error.amax() if error.numel() else excess)
+                    if spec.direct:
+                        z = _corrected(d, q_rows, c_rows, query, comp, z, error, dtype)
                 if keep:
                     kept.append(z.reshape(-1))
                 old = peak[rows]
@@ -174,8 +181,6 @@ def forward_pass(
                 weighted_constants = _put(
                     weighted_constants, rows, weighted_constants[rows] * alpha + e @ comp.constants
                 )
-                if check:
-                    excess = torch.maximum(excess, _excess(query, comp, z, valid, dtype))
         has = count > 0
         total = torch.where(has, total, 1.0)
         shift = torch.where(torch.isfinite(peak), peak, 0.0)
@@ -232,6 +237,10 @@ def backward_pass(
                 else:
                     valid = (query.active @ comp.active.T) > 0
                     z = query.left @ comp.right.T
+                    if spec.direct:
+                        masked = torch.where(valid, z, -math.inf)
+                        error = _excess(query, comp, masked, valid, dtype)
+                        z = _corrected(d, q_rows, c_rows, query, comp, z, error, dtype)
                 log_w = torch.where(valid, z - lse[q_rows[0] : q_rows[1]].unsqueeze(-1), -math.inf)
                 weights = log_w.exp() * g[q_rows[0] : q_rows[1]].unsqueeze(-1)
                 if needs_components:
@@ -331,11 +340,48 @@ def _excess(
     s = query.scaled.shape[1]
     u = -comp.right[:, 2 * k : 2 * k + s] - comp.constants  # 0.5 sum_e w c'^2 per position
     magnitude = 0.5 * squares.unsqueeze(-1) * largest + query.active @ u.T
-    pair_constants = query.active @ comp.constants.T
-    if query.own is not None:
-        pair_constants = pair_constants + query.own.value @ comp.active.T
-    distance = -(z + pair_constants)
+    distance = -(z + _pair_constants(query, comp))
     eps = torch.finfo(dtype).eps
-    error = eps * magnitude - RELATIVE_TOLERANCE * distance.abs() - ABSOLUTE_TOLERANCE
-    error = torch.where(valid, torch.nan_to_num(error, nan=math.inf), -math.inf)
-    return error.amax() if error.numel() else error.new_zeros(())
+    relative, absolute = TOLERANCES[dtype]
+    error = eps * magnitude - relative * distance.abs() - absolute
+    return torch.where(valid, torch.nan_to_num(error.detach(), nan=math.inf), -math.inf)
+
+
+def _pair_constants(query: QuerySide, comp: ComponentSide) -> torch.Tensor:
+    """``sum_{s in P(i,j)} (p_js + q_is)`` per pair: the score is ``-(D + this)``."""
+    constants = query.active @ comp.constants.T
+    if query.own is not None:
+        constants = constants + query.own.value @ comp.active.T
+    return constants
+
+
+def _corrected(
+    d: _Direction,
+    q_rows: tuple[int, int],
+    c_rows: tuple[int, int],
+    query: QuerySide,
+    comp: ComponentSide,
+    z: torch.Tensor,
+    error: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``z`` with the flagged pairs' distances evaluated from the differences themselves.
+
+    The correction is a detached rounding fix added to ``z``: derivatives still follow the
+    expanded (analytically identical) expression.
+    """
+    flagged = error > 0
+    if not bool(flagged.any()):
+        return z
+    rows, cols = flagged.nonzero(as_tuple=True)
+    qi, cj = rows + q_rows[0], cols + c_rows[0]
+    with torch.no_grad():
+        active = (d.query_mask[qi] & d.component_mask[cj]).unsqueeze(-1)
+        queries = torch.where(active, d.queries[qi].to(dtype), 0.0)
+        centres = d.clean[cj].to(dtype) + d.means[cj].to(dtype)
+        difference = torch.where(active, queries - centres, 0.0)
+        sigma = torch.where(active, d.stds[cj].to(dtype), 1.0)
+        distance = 0.5 * (difference / sigma).square().sum((-1, -2))
+        exact = -(distance + _pair_constants(query, comp)[rows, cols])
+        delta = torch.zeros_like(z).index_put((rows, cols), exact - z[rows, cols].detach())
+    return z + delta

@@ -37,7 +37,10 @@ class Plan:
             component tensors are then the queries' own clean embeddings, means and stds.
         max_block_bytes: memory budget of one block.
         dtype: compute dtype.
-        accuracy_check: check the rounding of the expanded squares, redo in float64 if needed.
+        accuracy_check: check the rounding of the expanded squares; where it is too large, redo
+            the pass in float64 with the flagged pairs evaluated from their differences.
+        direct: that float64 pass (set by the forward pass, read by the backward pass).
+        outcome: what the forward pass decided (filled by it, read by ``setup_context``).
     """
 
     directions: tuple[tuple[int, int, int, int], ...]
@@ -45,6 +48,8 @@ class Plan:
     max_block_bytes: int
     dtype: torch.dtype
     accuracy_check: bool
+    direct: bool = False
+    outcome: dict[str, bool] = dataclasses.field(default_factory=dict, compare=False)
 
 
 class Stream(NamedTuple):
@@ -106,11 +111,15 @@ class _StreamingLogSumExp(torch.autograd.Function):
         plan: Plan,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs = (queries, clean, means, stds, query_mask, component_mask)
-        spec = Spec(plan.directions, plan.with_own, plan.max_block_bytes)
-        check = plan.accuracy_check and plan.dtype != torch.float64
+        spec = Spec(plan.directions, plan.with_own, plan.max_block_bytes, plan.direct)
+        check = plan.accuracy_check and not plan.direct
         log_sum_exp, stats, excess, scores = forward_pass(inputs, spec, plan.dtype, check)
         if check and bool(excess > 0):
+            # Rounding beyond the tolerance somewhere: again in float64, where flagged pairs are
+            # evaluated from their differences.
+            spec = spec._replace(direct=True)
             log_sum_exp, stats, _, scores = forward_pass(inputs, spec, torch.float64, False)
+            plan.outcome["direct"] = True
         return log_sum_exp, stats, scores
 
     @staticmethod
@@ -118,7 +127,9 @@ class _StreamingLogSumExp(torch.autograd.Function):
         *tensors, plan = inputs
         log_sum_exp, stats, scores = output
         ctx.save_for_backward(*tensors, log_sum_exp, scores)
-        ctx.plan = plan
+        ctx.plan = dataclasses.replace(
+            plan, direct=plan.direct or plan.outcome.pop("direct", False)
+        )
         ctx.mark_non_differentiable(stats, scores)
 
     @staticmethod
@@ -130,7 +141,7 @@ class _StreamingLogSumExp(torch.autograd.Function):
             # the logsumexp too, so recompute it with a graph.
             log_sum_exp, _, _ = _StreamingLogSumExp.apply(*inputs, plan)
             scores = None
-        spec = Spec(plan.directions, plan.with_own, plan.max_block_bytes)
+        spec = Spec(plan.directions, plan.with_own, plan.max_block_bytes, plan.direct)
         needs = ctx.needs_input_grad
         grad_queries, grad_centres, grad_stds = backward_pass(
             tuple(inputs), log_sum_exp, grad.to(log_sum_exp.dtype), spec, any(needs[1:4]), scores
