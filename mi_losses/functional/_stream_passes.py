@@ -367,8 +367,8 @@ def _corrected(
 ) -> torch.Tensor:
     """``z`` with the flagged pairs' distances evaluated from the differences themselves.
 
-    The correction is a detached rounding fix added to ``z``: derivatives still follow the
-    expanded (analytically identical) expression.
+    The flagged values are replaced; derivatives still follow the expanded (analytically
+    identical) expression.
     """
     flagged = error > 0
     if not bool(flagged.any()):
@@ -383,5 +383,6 @@ def _corrected(
         sigma = torch.where(active, d.stds[cj].to(dtype), 1.0)
         distance = 0.5 * (difference / sigma).square().sum((-1, -2))
         exact = -(distance + _pair_constants(query, comp)[rows, cols])
-        delta = torch.zeros_like(z).index_put((rows, cols), exact - z[rows, cols].detach())
-    return z + delta
+        exact = z.detach().index_put((rows, cols), exact)
+    # ``z - z.detach()`` is exactly 0 and carries the derivatives of the expanded expression.
+    return torch.where(flagged, exact + (z - z.detach()), z)
