@@ -121,10 +121,10 @@ def _plan_blocks(d: _Direction, budget: int, dtype: torch.dtype) -> tuple[list[A
 
 
 def keeps_scores(inputs: tuple[torch.Tensor, ...], spec: Spec, dtype: torch.dtype) -> bool:
-    """Whether all pair scores fit in a quarter of the budget: then the forward pass keeps them
+    """Whether all pair scores fit in half the budget: then the forward pass keeps them
     and a first-order backward pass does not recompute them (two matrix products fewer)."""
     pairs = sum((q1 - q0) * (c1 - c0) for q0, q1, c0, c1 in spec.directions)
-    return pairs * (torch.finfo(dtype).bits // 8) <= spec.max_block_bytes // 4
+    return pairs * (torch.finfo(dtype).bits // 8) <= spec.max_block_bytes // 2
 
 
 def forward_pass(

@@ -22,7 +22,7 @@ import torch
 
 from mi_losses.functional._stream_passes import Spec, backward_pass, forward_pass
 
-DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
+DEFAULT_MAX_BLOCK_BYTES = 128 * 2**20
 """Default memory budget of the blocks (scores, weights and factors alive at once)."""
 
 
@@ -82,7 +82,7 @@ def stream(
     """Run the kernel; inputs ``(rows, S, E)`` in any float dtype, masks ``(rows, S)`` bool."""
     if plan.accuracy_check and torch.compiler.is_compiling():
         plan = dataclasses.replace(plan, accuracy_check=False)
-    log_sum_exp, stats, _ = _StreamingLogSumExp.apply(
+    log_sum_exp, stats, _ = _StreamingLogSumExp.apply(  # type: ignore[no-untyped-call]
         queries, clean, means, stds, query_mask, component_mask, plan
     )
     log_sum_exp = log_sum_exp.to(plan.dtype)
@@ -101,7 +101,7 @@ class _StreamingLogSumExp(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         queries: torch.Tensor,
         clean: torch.Tensor,
         means: torch.Tensor,
@@ -133,13 +133,13 @@ class _StreamingLogSumExp(torch.autograd.Function):
         ctx.mark_non_differentiable(stats, scores)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor, *_: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor, *_: torch.Tensor) -> tuple[Any, ...]:
         *inputs, log_sum_exp, scores = ctx.saved_tensors
         plan = dataclasses.replace(ctx.plan, dtype=log_sum_exp.dtype, accuracy_check=False)
         if torch.is_grad_enabled():
             # Second derivatives: the weights exp(z - logsumexp) depend on the inputs through
             # the logsumexp too, so recompute it with a graph.
-            log_sum_exp, _, _ = _StreamingLogSumExp.apply(*inputs, plan)
+            log_sum_exp, _, _ = _StreamingLogSumExp.apply(*inputs, plan)  # type: ignore[no-untyped-call]
             scores = None
         spec = Spec(plan.directions, plan.with_own, plan.max_block_bytes, plan.direct)
         needs = ctx.needs_input_grad

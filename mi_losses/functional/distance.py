@@ -69,7 +69,9 @@ def square_mahalanobis_distance(
     check_same_device(x=x, y=y, stds=stds, mask=mask)
     check_bool("", "validate_args", validate_args)
     try:
-        shape = torch.broadcast_shapes(x.shape, y.shape, stds.shape)
+        shape = torch.broadcast_shapes(  # type: ignore[no-untyped-call]
+            x.shape, y.shape, stds.shape
+        )
     except RuntimeError as error:
         raise ValueError(
             f"x, y and stds must broadcast together, got {_shape(x.shape)}, "
@@ -81,7 +83,9 @@ def square_mahalanobis_distance(
         if not isinstance(mask, torch.Tensor):
             raise ValueError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
         try:
-            mask_shape = torch.broadcast_shapes(mask.shape, shape[:-1])
+            mask_shape = torch.broadcast_shapes(  # type: ignore[no-untyped-call]
+                mask.shape, shape[:-1]
+            )
         except RuntimeError as error:
             raise ValueError(
                 f"mask must broadcast against {_shape(shape[:-1])}, got {_shape(mask.shape)}"

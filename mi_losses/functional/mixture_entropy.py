@@ -60,7 +60,8 @@ def gaussian_mixture_entropy(
     ``P(i, j)`` is ``mask_i AND component_mask_j`` (sequence granularity; ``|P|`` counts active
     scalar elements) or all ``E`` features of two active tokens (token granularity). In
     expectation ``H`` is an **upper bound** on the entropy of the transformed embeddings
-    (Jensen). Pairs are evaluated as matrix products: memory ``O(M N)`` beyond the inputs.
+    (Jensen). Pairs are evaluated as matrix products in blocks by a streaming kernel: memory
+    linear in ``M + N``; second derivatives are exact and masked positions are never read.
 
     Args:
         clean_embeddings: ``x`` of the component batch, ``(N, S, E)``.
@@ -73,7 +74,19 @@ def gaussian_mixture_entropy(
             ``gaussian_mixture_log_constants_and_determinant_loss`` (nats); they sum to ``H``.
         component_mask: ``(N, S)``; ``None`` (default) means all positions.
         granularity: ``"sequence"`` (a sample is a sequence) or ``"token"`` (an active token).
-        validate_args: check the values of ``stds`` and of non-bool masks (one pass each).
+        validate_args: check that every input is finite and ``stds > 0`` at the positions
+            the masks declare active, and the values of non-bool masks (one pass each, one
+            host synchronisation).
+        max_block_bytes: memory budget of the streaming kernel's blocks (the pair scores and
+            factors of one block of queries and components), default 128 MiB. Memory beyond
+            the inputs and their gradients is linear in the number of samples plus this budget;
+            results do not depend on it beyond rounding.
+        accuracy_check: check the rounding of the expanded squares (one reduction per block,
+            one host synchronisation per call); where some pair would lose more than MATH.md's
+            tolerance, the pass is redone in float64 with the flagged pairs evaluated from their
+            differences. ``False`` skips the check and its synchronisation (skipped
+            automatically under ``torch.compile``; with ``validate_args=False`` too the call
+            never synchronises and ``torch.compile(fullgraph=True)`` traces it).
 
     Returns:
         Scalar ``H`` in nats, in the input dtype (computed in float32 or better); ``0`` when

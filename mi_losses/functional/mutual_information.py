@@ -64,8 +64,11 @@ def mutual_information_sub_batch(
     active tokens at token granularity). In expectation ``I`` is an **upper bound** on the
     mutual information (Poole et al., 2019), so minimising it is a sound privacy objective;
     ``I = H(Y) - H(Y|X)`` splits exactly into the components written to ``losses``.
-    Pairs are evaluated as matrix products: memory ``O((B/2)^2)`` (sequences) or
-    ``O((B S / 2)^2)`` (tokens) beyond the inputs, forward and backward.
+    Pairs are evaluated as matrix products in blocks by a streaming kernel (running
+    ``logsumexp`` per query, blocks recomputed in the backward pass): memory linear in the
+    number of samples, forward and backward. Second derivatives are exact
+    (``create_graph=True``), ``torch.func.grad``/``jacrev`` apply, and positions outside the
+    masks are never read (their gradient is exactly 0).
 
     Args:
         means_tensor: ``mu``, ``(B, S, E)``; ``B`` even, at least 2.
@@ -85,7 +88,19 @@ def mutual_information_sub_batch(
         symmetric: also evaluate with the halves swapped (queries from ``A'``, components from
             ``A``) and average the two estimates and their components: less variance for
             twice the work. A direction without any valid query is left out of the average.
-        validate_args: check the values of ``stds_tensor`` and of a non-bool ``noise_mask``.
+        validate_args: check that every input is finite and ``stds_tensor > 0`` at the
+            positions the masks declare active, and the values of a non-bool ``noise_mask``
+            (one pass each, one host synchronisation).
+        max_block_bytes: memory budget of the streaming kernel's blocks (the pair scores and
+            factors of one block of queries and components), default 128 MiB. Memory beyond
+            the inputs and their gradients is linear in the number of samples plus this budget;
+            results do not depend on it beyond rounding.
+        accuracy_check: check the rounding of the expanded squares (one reduction per block,
+            one host synchronisation per call); where some pair would lose more than MATH.md's
+            tolerance, the pass is redone in float64 with the flagged pairs evaluated from their
+            differences. ``False`` skips the check and its synchronisation (skipped
+            automatically under ``torch.compile``; with ``validate_args=False`` too the call
+            never synchronises and ``torch.compile(fullgraph=True)`` traces it).
 
     Returns:
         Scalar ``I`` in nats, in the input dtype (computed in float32 or better); ``0`` (with a
@@ -191,7 +206,8 @@ class PreparedMutualInformation(NamedTuple):
                 },
                 positive=(self.names[3],),
             )
-        return stream(*self.tensors, self.plan)
+        noisy, clean, means, stds, query_mask, component_mask = self.tensors
+        return stream(noisy, clean, means, stds, query_mask, component_mask, self.plan)
 
 
 def prepare_mutual_information(
