@@ -105,7 +105,7 @@ def test_second_derivatives(granularity) -> None:
 
     def lower(means, stds, clean, noisy):
         return mutual_information_bounds(
-            means, stds, mask, clean, noisy, granularity=granularity, max_block_bytes=64
+            means, stds, mask, clean, noisy, granularity=granularity
         ).lower
 
     assert gradcheck(lower, inputs)
