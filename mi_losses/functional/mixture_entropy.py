@@ -135,6 +135,12 @@ def gaussian_mixture_entropy_estimate(
     Same arguments (without ``losses``); the estimate also carries its components and the number
     of valid queries, the weight to aggregate it with. ``with_components=False`` skips the
     components (``Estimate.components`` is then empty), which saves a little time.
+
+    Example:
+        >>> x, mu, sigma = torch.randn(4, 3, 2), torch.zeros(4, 3, 2), torch.ones(4, 3, 2)
+        >>> estimate = gaussian_mixture_entropy_estimate(x, torch.randn(6, 3, 2), mu, sigma)
+        >>> int(estimate.num_queries), sorted(estimate.components)[0]
+        (6, 'gaussian_mixture_log_constants_and_determinant_loss')
     """
     check_granularity(granularity)
     check_bool("", "validate_args", validate_args)

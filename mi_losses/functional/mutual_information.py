@@ -156,6 +156,14 @@ def mutual_information_sub_batch_estimate(
     Same arguments (without ``losses``); the estimate also carries its components and the number
     of valid queries (both directions together when ``symmetric``). ``with_components=False``
     skips the components (``Estimate.components`` is then empty), which saves a little time.
+
+    Example:
+        >>> x = torch.randn(8, 4, 2)
+        >>> mu, sigma = torch.zeros_like(x), torch.full_like(x, 0.5)
+        >>> y = x + sigma * torch.randn_like(x)
+        >>> estimate = mutual_information_sub_batch_estimate(mu, sigma, None, x, y)
+        >>> int(estimate.num_queries), estimate.per_query.shape
+        (4, torch.Size([4]))
     """
     check_bool("", "with_components", with_components)
     prepared = prepare_mutual_information(
