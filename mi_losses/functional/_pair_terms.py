@@ -85,13 +85,12 @@ def query_side(
     ``own`` is ``(clean, means, stds)`` of the same samples (the mutual information's query
     density); ``None`` for the mixture entropy.
     """
-    m = queries.shape[0]
     cols = mask.unsqueeze(-1)
     active = mask.to(dtype)
     y = torch.where(cols, queries.to(dtype), 0.0)
     scaled = (y - scale.reference) * scale.inverse_scale * active.unsqueeze(-1)
     own_term = None
-    columns = [scaled.square().reshape(m, -1), scaled.reshape(m, -1), active]
+    columns = [scaled.square().flatten(1), scaled.flatten(1), active]
     if own is not None:
         clean, means, stds = own
         sigma = torch.where(cols, stds.to(dtype), 1.0)
@@ -132,7 +131,6 @@ def component_side(
     with_own: bool,
 ) -> ComponentSide:
     """``R`` for components ``c = x + mu`` and ``sigma`` ``(n, S, E)``, mask ``b`` ``(n, S)``."""
-    n = clean.shape[0]
     cols = mask.unsqueeze(-1)
     active = mask.to(dtype)
     sigma = torch.where(cols, stds.to(dtype), 1.0)
@@ -152,8 +150,8 @@ def component_side(
     weighted = precision * scaled
     constants = (sigma.log().sum(-1) + clean.shape[-1] * HALF_LOG_TWO_PI) * active
     columns = [
-        -0.5 * precision.reshape(n, -1),
-        weighted.reshape(n, -1),
+        -0.5 * precision.flatten(1),
+        weighted.flatten(1),
         -(0.5 * (weighted * scaled).sum(-1) + constants),
     ]
     if with_own:

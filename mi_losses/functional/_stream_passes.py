@@ -328,11 +328,10 @@ def _excess(
     The magnitude ``0.5 (sum_k y'^2 w + sum_k w c'^2)`` is bounded by
     ``0.5 (|y'|^2 max_k w + sum_k w c'^2)``; NaN (overflow of the expansion) counts as ``inf``.
     """
-    m = query.scaled.shape[0]
     n = comp.scaled.shape[0]
-    squares = query.scaled.reshape(m, -1).square().sum(-1)
+    squares = query.scaled.flatten(1).square().sum(-1)
     largest = (
-        comp.precision.reshape(n, -1).amax(-1)
+        comp.precision.flatten(1).amax(-1)
         if comp.precision.numel()
         else comp.precision.new_zeros(n)
     )

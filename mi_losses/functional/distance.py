@@ -215,7 +215,6 @@ def _expanded(
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``D`` by matrix products, and per pair the rounding error beyond the tolerance."""
-    n = centres.shape[0]
     scale = scaling(torch.where(b.unsqueeze(-1), centres.to(dtype), 0.0), stds, b, dtype)
     query = query_side(queries, a, None, scale, dtype)
     comp = component_side(
@@ -228,7 +227,7 @@ def _expanded(
         False,
     )
     k = query.scaled.shape[1] * query.scaled.shape[2]
-    squares = query.left[:, :k] @ comp.precision.reshape(n, -1).T
+    squares = query.left[:, :k] @ comp.precision.flatten(1).T
     cross = query.left[:, k : 2 * k] @ comp.right[:, k : 2 * k].T
     half_u = -comp.right[:, 2 * k :] - comp.constants  # 0.5 sum_e w c'^2 per position
     magnitude = 0.5 * squares + query.active @ half_u.T
