@@ -1,6 +1,8 @@
-"""The math: every estimator of ``MATH.md`` as a function of tensors (nats throughout)."""
+"""The math: every estimator of ``docs/math.md`` as a function of tensors (nats throughout)."""
 
 from mi_losses.functional.attack import bayes_token_attack, fano_error_floor
+from mi_losses.functional.bounds import MutualInformationBounds as MutualInformationBounds
+from mi_losses.functional.bounds import mutual_information_bounds
 from mi_losses.functional.closed_form import (
     gaussian_channel_mutual_information,
     gaussian_differential_entropy,
@@ -44,6 +46,7 @@ __all__ = [
     "gaussian_mixture_entropy_estimate",
     "kolchinsky_tracey_entropy_bounds",
     "kolchinsky_tracey_mutual_information_bounds",
+    "mutual_information_bounds",
     "mutual_information_sub_batch",
     "mutual_information_sub_batch_estimate",
     "pairwise_square_mahalanobis_distance",

@@ -185,3 +185,51 @@ def _fit_length(part: torch.Tensor, length: int, features: int) -> torch.Tensor:
         return part[:, :length]
     pad = _packed_padding(part, part.shape[0], length - part.shape[1], features)
     return torch.cat([part, pad], dim=1)
+
+
+def with_gathered_components(
+    tensors: tuple[torch.Tensor, ...],
+    halves: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    directions: list[tuple[int, int, int, int]],
+    *,
+    granularity: Granularity,
+    process_group: dist.ProcessGroup | None,
+    max_gathered_components: int | None,
+    dtype: torch.dtype,
+) -> tuple[tuple[torch.Tensor, ...], list[tuple[int, int, int, int]]]:
+    """The streaming kernel's inputs with every direction's components gathered from all ranks.
+
+    ``tensors`` are the kernel's sample-form inputs ``(noisy, clean, means, stds, query_mask,
+    component_mask)``; ``halves[d]`` the component half of direction ``d`` as ``(clean, means,
+    stds, mask)`` of shape ``(n, S, E)``. The gathered components (centres ``x + mu``, stds,
+    masks) are appended after the local rows (as ``clean`` with zero ``means``) and each
+    direction's component range points at its gathered block; queries and their own terms stay
+    where they are.
+    """
+    from mi_losses.functional._pairs import as_samples  # the kernel imports this module
+
+    noisy, clean, means, stds, query_mask, component_mask = tensors
+    noisy, clean, means, stds = (t.to(dtype) for t in (noisy, clean, means, stds))
+    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    gathered_directions = []
+    offset = clean.shape[0]
+    for (q0, q1, _, _), (half_clean, half_means, half_stds, half_mask) in zip(
+        directions, halves, strict=True
+    ):
+        gathered = gather_components(
+            half_clean.to(dtype) + half_means.to(dtype),
+            half_stds.to(dtype),
+            half_mask,
+            granularity=granularity,
+            process_group=process_group,
+            max_gathered_components=max_gathered_components,
+        )
+        centres, gathered_stds, gathered_mask = (as_samples(t, granularity) for t in gathered)
+        parts.append((centres, gathered_stds, gathered_mask))
+        gathered_directions.append((q0, q1, offset, offset + centres.shape[0]))
+        offset += centres.shape[0]
+    clean = torch.cat([clean, *(c for c, _, _ in parts)])
+    means = torch.cat([means, *(torch.zeros_like(c) for c, _, _ in parts)])
+    stds = torch.cat([stds, *(s for _, s, _ in parts)])
+    component_mask = torch.cat([component_mask, *(m for _, _, m in parts)])
+    return (noisy, clean, means, stds, query_mask, component_mask), gathered_directions

@@ -6,29 +6,30 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mi_losses import keys
 from mi_losses._validation import (
     _shape,
     as_bool_mask,
+    check_bool,
     check_floating,
     check_granularity,
     check_ndim,
-    check_positive,
     check_same_device,
     check_same_shape,
     compute_dtype,
     result_dtype,
 )
 from mi_losses.functional import _distributed
-from mi_losses.functional._mixture import (
+from mi_losses.functional._mixture import to_result, value_with_losses
+from mi_losses.functional._pairs import (
+    DEFAULT_MAX_BLOCK_BYTES,
+    active_positions,
     as_samples,
-    mixture_components,
-    negative_log_mean_exp,
-    pairs,
-    query_mean,
-    to_result,
-    value_with_losses,
+    check_active_values,
+    check_block_bytes,
+    direction_estimates,
+    make_plan,
 )
+from mi_losses.functional._streaming import stream
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ def gaussian_mixture_entropy(
     component_mask: torch.Tensor | None = None,
     granularity: Granularity = "sequence",
     validate_args: bool = True,
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+    accuracy_check: bool = True,
     gather_components: bool = False,
     process_group: ProcessGroup | None = None,
     max_gathered_components: int | None = None,
@@ -66,7 +69,8 @@ def gaussian_mixture_entropy(
     ``P(i, j)`` is ``mask_i AND component_mask_j`` (sequence granularity; ``|P|`` counts active
     scalar elements) or all ``E`` features of two active tokens (token granularity). In
     expectation ``H`` is an **upper bound** on the entropy of the transformed embeddings
-    (Jensen). Pairs are evaluated as matrix products: memory ``O(M N)`` beyond the inputs.
+    (Jensen). Pairs are evaluated as matrix products in blocks by a streaming kernel: memory
+    linear in ``M + N``; second derivatives are exact and masked positions are never read.
 
     Args:
         clean_embeddings: ``x`` of the component batch, ``(N, S, E)``.
@@ -79,16 +83,26 @@ def gaussian_mixture_entropy(
             ``gaussian_mixture_log_constants_and_determinant_loss`` (nats); they sum to ``H``.
         component_mask: ``(N, S)``; ``None`` (default) means all positions.
         granularity: ``"sequence"`` (a sample is a sequence) or ``"token"`` (an active token).
-        validate_args: check the values of ``stds`` and of non-bool masks (one pass each).
+        validate_args: check that every input is finite and ``stds > 0`` at the positions
+            the masks declare active, and the values of non-bool masks (one pass each, one
+            host synchronisation).
+        max_block_bytes: memory budget of the streaming kernel's blocks (the pair scores and
+            factors of one block of queries and components), default 128 MiB. Memory beyond
+            the inputs and their gradients is linear in the number of samples plus this budget;
+            results do not depend on it beyond rounding.
+        accuracy_check: check the rounding of the expanded squares (one reduction per block,
+            one host synchronisation per call); where some pair would lose more than the
+            tolerance of docs/math.md#numerics, the pass is redone in float64 with the flagged pairs evaluated from their
+            differences. ``False`` skips the check and its synchronisation (skipped
+            automatically under ``torch.compile``; with ``validate_args=False`` too the call
+            never synchronises and ``torch.compile(fullgraph=True)`` traces it).
         gather_components: under data parallelism, evaluate this rank's queries against the
-            components of all ranks of ``process_group`` (an autograd-aware all-gather; ranks
-            may differ in ``N`` and ``S``). The value is this rank's queries' estimate; input
-            gradients are those of the sum of the ranks' values. Nothing changes without an
-            initialised process group or with one rank. See ``docs/distributed.md``.
+            components of all ranks of ``process_group`` (an autograd-aware all-gather); the
+            value is this rank's queries' estimate. Nothing changes without an initialised
+            process group or with one rank. See ``docs/distributed.md``.
         process_group: the ranks to gather over; ``None`` means the default group.
         max_gathered_components: with ``gather_components``, each rank sends at most this
-            many components (sequences, or tokens at token granularity), drawn at random:
-            bounded memory for more variance. ``None`` sends all.
+            many components, drawn at random; ``None`` sends all.
 
     Returns:
         Scalar ``H`` in nats, in the input dtype (computed in float32 or better); ``0`` when
@@ -111,6 +125,8 @@ def gaussian_mixture_entropy(
         component_mask=component_mask,
         granularity=granularity,
         validate_args=validate_args,
+        max_block_bytes=max_block_bytes,
+        accuracy_check=accuracy_check,
         with_components=losses is not None,
         gather_components=gather_components,
         process_group=process_group,
@@ -129,6 +145,8 @@ def gaussian_mixture_entropy_estimate(
     component_mask: torch.Tensor | None = None,
     granularity: Granularity = "sequence",
     validate_args: bool = True,
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+    accuracy_check: bool = True,
     with_components: bool = True,
     gather_components: bool = False,
     process_group: ProcessGroup | None = None,
@@ -139,16 +157,26 @@ def gaussian_mixture_entropy_estimate(
     Same arguments (without ``losses``); the estimate also carries its components and the number
     of valid queries, the weight to aggregate it with. ``with_components=False`` skips the
     components (``Estimate.components`` is then empty), which saves a little time.
-    With ``gather_components`` the value, components and ``num_queries`` are this rank's.
+
+    Example:
+        >>> x, mu, sigma = torch.randn(4, 3, 2), torch.zeros(4, 3, 2), torch.ones(4, 3, 2)
+        >>> estimate = gaussian_mixture_entropy_estimate(x, torch.randn(6, 3, 2), mu, sigma)
+        >>> int(estimate.num_queries), sorted(estimate.components)[0]
+        (6, 'gaussian_mixture_log_constants_and_determinant_loss')
     """
     check_granularity(granularity)
+    check_bool("", "validate_args", validate_args)
+    check_bool("", "accuracy_check", accuracy_check)
+    check_bool("", "with_components", with_components)
+    check_block_bytes(max_block_bytes)
     _distributed.check_gather_options(gather_components, max_gathered_components)
-    for name, tensor in (
-        ("clean_embeddings", clean_embeddings),
-        ("transformed_embeddings", transformed_embeddings),
-        ("means", means),
-        ("stds", stds),
-    ):
+    named = {
+        "clean_embeddings": clean_embeddings,
+        "transformed_embeddings": transformed_embeddings,
+        "means": means,
+        "stds": stds,
+    }
+    for name, tensor in named.items():
         check_floating(name, tensor)
         check_ndim(name, tensor, 3, "(batch, S, E)")
     check_same_shape("means", means, "clean_embeddings", clean_embeddings)
@@ -159,12 +187,7 @@ def gaussian_mixture_entropy_estimate(
             f"transformed_embeddings must have shape (M, {s}, {e}) to match clean_embeddings "
             f"{_shape(clean_embeddings.shape)}, got {_shape(transformed_embeddings.shape)}"
         )
-    check_same_device(
-        clean_embeddings=clean_embeddings,
-        transformed_embeddings=transformed_embeddings,
-        means=means,
-        stds=stds,
-    )
+    check_same_device(**named)
     device = clean_embeddings.device
     query_mask = as_bool_mask(
         "mask", mask, transformed_embeddings.shape[:2], device, validate_values=validate_args
@@ -176,40 +199,39 @@ def gaussian_mixture_entropy_estimate(
         device,
         validate_values=validate_args,
     )
+    tensors = (
+        as_samples(transformed_embeddings, granularity),
+        as_samples(clean_embeddings, granularity),
+        as_samples(means, granularity),
+        as_samples(stds, granularity),
+        as_samples(query_mask, granularity),
+        as_samples(component_mask, granularity),
+    )
+    span = (0, tensors[0].shape[0], 0, tensors[1].shape[0])
+    dtype = compute_dtype(*named.values())
+    plan = make_plan([span], False, max_block_bytes, dtype, accuracy_check)
     if validate_args:
-        check_positive("stds", stds)
-
-    inputs = (clean_embeddings, transformed_embeddings, means, stds)
-    dtype = compute_dtype(*inputs)
-    component_half = (clean_embeddings.to(dtype) + means.to(dtype), stds.to(dtype), component_mask)
-    if gather_components:
-        component_half = _distributed.gather_components(
-            *component_half,
+        query_active, component_active = active_positions(tensors[4], tensors[5], [span])
+        check_active_values(
+            {
+                "transformed_embeddings": (tensors[0], query_active),
+                "clean_embeddings": (tensors[1], component_active),
+                "means": (tensors[2], component_active),
+                "stds": (tensors[3], component_active),
+            },
+            positive=("stds",),
+        )
+    if gather_components and _distributed.world_size(process_group) > 1:
+        tensors, (span,) = _distributed.with_gathered_components(
+            tensors,
+            [(clean_embeddings, means, stds, component_mask)],
+            [span],
             granularity=granularity,
             process_group=process_group,
             max_gathered_components=max_gathered_components,
+            dtype=dtype,
         )
-    centres, component_stds, component_mask = component_half
-    pairs_ = pairs(
-        as_samples(transformed_embeddings.to(dtype), granularity),
-        as_samples(query_mask, granularity),
-        as_samples(centres, granularity),
-        as_samples(component_stds, granularity),
-        as_samples(component_mask, granularity),
-    )
-    log_density = -(pairs_.mahalanobis + pairs_.pair_sum(None, pairs_.component_constants))
-    lme = negative_log_mean_exp(log_density, pairs_.valid)
-    components = {}
-    if with_components:
-        mahalanobis, log_constants = mixture_components(pairs_, lme)
-        components = {
-            keys.MAHALANOBIS: mahalanobis,
-            keys.LOG_CONSTANTS: log_constants,
-        }
-    estimate = Estimate(
-        value=query_mean(lme.value, lme.query_valid),
-        components=components,
-        num_queries=lme.query_valid.sum(),
-        per_query=torch.where(lme.query_valid, lme.value, 0.0),
-    )
-    return to_result(estimate, result_dtype(*inputs))
+        plan = make_plan([span], False, max_block_bytes, dtype, accuracy_check)
+    result = stream(*tensors, plan)
+    (estimate,) = direction_estimates(result, [span[1]], False, with_components)
+    return to_result(estimate, result_dtype(*named.values()))

@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from mi_losses import keys
 from mi_losses._validation import (
     as_bool_mask,
+    check_bool,
     check_floating,
     check_granularity,
     check_ndim,
-    check_positive,
     check_same_device,
     check_same_shape,
     compute_dtype,
     result_dtype,
 )
 from mi_losses.functional import _distributed
-from mi_losses.functional._mixture import (
-    HALF_LOG_TWO_PI,
+from mi_losses.functional._mixture import average_estimates, to_result, value_with_losses
+from mi_losses.functional._pairs import (
+    DEFAULT_MAX_BLOCK_BYTES,
+    active_positions,
     as_samples,
-    average_estimates,
-    mixture_components,
-    negative_log_mean_exp,
-    pairs,
-    query_mean,
-    to_result,
-    value_with_losses,
+    check_active_values,
+    check_block_bytes,
+    direction_estimates,
+    make_plan,
 )
+from mi_losses.functional._streaming import Plan, Stream, stream
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity
 
 if TYPE_CHECKING:
@@ -50,6 +49,8 @@ def mutual_information_sub_batch(
     granularity: Granularity = "sequence",
     symmetric: bool = False,
     validate_args: bool = True,
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+    accuracy_check: bool = True,
     gather_components: bool = False,
     process_group: ProcessGroup | None = None,
     max_gathered_components: int | None = None,
@@ -70,8 +71,11 @@ def mutual_information_sub_batch(
     active tokens at token granularity). In expectation ``I`` is an **upper bound** on the
     mutual information (Poole et al., 2019), so minimising it is a sound privacy objective;
     ``I = H(Y) - H(Y|X)`` splits exactly into the components written to ``losses``.
-    Pairs are evaluated as matrix products: memory ``O((B/2)^2)`` (sequences) or
-    ``O((B S / 2)^2)`` (tokens) beyond the inputs, forward and backward.
+    Pairs are evaluated as matrix products in blocks by a streaming kernel (running
+    ``logsumexp`` per query, blocks recomputed in the backward pass): memory linear in the
+    number of samples, forward and backward. Second derivatives are exact
+    (``create_graph=True``), ``torch.func.grad``/``jacrev`` apply, and positions outside the
+    masks are never read (their gradient is exactly 0).
 
     Args:
         means_tensor: ``mu``, ``(B, S, E)``; ``B`` even, at least 2.
@@ -91,7 +95,19 @@ def mutual_information_sub_batch(
         symmetric: also evaluate with the halves swapped (queries from ``A'``, components from
             ``A``) and average the two estimates and their components: less variance for
             twice the work. A direction without any valid query is left out of the average.
-        validate_args: check the values of ``stds_tensor`` and of a non-bool ``noise_mask``.
+        validate_args: check that every input is finite and ``stds_tensor > 0`` at the
+            positions the masks declare active, and the values of a non-bool ``noise_mask``
+            (one pass each, one host synchronisation).
+        max_block_bytes: memory budget of the streaming kernel's blocks (the pair scores and
+            factors of one block of queries and components), default 128 MiB. Memory beyond
+            the inputs and their gradients is linear in the number of samples plus this budget;
+            results do not depend on it beyond rounding.
+        accuracy_check: check the rounding of the expanded squares (one reduction per block,
+            one host synchronisation per call); where some pair would lose more than the
+            tolerance of docs/math.md#numerics, the pass is redone in float64 with the flagged pairs evaluated from their
+            differences. ``False`` skips the check and its synchronisation (skipped
+            automatically under ``torch.compile``; with ``validate_args=False`` too the call
+            never synchronises and ``torch.compile(fullgraph=True)`` traces it).
         gather_components: under data parallelism, evaluate this rank's queries against the
             component halves of all ranks of ``process_group`` (an autograd-aware all-gather;
             ranks may differ in ``B`` and ``S``). The value is this rank's queries' estimate;
@@ -130,6 +146,8 @@ def mutual_information_sub_batch(
         granularity=granularity,
         symmetric=symmetric,
         validate_args=validate_args,
+        max_block_bytes=max_block_bytes,
+        accuracy_check=accuracy_check,
         with_components=losses is not None,
         gather_components=gather_components,
         process_group=process_group,
@@ -149,6 +167,8 @@ def mutual_information_sub_batch_estimate(
     granularity: Granularity = "sequence",
     symmetric: bool = False,
     validate_args: bool = True,
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+    accuracy_check: bool = True,
     with_components: bool = True,
     gather_components: bool = False,
     process_group: ProcessGroup | None = None,
@@ -160,8 +180,104 @@ def mutual_information_sub_batch_estimate(
     of valid queries (both directions together when ``symmetric``). ``with_components=False``
     skips the components (``Estimate.components`` is then empty), which saves a little time.
     With ``gather_components`` the value, components and ``num_queries`` are this rank's.
+
+    Example:
+        >>> x = torch.randn(8, 4, 2)
+        >>> mu, sigma = torch.zeros_like(x), torch.full_like(x, 0.5)
+        >>> y = x + sigma * torch.randn_like(x)
+        >>> estimate = mutual_information_sub_batch_estimate(mu, sigma, None, x, y)
+        >>> int(estimate.num_queries), estimate.per_query.shape
+        (4, torch.Size([4]))
     """
+    check_bool("", "with_components", with_components)
+    prepared = prepare_mutual_information(
+        means_tensor,
+        stds_tensor,
+        noise_mask,
+        clean_input_embeddings,
+        noisy_input_embeddings,
+        combine_noise_masks_for_mutual_information_sub_batches,
+        granularity=granularity,
+        symmetric=symmetric,
+        validate_args=validate_args,
+        max_block_bytes=max_block_bytes,
+        accuracy_check=accuracy_check,
+        gather_components=gather_components,
+        process_group=process_group,
+        max_gathered_components=max_gathered_components,
+    )
+    stream = prepared.run()
+    estimates = direction_estimates(stream, prepared.sizes, True, with_components)
+    estimate = estimates[0] if len(estimates) == 1 else average_estimates(estimates)
+    return to_result(estimate, prepared.result_dtype)
+
+
+class PreparedMutualInformation(NamedTuple):
+    """Validated inputs of the sub-batch estimator, ready for the streaming kernel."""
+
+    tensors: tuple[torch.Tensor, ...]  # noisy, clean, means, stds, query mask, component mask
+    plan: Plan
+    sizes: list[int]  # queries per direction
+    names: tuple[str, ...]
+    validate_args: bool
+    result_dtype: torch.dtype
+
+    def run(self) -> Stream:
+        """The kernel's per-query results; with ``validate_args``, bad active values raise
+        first (one pass over each input)."""
+        if self.validate_args:
+            query_active, component_active = active_positions(
+                self.tensors[4], self.tensors[5], list(self.plan.directions)
+            )
+            own_active = query_active if self.plan.with_own else torch.zeros_like(query_active)
+            extra_rows = component_active.shape[0] - own_active.shape[0]
+            if extra_rows:  # components gathered from other ranks follow the local rows
+                own_active = torch.cat(
+                    [own_active, own_active.new_zeros(extra_rows, *own_active.shape[1:])]
+                )
+            both = component_active | own_active
+            noisy, clean, means, stds = self.tensors[:4]
+            check_active_values(
+                {
+                    self.names[0]: (noisy, query_active),
+                    self.names[1]: (clean, both),
+                    self.names[2]: (means, both),
+                    self.names[3]: (stds, both),
+                },
+                positive=(self.names[3],),
+            )
+        noisy, clean, means, stds, query_mask, component_mask = self.tensors
+        return stream(noisy, clean, means, stds, query_mask, component_mask, self.plan)
+
+
+def prepare_mutual_information(
+    means_tensor: torch.Tensor,
+    stds_tensor: torch.Tensor,
+    noise_mask: torch.Tensor | None,
+    clean_input_embeddings: torch.Tensor,
+    noisy_input_embeddings: torch.Tensor,
+    combine_noise_masks_for_mutual_information_sub_batches: bool,
+    *,
+    granularity: Granularity,
+    symmetric: bool,
+    validate_args: bool,
+    max_block_bytes: int,
+    accuracy_check: bool,
+    gather_components: bool = False,
+    process_group: ProcessGroup | None = None,
+    max_gathered_components: int | None = None,
+) -> PreparedMutualInformation:
+    """Check the arguments of :func:`mutual_information_sub_batch` and plan the kernel."""
     check_granularity(granularity)
+    check_bool(
+        "",
+        "combine_noise_masks_for_mutual_information_sub_batches",
+        combine_noise_masks_for_mutual_information_sub_batches,
+    )
+    check_bool("", "symmetric", symmetric)
+    check_bool("", "validate_args", validate_args)
+    check_bool("", "accuracy_check", accuracy_check)
+    check_block_bytes(max_block_bytes)
     _distributed.check_gather_options(gather_components, max_gathered_components)
     inputs = {
         "means_tensor": means_tensor,
@@ -181,100 +297,55 @@ def mutual_information_sub_batch_estimate(
             f"to split into two sub-batches, got {batch_size}"
         )
     check_same_device(**inputs)
-    device = clean_input_embeddings.device
     query_mask = as_bool_mask(
         "noise_mask",
         noise_mask,
         clean_input_embeddings.shape[:2],
-        device,
+        clean_input_embeddings.device,
         validate_values=validate_args,
     )
-    if validate_args:
-        check_positive("stds_tensor", stds_tensor)
-
-    dtype = compute_dtype(*inputs.values())
-    stds = stds_tensor.to(dtype)
-    noisy = noisy_input_embeddings.to(dtype)
-    centres = clean_input_embeddings.to(dtype) + means_tensor.to(dtype)
     if combine_noise_masks_for_mutual_information_sub_batches:
         component_mask = query_mask
     else:
         component_mask = torch.ones_like(query_mask)
-    halves = [
-        tensor.split(batch_size // 2)
-        for tensor in (noisy, centres, stds, query_mask, component_mask)
-    ]
-
-    def direction(queries: int, components: int) -> Estimate:
-        noisy_, centres_, stds_, query_mask_, component_mask_ = halves
-        component_half = (centres_[components], stds_[components], component_mask_[components])
-        if gather_components:
-            component_half = _distributed.gather_components(
-                *component_half,
-                granularity=granularity,
-                process_group=process_group,
-                max_gathered_components=max_gathered_components,
-            )
-        return _leave_one_out(
-            noisy_[queries],
-            centres_[queries],
-            stds_[queries],
-            query_mask_[queries],
-            *component_half,
-            granularity,
-            with_components,
-        )
-
-    estimate = direction(0, 1)
+    rows = batch_size // 2 * (clean_input_embeddings.shape[1] if granularity == "token" else 1)
+    directions = [(0, rows, rows, 2 * rows)]
     if symmetric:
-        estimate = average_estimates([estimate, direction(1, 0)])
-    return to_result(estimate, result_dtype(*inputs.values()))
-
-
-def _leave_one_out(
-    queries: torch.Tensor,
-    query_centres: torch.Tensor,
-    query_stds: torch.Tensor,
-    query_mask: torch.Tensor,
-    centres: torch.Tensor,
-    stds: torch.Tensor,
-    component_mask: torch.Tensor,
-    granularity: Granularity,
-    with_components: bool,
-) -> Estimate:
-    """One direction of the estimator: queries of one half against components of the other."""
-    # -log N(y_i; c_i, sigma_i) per position: the query's own conditional density.
-    own = 0.5 * ((queries - query_centres) / query_stds).square() + query_stds.log()
-    own = own.sum(-1) + queries.shape[-1] * HALF_LOG_TWO_PI
-    pairs_ = pairs(
-        as_samples(queries, granularity),
-        as_samples(query_mask, granularity),
-        as_samples(centres, granularity),
-        as_samples(stds, granularity),
-        as_samples(component_mask, granularity),
+        directions.append((rows, 2 * rows, 0, rows))
+    tensors = tuple(
+        as_samples(t, granularity)
+        for t in (
+            noisy_input_embeddings,
+            clean_input_embeddings,
+            means_tensor,
+            stds_tensor,
+            query_mask,
+            component_mask,
+        )
     )
-    own = as_samples(own, granularity)
-    # r_ij = D_ij + sum_P [log sigma_j - log sigma_i - 0.5 ((y_i - c_i) / sigma_i)^2]
-    log_ratio = pairs_.mahalanobis + pairs_.pair_sum(-own, pairs_.component_constants)
-    lme = negative_log_mean_exp(-log_ratio, pairs_.valid)
-    value = query_mean(lme.value, lme.query_valid)
-    per_query = torch.where(lme.query_valid, lme.value, 0.0)
-    num_queries = lme.query_valid.sum()
-    if not with_components:
-        return Estimate(value, {}, num_queries, per_query)
-
-    mahalanobis, log_constants = mixture_components(pairs_, lme)
-    with torch.no_grad():
-        std_log = -query_mean(pairs_.weighted_pair_sum(lme.weights, own, None), lme.query_valid)
-    return Estimate(
-        value=value,
-        components={
-            keys.MAHALANOBIS: mahalanobis,
-            keys.LOG_CONSTANTS: log_constants,
-            keys.MIXTURE_ENTROPY: mahalanobis + log_constants,
-            keys.STD_LOG: std_log.detach(),
-            keys.MUTUAL_INFORMATION: value.detach(),
-        },
-        num_queries=num_queries,
-        per_query=per_query,
+    if gather_components and _distributed.world_size(process_group) > 1:
+        half = batch_size // 2
+        component_halves = [
+            (clean_input_embeddings[c], means_tensor[c], stds_tensor[c], component_mask[c])
+            for c in (slice(half, None), slice(None, half))[: len(directions)]
+        ]
+        tensors, directions = _distributed.with_gathered_components(
+            tensors,
+            component_halves,
+            directions,
+            granularity=granularity,
+            process_group=process_group,
+            max_gathered_components=max_gathered_components,
+            dtype=compute_dtype(*inputs.values()),
+        )
+    plan = make_plan(
+        directions, True, max_block_bytes, compute_dtype(*inputs.values()), accuracy_check
+    )
+    return PreparedMutualInformation(
+        tensors,
+        plan,
+        [rows] * len(directions),
+        ("noisy_input_embeddings", "clean_input_embeddings", "means_tensor", "stds_tensor"),
+        validate_args,
+        result_dtype(*inputs.values()),
     )

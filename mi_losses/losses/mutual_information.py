@@ -6,9 +6,11 @@ from typing import TYPE_CHECKING, get_args
 
 import torch
 
+from mi_losses import keys
 from mi_losses._validation import check_bool, check_choice
 from mi_losses.functional import mutual_information_sub_batch_estimate
 from mi_losses.functional._distributed import check_gather_options
+from mi_losses.functional.bounds import bounds_estimates
 from mi_losses.losses.base import MutualInformationLoss, reduce, to_units
 from mi_losses.types import Granularity, Reduction, Units
 
@@ -46,12 +48,17 @@ class SubBatchMutualInformation(MutualInformationLoss):
             ``process_group`` (default group when None; set it in Python, not in YAML).
         max_gathered_components: with ``gather_components``, each rank sends at most this many
             components (sequences, or tokens), drawn at random; ``None`` sends all.
+        log_lower_bound: also compute the InfoNCE lower bound from the same pairwise pass
+            (:func:`mi_losses.functional.mutual_information_bounds`) and add it to the
+            components as ``mutual_information_lower_bound_loss`` (the value returned is
+            unchanged).
 
     Attributes:
         component_losses: ``gaussian_mixture_mahalanobis_distance_loss``,
             ``gaussian_mixture_log_constants_and_determinant_loss``,
             ``gaussian_mixture_entropy_loss``, ``std_log_loss`` and ``mutual_information_loss``
-            of the latest call (in ``units``); ``last_num_queries`` their weight.
+            of the latest call (in ``units``), and ``mutual_information_lower_bound_loss`` with
+            ``log_lower_bound``; ``last_num_queries`` their weight.
 
     Example:
         >>> loss = SubBatchMutualInformation()
@@ -70,6 +77,8 @@ class SubBatchMutualInformation(MutualInformationLoss):
         reduction: Reduction = "mean",
         gather_components: bool = False,
         max_gathered_components: int | None = None,
+        *,
+        log_lower_bound: bool = False,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -79,6 +88,7 @@ class SubBatchMutualInformation(MutualInformationLoss):
         check_choice(owner, "units", units, get_args(Units))
         check_choice(owner, "reduction", reduction, get_args(Reduction))
         check_gather_options(gather_components, max_gathered_components, owner)
+        check_bool(owner, "log_lower_bound", log_lower_bound)
         self.gather_components = gather_components
         self.max_gathered_components = max_gathered_components
         self.process_group: ProcessGroup | None = None
@@ -87,6 +97,7 @@ class SubBatchMutualInformation(MutualInformationLoss):
         self.symmetric = symmetric
         self.units = units
         self.reduction = reduction
+        self.log_lower_bound = log_lower_bound
 
     def forward(
         self,
@@ -97,19 +108,26 @@ class SubBatchMutualInformation(MutualInformationLoss):
         noisy_input_embeddings: torch.Tensor,
     ) -> torch.Tensor:
         """MI estimate for a batch of ``(B, S, E)`` tensors, ``B`` even; ``noise_mask`` ``(B, S)``."""
-        estimate = mutual_information_sub_batch_estimate(
+        arguments = (
             means_tensor,
             stds_tensor,
             noise_mask,
             clean_input_embeddings,
             noisy_input_embeddings,
             self.combine_noise_masks,
-            granularity=self.granularity,
-            symmetric=self.symmetric,
-            gather_components=self.gather_components,
-            process_group=self.process_group,
-            max_gathered_components=self.max_gathered_components,
         )
+        options = {
+            "granularity": self.granularity,
+            "symmetric": self.symmetric,
+            "gather_components": self.gather_components,
+            "process_group": self.process_group,
+            "max_gathered_components": self.max_gathered_components,
+        }
+        if self.log_lower_bound:
+            lower, estimate = bounds_estimates(*arguments, **options)  # type: ignore[arg-type]
+            estimate.components[keys.MUTUAL_INFORMATION_LOWER_BOUND] = lower.value.detach()
+        else:
+            estimate = mutual_information_sub_batch_estimate(*arguments, **options)  # type: ignore[arg-type]
         estimate = to_units(estimate, self.units)
         self._remember(estimate)
         return reduce(estimate, self.reduction)
@@ -119,5 +137,6 @@ class SubBatchMutualInformation(MutualInformationLoss):
             f"combine_noise_masks={self.combine_noise_masks}, granularity={self.granularity!r}, "
             f"symmetric={self.symmetric}, units={self.units!r}, reduction={self.reduction!r}, "
             f"gather_components={self.gather_components}, "
-            f"max_gathered_components={self.max_gathered_components}"
+            f"max_gathered_components={self.max_gathered_components}, "
+            f"log_lower_bound={self.log_lower_bound}"
         )
