@@ -33,6 +33,9 @@ class ComponentLossMetrics(nn.Module):
 
     Args:
         keys: component keys to create up front (optional).
+        sync_on_step: also sync the step values that :meth:`forward` returns across processes,
+            so that every rank gets (and logs) the step's global weighted mean; one collective
+            per key and step. Epoch values (:meth:`compute`) are always synced.
 
     Example:
         >>> metrics = ComponentLossMetrics()
@@ -42,19 +45,20 @@ class ComponentLossMetrics(nn.Module):
         {'a': tensor(3.2500)}
     """
 
-    def __init__(self, keys: Iterable[str] = ()) -> None:
+    def __init__(self, keys: Iterable[str] = (), *, sync_on_step: bool = False) -> None:
         super().__init__()
+        self.sync_on_step = sync_on_step
         self.metrics = nn.ModuleDict()
         # Follows ``.to(device)`` so that keys created later land on the module's device.
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
         for key in keys:
             self._add(key)
 
+    _device_anchor: torch.Tensor
+
     @property
     def _device(self) -> torch.device:
-        anchor = self._device_anchor
-        assert isinstance(anchor, torch.Tensor)
-        return anchor.device
+        return self._device_anchor.device
 
     def _typed(self) -> Iterator[tuple[str, MeanMetric]]:
         for key, metric in self.metrics.items():
@@ -62,7 +66,9 @@ class ComponentLossMetrics(nn.Module):
             yield key, metric
 
     def _add(self, key: str) -> MeanMetric:
-        metric = MeanMetric(nan_strategy="error").to(self._device)
+        metric = MeanMetric(nan_strategy="error", dist_sync_on_step=self.sync_on_step).to(
+            self._device_anchor.device
+        )
         self.metrics[key] = metric
         return metric
 
@@ -106,30 +112,32 @@ class ComponentLossMetrics(nn.Module):
                 )
         return True
 
+    def _step_values(
+        self, components: Mapping[str, torch.Tensor], weight: torch.Tensor | float
+    ) -> dict[str, torch.Tensor]:
+        """The values to accumulate: as given, or zeros at a step with weight 0.
+
+        A weight-0 step still goes through every metric (with zeros, so nothing it holds is
+        read), which keeps the collectives of ``sync_on_step`` aligned across ranks.
+        """
+        counts = self._check_step(components, weight)
+        return {
+            key: (value if counts else torch.zeros_like(value)).detach().to(self._device)
+            for key, value in components.items()
+        }
+
     def update(self, components: Mapping[str, torch.Tensor], weight: torch.Tensor | float) -> None:
         """Accumulate every component of one step, weighted by ``weight`` (valid queries)."""
-        if not self._check_step(components, weight):
-            for key in components:
-                self._metric(key)
-            return
-        for key, value in components.items():
-            metric = self._metric(key)
-            metric.update(value.detach().to(metric.mean_value.device), weight)
+        for key, value in self._step_values(components, weight).items():
+            self._metric(key).update(value, weight)
 
     def forward(
         self, components: Mapping[str, torch.Tensor], weight: torch.Tensor | float
     ) -> ComponentLossesDict:
         """Accumulate like :meth:`update` and return the step values (what ``on_step`` logs);
-        NaN for every key at a step with weight 0."""
-        counts = self._check_step(components, weight)
-        out: ComponentLossesDict = {}
-        for key, value in components.items():
-            metric = self._metric(key)
-            if counts:
-                out[key] = metric(value.detach().to(metric.mean_value.device), weight)
-            else:
-                out[key] = torch.full((), torch.nan, device=self._device)
-        return out
+        NaN for every key at a step with weight 0 (on every rank, with ``sync_on_step``)."""
+        values = self._step_values(components, weight)
+        return {key: self._metric(key)(value, weight) for key, value in values.items()}
 
     def compute(self) -> ComponentLossesDict:
         """Weighted mean of every key since the last :meth:`reset` (synced across processes)."""
