@@ -19,11 +19,17 @@ class ComponentLossMetrics(nn.Module):
     step ``t``: the mean over all valid queries seen, exactly as if the steps had been one batch.
     The metric states are sums, so distributed sync (``dist_reduce_fx="sum"``) is exact.
 
-    A step without valid queries (weight 0) leaves the epoch value unchanged; its own step
-    value is NaN (there was nothing to average), which loggers show as a gap.
+    A step without valid queries (weight 0) is ignored entirely (its values are not read, NaN
+    or not) and leaves the epoch value unchanged; its own step value is NaN (there was nothing
+    to average), which loggers show as a gap.
 
-    Keys are created on the first update that carries them (or up front with ``keys``), so any
-    loss module can be tracked; every later update must carry the same keys.
+    Keys are created on the first update (or up front with ``keys``), so any loss module can be
+    tracked; every later update must carry exactly the same keys.
+
+    Raises (from :meth:`update` and :meth:`forward`):
+        ValueError: a NaN component at a step with weight > 0 (naming the key), a negative,
+            NaN or non-scalar weight, or keys that differ from the first update's (naming the
+            missing and extra keys).
 
     Args:
         keys: component keys to create up front (optional).
@@ -48,6 +54,17 @@ class ComponentLossMetrics(nn.Module):
         for key in keys:
             self._add(key)
 
+    _device_anchor: torch.Tensor
+
+    @property
+    def _device(self) -> torch.device:
+        return self._device_anchor.device
+
+    def _typed(self) -> Iterator[tuple[str, MeanMetric]]:
+        for key, metric in self.metrics.items():
+            assert isinstance(metric, MeanMetric)
+            yield key, metric
+
     def _add(self, key: str) -> MeanMetric:
         metric = MeanMetric(nan_strategy="error", dist_sync_on_step=self.sync_on_step).to(
             self._device_anchor.device
@@ -58,39 +75,85 @@ class ComponentLossMetrics(nn.Module):
     def _metric(self, key: str) -> MeanMetric:
         if key not in self.metrics:
             return self._add(key)
-        return self.metrics[key]  # type: ignore[return-value]
+        metric = self.metrics[key]
+        assert isinstance(metric, MeanMetric)
+        return metric
+
+    def _check_step(
+        self, components: Mapping[str, torch.Tensor], weight: torch.Tensor | float
+    ) -> bool:
+        """Validate one step; ``True`` when it counts (weight > 0), ``False`` when ignored."""
+        weight_tensor = torch.as_tensor(weight).detach()
+        if weight_tensor.numel() != 1:
+            raise ValueError(
+                f"weight must be a scalar (the step's number of valid queries), got shape "
+                f"{tuple(weight_tensor.shape)}"
+            )
+        weight_value = float(weight_tensor)
+        if not weight_value >= 0:  # NaN fails too
+            raise ValueError(
+                f"weight must be >= 0 (the step's number of valid queries), got {weight_value:g}"
+            )
+        if len(self.metrics):
+            expected, given = set(self.metrics), set(components)
+            if expected != given:
+                missing, extra = sorted(expected - given), sorted(given - expected)
+                raise ValueError(
+                    f"components must carry the keys {sorted(expected)} of the first update; "
+                    f"missing {missing}, extra {extra}"
+                )
+        if weight_value == 0:
+            return False
+        for key, value in components.items():
+            if bool(torch.isnan(value.detach()).any()):
+                raise ValueError(
+                    f"component {key!r} is NaN at a step with weight {weight_value:g}; a step "
+                    "with valid queries must have finite component losses"
+                )
+        return True
+
+    def _step_values(
+        self, components: Mapping[str, torch.Tensor], weight: torch.Tensor | float
+    ) -> dict[str, torch.Tensor]:
+        """The values to accumulate: as given, or zeros at a step with weight 0.
+
+        A weight-0 step still goes through every metric (with zeros, so nothing it holds is
+        read), which keeps the collectives of ``sync_on_step`` aligned across ranks.
+        """
+        counts = self._check_step(components, weight)
+        return {
+            key: (value if counts else torch.zeros_like(value)).detach().to(self._device)
+            for key, value in components.items()
+        }
 
     def update(self, components: Mapping[str, torch.Tensor], weight: torch.Tensor | float) -> None:
         """Accumulate every component of one step, weighted by ``weight`` (valid queries)."""
-        for key, value in components.items():
-            metric = self._metric(key)
-            metric.update(value.detach().to(metric.mean_value.device), weight)
+        for key, value in self._step_values(components, weight).items():
+            self._metric(key).update(value, weight)
 
     def forward(
         self, components: Mapping[str, torch.Tensor], weight: torch.Tensor | float
     ) -> ComponentLossesDict:
-        """Accumulate like :meth:`update` and return the step values (what ``on_step`` logs)."""
-        out: ComponentLossesDict = {}
-        for key, value in components.items():
-            metric = self._metric(key)
-            out[key] = metric(value.detach().to(metric.mean_value.device), weight)
-        return out
+        """Accumulate like :meth:`update` and return the step values (what ``on_step`` logs);
+        NaN for every key at a step with weight 0 (on every rank, with ``sync_on_step``)."""
+        values = self._step_values(components, weight)
+        return {key: self._metric(key)(value, weight) for key, value in values.items()}
 
     def compute(self) -> ComponentLossesDict:
         """Weighted mean of every key since the last :meth:`reset` (synced across processes)."""
-        return {key: metric.compute() for key, metric in self.metrics.items()}
+        return {key: metric.compute() for key, metric in self._typed()}
 
     def reset(self) -> None:
         """Forget everything accumulated (the keys stay)."""
-        for metric in self.metrics.values():
+        for _, metric in self._typed():
             metric.reset()
 
     def items(self) -> Iterator[tuple[str, MeanMetric]]:
         """``(key, MeanMetric)`` pairs, to hand each metric object to ``LightningModule.log``."""
-        return iter(self.metrics.items())  # type: ignore[arg-type]
+        return self._typed()
 
     def __contains__(self, key: object) -> bool:
-        return key in self.metrics
+        return isinstance(key, str) and key in self.metrics
 
     def __len__(self) -> int:
         return len(self.metrics)

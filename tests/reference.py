@@ -93,6 +93,12 @@ def pairwise_square_mahalanobis_distance(
 # ---------------------------------------------------------------------------------------------
 
 
+def _residual(y: Tensor, clean: Tensor, means: Tensor) -> Tensor:
+    """``y - c`` with ``c = x + mu``, evaluated as ``(y - x) - mu``: exact where ``y`` is close to
+    ``x`` far from the origin (``y - x`` is then exact), where ``x + mu`` would round ``mu`` away."""
+    return (y - clean) - means
+
+
 def _tokens(mask: Tensor, *tensors: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
     """Active tokens of ``(B, S, E)`` tensors as one-position sequences ``(n, 1, E)``."""
     selected = tuple(t[mask].unsqueeze(1) for t in tensors)
@@ -155,15 +161,15 @@ def gaussian_mixture_entropy(
     n = clean.shape[0]
     qmask = as_bool_mask(mask, (m, s))
     kmask = as_bool_mask(component_mask, (n, s))
-    centres = clean + means_
     if granularity == "token":
         (y,), qmask = _tokens(qmask, y)
-        (centres, stds_), kmask = _tokens(kmask, centres, stds_)
+        (clean, means_, stds_), kmask = _tokens(kmask, clean, means_, stds_)
     elif granularity != "sequence":
         raise ValueError(granularity)
 
     pair_elems, count, valid = _pairs(qmask, kmask, e)
-    maha = _where_pairs(pair_elems, 0.5 * ((y[:, None] - centres[None]) / stds_[None]) ** 2)
+    residual = _residual(y[:, None], clean[None], means_[None])
+    maha = _where_pairs(pair_elems, 0.5 * (residual / stds_[None]) ** 2)
     log_det = _where_pairs(pair_elems, torch.log(stds_)[None])
     log_const = log_det + 0.5 * count * LOG_2PI
     log_density = -(maha + log_const)  # L_ij
@@ -197,10 +203,12 @@ def gaussian_mixture_entropy(
 
 def _mi_one_direction(
     y: Tensor,
-    query_centres: Tensor,
+    query_clean: Tensor,
+    query_means: Tensor,
     query_stds: Tensor,
     qmask: Tensor,
-    centres: Tensor,
+    clean: Tensor,
+    means: Tensor,
     stds: Tensor,
     kmask: Tensor,
     granularity: str,
@@ -209,15 +217,19 @@ def _mi_one_direction(
 ) -> ReferenceEstimate:
     e = y.shape[-1]
     if granularity == "token":
-        (y, query_centres, query_stds), qmask = _tokens(qmask, y, query_centres, query_stds)
-        (centres, stds), kmask = _tokens(kmask, centres, stds)
+        (y, query_clean, query_means, query_stds), qmask = _tokens(
+            qmask, y, query_clean, query_means, query_stds
+        )
+        (clean, means, stds), kmask = _tokens(kmask, clean, means, stds)
     elif granularity != "sequence":
         raise ValueError(granularity)
 
     pair_elems, count, valid = _pairs(qmask, kmask, e)
-    maha = _where_pairs(pair_elems, 0.5 * ((y[:, None] - centres[None]) / stds[None]) ** 2)
+    residual = _residual(y[:, None], clean[None], means[None])
+    maha = _where_pairs(pair_elems, 0.5 * (residual / stds[None]) ** 2)
     log_det = _where_pairs(pair_elems, torch.log(stds)[None])
-    own_maha = _where_pairs(pair_elems, (0.5 * ((y - query_centres) / query_stds) ** 2)[:, None])
+    own = 0.5 * (_residual(y, query_clean, query_means) / query_stds) ** 2
+    own_maha = _where_pairs(pair_elems, own[:, None])
     own_log_det = _where_pairs(pair_elems, torch.log(query_stds)[:, None])
     log_ratio = log_det - own_log_det + maha - own_maha  # r_ij
     log_const = log_det + 0.5 * count * LOG_2PI
@@ -296,17 +308,18 @@ def mutual_information_sub_batch(
         raise ValueError(f"batch size must be even and >= 2, got {b}")
     half = b // 2
     mask = as_bool_mask(noise_mask, (b, s))
-    centres = clean + means
     first, second = slice(0, half), slice(half, b)
 
     def direction(queries: slice, comps: slice) -> ReferenceEstimate:
         kmask = mask[comps] if combine_noise_masks_for_mutual_information_sub_batches else None
         return _mi_one_direction(
             noisy[queries],
-            centres[queries],
+            clean[queries],
+            means[queries],
             stds[queries],
             mask[queries],
-            centres[comps],
+            clean[comps],
+            means[comps],
             stds[comps],
             as_bool_mask(kmask, (half, s)),
             granularity,

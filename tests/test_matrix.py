@@ -20,13 +20,21 @@ from mi_losses import functional
 from tests.harness import Case, Data, Entry, Variant, grads
 from tests.registry import BY_NAME, REGISTRY, entry_variants, masked_variant
 
+NOT_IN_MATRIX: dict[str, str] = {
+    # name in mi_losses.functional.__all__ -> why the matrix does not apply to it
+}
+
 
 def test_registry_covers_the_public_api() -> None:
     """Every public function of ``mi_losses.functional`` has an entry (so the whole matrix
-    applies to it): register new functions in ``tests/registry/``."""
+    applies to it): register new functions in ``tests/registry/``, or say in ``NOT_IN_MATRIX``
+    why the matrix cannot apply (result types such as NamedTuples are left out)."""
     registered = {entry.name for entry in REGISTRY}
-    missing = sorted(set(functional.__all__) - registered)
-    assert not missing, f"not in tests.registry.REGISTRY: {missing}"
+    functions = {
+        name for name in functional.__all__ if not isinstance(getattr(functional, name), type)
+    }
+    missing = sorted(functions - registered - set(NOT_IN_MATRIX))
+    assert not missing, f"not in tests.registry.REGISTRY (nor NOT_IN_MATRIX): {missing}"
 
 
 TOLERANCES = {

@@ -281,7 +281,7 @@ def test_gaussian_entropy_log_loss_reference_is_negative_entropy() -> None:
     mask = torch.rand(3, 4, generator=g) < 0.5
     active = stds[mask]
     expected = -Normal(torch.zeros_like(active), active).entropy().mean()
-    got = ref.gaussian_entropy_log_loss(stds, mask)
+    got = ref.gaussian_entropy_log_loss(stds, mask, eps=0.0)
     assert got.item() == pytest.approx(expected.item(), rel=1e-12)
 
 
@@ -310,3 +310,21 @@ def test_symmetric_reference_averages_both_directions(granularity, pattern, comb
     assert sym.value.item() == pytest.approx(expected, rel=1e-12)
     assert sym_swapped.value.item() == pytest.approx(sym.value.item(), rel=1e-12)
     assert sym.num_queries == one.num_queries + two.num_queries
+
+
+@pytest.mark.parametrize("offset", [1e3, 1e10, 1e30])
+def test_reference_residual_is_exact_far_from_the_origin(offset: float) -> None:
+    """``y - (x + mu)`` of the reference equals exact rational arithmetic on the inputs (the
+    accuracy tests compare the estimators with it at offsets up to 1e30)."""
+    from fractions import Fraction
+
+    g = torch.Generator().manual_seed(17)
+    x = offset + torch.randn(64, generator=g, dtype=torch.float64)
+    mu = 0.3 * torch.randn(64, generator=g, dtype=torch.float64)
+    y = x + mu + 1e-3 * torch.randn(64, generator=g, dtype=torch.float64)
+    got = ref._residual(y, x, mu)
+    exact = [
+        float(Fraction(a) - Fraction(b) - Fraction(c))
+        for a, b, c in zip(y.tolist(), x.tolist(), mu.tolist(), strict=True)
+    ]
+    assert got.tolist() == exact
