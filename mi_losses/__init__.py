@@ -19,6 +19,7 @@ from mi_losses.losses import (
     MahalanobisDistance,
     MutualInformationLoss,
     SubBatchMutualInformation,
+    VocabularyMutualInformation,
 )
 from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Reduction, Units
@@ -64,6 +65,7 @@ __all__ = [
     "SyntheticEmbeddingDataModule",
     "TrainingSummary",
     "Units",
+    "VocabularyMutualInformation",
     "functional",
     "keys",
 ]

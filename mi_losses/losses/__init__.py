@@ -4,6 +4,7 @@ from mi_losses.losses.base import ComponentLossModule, MutualInformationLoss
 from mi_losses.losses.distance import MahalanobisDistance
 from mi_losses.losses.mixture_entropy import GaussianMixtureEntropy
 from mi_losses.losses.mutual_information import SubBatchMutualInformation
+from mi_losses.losses.vocabulary import VocabularyMutualInformation
 
 __all__ = [
     "ComponentLossModule",
@@ -11,4 +12,5 @@ __all__ = [
     "MahalanobisDistance",
     "MutualInformationLoss",
     "SubBatchMutualInformation",
+    "VocabularyMutualInformation",
 ]
