@@ -77,7 +77,15 @@ def test_report_numbers_equal_brute_force(tiny: dict[str, torch.Tensor]) -> None
     means, stds = tiny["means"], tiny["stds"]
     buckets = frequency_buckets(tiny["counts"], (5, 15))
     result = _token_privacy(
-        noisy.float(), ids, table.float(), prior.float(), means.float(), stds.float(), buckets, 7
+        noisy.float(),
+        ids,
+        table.float(),
+        prior.float(),
+        means.float(),
+        stds.float(),
+        buckets,
+        7,
+        (5, 15),
     )
     per_token, top5, fano, entropy = brute_force(noisy, ids, table, prior, means, stds)
     assert result["exact_mi_nats_per_token"] == pytest.approx(float(per_token.mean()), abs=1e-4)

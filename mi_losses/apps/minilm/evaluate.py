@@ -26,6 +26,7 @@ drawn from a fixed seed (two evaluations of one layer agree exactly):
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -40,7 +41,8 @@ from mi_losses.functional import (
     bayes_token_attack,
     fano_error_floor,
     mutual_information_sub_batch_estimate,
-    vocabulary_mutual_information,
+    prior_entropy,
+    vocabulary_mutual_information_estimate,
 )
 
 Batch = dict[str, torch.Tensor]
@@ -53,7 +55,7 @@ and every rarer (or unseen) token."""
 def bucket_names(edges: tuple[int, ...] = BUCKET_EDGES) -> list[str]:
     """``["rank 1-20", "rank 21-500", "rank > 500"]`` for the default edges."""
     bounds = (0, *edges)
-    names = [f"rank {low + 1}-{high}" for low, high in zip(bounds[:-1], bounds[1:], strict=True)]
+    names = [f"rank {low + 1}-{high}" for low, high in itertools.pairwise(bounds)]
     return [*names, f"rank > {edges[-1]}"]
 
 
@@ -172,29 +174,27 @@ def _token_privacy(
     stds: torch.Tensor,
     buckets: torch.Tensor,
     vocab_chunk_size: int,
+    edges: tuple[int, ...] = BUCKET_EDGES,
 ) -> dict[str, Any]:
     """The one-token metrics of ``noisy`` ``(N, E)`` whose true tokens are ``ids`` ``(N,)``."""
     noisy_1, ids_1 = noisy.unsqueeze(0), ids.unsqueeze(0)
     common = (table, prior, means, stds)
-    guesses = bayes_token_attack(noisy_1, *common, top_k=5)[0]
+    guesses = bayes_token_attack(noisy_1, *common, top_k=5, vocab_chunk_size=vocab_chunk_size)[0]
     hit_1 = guesses[:, 0] == ids
     hit_5 = (guesses == ids.unsqueeze(-1)).any(-1)
 
-    def exact_mi(mask: torch.Tensor) -> float:
-        value = vocabulary_mutual_information(
-            ids_1, noisy_1, *common, mask.unsqueeze(0), vocab_chunk_size=vocab_chunk_size
-        )
-        return float(value)
-
-    everything = torch.ones_like(ids, dtype=torch.bool)
-    mutual_information = exact_mi(everything)
-    support = prior > 0
-    entropy = float(-(prior[support] * prior[support].log()).sum())
+    per_token = vocabulary_mutual_information_estimate(
+        ids_1, noisy_1, *common, vocab_chunk_size=vocab_chunk_size
+    ).per_query
+    assert per_token is not None
+    mutual_information = float(per_token.mean())
+    support_size = int((prior > 0).sum())
+    entropy = float(prior_entropy(prior))
     result: dict[str, Any] = {
         "exact_mi_nats_per_token": mutual_information,
         "bayes_attack_failure": 1.0 - float(hit_1.float().mean()),
         "bayes_top5_failure": 1.0 - float(hit_5.float().mean()),
-        "fano_floor": float(fano_error_floor(entropy, mutual_information, int(support.sum()))),
+        "fano_floor": float(fano_error_floor(entropy, mutual_information, support_size)),
         "prior_entropy_nats": entropy,
     }
     for name, rows in (("cosine", table), ("l2", table), ("l2_shift_aware", table + means)):
@@ -203,12 +203,12 @@ def _token_privacy(
     self_information = -prior.log()[ids]
     token_buckets = buckets[ids]
     per_bucket = {}
-    for index, name in enumerate(bucket_names()):
+    for index, name in enumerate(bucket_names(edges)):
         mask = token_buckets == index
         if not bool(mask.any()):
             continue
         information = float(self_information[mask].mean())
-        bucket_mi = exact_mi(mask)
+        bucket_mi = float(per_token[mask].mean())
         per_bucket[name] = {
             "token_share": float(mask.float().mean()),
             "self_information_nats": information,

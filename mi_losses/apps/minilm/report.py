@@ -70,7 +70,7 @@ class Evaluation:
         self.encoder = encoder
         self.batches = batches
         self.counts = counts
-        self.prior = token_prior(counts, smoothing=smoothing).float()
+        self.prior = token_prior(counts, counts.shape[0], smoothing=smoothing, counts=True).float()
         self.buckets = frequency_buckets(counts)
         self.seed = seed
         self.clean_sentences = clean_sentence_embeddings(encoder, batches)
@@ -217,9 +217,7 @@ class ObfuscationReport(pl.Callback):
             for batch in datamodule.val_dataloader()
         ]
         counts = datamodule.train_token_counts(encoder.word_embedding_table.shape[0])
-        evaluation = Evaluation(
-            encoder, batches, counts, smoothing=self.smoothing, seed=self.seed
-        )
+        evaluation = Evaluation(encoder, batches, counts, smoothing=self.smoothing, seed=self.seed)
         report = compare(evaluation, pl_module.noise_layer, frequency_k=self.frequency_k)
         report["training"] = {
             "hyperparameters": dict(pl_module.hparams),

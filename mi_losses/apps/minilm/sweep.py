@@ -10,6 +10,9 @@ the std or ``k``), ``retrieval_at_1``, ``sentence_cosine``, ``bayes_attack_failu
 ``exact_mi_nats_per_token`` and every other metric) and ``privacy_frontier.png``.
 
     PYTHONPATH=. python -m mi_losses.apps.minilm.sweep --num_threads 1
+
+An empty list skips a grid, so the objectives can run in separate processes whose outputs
+:func:`combine` joins.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from pytorch_lightning.loggers import CSVLogger
 
 from mi_losses.apps.minilm.data import PydocTextDataModule
 from mi_losses.apps.minilm.layer import FrequencyRuleNoise, IsotropicNoise
+from mi_losses.apps.minilm.model import MiniLMEncoder
 from mi_losses.apps.minilm.report import Evaluation
-from mi_losses.apps.minilm.task import MiniLMObfuscation, Objective
+from mi_losses.apps.minilm.task import MiniLMObfuscation, Objective, Utility
 from mi_losses.callbacks import ComponentLossLogger
 
 REQUIRED_KEYS = (
@@ -94,7 +98,10 @@ def sweep(
     learning_rate: float = 1e-2,
     mean_scale: float = 0.05,
     max_std: float = 4.0,
+    init_std: float = 0.15,
+    utility: Utility = "cosine",
     num_threads: int | None = None,
+    num_val: int = 192,
 ) -> list[dict[str, Any]]:
     """Train and evaluate every point; write ``frontier.json`` and ``privacy_frontier.png``.
 
@@ -110,7 +117,10 @@ def sweep(
         learning_rate: Adam learning rate of the noise layers.
         mean_scale: bound of the learned mean shift per coordinate (``0``: sigma only).
         max_std: upper bound of the learned ``sigma``.
+        init_std: the learned ``sigma`` at initialisation.
+        utility: the utility term of the learned layers (``"cosine"`` or ``"retrieval"``).
         num_threads: torch intra-op CPU threads; ``None`` keeps torch's default.
+        num_val: validation sequences evaluated (the retrieval gallery).
 
     Returns:
         The points, as written to ``frontier.json``.
@@ -125,16 +135,27 @@ def sweep(
     isotropic_stds = [0.02, 0.05, 0.1, 0.2, 0.3] if isotropic_stds is None else isotropic_stds
     frequency_ks = [10, 20, 40, 80] if frequency_ks is None else frequency_ks
     output = Path(output_dir)
-    datamodule = PydocTextDataModule(seed=seed)
+    datamodule = PydocTextDataModule(seed=seed, num_val=num_val)
     datamodule.setup()
     batches = list(datamodule.val_dataloader())
     points: list[dict[str, Any]] = []
     evaluation: Evaluation | None = None
-    model_arguments = {"learning_rate": learning_rate, "mean_scale": mean_scale, "max_std": max_std}
+    model_arguments = {
+        "learning_rate": learning_rate,
+        "mean_scale": mean_scale,
+        "max_std": max_std,
+        "init_std": init_std,
+        "utility": utility,
+    }
     for objective, alphas in grids.items():
         for alpha in alphas:
             task, fit_seconds = train_layer(
-                datamodule, objective, alpha, max_steps=max_steps, seed=seed, log_dir=output,
+                datamodule,
+                objective,
+                alpha,
+                max_steps=max_steps,
+                seed=seed,
+                log_dir=output,
                 **model_arguments,
             )
             if evaluation is None:
@@ -144,7 +165,9 @@ def sweep(
             points.append(_point(objective, alpha, metrics, fit_seconds=fit_seconds))
             print(_summary(points[-1]), flush=True)
     if evaluation is None:
-        raise ValueError("at least one alpha must be given")
+        encoder = MiniLMEncoder()
+        counts = datamodule.train_token_counts(encoder.word_embedding_table.shape[0])
+        evaluation = Evaluation(encoder, batches, counts, seed=seed)
     for std in isotropic_stds:
         points.append(_point("isotropic", std, evaluation(IsotropicNoise(std)), parameter="std"))
         print(_summary(points[-1]), flush=True)
@@ -157,6 +180,20 @@ def sweep(
     figure = plot(points, output / "privacy_frontier.png")
     print(format_frontier(points))
     print(f"wrote {output / 'frontier.json'} and {figure} in {time.perf_counter() - start:.0f} s")
+    return points
+
+
+def combine(inputs: list[str], output_dir: str) -> list[dict[str, Any]]:
+    """Concatenate the ``frontier.json`` of several sweeps (e.g. one process per objective).
+
+    Writes ``frontier.json`` and ``privacy_frontier.png`` to ``output_dir`` and prints the table.
+    """
+    points = [point for name in inputs for point in json.loads(Path(name).read_text())]
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "frontier.json").write_text(json.dumps(points, indent=2) + "\n")
+    plot(points, output / "privacy_frontier.png")
+    print(format_frontier(points))
     return points
 
 

@@ -5,7 +5,8 @@ Per batch, with ``t`` the token ids ``(B, S)``, ``x = W[t]`` their clean word em
 padding stay clean), from a context-free :class:`LearnedTokenNoise` layer:
 
     loss = alpha * I + (1 - alpha) * U
-    U    = mean_b [1 - cos(f(y)_b, f(x)_b)]
+    U    = mean_b [1 - cos(f(y)_b, f(x)_b)]                       (utility "cosine")
+      or the batch retrieval cross-entropy of f(x)_b from f(y)_b  (utility "retrieval")
 
 where ``f`` is the frozen encoder's mean-pooled sentence embedding (gradients of ``U`` flow
 through it into the noise layer) and ``I`` is, by ``objective``:
@@ -38,9 +39,26 @@ from mi_losses.noise import NoisyEmbeddings
 Objective = Literal["vocabulary", "sub_batch"]
 
 
-def utility_loss(clean_sentence: torch.Tensor, noisy_sentence: torch.Tensor) -> torch.Tensor:
-    """Mean of ``1 - cos`` between clean and noisy sentence embeddings ``(B, E)``; in ``[0, 2]``."""
-    return (1.0 - F.cosine_similarity(noisy_sentence, clean_sentence, dim=-1)).mean()
+Utility = Literal["cosine", "retrieval"]
+
+
+def utility_loss(
+    clean_sentence: torch.Tensor,
+    noisy_sentence: torch.Tensor,
+    kind: Utility = "cosine",
+    temperature: float = 0.05,
+) -> torch.Tensor:
+    """How much of the sentence embeddings ``(B, E)`` the noise destroys.
+
+    ``"cosine"``: the mean of ``1 - cos(noisy_b, clean_b)``, in ``[0, 2]``. ``"retrieval"``: the
+    cross-entropy of finding ``clean_b`` among the batch's clean sentences from ``noisy_b``, with
+    cosine logits over ``temperature`` (the training form of retrieval@1; ``>= 0``).
+    """
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(noisy_sentence, clean_sentence, dim=-1)).mean()
+    logits = F.normalize(noisy_sentence, dim=-1) @ F.normalize(clean_sentence, dim=-1).T
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return F.cross_entropy(logits / temperature, target)
 
 
 class MiniLMObfuscation(pl.LightningModule):
@@ -51,6 +69,7 @@ class MiniLMObfuscation(pl.LightningModule):
             exact vocabulary MI is a few nats per token, so useful values are ``0.05`` to ``0.5``;
             the sub-batch estimate is tens to hundreds of nats, so ``1e-3`` to ``3e-2``.
         objective: ``"vocabulary"`` (exact known-prior MI) or ``"sub_batch"`` (reference API).
+        utility: ``"cosine"`` (``1 - cos``) or ``"retrieval"`` (batch retrieval cross-entropy).
         granularity: the sub-batch estimator's sample (``"token"`` or ``"sequence"``).
         combine_noise_masks_for_mutual_information_sub_batches: see ``mutual_information_sub_batch``.
         hidden_dim: hidden width of the noise layer's MLP.
@@ -68,6 +87,7 @@ class MiniLMObfuscation(pl.LightningModule):
         self,
         alpha: float = 0.1,
         objective: Objective = "vocabulary",
+        utility: Utility = "cosine",
         granularity: Literal["token", "sequence"] = "token",
         combine_noise_masks_for_mutual_information_sub_batches: bool = True,
         hidden_dim: int = 128,
@@ -87,6 +107,7 @@ class MiniLMObfuscation(pl.LightningModule):
         self.save_hyperparameters()
         self.alpha = alpha
         self.objective = objective
+        self.utility = utility
         self.learning_rate = learning_rate
         self.mi_loss: SubBatchMutualInformation | VocabularyMutualInformation
         if objective == "sub_batch":
@@ -173,7 +194,7 @@ class MiniLMObfuscation(pl.LightningModule):
         with torch.no_grad():
             clean_sentence = self.encoder.sentence_embedding(clean, attention_mask)
         noisy_sentence = self.encoder.sentence_embedding(out.noisy, attention_mask)
-        utility = utility_loss(clean_sentence, noisy_sentence)
+        utility = utility_loss(clean_sentence, noisy_sentence, self.utility)
         loss = self.alpha * mutual_information + (1.0 - self.alpha) * utility
         batch_size = int(noise_mask.shape[0])
         # The components of the MI estimate are logged by mi_losses.callbacks.ComponentLossLogger
