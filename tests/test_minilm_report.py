@@ -179,3 +179,18 @@ def test_frontier_json_schema() -> None:
             assert 0.0 <= point[key] <= 1.0
         assert -1.0 <= point["sentence_cosine"] <= 1.0
         assert point["exact_mi_nats_per_token"] >= -0.5
+
+
+def test_warm_start_gives_chosen_tokens_their_own_std() -> None:
+    table = torch.randn(30, 8)
+    layer = LearnedTokenNoise(8, hidden_dim=4, init_std=0.02, max_std=4.0, vocab_size=30)
+    layer.warm_start(torch.tensor([2, 5]), 2.0)
+    _, stds = layer.vocabulary_parameters(table)
+    assert stds[[2, 5]] == pytest.approx(torch.full((2, 8), 2.0), rel=1e-5)
+    others = torch.ones(30, dtype=torch.bool)
+    others[[2, 5]] = False
+    assert stds[others] == pytest.approx(torch.full((28, 8), 0.02), rel=1e-5)
+    _, rows = layer.vocabulary_parameters(table, torch.tensor([5, 0]))
+    torch.testing.assert_close(rows, stds[[5, 0]])
+    with pytest.raises(ValueError, match="vocab_size > 0"):
+        LearnedTokenNoise(8).warm_start(torch.tensor([1]), 2.0)

@@ -106,6 +106,7 @@ def evaluate_layer(
     clean_sentences: torch.Tensor | None = None,
     seed: int = 0,
     privacy: bool = True,
+    nearest_neighbour: bool = True,
     vocab_chunk_size: int = 8192,
 ) -> dict[str, Any]:
     """Privacy and utility of ``layer`` on ``batches`` (see the module docstring).
@@ -120,6 +121,7 @@ def evaluate_layer(
         clean_sentences: precomputed :func:`clean_sentence_embeddings` of ``batches``, if any.
         seed: seed of the noise.
         privacy: compute the attacks and the mutual information (``False``: utility only).
+        nearest_neighbour: also run the three nearest-neighbour attacks.
         vocab_chunk_size: vocabulary rows scored at once.
 
     Returns:
@@ -159,7 +161,19 @@ def evaluate_layer(
     if not privacy:
         return result
     result["tokens_attacked"] = int(ids.shape[0])
-    result.update(_token_privacy(noisy, ids, table, prior, means, stds, buckets, vocab_chunk_size))
+    result.update(
+        _token_privacy(
+            noisy,
+            ids,
+            table,
+            prior,
+            means,
+            stds,
+            buckets,
+            vocab_chunk_size,
+            nearest_neighbour=nearest_neighbour,
+        )
+    )
     result["sub_batch_mi_upper"] = upper_sum / bound_count if bound_count else None
     result["sub_batch_mi_lower"] = lower_sum / bound_count if bound_count and bounds else None
     return result
@@ -175,6 +189,8 @@ def _token_privacy(
     buckets: torch.Tensor,
     vocab_chunk_size: int,
     edges: tuple[int, ...] = BUCKET_EDGES,
+    *,
+    nearest_neighbour: bool = True,
 ) -> dict[str, Any]:
     """The one-token metrics of ``noisy`` ``(N, E)`` whose true tokens are ``ids`` ``(N,)``."""
     noisy_1, ids_1 = noisy.unsqueeze(0), ids.unsqueeze(0)
@@ -197,7 +213,8 @@ def _token_privacy(
         "fano_floor": float(fano_error_floor(entropy, mutual_information, support_size)),
         "prior_entropy_nats": entropy,
     }
-    for name, rows in (("cosine", table), ("l2", table), ("l2_shift_aware", table + means)):
+    attacks = (("cosine", table), ("l2", table), ("l2_shift_aware", table + means))
+    for name, rows in attacks if nearest_neighbour else ():
         found = nearest_token_ids(noisy, rows, "cosine" if name == "cosine" else "l2")
         result[f"nn_failure_{name}"] = 1.0 - float((found == ids).float().mean())
     self_information = -prior.log()[ids]

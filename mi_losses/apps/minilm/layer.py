@@ -136,6 +136,9 @@ class LearnedTokenNoise(TokenNoise):
         max_std: upper bound of ``sigma``.
         init_std: ``sigma`` at initialisation, in ``[min_std, max_std]``.
         mean_scale: bound of ``|mu|`` per coordinate (``0`` = no shift, sigma only).
+        vocab_size: if ``> 0``, add a learned per-token offset to ``log sigma`` (a ``(V,)``
+            parameter, zero-initialised; see :meth:`warm_start`), so the layer can give single
+            tokens a std of their own.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class LearnedTokenNoise(TokenNoise):
         max_std: float = 4.0,
         init_std: float = 0.02,
         mean_scale: float = 0.05,
+        vocab_size: int = 0,
     ) -> None:
         super().__init__()
         if not 0 < min_std <= init_std <= max_std:
@@ -167,11 +171,28 @@ class LearnedTokenNoise(TokenNoise):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         self.mean_head.requires_grad_(mean_scale > 0)
+        self.log_std_offset = nn.Parameter(torch.zeros(vocab_size), requires_grad=vocab_size > 0)
+
+    @torch.no_grad()
+    def warm_start(self, token_ids: torch.Tensor, std: float) -> None:
+        """Start ``token_ids`` at ``sigma = std`` (e.g. the frequency rule's frequent tokens).
+
+        The exact known-prior MI is flat while a token's noise is small against its distance to
+        the other tokens (every token is then identified whatever its std), so gradient descent
+        from a small uniform std never finds the tokens worth hiding; this sets the per-token
+        offset of ``log sigma`` so that training starts from such an allocation.
+        """
+        if self.log_std_offset.numel() == 0:
+            raise ValueError("warm_start needs a layer built with vocab_size > 0")
+        self.log_std_offset[token_ids] = math.log(std) - self.log_init
 
     def vocabulary_parameters(
         self, table: torch.Tensor, rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.hidden(table if rows is None else table[rows])
         means = self.mean_scale * torch.tanh(self.mean_head(hidden))
-        log_stds = torch.clamp(self.log_init + self.std_head(hidden), self.log_min, self.log_max)
-        return means, torch.exp(log_stds)
+        log_stds = self.log_init + self.std_head(hidden)
+        if self.log_std_offset.numel():
+            offset = self.log_std_offset if rows is None else self.log_std_offset[rows]
+            log_stds = log_stds + offset.unsqueeze(-1)
+        return means, torch.exp(torch.clamp(log_stds, self.log_min, self.log_max))

@@ -75,7 +75,9 @@ class Evaluation:
         self.seed = seed
         self.clean_sentences = clean_sentence_embeddings(encoder, batches)
 
-    def __call__(self, layer: TokenNoise, *, privacy: bool = True) -> dict[str, Any]:
+    def __call__(
+        self, layer: TokenNoise, *, privacy: bool = True, nearest_neighbour: bool = True
+    ) -> dict[str, Any]:
         """:func:`evaluate_layer` of ``layer`` on the fixed pieces."""
         start = time.perf_counter()
         result = evaluate_layer(
@@ -87,6 +89,7 @@ class Evaluation:
             clean_sentences=self.clean_sentences,
             seed=self.seed,
             privacy=privacy,
+            nearest_neighbour=nearest_neighbour,
         )
         result["evaluation_seconds"] = time.perf_counter() - start
         return result

@@ -73,14 +73,19 @@ def trajectory(
     return log
 
 
-def main(steps: int = 100, learning_rate: float = 3e-3, seed: int = 0) -> None:
-    """Print both trajectories in blocks of ten steps, and the CPU time."""
+def main(
+    steps: int = 100,
+    learning_rate: float = 3e-3,
+    seed: int = 0,
+    layers: tuple[str, ...] = ("linear", "bounded"),
+) -> None:
+    """Print the trajectories of ``layers`` in blocks of ten steps, and the CPU time."""
     torch.set_num_threads(1)
     start = time.process_time()
     print(
         "| layer | steps | utility loss | mean std | mean abs(mu)/abs(x) |\n|---|---|---|---|---|"
     )
-    for kind in ("linear", "bounded"):
+    for kind in layers:
         log = trajectory(kind, steps=steps, learning_rate=learning_rate, seed=seed)
         for first in range(0, steps, 10):
             block = log[first : first + 10]

@@ -87,6 +87,12 @@ def _point(objective: str, alpha: float, metrics: dict[str, Any], **extra: Any) 
     return {"objective": objective, "alpha": alpha, **extra, **metrics}
 
 
+def _save(points: list[dict[str, Any]], output: Path) -> None:
+    """Write the points so far (after every point: an interrupted sweep keeps what it measured)."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "frontier.json").write_text(json.dumps(points, indent=2) + "\n")
+
+
 def sweep(
     vocabulary_alphas: list[float] | None = None,
     sub_batch_alphas: list[float] | None = None,
@@ -102,6 +108,8 @@ def sweep(
     utility: Utility = "cosine",
     num_threads: int | None = None,
     num_val: int = 192,
+    warm_start_k: int = 20,
+    nearest_neighbour: bool = False,
 ) -> list[dict[str, Any]]:
     """Train and evaluate every point; write ``frontier.json`` and ``privacy_frontier.png``.
 
@@ -121,6 +129,9 @@ def sweep(
         utility: the utility term of the learned layers (``"cosine"`` or ``"retrieval"``).
         num_threads: torch intra-op CPU threads; ``None`` keeps torch's default.
         num_val: validation sequences evaluated (the retrieval gallery).
+        warm_start_k: the learned layers start from the frequency rule with this ``k``
+            (``0``: from ``init_std`` everywhere).
+        nearest_neighbour: also run the nearest-neighbour attacks on every point (slower).
 
     Returns:
         The points, as written to ``frontier.json``.
@@ -146,6 +157,7 @@ def sweep(
         "max_std": max_std,
         "init_std": init_std,
         "utility": utility,
+        "warm_start_k": warm_start_k,
     }
     for objective, alphas in grids.items():
         for alpha in alphas:
@@ -161,22 +173,26 @@ def sweep(
             if evaluation is None:
                 counts = datamodule.train_token_counts(task.encoder.word_embedding_table.shape[0])
                 evaluation = Evaluation(task.encoder, batches, counts, seed=seed)
-            metrics = evaluation(task.noise_layer)
+            metrics = evaluation(task.noise_layer, nearest_neighbour=nearest_neighbour)
             points.append(_point(objective, alpha, metrics, fit_seconds=fit_seconds))
+            _save(points, output)
             print(_summary(points[-1]), flush=True)
     if evaluation is None:
         encoder = MiniLMEncoder()
         counts = datamodule.train_token_counts(encoder.word_embedding_table.shape[0])
         evaluation = Evaluation(encoder, batches, counts, seed=seed)
     for std in isotropic_stds:
-        points.append(_point("isotropic", std, evaluation(IsotropicNoise(std)), parameter="std"))
+        isotropic = evaluation(IsotropicNoise(std), nearest_neighbour=nearest_neighbour)
+        points.append(_point("isotropic", std, isotropic, parameter="std"))
+        _save(points, output)
         print(_summary(points[-1]), flush=True)
     for k in frequency_ks:
         rule = FrequencyRuleNoise(evaluation.counts, k)
-        points.append(_point("frequency_rule", k, evaluation(rule), parameter="k"))
+        metrics = evaluation(rule, nearest_neighbour=nearest_neighbour)
+        points.append(_point("frequency_rule", k, metrics, parameter="k"))
+        _save(points, output)
         print(_summary(points[-1]), flush=True)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "frontier.json").write_text(json.dumps(points, indent=2) + "\n")
+    _save(points, output)
     figure = plot(points, output / "privacy_frontier.png")
     print(format_frontier(points))
     print(f"wrote {output / 'frontier.json'} and {figure} in {time.perf_counter() - start:.0f} s")
@@ -209,7 +225,7 @@ def format_frontier(points: list[dict[str, Any]]) -> str:
     """One Markdown row per point."""
     lines = [
         "| objective | alpha / parameter | retrieval@1 | sent. cosine | Bayes fail | Bayes top-5 "
-        "fail | exact MI nats/token | NN fail cos | NN fail shift-aware |",
+        "fail | exact MI nats/token | Fano floor | mean std |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
@@ -218,7 +234,7 @@ def format_frontier(points: list[dict[str, Any]]) -> str:
             f"| {p['objective']} | {parameter} | {p['retrieval_at_1']:.3f} | "
             f"{p['sentence_cosine']:.3f} | {p['bayes_attack_failure']:.3f} | "
             f"{p['bayes_top5_failure']:.3f} | {p['exact_mi_nats_per_token']:.2f} | "
-            f"{p['nn_failure_cosine']:.3f} | {p['nn_failure_l2_shift_aware']:.3f} |"
+            f"{p['fano_floor']:.3f} | {p['noise_std_mean']:.3f} |"
         )
     return "\n".join(lines)
 

