@@ -138,10 +138,11 @@ def test_attacks_recover_every_token_with_tiny_noise_and_fail_with_large_noise(
         assert large[key] > 0.9, key
     assert small["sentence_cosine"] == pytest.approx(1.0, abs=1e-3)
     assert small["retrieval_at_1"] == 1.0
-    # No noise to speak of: every token leaks its whole self-information.
+    # No noise to speak of: every token leaks its whole self-information (to float32 accuracy of
+    # the scores at std 1e-3, about 0.01 nats here).
     shares = small["buckets"].values()
     information = sum(b["token_share"] * b["self_information_nats"] for b in shares)
-    assert small["exact_mi_nats_per_token"] == pytest.approx(information, rel=1e-3)
+    assert small["exact_mi_nats_per_token"] == pytest.approx(information, abs=0.05)
     assert large["exact_mi_nats_per_token"] < 0.5 * small["exact_mi_nats_per_token"]
     assert large["sentence_cosine"] < small["sentence_cosine"]
     assert large["sub_batch_mi_upper"] < small["sub_batch_mi_upper"]

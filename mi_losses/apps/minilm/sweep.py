@@ -205,6 +205,8 @@ def combine(inputs: list[str], output_dir: str) -> list[dict[str, Any]]:
     Writes ``frontier.json`` and ``privacy_frontier.png`` to ``output_dir`` and prints the table.
     """
     points = [point for name in inputs for point in json.loads(Path(name).read_text())]
+    order = list(STYLES)
+    points.sort(key=lambda p: (order.index(p["objective"]), p["alpha"]))
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     (output / "frontier.json").write_text(json.dumps(points, indent=2) + "\n")
