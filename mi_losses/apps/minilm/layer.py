@@ -121,13 +121,14 @@ class LearnedTokenNoise(TokenNoise):
     Why this shape: Adam moves every parameter by about the learning rate per step whatever the
     size of its gradient. With a plain linear mean head, that is ``lr`` per coordinate of ``mu`` in
     embedding units, coherent over all tokens through the bias: at ``lr = 3e-3`` the shift grows
-    by 5 % of the word embeddings' element std (0.055) per step, and after a few dozen steps it
-    rivals the token itself, the frozen model's LayerNorm sees mostly the shift, and utility
-    collapses (docs/minilm.md has the measurement). Here a step moves ``mu`` by at most
-    ``lr * mean_scale`` and ``|mu| <= mean_scale`` per coordinate, so the shift is bounded in the
-    embedding's own units. The std is log-parametrised, so a step changes it by a fixed *ratio*
-    (a sigmoid between ``min_std`` and ``max_std`` is nearly flat near a small ``init_std`` and
-    makes large stds unreachable), and ``LayerNorm`` puts the hidden layer's input on unit scale.
+    by 5 % of the word embeddings' element std (0.055) per step, and after 70-100 steps it is as
+    long as the token itself; the frozen model then sees mostly the shift and the run can end
+    with the sentences erased (docs/minilm.md has the measurement). Here ``|mu| <= mean_scale``
+    per coordinate whatever the optimiser does, so the shift stays bounded in the embedding's
+    own units (``0.02``: at most a third of a token's norm). The std is log-parametrised, so a
+    step changes it by a ratio (a sigmoid between ``min_std`` and ``max_std`` is nearly flat near
+    a small ``init_std`` and makes large stds unreachable), and ``LayerNorm`` puts the hidden
+    layer's input on unit scale.
 
     Args:
         embedding_dim: ``E``.
