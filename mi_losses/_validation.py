@@ -44,8 +44,11 @@ def check_same_shape(name: str, tensor: torch.Tensor, like_name: str, like: torc
 
 
 def check_same_device(**tensors: torch.Tensor | None) -> None:
-    """Raise unless every given tensor lives on the same device."""
+    """Raise unless every given tensor lives on the same device (and is a tensor or ``None``)."""
     present = {name: t for name, t in tensors.items() if t is not None}
+    for name, tensor in present.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor or None, got {type(tensor).__name__}")
     devices = {name: t.device for name, t in present.items()}
     first_name, first_device = next(iter(devices.items()))
     for name, device in devices.items():
@@ -55,19 +58,84 @@ def check_same_device(**tensors: torch.Tensor | None) -> None:
             )
 
 
-def check_positive(name: str, tensor: torch.Tensor) -> None:
-    """Raise unless every element of ``tensor`` is finite and ``> 0`` (one pass, one sync).
+def _where_active(tensor: torch.Tensor, active: torch.Tensor | None, filler: float) -> torch.Tensor:
+    """``tensor`` (detached) with ``filler`` at inactive positions; nothing inactive is read."""
+    values = tensor.detach()
+    if active is None:
+        return values
+    return torch.where(active.unsqueeze(-1), values, filler)
 
-    NaN propagates through ``aminmax`` and fails the comparison too.
+
+def _where(active: torch.Tensor | None) -> str:
+    return "everywhere" if active is None else "at active positions"
+
+
+def check_finite_at_active(name: str, tensor: torch.Tensor, active: torch.Tensor | None) -> None:
+    """Raise unless ``tensor`` is finite wherever it is read (one pass, one host sync).
+
+    Args:
+        name: the argument's name, for the message.
+        tensor: ``(..., E)`` values.
+        active: bool, broadcastable to ``tensor.shape[:-1]``: the positions that are read;
+            ``None`` means all. Values at inactive positions (NaN, inf, anything) are ignored.
     """
-    if tensor.numel() == 0:
+    values = _where_active(tensor, active, 0.0)
+    if values.numel() == 0:
         return
-    low, high = torch.aminmax(tensor.detach())
-    if not (bool(low > 0) and bool(high < torch.inf)):
+    low, high = torch.aminmax(values)
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
         raise ValueError(
-            f"{name} must be finite and > 0 everywhere, got values in [{low.item():.3g}, "
+            f"{name} must be finite {_where(active)}, got values in [{low.item():.3g}, "
             f"{high.item():.3g}] (pass validate_args=False to skip this check)"
         )
+
+
+def check_positive_at_active(name: str, stds: torch.Tensor, active: torch.Tensor | None) -> None:
+    """Raise unless ``stds`` is finite and ``> 0`` wherever it is read (one pass, one sync).
+
+    ``active`` as in :func:`check_finite_at_active`: zero, negative or NaN values at inactive
+    positions (noise layers often output a zero std where nothing is noised) are accepted.
+    NaN propagates through ``aminmax`` and fails the comparison too.
+    """
+    values = _where_active(stds, active, 1.0)
+    if values.numel() == 0:
+        return
+    low, high = torch.aminmax(values)
+    if not (bool(low > 0) and bool(high < torch.inf)):
+        raise ValueError(
+            f"{name} must be finite and > 0 {_where(active)}, got values in [{low.item():.3g}, "
+            f"{high.item():.3g}] (pass validate_args=False to skip this check)"
+        )
+
+
+def check_positive(name: str, tensor: torch.Tensor) -> None:
+    """Raise unless every element of ``tensor`` is finite and ``> 0`` (one pass, one sync)."""
+    check_positive_at_active(name, tensor, None)
+
+
+def check_mask_values(name: str, mask: torch.Tensor) -> None:
+    """Raise unless a numeric mask holds only 0 and 1 (bool masks always pass).
+
+    The message names the mask, how many values are wrong and one of them (``0.5``, ``2``...).
+    """
+    if mask.dtype == torch.bool:
+        return
+    if mask.is_complex():
+        raise ValueError(f"{name} must be bool or hold only 0 and 1, got dtype {mask.dtype}")
+    bad = (mask != 0) & (mask != 1)
+    if bool(bad.any()):
+        wrong = mask[bad]
+        example = wrong.flatten()[0].item()
+        raise ValueError(
+            f"{name} must be bool or hold only 0 and 1, got {wrong.numel()} other value(s), "
+            f"e.g. {example:g}"
+        )
+
+
+def check_mask_type(name: str, mask: object) -> None:
+    """Raise unless ``mask`` is a tensor or ``None`` (a list mask is a ``ValueError``)."""
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
 
 
 def as_bool_mask(
@@ -80,12 +148,12 @@ def as_bool_mask(
 ) -> torch.Tensor:
     """Return ``mask`` as a bool tensor of ``shape``; ``None`` means all true.
 
-    Accepts bool masks and numeric masks whose values are 0 or 1.
+    Accepts bool masks and numeric masks whose values are 0 or 1 (checked with
+    :func:`check_mask_values` when ``validate_values``; otherwise any non-zero value is true).
     """
+    check_mask_type(name, mask)
     if mask is None:
         return torch.ones(tuple(shape), dtype=torch.bool, device=device)
-    if not isinstance(mask, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {_shape(shape)}, got {_shape(mask.shape)}")
     if mask.device != device:
@@ -94,8 +162,8 @@ def as_bool_mask(
         return mask
     if mask.is_complex():
         raise ValueError(f"{name} must be bool or hold only 0 and 1, got dtype {mask.dtype}")
-    if validate_values and not bool(torch.all((mask == 0) | (mask == 1))):
-        raise ValueError(f"{name} must be bool or hold only 0 and 1, got other values")
+    if validate_values:
+        check_mask_values(name, mask)
     return mask != 0
 
 

@@ -26,3 +26,7 @@ MIXTURE_KEYS = (MAHALANOBIS, LOG_CONSTANTS)
 
 MUTUAL_INFORMATION_KEYS = (MAHALANOBIS, LOG_CONSTANTS, MIXTURE_ENTROPY, STD_LOG, MUTUAL_INFORMATION)
 """Components of :func:`mi_losses.functional.mutual_information_sub_batch`."""
+
+MUTUAL_INFORMATION_LOWER_BOUND = "mutual_information_lower_bound_loss"
+"""The InfoNCE estimate of :func:`mi_losses.functional.mutual_information_bounds`: a lower bound
+on the mutual information in expectation (logged next to the upper bound ``MUTUAL_INFORMATION``)."""

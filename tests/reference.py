@@ -325,14 +325,17 @@ def mutual_information_sub_batch(
 # ---------------------------------------------------------------------------------------------
 
 
-def gaussian_entropy_log_loss(stds: Tensor, noise_mask: Tensor | None = None) -> Tensor:
-    """Mean over active elements of ``-log(stds) - 0.5 log(2 pi e)`` (0 when none is active)."""
+def gaussian_entropy_log_loss(
+    stds: Tensor, noise_mask: Tensor | None = None, eps: float = 1e-12
+) -> Tensor:
+    """Mean over active elements of ``-log(stds + eps) - 0.5 log(2 pi e)`` (0 when none is
+    active); ``eps`` is the tiny constant of MATH.md (the function's default)."""
     stds_ = _f64(stds)
     if noise_mask is None:
         active = torch.ones(stds_.shape, dtype=torch.bool)
     else:
         active = (noise_mask != 0).unsqueeze(-1).expand(stds_.shape)
-    values = -torch.log(stds_) - 0.5 * LOG_2PI_E
+    values = -torch.log(stds_ + eps) - 0.5 * LOG_2PI_E
     if not bool(active.any()):
         return stds_.sum() * 0.0
     return values[active].mean()

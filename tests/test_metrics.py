@@ -64,10 +64,75 @@ def test_step_without_valid_queries_does_not_move_the_epoch_value() -> None:
     assert float(metrics.compute()["a"]) == 2.0
 
 
-def test_nan_component_is_an_error_not_a_silent_average() -> None:
+@pytest.mark.parametrize("call", ["update", "forward"])
+def test_nan_component_is_a_value_error_naming_the_key(call: str) -> None:
     metrics = ComponentLossMetrics()
-    with pytest.raises(RuntimeError, match="nan"):
-        metrics.update(as_tensors({"a": float("nan")}), 1)
+    metrics.update(as_tensors({"a": 1.0, "b": 2.0}), 1)
+    with pytest.raises(ValueError, match=r"^component 'b' is NaN at a step with weight 2"):
+        getattr(metrics, call)(as_tensors({"a": 1.0, "b": float("nan")}), torch.tensor(2))
+    assert float(metrics.compute()["a"]) == 1.0  # nothing of the bad step was accumulated
+
+
+@pytest.mark.parametrize("weight", [0, 0.0, torch.tensor(0)])
+def test_step_with_weight_0_is_ignored_even_if_nan(weight: object) -> None:
+    metrics = ComponentLossMetrics()
+    metrics.update(as_tensors({"a": 2.0}), 3)
+    metrics.update(as_tensors({"a": float("nan")}), weight)  # type: ignore[arg-type]
+    step = metrics(as_tensors({"a": float("nan")}), weight)  # type: ignore[arg-type]
+    assert torch.isnan(step["a"])
+    assert float(metrics.compute()["a"]) == 2.0
+
+
+def test_first_step_with_weight_0_creates_the_keys() -> None:
+    metrics = ComponentLossMetrics()
+    metrics.update(as_tensors({"a": float("nan")}), 0)
+    assert "a" in metrics
+    with pytest.raises(ValueError, match=r"extra \['b'\]"):
+        metrics.update(as_tensors({"a": 1.0, "b": 1.0}), 1)
+
+
+@pytest.mark.parametrize(
+    ("weight", "text"),
+    [(-1, "-1"), (-0.5, "-0.5"), (torch.tensor(-2), "-2"), (float("nan"), "nan")],
+)
+def test_negative_or_nan_weight_is_a_value_error(weight: object, text: str) -> None:
+    metrics = ComponentLossMetrics()
+    for call in (metrics.update, metrics.forward):
+        with pytest.raises(ValueError, match=rf"^weight must be >= 0 .*got {text}$"):
+            call(as_tensors({"a": 1.0}), weight)  # type: ignore[arg-type]
+    assert len(metrics) == 0
+
+
+def test_non_scalar_weight_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match=r"weight must be a scalar .*\(2,\)"):
+        ComponentLossMetrics().update(as_tensors({"a": 1.0}), torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize(
+    ("keys", "text"),
+    [
+        ({"a": 1.0}, r"missing \['b'\], extra \[\]"),
+        ({"a": 1.0, "b": 1.0, "c": 1.0}, r"missing \[\], extra \['c'\]"),
+        ({"a": 1.0, "c": 1.0}, r"missing \['b'\], extra \['c'\]"),
+    ],
+)
+@pytest.mark.parametrize("weight", [1, 0])
+def test_keys_that_change_are_a_value_error(keys: dict[str, float], text: str, weight: int) -> None:
+    metrics = ComponentLossMetrics()
+    metrics(as_tensors({"a": 1.0, "b": 2.0}), 1)
+    with pytest.raises(ValueError, match=rf"keys \['a', 'b'\] of the first update; {text}"):
+        metrics.update(as_tensors(keys), weight)
+    metrics.reset()  # the keys stay
+    with pytest.raises(ValueError, match=text):
+        metrics(as_tensors(keys), weight)
+
+
+def test_keys_given_up_front_are_enforced() -> None:
+    metrics = ComponentLossMetrics(keys=["a", "b"])
+    with pytest.raises(ValueError, match=r"missing \['b'\]"):
+        metrics.update(as_tensors({"a": 1.0}), 1)
+    metrics.update(as_tensors({"b": 1.0, "a": 3.0}), 1)  # order does not matter
+    assert float(metrics.compute()["a"]) == 3.0
 
 
 def _distributed_worker(rank: int, world_size: int, init_file: str, queue) -> None:  # type: ignore[no-untyped-def]

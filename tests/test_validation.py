@@ -1,10 +1,28 @@
-"""Bad input raises ``ValueError`` naming the argument (STYLE.md), at the public boundary."""
+"""Bad input raises ``ValueError`` naming the argument (STYLE.md), at the public boundary.
+
+Checks that apply to every public function (mask values, list masks, flags, NaN/inf and
+non-positive stds at active positions, mixed devices) live in the matrix
+(``tests/test_hardening_inputs.py``, ``tests/test_matrix.py``); this file keeps the
+function-specific ones (shapes, batch size, dtypes, granularity) and the checks of
+``mi_losses._validation`` itself.
+"""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 
+from mi_losses._validation import (
+    as_bool_mask,
+    check_bool,
+    check_finite_at_active,
+    check_mask_values,
+    check_positive,
+    check_positive_at_active,
+    check_same_device,
+)
 from mi_losses.functional import (
     gaussian_entropy_log_loss,
     gaussian_mixture_entropy,
@@ -12,7 +30,6 @@ from mi_losses.functional import (
     mutual_information_sub_batch,
     mutual_information_sub_batch_estimate,
     pairwise_square_mahalanobis_distance,
-    square_mahalanobis_distance,
 )
 from tests.helpers import ENTROPY_ARG_ORDER, MI_ARG_ORDER, make_entropy_inputs, make_inputs
 
@@ -70,48 +87,10 @@ def test_mi_mask_shape(fn, bad_shape) -> None:
 
 
 @pytest.mark.parametrize("fn", MI_FUNCTIONS)
-@pytest.mark.parametrize(
-    "bad_mask",
-    [
-        torch.full((4, 3), 2, dtype=torch.long),
-        torch.full((4, 3), -1, dtype=torch.long),
-        torch.full((4, 3), 0.5, dtype=torch.float64),
-    ],
-    ids=["two", "minus_one", "half"],
-)
-def test_mi_mask_values(fn, bad_mask) -> None:
-    kwargs = _mi_kwargs()
-    kwargs["noise_mask"] = bad_mask
-    with pytest.raises(ValueError, match="noise_mask"):
-        fn(**kwargs)
-
-
-@pytest.mark.parametrize("fn", MI_FUNCTIONS)
-@pytest.mark.parametrize("bad", [0.0, -0.3])
-def test_mi_non_positive_stds(fn, bad) -> None:
-    kwargs = _mi_kwargs()
-    kwargs["stds_tensor"] = kwargs["stds_tensor"].clone()
-    kwargs["stds_tensor"][1, 2, 1] = bad
-    with pytest.raises(ValueError, match="stds_tensor"):
-        fn(**kwargs)
-    result = fn(**kwargs, validate_args=False)  # the value check is skipped
-    assert result is not None
-
-
-@pytest.mark.parametrize("fn", MI_FUNCTIONS)
 @pytest.mark.parametrize("name", MI_ARG_ORDER)
 def test_mi_integer_dtype(fn, name) -> None:
     kwargs = _mi_kwargs()
     kwargs[name] = torch.ones_like(kwargs[name], dtype=torch.long)
-    with pytest.raises(ValueError, match=name):
-        fn(**kwargs)
-
-
-@pytest.mark.parametrize("fn", MI_FUNCTIONS)
-@pytest.mark.parametrize("name", [*MI_ARG_ORDER, "noise_mask"])
-def test_mi_other_device(fn, name) -> None:
-    kwargs = _mi_kwargs()
-    kwargs[name] = kwargs[name].to("meta")
     with pytest.raises(ValueError, match=name):
         fn(**kwargs)
 
@@ -157,39 +136,10 @@ def test_entropy_mask_shape(fn, name, bad_shape) -> None:
 
 
 @pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
-@pytest.mark.parametrize("name", ["mask", "component_mask"])
-def test_entropy_mask_values(fn, name) -> None:
-    kwargs = _entropy_kwargs()
-    rows = 3 if name == "mask" else 4
-    kwargs[name] = torch.full((rows, 3), 3, dtype=torch.long)
-    with pytest.raises(ValueError, match=name):
-        fn(**kwargs)
-
-
-@pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
-def test_entropy_non_positive_stds(fn) -> None:
-    kwargs = _entropy_kwargs()
-    kwargs["stds"] = kwargs["stds"].clone()
-    kwargs["stds"][0, 0, 0] = -1.0
-    with pytest.raises(ValueError, match="stds"):
-        fn(**kwargs)
-    assert fn(**kwargs, validate_args=False) is not None
-
-
-@pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
 @pytest.mark.parametrize("name", ENTROPY_ARG_ORDER)
 def test_entropy_integer_dtype(fn, name) -> None:
     kwargs = _entropy_kwargs()
     kwargs[name] = torch.ones_like(kwargs[name], dtype=torch.long)
-    with pytest.raises(ValueError, match=name):
-        fn(**kwargs)
-
-
-@pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
-@pytest.mark.parametrize("name", [*ENTROPY_ARG_ORDER, "mask"])
-def test_entropy_other_device(fn, name) -> None:
-    kwargs = _entropy_kwargs()
-    kwargs[name] = kwargs[name].to("meta")
     with pytest.raises(ValueError, match=name):
         fn(**kwargs)
 
@@ -203,15 +153,6 @@ def test_entropy_bad_granularity(fn) -> None:
 # --------------------------------------------------------------------------------------------
 # gaussian_entropy_log_loss and the pairwise distance
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("bad", [0.0, -1.0])
-def test_gaussian_entropy_log_loss_non_positive_stds(bad) -> None:
-    stds = torch.ones(2, 3, 4, dtype=torch.float64)
-    stds[1, 1, 1] = bad
-    with pytest.raises(ValueError, match="stds"):
-        gaussian_entropy_log_loss(stds)
-    assert gaussian_entropy_log_loss(stds, validate_args=False) is not None
 
 
 def test_gaussian_entropy_log_loss_mask_shape() -> None:
@@ -237,12 +178,94 @@ def test_pairwise_shape_mismatch(name, shapes) -> None:
         pairwise_square_mahalanobis_distance(queries, centres, stds)
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
-def test_distances_non_positive_stds(bad) -> None:
-    x, y, stds = torch.rand(2, 3, 4), torch.rand(2, 3, 4), 0.5 + torch.rand(2, 3, 4)
+# --------------------------------------------------------------------------------------------
+# The checks of mi_losses._validation themselves
+# --------------------------------------------------------------------------------------------
+
+ACTIVE = torch.tensor([[True, False, True], [False, False, True]])  # (2, 3) positions
+
+
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), -float("inf"), 0.0, -1.0, 1e30])
+def test_checks_ignore_inactive_positions(fill: float) -> None:
+    values = 0.5 + torch.rand(2, 3, 4)
+    values[~ACTIVE] = fill
+    check_finite_at_active("x", values, ACTIVE)
+    check_positive_at_active("stds", values, ACTIVE)
+
+
+@pytest.mark.parametrize(("bad", "text"), [(float("nan"), "nan"), (float("inf"), "inf")])
+def test_check_finite_at_active_names_argument_and_values(bad: float, text: str) -> None:
+    values = torch.rand(2, 3, 4)
+    values[0, 2, 1] = bad
+    with pytest.raises(ValueError, match=rf"^clean_embeddings must be finite at active .*{text}"):
+        check_finite_at_active("clean_embeddings", values, ACTIVE)
+    with pytest.raises(ValueError, match=rf"everywhere.*{text}"):
+        check_finite_at_active("clean_embeddings", values, None)
+    check_finite_at_active("clean_embeddings", values[:, :0], ACTIVE[:, :0])  # empty
+
+
+@pytest.mark.parametrize(
+    ("bad", "text"), [(0.0, r"\[0, "), (-2.0, r"\[-2, "), (float("nan"), "nan")]
+)
+def test_check_positive_at_active_names_argument_and_values(bad: float, text: str) -> None:
+    stds = 0.5 + torch.rand(2, 3, 4)
     stds[1, 2, 3] = bad
-    with pytest.raises(ValueError, match="stds must be finite and > 0"):
-        square_mahalanobis_distance(x, y, stds)
-    with pytest.raises(ValueError, match="stds must be finite and > 0"):
-        pairwise_square_mahalanobis_distance(x, y, stds)
-    square_mahalanobis_distance(x, y, stds, validate_args=False)  # the check can be skipped
+    with pytest.raises(
+        ValueError, match=rf"^stds_tensor must be finite and > 0 at active .*{text}"
+    ):
+        check_positive_at_active("stds_tensor", stds, ACTIVE)
+    with pytest.raises(ValueError, match="stds must be finite and > 0 everywhere"):
+        check_positive("stds", stds)
+
+
+def test_active_mask_broadcasts() -> None:
+    stds = 0.5 + torch.rand(2, 3, 4)
+    stds[:, 1] = 0.0
+    check_positive_at_active("stds", stds, torch.tensor([True, False, True]))
+    with pytest.raises(ValueError, match="stds"):
+        check_positive_at_active("stds", stds, torch.tensor([True, True, True]))
+
+
+@pytest.mark.parametrize(
+    ("mask", "text"),
+    [
+        (torch.tensor([[0.0, 0.5], [1.0, 1.0]]), "0.5"),
+        (torch.tensor([[0, 2], [1, 1]]), "2"),
+        (torch.tensor([[0, -1], [1, 1]]), "-1"),
+        (torch.tensor([[0.0, float("nan")], [1.0, 1.0]]), "nan"),
+    ],
+)
+def test_mask_values_other_than_0_and_1(mask: torch.Tensor, text: str) -> None:
+    with pytest.raises(ValueError, match=rf"^noise_mask must be bool or hold only 0 and 1.*{text}"):
+        check_mask_values("noise_mask", mask)
+    with pytest.raises(ValueError, match=rf"^noise_mask .*{text}"):
+        as_bool_mask("noise_mask", mask, (2, 2), mask.device, validate_values=True)
+    # without validation, any non-zero value counts as true
+    assert as_bool_mask("noise_mask", mask, (2, 2), mask.device, validate_values=False)[0, 1]
+
+
+def test_good_masks_pass() -> None:
+    for mask in (torch.tensor([[0, 1]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[False, True]])):
+        check_mask_values("mask", mask)
+        assert as_bool_mask("mask", mask, (1, 2), mask.device, validate_values=True).tolist() == [
+            [False, True]
+        ]
+
+
+@pytest.mark.parametrize("mask", [[[True, False]], (1, 0), 1.0], ids=["list", "tuple", "float"])
+def test_non_tensor_masks_are_value_errors(mask: object) -> None:
+    with pytest.raises(ValueError, match=r"^query_mask must be a torch\.Tensor or None, got"):
+        as_bool_mask("query_mask", mask, (1, 2), torch.device("cpu"), validate_values=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^query_mask must be a torch\.Tensor or None, got"):
+        check_same_device(x=torch.ones(1), query_mask=mask)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["no", "yes", 1, 0, None, 1.0])
+def test_check_bool_rejects_everything_but_bool(value: object) -> None:
+    with pytest.raises(
+        ValueError,
+        match=rf"^symmetric must be a bool \(true or false\), got {re.escape(repr(value))}$",
+    ):
+        check_bool("", "symmetric", value)
+    check_bool("", "symmetric", True)
+    check_bool("", "symmetric", False)

@@ -1,6 +1,7 @@
 """The math: every estimator of ``MATH.md`` as a function of tensors (nats throughout)."""
 
 from mi_losses.functional.attack import bayes_token_attack, fano_error_floor
+from mi_losses.functional.bounds import MutualInformationBounds, mutual_information_bounds
 from mi_losses.functional.closed_form import (
     gaussian_channel_mutual_information,
     gaussian_differential_entropy,
@@ -29,6 +30,7 @@ from mi_losses.functional.vocabulary_parameters import (
 )
 
 __all__ = [
+    "MutualInformationBounds",
     "bayes_token_attack",
     "fano_error_floor",
     "gaussian_channel_mutual_information",
@@ -36,6 +38,7 @@ __all__ = [
     "gaussian_entropy_log_loss",
     "gaussian_mixture_entropy",
     "gaussian_mixture_entropy_estimate",
+    "mutual_information_bounds",
     "mutual_information_sub_batch",
     "mutual_information_sub_batch_estimate",
     "pairwise_square_mahalanobis_distance",

@@ -7,24 +7,21 @@ import torch
 from mi_losses._validation import (
     _shape,
     as_bool_mask,
+    check_bool,
+    check_finite_at_active,
     check_floating,
     check_ndim,
-    check_positive,
+    check_positive_at_active,
     check_same_device,
     check_same_shape,
     compute_dtype,
     result_dtype,
 )
+from mi_losses.functional._pair_terms import component_side, query_side, scaling
+from mi_losses.functional._pairs import check_active_values
+from mi_losses.functional._stream_passes import TOLERANCES, effective_masks
 
 __all__ = ["pairwise_square_mahalanobis_distance", "square_mahalanobis_distance"]
-
-# Rounding the expanded terms ``[a y^2].W`` and ``[a].U`` (their sum is the pair's "magnitude")
-# costs about ``eps * magnitude`` nats of absolute accuracy in the distance: nothing when the
-# data are centred and independent, a lot for near-duplicate samples far from the batch mean
-# (relative to sigma). Pairs that would lose more than this relative and absolute tolerance are
-# rare; when any exists the distances are evaluated again in float64.
-_RELATIVE_TOLERANCE = 1e-5
-_ABSOLUTE_TOLERANCE = 1e-4  # nats
 
 
 def square_mahalanobis_distance(
@@ -70,8 +67,7 @@ def square_mahalanobis_distance(
                 f"{name} must have at least 2 dimensions (..., S, E), got {_shape(tensor.shape)}"
             )
     check_same_device(x=x, y=y, stds=stds, mask=mask)
-    if validate_args:
-        check_positive("stds", stds)
+    check_bool("", "validate_args", validate_args)
     try:
         shape = torch.broadcast_shapes(x.shape, y.shape, stds.shape)
     except RuntimeError as error:
@@ -79,8 +75,8 @@ def square_mahalanobis_distance(
             f"x, y and stds must broadcast together, got {_shape(x.shape)}, "
             f"{_shape(y.shape)} and {_shape(stds.shape)}"
         ) from error
-    dtype = compute_dtype(x, y, stds)
-    terms = 0.5 * ((x.to(dtype) - y.to(dtype)) / stds.to(dtype)).square().sum(-1)
+    dtype, out_dtype = compute_dtype(x, y, stds), result_dtype(x, y, stds)
+    x, y, stds = x.to(dtype), y.to(dtype), stds.to(dtype)
     if mask is not None:
         if not isinstance(mask, torch.Tensor):
             raise ValueError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
@@ -95,9 +91,20 @@ def square_mahalanobis_distance(
                 f"mask must broadcast to {_shape(shape[:-1])} without growing it, "
                 f"got {_shape(mask.shape)}"
             )
-        active = mask if mask.dtype == torch.bool else mask != 0
-        terms = torch.where(active, terms, torch.zeros((), dtype=dtype, device=terms.device))
-    return terms.sum(-1).to(result_dtype(x, y, stds))
+        active = as_bool_mask("mask", mask, mask.shape, x.device, validate_values=validate_args)
+    if validate_args:
+        positions = active.expand(shape[:-1]) if mask is not None else None
+        for name, tensor in (("x", x), ("y", y)):
+            check_finite_at_active(name, tensor.expand(shape), positions)
+        check_positive_at_active("stds", stds.expand(shape), positions)
+    if mask is not None:
+        # Inactive positions are replaced before any arithmetic: never read.
+        columns = active.unsqueeze(-1)
+        x, y = torch.where(columns, x, 0.0), torch.where(columns, y, 0.0)
+        stds = torch.where(columns, stds, 1.0)
+    terms = 0.5 * ((x - y) / stds).square().sum(-1)
+    result = terms.sum(-1)
+    return result.to(out_dtype)
 
 
 def pairwise_square_mahalanobis_distance(
@@ -144,8 +151,7 @@ def pairwise_square_mahalanobis_distance(
             f"centres {_shape(centres.shape)}, got {_shape(queries.shape)}"
         )
     check_same_device(queries=queries, centres=centres, stds=stds)
-    if validate_args:
-        check_positive("stds", stds)
+    check_bool("", "validate_args", validate_args)
     dtype = compute_dtype(queries, centres, stds)
     a = as_bool_mask(
         "query_mask", query_mask, queries.shape[:2], queries.device, validate_values=validate_args
@@ -157,9 +163,12 @@ def pairwise_square_mahalanobis_distance(
         centres.device,
         validate_values=validate_args,
     )
-    distance = pairwise_mahalanobis(
-        queries.to(dtype), centres.to(dtype), stds.to(dtype), a.to(dtype), b.to(dtype)
-    )
+    if validate_args:
+        check_active_values(
+            {"queries": (queries, a), "centres": (centres, b), "stds": (stds, b)},
+            positive=("stds",),
+        )
+    distance = pairwise_mahalanobis(queries, centres, stds, a, b, dtype)
     return distance.to(result_dtype(queries, centres, stds))
 
 
@@ -169,84 +178,77 @@ def pairwise_mahalanobis(
     stds: torch.Tensor,
     query_mask: torch.Tensor,
     component_mask: torch.Tensor,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
-    """The pairwise kernel on validated inputs of one floating dtype; masks as 0/1 floats.
+    """The pairwise distances from differentiable torch operations (any order of derivatives).
 
-    Centres every feature on the (detached) mean of the active component centres, then expands
-    the square into two ``(M, S*E) x (S*E, N)`` products and one ``(M, S) x (S, N)`` product
-    (MATH.md, Performance). Where the expansion would cancel too many digits in the compute
-    dtype, it is evaluated again in float64.
+    Masks are bool. Features are centred on the (detached) mean of the active centres and scaled
+    by the largest active std, then the square is expanded into matrix products (MATH.md,
+    Performance). Where that rounding would exceed the tolerance for some pair, a float32
+    evaluation is redone in float64; in float64 the flagged pairs are evaluated directly.
     """
-    with torch.no_grad():
-        weight = component_mask.unsqueeze(-1)
-        reference = (weight * centres).sum(0) / weight.sum(0).clamp_min(1.0)
-    queries, centres = queries - reference, centres - reference
-    distance, excess_error = _ExpandedMahalanobis.apply(
-        queries, centres, stds, query_mask, component_mask
-    )
-    if distance.dtype != torch.float64 and bool(excess_error > _ABSOLUTE_TOLERANCE):
-        distance, _ = _ExpandedMahalanobis.apply(
-            queries.double(),
-            centres.double(),
-            stds.double(),
-            query_mask.double(),
-            component_mask.double(),
-        )
-        distance = distance.to(queries.dtype)
+    a, b = effective_masks(query_mask, component_mask)
+    distance, excess = _expanded(queries, centres, stds, a, b, dtype)
+    if torch.compiler.is_compiling():  # the check needs the host: skipped when compiling
+        return distance
+    if bool(excess.max() > 0) if excess.numel() else False:
+        if dtype != torch.float64:
+            distance, excess = _expanded(queries, centres, stds, a, b, torch.float64)
+            distance = distance.to(dtype)
+        if bool(excess.max() > 0):
+            rows, cols = (excess > 0).nonzero(as_tuple=True)
+            direct = _direct(queries, centres, stds, a, b, rows, cols, torch.float64)
+            distance = distance.index_put((rows, cols), direct.to(distance.dtype))
     return distance
 
 
-class _ExpandedMahalanobis(torch.autograd.Function):
-    """``D = 0.5 [a y^2].[W]^T - [a y].[V]^T + 0.5 [a].[U]^T`` with hand-written backward.
+def _expanded(
+    queries: torch.Tensor,
+    centres: torch.Tensor,
+    stds: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``D`` by matrix products, and per pair the rounding error beyond the tolerance."""
+    n = centres.shape[0]
+    scale = scaling(torch.where(b.unsqueeze(-1), centres.to(dtype), 0.0), stds, b, dtype)
+    query = query_side(queries, a, None, scale, dtype)
+    comp = component_side(
+        centres,
+        centres.new_zeros(()).expand_as(centres),
+        stds,
+        b,
+        scale,
+        dtype,
+        False,
+    )
+    k = query.scaled.shape[1] * query.scaled.shape[2]
+    squares = query.left[:, :k] @ comp.precision.reshape(n, -1).T
+    cross = query.left[:, k : 2 * k] @ comp.right[:, k : 2 * k].T
+    half_u = -comp.right[:, 2 * k :] - comp.constants  # 0.5 sum_e w c'^2 per position
+    magnitude = 0.5 * squares + query.active @ half_u.T
+    distance = (magnitude - cross).clamp_min(0.0)
+    eps = torch.finfo(dtype).eps
+    relative, absolute = TOLERANCES[dtype]
+    excess = eps * magnitude - relative * distance - absolute
+    excess = torch.nan_to_num(excess.detach(), nan=torch.inf)
+    valid = (query.active @ comp.active.T) > 0
+    return torch.where(valid, distance, 0.0), torch.where(valid, excess, -torch.inf)
 
-    ``W = b / sigma^2``, ``V = W c`` and ``U = sum_e W c^2``, for centred queries ``y``
-    ``(M, S, E)`` and centres ``c`` ``(N, S, E)``. The forward pass runs two large matrix
-    products, the backward pass four, and nothing of size ``(M, N, S, E)`` is ever formed.
-    The second output is the largest rounding error of the expansion, ``eps * magnitude``, in
-    excess of the relative tolerance ``_RELATIVE_TOLERANCE * D`` over all pairs.
-    """
 
-    @staticmethod
-    def forward(ctx, queries, centres, stds, query_mask, component_mask):
-        num_queries, num_components = queries.shape[0], centres.shape[0]
-        masked = queries * query_mask.unsqueeze(-1)
-        inverse_variance = component_mask.unsqueeze(-1) / stds.square()
-        weighted = centres * inverse_variance
-        flat = masked.reshape(num_queries, -1)
-        squares = flat.square() @ inverse_variance.reshape(num_components, -1).T
-        cross = flat @ weighted.reshape(num_components, -1).T
-        magnitude = squares.add_(query_mask @ (weighted * centres).sum(-1).T)
-        distance = magnitude.sub(cross, alpha=2.0).mul_(0.5).clamp_min_(0.0)
-        eps = torch.finfo(distance.dtype).eps
-        excess_error = magnitude.mul_(eps).sub_(distance, alpha=_RELATIVE_TOLERANCE)
-        excess_error = excess_error.amax() if excess_error.numel() else distance.new_zeros(())
-        ctx.save_for_backward(masked, centres, stds, query_mask, inverse_variance, weighted)
-        ctx.mark_non_differentiable(excess_error)
-        return distance, excess_error
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad, _):
-        masked, centres, stds, query_mask, inverse_variance, weighted = ctx.saved_tensors
-        num_queries, num_components = masked.shape[0], centres.shape[0]
-        flat = masked.reshape(num_queries, -1)
-        grad_queries = None
-        if ctx.needs_input_grad[0]:
-            # dD/dy_i = sum_j g_ij (y_i W_j - V_j), masked to the query's active positions.
-            through_w = grad @ inverse_variance.reshape(num_components, -1)
-            through_v = grad @ weighted.reshape(num_components, -1)
-            grad_queries = (flat * through_w - through_v).reshape(masked.shape)
-            grad_queries.mul_(query_mask.unsqueeze(-1))
-        grad_centres = grad_stds = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_t = grad.T
-            grad_w = (grad_t @ flat.square()).mul_(0.5).reshape(centres.shape)
-            grad_v = (grad_t @ flat).neg_().reshape(centres.shape)
-            grad_u = (grad_t @ query_mask).mul_(0.5).unsqueeze(-1)
-            if ctx.needs_input_grad[1]:
-                grad_centres = inverse_variance * (grad_v + 2.0 * grad_u * centres)
-            if ctx.needs_input_grad[2]:
-                # W, V = W c and U = sum_e W c^2 all depend on sigma through W = b / sigma^2.
-                grad_w += grad_v * centres + grad_u * centres.square()
-                grad_stds = grad_w.mul_(inverse_variance).div_(stds).mul_(-2.0)
-        return grad_queries, grad_centres, grad_stds, None, None
+def _direct(
+    queries: torch.Tensor,
+    centres: torch.Tensor,
+    stds: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``D`` of the pairs ``(rows, cols)`` from the differences themselves (no cancellation)."""
+    active = (a[rows] & b[cols]).unsqueeze(-1)
+    difference = torch.where(active, queries[rows].to(dtype) - centres[cols].to(dtype), 0.0)
+    sigma = torch.where(active, stds[cols].to(dtype), 1.0)
+    return 0.5 * (difference / sigma).square().sum((-1, -2))

@@ -8,8 +8,9 @@ import torch
 
 from mi_losses._validation import (
     as_bool_mask,
+    check_bool,
     check_floating,
-    check_positive,
+    check_positive_at_active,
     compute_dtype,
 )
 
@@ -52,11 +53,14 @@ def gaussian_entropy_log_loss(
     mask = as_bool_mask(
         "noise_mask", noise_mask, stds.shape[:-1], stds.device, validate_values=validate_args
     )
+    check_bool("", "validate_args", validate_args)
     if validate_args:
-        check_positive("stds", stds)
+        check_positive_at_active("stds", stds, mask)
     dtype = compute_dtype(stds)
-    per_element = -(stds.to(dtype) + eps).log() - _HALF_LOG_TWO_PI_E
-    active = mask.unsqueeze(-1).expand_as(per_element)
-    total = torch.where(active, per_element, torch.zeros_like(per_element)).sum()
+    active = mask.unsqueeze(-1).expand(stds.shape)
+    # Inactive positions are replaced before any arithmetic: never read, zero gradient.
+    sigma = torch.where(active, stds.to(dtype), 1.0)
+    per_element = -(sigma + eps).log() - _HALF_LOG_TWO_PI_E
+    total = torch.where(active, per_element, 0.0).sum()
     count = active.sum().clamp_min(1).to(dtype)
     return (total / count).to(stds.dtype)

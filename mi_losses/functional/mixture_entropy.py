@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import torch
 
-from mi_losses import keys
 from mi_losses._validation import (
     _shape,
     as_bool_mask,
+    check_bool,
     check_floating,
     check_granularity,
     check_ndim,
-    check_positive,
     check_same_device,
     check_same_shape,
     compute_dtype,
     result_dtype,
 )
-from mi_losses.functional._mixture import (
+from mi_losses.functional._mixture import to_result, value_with_losses
+from mi_losses.functional._pairs import (
+    DEFAULT_MAX_BLOCK_BYTES,
+    active_positions,
     as_samples,
-    mixture_components,
-    negative_log_mean_exp,
-    pairs,
-    query_mean,
-    to_result,
-    value_with_losses,
+    check_active_values,
+    check_block_bytes,
+    direction_estimates,
+    make_plan,
 )
+from mi_losses.functional._streaming import stream
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity
 
 __all__ = ["gaussian_mixture_entropy", "gaussian_mixture_entropy_estimate"]
@@ -42,6 +43,8 @@ def gaussian_mixture_entropy(
     component_mask: torch.Tensor | None = None,
     granularity: Granularity = "sequence",
     validate_args: bool = True,
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+    accuracy_check: bool = True,
 ) -> torch.Tensor:
     r"""Cross-batch Monte Carlo estimate of the entropy of the transformed embeddings, in nats.
 
@@ -93,6 +96,8 @@ def gaussian_mixture_entropy(
         component_mask=component_mask,
         granularity=granularity,
         validate_args=validate_args,
+        max_block_bytes=max_block_bytes,
+        accuracy_check=accuracy_check,
         with_components=losses is not None,
     )
     return value_with_losses(estimate, losses)
@@ -108,6 +113,8 @@ def gaussian_mixture_entropy_estimate(
     component_mask: torch.Tensor | None = None,
     granularity: Granularity = "sequence",
     validate_args: bool = True,
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+    accuracy_check: bool = True,
     with_components: bool = True,
 ) -> Estimate:
     """:func:`gaussian_mixture_entropy` returning an :class:`~mi_losses.types.Estimate`.
@@ -117,12 +124,17 @@ def gaussian_mixture_entropy_estimate(
     components (``Estimate.components`` is then empty), which saves a little time.
     """
     check_granularity(granularity)
-    for name, tensor in (
-        ("clean_embeddings", clean_embeddings),
-        ("transformed_embeddings", transformed_embeddings),
-        ("means", means),
-        ("stds", stds),
-    ):
+    check_bool("", "validate_args", validate_args)
+    check_bool("", "accuracy_check", accuracy_check)
+    check_bool("", "with_components", with_components)
+    check_block_bytes(max_block_bytes)
+    named = {
+        "clean_embeddings": clean_embeddings,
+        "transformed_embeddings": transformed_embeddings,
+        "means": means,
+        "stds": stds,
+    }
+    for name, tensor in named.items():
         check_floating(name, tensor)
         check_ndim(name, tensor, 3, "(batch, S, E)")
     check_same_shape("means", means, "clean_embeddings", clean_embeddings)
@@ -133,12 +145,7 @@ def gaussian_mixture_entropy_estimate(
             f"transformed_embeddings must have shape (M, {s}, {e}) to match clean_embeddings "
             f"{_shape(clean_embeddings.shape)}, got {_shape(transformed_embeddings.shape)}"
         )
-    check_same_device(
-        clean_embeddings=clean_embeddings,
-        transformed_embeddings=transformed_embeddings,
-        means=means,
-        stds=stds,
-    )
+    check_same_device(**named)
     device = clean_embeddings.device
     query_mask = as_bool_mask(
         "mask", mask, transformed_embeddings.shape[:2], device, validate_values=validate_args
@@ -150,31 +157,28 @@ def gaussian_mixture_entropy_estimate(
         device,
         validate_values=validate_args,
     )
-    if validate_args:
-        check_positive("stds", stds)
-
-    inputs = (clean_embeddings, transformed_embeddings, means, stds)
-    dtype = compute_dtype(*inputs)
-    pairs_ = pairs(
-        as_samples(transformed_embeddings.to(dtype), granularity),
+    tensors = (
+        as_samples(transformed_embeddings, granularity),
+        as_samples(clean_embeddings, granularity),
+        as_samples(means, granularity),
+        as_samples(stds, granularity),
         as_samples(query_mask, granularity),
-        as_samples(clean_embeddings.to(dtype) + means.to(dtype), granularity),
-        as_samples(stds.to(dtype), granularity),
         as_samples(component_mask, granularity),
     )
-    log_density = -(pairs_.mahalanobis + pairs_.pair_sum(None, pairs_.component_constants))
-    lme = negative_log_mean_exp(log_density, pairs_.valid)
-    components = {}
-    if with_components:
-        mahalanobis, log_constants = mixture_components(pairs_, lme)
-        components = {
-            keys.MAHALANOBIS: mahalanobis,
-            keys.LOG_CONSTANTS: log_constants,
-        }
-    estimate = Estimate(
-        value=query_mean(lme.value, lme.query_valid),
-        components=components,
-        num_queries=lme.query_valid.sum(),
-        per_query=torch.where(lme.query_valid, lme.value, 0.0),
-    )
-    return to_result(estimate, result_dtype(*inputs))
+    span = (0, tensors[0].shape[0], 0, tensors[1].shape[0])
+    dtype = compute_dtype(*named.values())
+    plan = make_plan([span], False, max_block_bytes, dtype, accuracy_check)
+    if validate_args:
+        query_active, component_active = active_positions(tensors[4], tensors[5], [span])
+        check_active_values(
+            {
+                "transformed_embeddings": (tensors[0], query_active),
+                "clean_embeddings": (tensors[1], component_active),
+                "means": (tensors[2], component_active),
+                "stds": (tensors[3], component_active),
+            },
+            positive=("stds",),
+        )
+    result = stream(*tensors, plan)
+    (estimate,) = direction_estimates(result, [span[1]], False, with_components)
+    return to_result(estimate, result_dtype(*named.values()))

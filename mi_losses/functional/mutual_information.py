@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from mi_losses import keys
 from mi_losses._validation import (
     as_bool_mask,
+    check_bool,
     check_floating,
     check_granularity,
     check_ndim,
-    check_positive,
     check_same_device,
     check_same_shape,
     compute_dtype,
     result_dtype,
 )
-from mi_losses.functional._mixture import (
-    HALF_LOG_TWO_PI,
+from mi_losses.functional._mixture import average_estimates, to_result, value_with_losses
+from mi_losses.functional._pairs import (
+    DEFAULT_MAX_BLOCK_BYTES,
+    active_positions,
     as_samples,
-    average_estimates,
-    mixture_components,
-    negative_log_mean_exp,
-    pairs,
-    query_mean,
-    to_result,
-    value_with_losses,
+    check_active_values,
+    check_block_bytes,
+    direction_estimates,
+    make_plan,
 )
+from mi_losses.functional._streaming import Plan, Stream, stream
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity
 
 __all__ = ["mutual_information_sub_batch", "mutual_information_sub_batch_estimate"]
@@ -44,6 +45,8 @@ def mutual_information_sub_batch(
     granularity: Granularity = "sequence",
     symmetric: bool = False,
     validate_args: bool = True,
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+    accuracy_check: bool = True,
 ) -> torch.Tensor:
     r"""Leave-one-out (L1Out) estimate of ``I(X; Y)`` in nats, from one batch split in halves.
 
@@ -111,6 +114,8 @@ def mutual_information_sub_batch(
         granularity=granularity,
         symmetric=symmetric,
         validate_args=validate_args,
+        max_block_bytes=max_block_bytes,
+        accuracy_check=accuracy_check,
         with_components=losses is not None,
     )
     return value_with_losses(estimate, losses)
@@ -127,6 +132,8 @@ def mutual_information_sub_batch_estimate(
     granularity: Granularity = "sequence",
     symmetric: bool = False,
     validate_args: bool = True,
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+    accuracy_check: bool = True,
     with_components: bool = True,
 ) -> Estimate:
     """:func:`mutual_information_sub_batch` returning an :class:`~mi_losses.types.Estimate`.
@@ -135,7 +142,83 @@ def mutual_information_sub_batch_estimate(
     of valid queries (both directions together when ``symmetric``). ``with_components=False``
     skips the components (``Estimate.components`` is then empty), which saves a little time.
     """
+    check_bool("", "with_components", with_components)
+    prepared = prepare_mutual_information(
+        means_tensor,
+        stds_tensor,
+        noise_mask,
+        clean_input_embeddings,
+        noisy_input_embeddings,
+        combine_noise_masks_for_mutual_information_sub_batches,
+        granularity=granularity,
+        symmetric=symmetric,
+        validate_args=validate_args,
+        max_block_bytes=max_block_bytes,
+        accuracy_check=accuracy_check,
+    )
+    stream = prepared.run()
+    estimates = direction_estimates(stream, prepared.sizes, True, with_components)
+    estimate = estimates[0] if len(estimates) == 1 else average_estimates(estimates)
+    return to_result(estimate, prepared.result_dtype)
+
+
+class PreparedMutualInformation(NamedTuple):
+    """Validated inputs of the sub-batch estimator, ready for the streaming kernel."""
+
+    tensors: tuple[torch.Tensor, ...]  # noisy, clean, means, stds, query mask, component mask
+    plan: Plan
+    sizes: list[int]  # queries per direction
+    names: tuple[str, ...]
+    validate_args: bool
+    result_dtype: torch.dtype
+
+    def run(self) -> Stream:
+        """The kernel's per-query results; with ``validate_args``, bad active values raise
+        first (one pass over each input)."""
+        if self.validate_args:
+            query_active, component_active = active_positions(
+                self.tensors[4], self.tensors[5], list(self.plan.directions)
+            )
+            own_active = query_active if self.plan.with_own else torch.zeros_like(query_active)
+            both = component_active | own_active
+            noisy, clean, means, stds = self.tensors[:4]
+            check_active_values(
+                {
+                    self.names[0]: (noisy, query_active),
+                    self.names[1]: (clean, both),
+                    self.names[2]: (means, both),
+                    self.names[3]: (stds, both),
+                },
+                positive=(self.names[3],),
+            )
+        return stream(*self.tensors, self.plan)
+
+
+def prepare_mutual_information(
+    means_tensor: torch.Tensor,
+    stds_tensor: torch.Tensor,
+    noise_mask: torch.Tensor | None,
+    clean_input_embeddings: torch.Tensor,
+    noisy_input_embeddings: torch.Tensor,
+    combine_noise_masks_for_mutual_information_sub_batches: bool,
+    *,
+    granularity: Granularity,
+    symmetric: bool,
+    validate_args: bool,
+    max_block_bytes: int,
+    accuracy_check: bool,
+) -> PreparedMutualInformation:
+    """Check the arguments of :func:`mutual_information_sub_batch` and plan the kernel."""
     check_granularity(granularity)
+    check_bool(
+        "",
+        "combine_noise_masks_for_mutual_information_sub_batches",
+        combine_noise_masks_for_mutual_information_sub_batches,
+    )
+    check_bool("", "symmetric", symmetric)
+    check_bool("", "validate_args", validate_args)
+    check_bool("", "accuracy_check", accuracy_check)
+    check_block_bytes(max_block_bytes)
     inputs = {
         "means_tensor": means_tensor,
         "stds_tensor": stds_tensor,
@@ -154,94 +237,40 @@ def mutual_information_sub_batch_estimate(
             f"to split into two sub-batches, got {batch_size}"
         )
     check_same_device(**inputs)
-    device = clean_input_embeddings.device
     query_mask = as_bool_mask(
         "noise_mask",
         noise_mask,
         clean_input_embeddings.shape[:2],
-        device,
+        clean_input_embeddings.device,
         validate_values=validate_args,
     )
-    if validate_args:
-        check_positive("stds_tensor", stds_tensor)
-
-    dtype = compute_dtype(*inputs.values())
-    stds = stds_tensor.to(dtype)
-    noisy = noisy_input_embeddings.to(dtype)
-    centres = clean_input_embeddings.to(dtype) + means_tensor.to(dtype)
     if combine_noise_masks_for_mutual_information_sub_batches:
         component_mask = query_mask
     else:
         component_mask = torch.ones_like(query_mask)
-    halves = [
-        tensor.split(batch_size // 2)
-        for tensor in (noisy, centres, stds, query_mask, component_mask)
-    ]
-
-    def direction(queries: int, components: int) -> Estimate:
-        noisy_, centres_, stds_, query_mask_, component_mask_ = halves
-        return _leave_one_out(
-            noisy_[queries],
-            centres_[queries],
-            stds_[queries],
-            query_mask_[queries],
-            centres_[components],
-            stds_[components],
-            component_mask_[components],
-            granularity,
-            with_components,
-        )
-
-    estimate = direction(0, 1)
+    rows = batch_size // 2 * (clean_input_embeddings.shape[1] if granularity == "token" else 1)
+    directions = [(0, rows, rows, 2 * rows)]
     if symmetric:
-        estimate = average_estimates([estimate, direction(1, 0)])
-    return to_result(estimate, result_dtype(*inputs.values()))
-
-
-def _leave_one_out(
-    queries: torch.Tensor,
-    query_centres: torch.Tensor,
-    query_stds: torch.Tensor,
-    query_mask: torch.Tensor,
-    centres: torch.Tensor,
-    stds: torch.Tensor,
-    component_mask: torch.Tensor,
-    granularity: Granularity,
-    with_components: bool,
-) -> Estimate:
-    """One direction of the estimator: queries of one half against components of the other."""
-    # -log N(y_i; c_i, sigma_i) per position: the query's own conditional density.
-    own = 0.5 * ((queries - query_centres) / query_stds).square() + query_stds.log()
-    own = own.sum(-1) + queries.shape[-1] * HALF_LOG_TWO_PI
-    pairs_ = pairs(
-        as_samples(queries, granularity),
-        as_samples(query_mask, granularity),
-        as_samples(centres, granularity),
-        as_samples(stds, granularity),
-        as_samples(component_mask, granularity),
+        directions.append((rows, 2 * rows, 0, rows))
+    tensors = tuple(
+        as_samples(t, granularity)
+        for t in (
+            noisy_input_embeddings,
+            clean_input_embeddings,
+            means_tensor,
+            stds_tensor,
+            query_mask,
+            component_mask,
+        )
     )
-    own = as_samples(own, granularity)
-    # r_ij = D_ij + sum_P [log sigma_j - log sigma_i - 0.5 ((y_i - c_i) / sigma_i)^2]
-    log_ratio = pairs_.mahalanobis + pairs_.pair_sum(-own, pairs_.component_constants)
-    lme = negative_log_mean_exp(-log_ratio, pairs_.valid)
-    value = query_mean(lme.value, lme.query_valid)
-    per_query = torch.where(lme.query_valid, lme.value, 0.0)
-    num_queries = lme.query_valid.sum()
-    if not with_components:
-        return Estimate(value, {}, num_queries, per_query)
-
-    mahalanobis, log_constants = mixture_components(pairs_, lme)
-    with torch.no_grad():
-        std_log = -query_mean(pairs_.weighted_pair_sum(lme.weights, own, None), lme.query_valid)
-    return Estimate(
-        value=value,
-        components={
-            keys.MAHALANOBIS: mahalanobis,
-            keys.LOG_CONSTANTS: log_constants,
-            keys.MIXTURE_ENTROPY: mahalanobis + log_constants,
-            keys.STD_LOG: std_log.detach(),
-            keys.MUTUAL_INFORMATION: value.detach(),
-        },
-        num_queries=num_queries,
-        per_query=per_query,
+    plan = make_plan(
+        directions, True, max_block_bytes, compute_dtype(*inputs.values()), accuracy_check
+    )
+    return PreparedMutualInformation(
+        tensors,
+        plan,
+        [rows] * len(directions),
+        ("noisy_input_embeddings", "clean_input_embeddings", "means_tensor", "stds_tensor"),
+        validate_args,
+        result_dtype(*inputs.values()),
     )

@@ -6,8 +6,10 @@ from typing import get_args
 
 import torch
 
+from mi_losses import keys
 from mi_losses._validation import check_bool, check_choice
 from mi_losses.functional import mutual_information_sub_batch_estimate
+from mi_losses.functional.bounds import bounds_estimates
 from mi_losses.losses.base import MutualInformationLoss, reduce, to_units
 from mi_losses.types import Granularity, Reduction, Units
 
@@ -35,12 +37,17 @@ class SubBatchMutualInformation(MutualInformationLoss):
         units: ``"nats"`` or ``"bits"`` (value and components divided by ln 2).
         reduction: ``"mean"`` over valid queries (the estimate), ``"sum"`` (the mean times the
             number of valid queries) or ``"none"`` (per-query values, ``0`` where invalid).
+        log_lower_bound: also compute the InfoNCE lower bound from the same pairwise pass
+            (:func:`mi_losses.functional.mutual_information_bounds`) and add it to the
+            components as ``mutual_information_lower_bound_loss`` (the value returned is
+            unchanged).
 
     Attributes:
         component_losses: ``gaussian_mixture_mahalanobis_distance_loss``,
             ``gaussian_mixture_log_constants_and_determinant_loss``,
             ``gaussian_mixture_entropy_loss``, ``std_log_loss`` and ``mutual_information_loss``
-            of the latest call (in ``units``); ``last_num_queries`` their weight.
+            of the latest call (in ``units``), and ``mutual_information_lower_bound_loss`` with
+            ``log_lower_bound``; ``last_num_queries`` their weight.
 
     Example:
         >>> loss = SubBatchMutualInformation()
@@ -57,6 +64,8 @@ class SubBatchMutualInformation(MutualInformationLoss):
         symmetric: bool = False,
         units: Units = "nats",
         reduction: Reduction = "mean",
+        *,
+        log_lower_bound: bool = False,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -65,11 +74,13 @@ class SubBatchMutualInformation(MutualInformationLoss):
         check_bool(owner, "symmetric", symmetric)
         check_choice(owner, "units", units, get_args(Units))
         check_choice(owner, "reduction", reduction, get_args(Reduction))
+        check_bool(owner, "log_lower_bound", log_lower_bound)
         self.combine_noise_masks = combine_noise_masks
         self.granularity = granularity
         self.symmetric = symmetric
         self.units = units
         self.reduction = reduction
+        self.log_lower_bound = log_lower_bound
 
     def forward(
         self,
@@ -80,16 +91,20 @@ class SubBatchMutualInformation(MutualInformationLoss):
         noisy_input_embeddings: torch.Tensor,
     ) -> torch.Tensor:
         """MI estimate for a batch of ``(B, S, E)`` tensors, ``B`` even; ``noise_mask`` ``(B, S)``."""
-        estimate = mutual_information_sub_batch_estimate(
+        arguments = (
             means_tensor,
             stds_tensor,
             noise_mask,
             clean_input_embeddings,
             noisy_input_embeddings,
             self.combine_noise_masks,
-            granularity=self.granularity,
-            symmetric=self.symmetric,
         )
+        options = {"granularity": self.granularity, "symmetric": self.symmetric}
+        if self.log_lower_bound:
+            lower, estimate = bounds_estimates(*arguments, **options)  # type: ignore[arg-type]
+            estimate.components[keys.MUTUAL_INFORMATION_LOWER_BOUND] = lower.value.detach()
+        else:
+            estimate = mutual_information_sub_batch_estimate(*arguments, **options)  # type: ignore[arg-type]
         estimate = to_units(estimate, self.units)
         self._remember(estimate)
         return reduce(estimate, self.reduction)
@@ -97,5 +112,6 @@ class SubBatchMutualInformation(MutualInformationLoss):
     def extra_repr(self) -> str:
         return (
             f"combine_noise_masks={self.combine_noise_masks}, granularity={self.granularity!r}, "
-            f"symmetric={self.symmetric}, units={self.units!r}, reduction={self.reduction!r}"
+            f"symmetric={self.symmetric}, units={self.units!r}, reduction={self.reduction!r}, "
+            f"log_lower_bound={self.log_lower_bound}"
         )

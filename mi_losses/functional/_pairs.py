@@ -1,0 +1,114 @@
+"""Preparation shared by the mixture estimators: samples per granularity, the kernel's plan,
+checks of the values at active positions, and the estimate of each direction."""
+
+from __future__ import annotations
+
+import torch
+
+from mi_losses import keys
+from mi_losses._validation import check_finite_at_active, check_positive_at_active
+from mi_losses.functional._mixture import query_mean
+from mi_losses.functional._streaming import DEFAULT_MAX_BLOCK_BYTES, Plan, Stream
+from mi_losses.types import Estimate, Granularity
+
+__all__ = ["DEFAULT_MAX_BLOCK_BYTES"]
+
+
+def as_samples(tensor: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    """``(n, S, ...)`` as samples: sequences as they are, or tokens ``(n*S, 1, ...)`` (a view)."""
+    if granularity == "token":
+        return tensor.reshape(tensor.shape[0] * tensor.shape[1], 1, *tensor.shape[2:])
+    return tensor
+
+
+def check_block_bytes(max_block_bytes: object) -> int:
+    """Raise unless ``max_block_bytes`` is a positive ``int``."""
+    if isinstance(max_block_bytes, bool) or not isinstance(max_block_bytes, int):
+        raise ValueError(f"max_block_bytes must be an int, got {max_block_bytes!r}")
+    if max_block_bytes < 1:
+        raise ValueError(f"max_block_bytes must be >= 1, got {max_block_bytes}")
+    return max_block_bytes
+
+
+def make_plan(
+    directions: list[tuple[int, int, int, int]],
+    with_own: bool,
+    max_block_bytes: int,
+    dtype: torch.dtype,
+    accuracy_check: bool,
+) -> Plan:
+    """The kernel's plan (Python values only)."""
+    return Plan(tuple(directions), with_own, max_block_bytes, dtype, accuracy_check)
+
+
+def check_active_values(
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], positive: tuple[str, ...]
+) -> None:
+    """Raise ``ValueError`` naming the first input with a bad value at an active position.
+
+    ``tensors`` maps a name to ``(tensor (rows, S, E), active (rows, S) bool)``; names in
+    ``positive`` must be finite and ``> 0`` there, the others finite.
+    """
+    for name, (tensor, active) in tensors.items():
+        if name in positive:
+            check_positive_at_active(name, tensor, active)
+        else:
+            check_finite_at_active(name, tensor, active)
+
+
+def active_positions(
+    query_mask: torch.Tensor, component_mask: torch.Tensor, spans: list[tuple[int, int, int, int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions the masks declare active ``(rows, S)``: queries, and the components' tensors.
+
+    These are the positions ``validate_args`` checks (a superset of those the kernel reads: a
+    query position no component shares is active by its mask but takes part in no pair).
+    """
+    queries = torch.zeros_like(query_mask)
+    components = torch.zeros_like(component_mask)
+    for q0, q1, c0, c1 in spans:
+        queries = _or_rows(queries, q0, query_mask[q0:q1])
+        components = _or_rows(components, c0, component_mask[c0:c1])
+    return queries, components
+
+
+def _or_rows(target: torch.Tensor, start: int, rows: torch.Tensor) -> torch.Tensor:
+    stop = start + rows.shape[0]
+    return torch.cat([target[:start], target[start:stop] | rows, target[stop:]])
+
+
+def direction_estimates(
+    stream: Stream, sizes: list[int], with_own: bool, with_components: bool
+) -> list[Estimate]:
+    """One :class:`Estimate` per direction from the kernel's per-query results.
+
+    ``I_i = log |V_i| - logsumexp_{V_i} z_ij`` (the mixture entropy has no own term, then it is
+    ``H_i``). Components, with ``w`` the softmax weights:
+    ``mahalanobis = -sum w z - sum w q - sum w p``, ``log constants = sum w p + log |V_i| -
+    Entropy(w)`` where ``Entropy(w) = logsumexp - sum w z``, ``std_log = sum w q``.
+    """
+    estimates, offset = [], 0
+    for size in sizes:
+        part = Stream(*(t[offset : offset + size] for t in stream))
+        offset += size
+        valid = part.num_valid > 0
+        log_count = part.num_valid.clamp_min(1.0).log()
+        per_query = torch.where(valid, log_count - part.log_sum_exp, 0.0)
+        value = query_mean(per_query, valid)
+        components = {}
+        if with_components:
+            lse = torch.where(valid, part.log_sum_exp.detach(), 0.0)
+            mahalanobis = -part.weighted_score - part.weighted_own - part.weighted_constants
+            log_constants = part.weighted_constants + log_count - lse + part.weighted_score
+            components = {
+                keys.MAHALANOBIS: query_mean(mahalanobis, valid),
+                keys.LOG_CONSTANTS: query_mean(log_constants, valid),
+            }
+            if with_own:
+                components[keys.MIXTURE_ENTROPY] = (
+                    components[keys.MAHALANOBIS] + components[keys.LOG_CONSTANTS]
+                )
+                components[keys.STD_LOG] = query_mean(part.weighted_own, valid)
+                components[keys.MUTUAL_INFORMATION] = value.detach()
+        estimates.append(Estimate(value, components, valid.sum(), per_query))
+    return estimates

@@ -1,0 +1,290 @@
+"""The streaming kernel: block-size independence, exact second derivatives, ``torch.func``,
+inactive positions never read, empty axes, ``torch.compile(fullgraph=True)``."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+from mi_losses.functional import (
+    gaussian_mixture_entropy,
+    mutual_information_sub_batch,
+    pairwise_square_mahalanobis_distance,
+    square_mahalanobis_distance,
+)
+
+# Blocks of one row, blocks that divide nothing, one block for everything.
+BLOCK_BYTES = [1, 700, 5_000, 2**30]
+
+
+def _mi_inputs(b: int, s: int, e: int, seed: int, dtype: torch.dtype = torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randn(b, s, e, generator=g, dtype=dtype) + 3.0
+    means = 0.1 * torch.randn(b, s, e, generator=g, dtype=dtype)
+    stds = 0.4 + torch.rand(b, s, e, generator=g, dtype=dtype)
+    noisy = clean + means + stds * torch.randn(b, s, e, generator=g, dtype=dtype)
+    return [t.requires_grad_() for t in (means, stds, clean, noisy)]
+
+
+def _mask(b: int, s: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(b, s, generator=g) < 0.6
+    mask[0] = False  # a fully masked query
+    mask[-1] = False  # a fully masked component
+    mask[1, 0] = True
+    return mask
+
+
+def _value_and_grads(fn, inputs):
+    value = fn(*inputs)
+    grads = torch.autograd.grad(value, inputs, allow_unused=True)
+    return value.detach(), [None if g is None else g.detach() for g in grads]
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_mutual_information_does_not_depend_on_block_size(granularity, symmetric) -> None:
+    b, s, e = 8, 5, 3
+    inputs = _mi_inputs(b, s, e, seed=1)
+    mask = _mask(b, s, seed=2)
+    results = []
+    for block_bytes in BLOCK_BYTES:
+
+        def fn(means, stds, clean, noisy, block_bytes=block_bytes):
+            return mutual_information_sub_batch(
+                means,
+                stds,
+                mask,
+                clean,
+                noisy,
+                granularity=granularity,
+                symmetric=symmetric,
+                max_block_bytes=block_bytes,
+            )
+
+        results.append(_value_and_grads(fn, inputs))
+    value, grads = results[-1]
+    assert value != 0
+    for other_value, other_grads in results[:-1]:
+        torch.testing.assert_close(other_value, value, rtol=1e-12, atol=1e-12)
+        for got, expected in zip(other_grads, grads, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+def test_mixture_entropy_does_not_depend_on_block_size(granularity) -> None:
+    inputs = _mi_inputs(6, 4, 3, seed=3)
+    means, stds, clean, _ = inputs
+    queries = torch.randn(7, 4, 3, dtype=torch.float64, requires_grad=True)
+    mask, component_mask = _mask(7, 4, seed=4), _mask(6, 4, seed=5)
+    results = []
+    for block_bytes in BLOCK_BYTES:
+
+        def fn(clean, queries, means, stds, block_bytes=block_bytes):
+            return gaussian_mixture_entropy(
+                clean,
+                queries,
+                means,
+                stds,
+                mask,
+                component_mask=component_mask,
+                granularity=granularity,
+                max_block_bytes=block_bytes,
+            )
+
+        results.append(_value_and_grads(fn, [clean, queries, means, stds]))
+    for other_value, other_grads in results[:-1]:
+        torch.testing.assert_close(other_value, results[-1][0], rtol=1e-12, atol=1e-12)
+        for got, expected in zip(other_grads, results[-1][1], strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+MI_FLAGS = list(itertools.product(["sequence", "token"], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize(("granularity", "combine", "symmetric"), MI_FLAGS)
+def test_mutual_information_second_derivatives(granularity, combine, symmetric) -> None:
+    inputs = _mi_inputs(4, 2, 2, seed=6)
+    mask = _mask(4, 2, seed=7)
+    mask[2, 1] = True
+
+    def fn(means, stds, clean, noisy):
+        return mutual_information_sub_batch(
+            means,
+            stds,
+            mask,
+            clean,
+            noisy,
+            combine,
+            granularity=granularity,
+            symmetric=symmetric,
+            max_block_bytes=200,
+        )
+
+    assert gradcheck(fn, inputs)
+    assert gradgradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_mixture_entropy_second_derivatives(granularity, masked) -> None:
+    means, stds, clean, _ = _mi_inputs(3, 3, 2, seed=8)
+    queries = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    mask = _mask(4, 3, seed=9) if masked else None
+    component_mask = _mask(3, 3, seed=10) if masked else None
+
+    def fn(clean, queries, means, stds):
+        return gaussian_mixture_entropy(
+            clean,
+            queries,
+            means,
+            stds,
+            mask,
+            component_mask=component_mask,
+            granularity=granularity,
+            max_block_bytes=100,
+        )
+
+    assert gradcheck(fn, (clean, queries, means, stds))
+    assert gradgradcheck(fn, (clean, queries, means, stds))
+
+
+def test_distances_second_derivatives() -> None:
+    g = torch.Generator().manual_seed(11)
+    queries = torch.randn(3, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    centres = torch.randn(5, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    stds = (0.5 + torch.rand(5, 2, 4, generator=g, dtype=torch.float64)).requires_grad_()
+    query_mask = torch.tensor([[True, False], [True, True], [False, False]])
+
+    def pairwise(q, c, s):
+        return pairwise_square_mahalanobis_distance(q, c, s, query_mask)
+
+    assert gradgradcheck(pairwise, (queries, centres, stds))
+    (grad,) = torch.autograd.grad(
+        pairwise(queries, centres, stds).sum(), queries, create_graph=True
+    )
+    assert grad.requires_grad
+
+    def broadcast(x, y, s):
+        return square_mahalanobis_distance(x, y, s, query_mask[:, :1].expand(3, 2))
+
+    assert gradgradcheck(broadcast, (queries, centres[:3], stds[:3]))
+
+
+def test_gradient_penalty_matches_float64_broadcast_reference() -> None:
+    """Second derivative through ``create_graph=True`` against a direct broadcast formula."""
+    means, stds, clean, noisy = _mi_inputs(6, 2, 3, seed=12)
+
+    def reference(means, stds, clean, noisy):
+        half = 3
+        centres = clean + means
+        y, c_q, s_q = noisy[:half], centres[:half], stds[:half]
+        c, s = centres[half:], stds[half:]
+        own = (0.5 * ((y - c_q) / s_q) ** 2 + s_q.log()).sum((-1, -2))
+        other = (0.5 * ((y[:, None] - c[None]) / s[None]) ** 2 + s.log()[None]).sum((-1, -2))
+        log_ratio = other - own[:, None]
+        n = torch.tensor(float(half), dtype=torch.float64)
+        return (n.log() - torch.logsumexp(-log_ratio, dim=-1)).mean()
+
+    def penalty(fn):
+        value = fn(means, stds, clean, noisy)
+        (grad,) = torch.autograd.grad(value, noisy, create_graph=True)
+        return torch.autograd.grad(grad.square().sum(), [means, stds, clean, noisy])
+
+    got = penalty(lambda *a: mutual_information_sub_batch(a[0], a[1], None, a[2], a[3]))
+    expected = penalty(reference)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-10)
+
+
+def test_torch_func_grad_and_jacrev() -> None:
+    means, stds, clean, noisy = (t.detach() for t in _mi_inputs(4, 3, 2, seed=13))
+    mask = _mask(4, 3, seed=14)
+    mask[2, 1] = True
+
+    def fn(stds):
+        return mutual_information_sub_batch(means, stds, mask, clean, noisy, granularity="token")
+
+    expected = torch.autograd.grad(fn(stds.clone().requires_grad_()), stds)[0] if False else None
+    leaf = stds.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(fn(leaf), leaf)
+    torch.testing.assert_close(torch.func.grad(fn)(stds), expected)
+    torch.testing.assert_close(torch.func.jacrev(fn)(stds), expected)
+    hessian_row = torch.func.grad(lambda s: torch.func.grad(fn)(s)[1, 0, 0])(stds)
+    (grad,) = torch.autograd.grad(fn(leaf), leaf, create_graph=True)
+    (expected_row,) = torch.autograd.grad(grad[1, 0, 0], leaf)
+    torch.testing.assert_close(hessian_row, expected_row)
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), 0.0, -1.0, 1e30, 1e-30])
+def test_inactive_positions_are_never_read(granularity, fill) -> None:
+    b, s, e = 6, 4, 3
+    clean_inputs = _mi_inputs(b, s, e, seed=15)
+    mask = _mask(b, s, seed=16)
+    inactive = ~mask.unsqueeze(-1)
+    dirty_inputs = [torch.where(inactive, fill, t.detach()).requires_grad_() for t in clean_inputs]
+
+    def fn(*inputs):
+        return mutual_information_sub_batch(
+            inputs[0], inputs[1], mask, inputs[2], inputs[3], granularity=granularity
+        )
+
+    value, grads = _value_and_grads(fn, clean_inputs)
+    dirty_value, dirty_grads = _value_and_grads(fn, dirty_inputs)
+    assert torch.equal(value, dirty_value)
+    for grad, dirty in zip(grads, dirty_grads, strict=True):
+        assert torch.equal(grad, dirty)
+        assert torch.equal(
+            dirty[inactive.expand_as(dirty)], torch.zeros_like(dirty[inactive.expand_as(dirty)])
+        )
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+@pytest.mark.parametrize("shape", [(4, 0, 3), (4, 3, 0)], ids=["S=0", "E=0"])
+def test_empty_axes_give_zero_with_zero_gradients(granularity, shape) -> None:
+    inputs = _mi_inputs(*shape, seed=17)
+    value = mutual_information_sub_batch(
+        inputs[0], inputs[1], None, inputs[2], inputs[3], granularity=granularity
+    )
+    grads = torch.autograd.grad(value, inputs, allow_unused=True)
+    if shape[2] == 0 and granularity == "sequence":
+        assert value == 0  # every pair compares no feature: all ratios are 1
+    assert torch.isfinite(value)
+    for grad in grads:
+        assert grad is None or grad.numel() == 0
+
+
+def test_mixture_entropy_without_components_is_zero() -> None:
+    means, stds, clean, _ = _mi_inputs(0, 3, 2, seed=18)
+    queries = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    value = gaussian_mixture_entropy(clean, queries, means, stds, None)
+    assert value == 0
+    (grad,) = torch.autograd.grad(value, queries)
+    assert torch.equal(grad, torch.zeros_like(queries))
+
+
+def test_compile_fullgraph_without_validation() -> None:
+    torch._dynamo.reset()
+    means, stds, clean, noisy = _mi_inputs(4, 3, 2, seed=19, dtype=torch.float32)
+    mask = _mask(4, 3, seed=20)
+    mask[2, 1] = True
+
+    def fn(means, stds, clean, noisy):
+        return mutual_information_sub_batch(
+            means, stds, mask, clean, noisy, granularity="token", validate_args=False
+        )
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    value = compiled(means, stds, clean, noisy)
+    expected = fn(means, stds, clean, noisy)
+    torch.testing.assert_close(value, expected)
+    inputs = (means, stds, clean, noisy)
+    for got, want in zip(
+        torch.autograd.grad(value, inputs), torch.autograd.grad(expected, inputs), strict=True
+    ):
+        torch.testing.assert_close(got, want)
+    torch._dynamo.reset()
