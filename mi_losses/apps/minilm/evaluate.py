@@ -1,85 +1,76 @@
-"""Privacy and utility of an obfuscation on held-out text, against two baselines.
+"""How private and how useful one context-free token noise layer is, on held-out text.
 
-For every method (the learned noise layer, no noise, isotropic Gaussian noise of the learned
-layer's mean std, and isotropic Gaussian noise whose std is tuned to the learned layer's utility)
-on the validation sequences:
+For a layer (:mod:`~mi_losses.apps.minilm.layer`) and the validation sequences, with the noise
+drawn from a fixed seed (two evaluations of one layer agree exactly):
 
-- privacy: the nearest-neighbour token-recovery *failure* rate over the noised tokens, with the
-  cosine and the L2 attack against the vocabulary table, and with an attacker who knows the
-  layer (L2 against the vocabulary moved by the layer's mean shift, ``x_v + mu(x_v)``; the same
-  as the plain L2 attack for the baselines, whose shift is zero); and the mutual information estimate
-  ``mutual_information_sub_batch`` at token granularity, in nats per token (``None`` without noise,
-  where it is infinite);
-- utility: the mean cosine between the clean and the noisy sentence embeddings, and top-1
-  retrieval accuracy (the noisy sentence embedding's nearest clean sentence embedding among all
-  validation sequences is its own).
-
-The noise is drawn from a fixed seed, so two evaluations of one method agree exactly.
+- ``exact_mi_nats_per_token``: the known-prior mutual information
+  ``vocabulary_mutual_information`` over the whole vocabulary, prior = smoothed token counts of
+  the training text, averaged over the noised validation tokens (MATH.md, "Known-prior mutual
+  information"). Each token's term is at most its self-information ``-log p_t``.
+- ``bayes_attack_failure`` / ``bayes_top5_failure``: the fraction of noised tokens that the
+  Bayes-optimal attacker (knows the layer and the prior, sees one noisy embedding) misses with its
+  best guess / its five best guesses.
+- ``nn_failure_cosine``, ``nn_failure_l2``: nearest vocabulary row by cosine / L2;
+  ``nn_failure_l2_shift_aware``: L2 against the vocabulary moved by the layer's mean shift.
+- ``fano_floor``: Fano's lower bound on any one-token attacker's error from the exact MI and the
+  prior's entropy ``H(X)``.
+- ``sub_batch_mi_upper``: the reference API's sub-batch estimate at token granularity (an upper
+  bound in expectation; batches of 32 sequences, 16 of queries); ``sub_batch_mi_lower``: its
+  InfoNCE lower bound from the same pass (``None`` when ``mutual_information_bounds`` is absent).
+- ``sentence_cosine``: mean cosine of clean vs noisy sentence embeddings; ``retrieval_at_1``: how
+  often a noisy sentence embedding's nearest clean one among all validation sequences is its own.
+- ``buckets``: the token-level numbers per training-frequency bucket (rank of the token in the
+  training counts), with ``hidden_fraction = 1 - exact MI / self-information``: the share of the
+  bucket's information the layer hides.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import math
-import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from mi_losses.apps.minilm.attack import recovered_tokens
+from mi_losses.apps.minilm.attack import nearest_token_ids
+from mi_losses.apps.minilm.layer import TokenNoise
 from mi_losses.apps.minilm.model import MiniLMEncoder
-from mi_losses.functional import mutual_information_sub_batch_estimate
-from mi_losses.noise import NoisyEmbeddings
-
-NoiseFunction = Callable[[torch.Tensor, torch.Tensor], NoisyEmbeddings]
-"""``(clean (B, S, E), noise_mask (B, S)) -> NoisyEmbeddings``, e.g. a ``GaussianNoiseLayer``."""
-
-METHODS = ("learned", "no_noise", "isotropic_equal_std", "isotropic_equal_utility")
-METRICS = (
-    "nn_failure_rate_cosine",
-    "nn_failure_rate_l2",
-    "nn_failure_rate_l2_shift_aware",
-    "mutual_information_nats_per_token",
-    "sentence_cosine",
-    "retrieval_top1",
-    "noise_std_mean",
+from mi_losses.functional import (
+    bayes_token_attack,
+    fano_error_floor,
+    mutual_information_sub_batch_estimate,
+    prior_entropy,
+    vocabulary_mutual_information_estimate,
 )
 
-
-class NoNoise(nn.Module):
-    """The identity "obfuscation": ``y = x``, ``mu = 0``, ``sigma = 0``."""
-
-    def forward(self, embeddings: torch.Tensor, noise_mask: torch.Tensor) -> NoisyEmbeddings:
-        zeros = torch.zeros_like(embeddings)
-        return NoisyEmbeddings(noisy=embeddings, means=zeros, stds=zeros)
-
-
-class IsotropicGaussianNoise(nn.Module):
-    """``y = x + std * eps`` at the noise mask, one ``std`` for every token and feature.
-
-    Args:
-        std: the standard deviation, ``> 0``.
-    """
-
-    def __init__(self, std: float) -> None:
-        super().__init__()
-        if not std > 0:
-            raise ValueError(f"std must be positive, got {std}")
-        self.std = float(std)
-
-    def forward(self, embeddings: torch.Tensor, noise_mask: torch.Tensor) -> NoisyEmbeddings:
-        stds = torch.full_like(embeddings, self.std)
-        noisy = embeddings + stds * torch.randn_like(embeddings)
-        noisy = torch.where(noise_mask.bool().unsqueeze(-1), noisy, embeddings)
-        return NoisyEmbeddings(noisy=noisy, means=torch.zeros_like(embeddings), stds=stds)
-
-
 Batch = dict[str, torch.Tensor]
+
+BUCKET_EDGES = (20, 500)
+"""Training-frequency ranks that split the buckets: the 20 most frequent tokens, ranks 21-500,
+and every rarer (or unseen) token."""
+
+
+def bucket_names(edges: tuple[int, ...] = BUCKET_EDGES) -> list[str]:
+    """``["rank 1-20", "rank 21-500", "rank > 500"]`` for the default edges."""
+    bounds = (0, *edges)
+    names = [f"rank {low + 1}-{high}" for low, high in itertools.pairwise(bounds)]
+    return [*names, f"rank > {edges[-1]}"]
+
+
+def frequency_buckets(counts: torch.Tensor, edges: tuple[int, ...] = BUCKET_EDGES) -> torch.Tensor:
+    """Bucket index ``(V,)`` of every token by its rank in ``counts`` (ties broken by token id)."""
+    ranks = torch.empty_like(counts, dtype=torch.long)
+    ranks[torch.argsort(counts, descending=True, stable=True)] = torch.arange(counts.shape[0])
+    return torch.bucketize(ranks, torch.tensor(edges), right=True)
+
+
+def _mutual_information_bounds() -> Any:
+    """``mutual_information_bounds`` of ``mi_losses.functional`` if this version has it."""
+    import mi_losses.functional as functional
+
+    return getattr(functional, "mutual_information_bounds", None)
 
 
 @torch.no_grad()
@@ -95,252 +86,152 @@ def clean_sentence_embeddings(encoder: MiniLMEncoder, batches: Iterable[Batch]) 
     )
 
 
+def _utility(noisy_sentences: torch.Tensor, clean_sentences: torch.Tensor) -> dict[str, float]:
+    similarity = F.normalize(noisy_sentences, dim=-1) @ F.normalize(clean_sentences, dim=-1).T
+    target = torch.arange(similarity.shape[0])
+    return {
+        "sentence_cosine": float(similarity.diagonal().mean()),
+        "retrieval_at_1": float((similarity.argmax(-1) == target).float().mean()),
+    }
+
+
 @torch.no_grad()
-def evaluate_noise(
+def evaluate_layer(
     encoder: MiniLMEncoder,
-    noise: NoiseFunction,
+    layer: TokenNoise,
     batches: Iterable[Batch],
+    prior: torch.Tensor,
+    buckets: torch.Tensor,
     *,
     clean_sentences: torch.Tensor | None = None,
     seed: int = 0,
     privacy: bool = True,
-) -> dict[str, float | None]:
-    """Privacy and utility metrics of one obfuscation (see the module docstring).
+    nearest_neighbour: bool = True,
+    vocab_chunk_size: int = 8192,
+) -> dict[str, Any]:
+    """Privacy and utility of ``layer`` on ``batches`` (see the module docstring).
 
     Args:
         encoder: the frozen model.
-        noise: the obfuscation to evaluate.
+        layer: the context-free noise layer.
         batches: validation batches (dicts of ``input_ids``, ``attention_mask``, ``noise_mask``).
+        prior: the attacker's prior over the vocabulary ``(V,)`` (smoothed training counts).
+        buckets: frequency bucket of every vocabulary token ``(V,)``
+            (:func:`frequency_buckets`).
         clean_sentences: precomputed :func:`clean_sentence_embeddings` of ``batches``, if any.
         seed: seed of the noise.
-        privacy: compute the attack and the mutual information (``False``: utility only).
+        privacy: compute the attacks and the mutual information (``False``: utility only).
+        nearest_neighbour: also run the three nearest-neighbour attacks.
+        vocab_chunk_size: vocabulary rows scored at once.
 
     Returns:
-        A dict with the keys of ``METRICS`` plus ``tokens_attacked`` and ``sequences``.
+        A dict of the metrics, plus ``tokens_attacked``, ``sequences`` and ``noise_std_mean``.
     """
     batches = list(batches)
     if clean_sentences is None:
         clean_sentences = clean_sentence_embeddings(encoder, batches)
-    table = encoder.word_embedding_table
-    noisy_sentences = []
-    recovered = {"cosine": 0, "l2": 0, "l2_shift_aware": 0}
-    attacked = 0
-    mi_sum, mi_count, std_sum, std_count = 0.0, 0, 0.0, 0
+    table = encoder.word_embedding_table.detach()
+    noisy_sentences, noisy_tokens, token_ids = [], [], []
+    upper_sum, lower_sum, bound_count = 0.0, 0.0, 0
+    bounds = _mutual_information_bounds()
     with torch.random.fork_rng(devices=[]):
-        if privacy:
-            vocabulary = table.unsqueeze(0)
-            shifted_table = table + noise(vocabulary, torch.ones(vocabulary.shape[:2])).means[0]
         torch.manual_seed(seed)
         for batch in batches:
             noise_mask = batch["noise_mask"].bool()
-            clean = encoder.embed_tokens(batch["input_ids"])
-            out = noise(clean, noise_mask)
-            noisy_sentences.append(
-                encoder.sentence_embedding(out.noisy, batch["attention_mask"].bool())
-            )
-            std_sum += float(out.stds[noise_mask].sum())
-            std_count += int(noise_mask.sum()) * clean.shape[-1]
-            if not privacy:
-                continue
-            ids = batch["input_ids"]
-            for metric in ("cosine", "l2"):
-                hits, tried = recovered_tokens(out.noisy, ids, noise_mask, table, metric)
-                recovered[metric] += hits
-            hits, _ = recovered_tokens(out.noisy, ids, noise_mask, shifted_table, "l2")
-            recovered["l2_shift_aware"] += hits
-            attacked += tried
-            noised = bool((out.stds[noise_mask] > 0).all())
-            if noised and noise_mask.shape[0] % 2 == 0:
-                estimate = mutual_information_sub_batch_estimate(
-                    out.means, out.stds, noise_mask, clean, out.noisy, granularity="token"
-                )
+            out = layer(batch["input_ids"], table, noise_mask)
+            attention = batch["attention_mask"].bool()
+            noisy_sentences.append(encoder.sentence_embedding(out.noisy, attention))
+            noisy_tokens.append(out.noisy[noise_mask])
+            token_ids.append(batch["input_ids"][noise_mask])
+            if privacy and noise_mask.shape[0] % 2 == 0:
+                clean = table[batch["input_ids"]]
+                arguments = (out.means, out.stds, noise_mask, clean, out.noisy)
+                estimate = mutual_information_sub_batch_estimate(*arguments, granularity="token")
                 count = int(estimate.num_queries)
-                mi_sum += float(estimate.value) * count
-                mi_count += count
-    noisy = F.normalize(torch.cat(noisy_sentences), dim=-1)
-    clean = F.normalize(clean_sentences, dim=-1)
-    similarity = noisy @ clean.T
-    result: dict[str, float | None] = {
-        "sentence_cosine": float(similarity.diagonal().mean()),
-        "retrieval_top1": float(
-            (similarity.argmax(-1) == torch.arange(similarity.shape[0])).float().mean()
-        ),
-        "noise_std_mean": std_sum / std_count if std_count else 0.0,
-        "sequences": int(similarity.shape[0]),
-    }
-    if privacy:
-        result["nn_failure_rate_cosine"] = 1.0 - recovered["cosine"] / attacked
-        result["nn_failure_rate_l2"] = 1.0 - recovered["l2"] / attacked
-        result["nn_failure_rate_l2_shift_aware"] = 1.0 - recovered["l2_shift_aware"] / attacked
-        result["mutual_information_nats_per_token"] = mi_sum / mi_count if mi_count else None
-        result["tokens_attacked"] = attacked
+                upper_sum += float(estimate.value) * count
+                if bounds is not None:
+                    lower_sum += float(bounds(*arguments, granularity="token").lower) * count
+                bound_count += count
+    result: dict[str, Any] = _utility(torch.cat(noisy_sentences), clean_sentences)
+    result["sequences"] = int(clean_sentences.shape[0])
+    noisy = torch.cat(noisy_tokens)
+    ids = torch.cat(token_ids)
+    means, stds = layer.vocabulary_parameters(table)
+    result["noise_std_mean"] = float(stds[ids].mean())
+    if not privacy:
+        return result
+    result["tokens_attacked"] = int(ids.shape[0])
+    result.update(
+        _token_privacy(
+            noisy,
+            ids,
+            table,
+            prior,
+            means,
+            stds,
+            buckets,
+            vocab_chunk_size,
+            nearest_neighbour=nearest_neighbour,
+        )
+    )
+    result["sub_batch_mi_upper"] = upper_sum / bound_count if bound_count else None
+    result["sub_batch_mi_lower"] = lower_sum / bound_count if bound_count and bounds else None
     return result
 
 
-def isotropic_std_for_utility(
-    encoder: MiniLMEncoder,
-    batches: list[Batch],
-    target_cosine: float,
+def _token_privacy(
+    noisy: torch.Tensor,
+    ids: torch.Tensor,
+    table: torch.Tensor,
+    prior: torch.Tensor,
+    means: torch.Tensor,
+    stds: torch.Tensor,
+    buckets: torch.Tensor,
+    vocab_chunk_size: int,
+    edges: tuple[int, ...] = BUCKET_EDGES,
     *,
-    clean_sentences: torch.Tensor | None = None,
-    low: float = 1e-3,
-    high: float = 1.0,
-    iterations: int = 10,
-    seed: int = 0,
-) -> float:
-    """The isotropic std whose mean sentence cosine equals ``target_cosine`` (bisection in log std).
-
-    With the noise drawn from one seed, the cosine falls monotonically as the std grows. Ten
-    halvings of ``[1e-3, 1]`` in log space give the std to within 0.7 %.
-    """
-    if clean_sentences is None:
-        clean_sentences = clean_sentence_embeddings(encoder, batches)
-    for _ in range(iterations):
-        middle = math.sqrt(low * high)
-        cosine = evaluate_noise(
-            encoder,
-            IsotropicGaussianNoise(middle),
-            batches,
-            clean_sentences=clean_sentences,
-            seed=seed,
-            privacy=False,
-        )["sentence_cosine"]
-        if cosine > target_cosine:
-            low = middle
-        else:
-            high = middle
-    return math.sqrt(low * high)
-
-
-def evaluate_obfuscation(
-    encoder: MiniLMEncoder,
-    noise_layer: NoiseFunction,
-    batches: Iterable[Batch],
-    *,
-    seed: int = 0,
-    match_utility: bool = True,
+    nearest_neighbour: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate ``noise_layer`` and the baselines; returns the report (see :func:`format_table`).
+    """The one-token metrics of ``noisy`` ``(N, E)`` whose true tokens are ``ids`` ``(N,)``."""
+    noisy_1, ids_1 = noisy.unsqueeze(0), ids.unsqueeze(0)
+    common = (table, prior, means, stds)
+    guesses = bayes_token_attack(noisy_1, *common, top_k=5, vocab_chunk_size=vocab_chunk_size)[0]
+    hit_1 = guesses[:, 0] == ids
+    hit_5 = (guesses == ids.unsqueeze(-1)).any(-1)
 
-    The report has ``results`` (method -> metrics, methods of ``METHODS``), ``isotropic_stds``
-    (the two baseline stds) and ``evaluation_seconds``.
-    """
-    start = time.perf_counter()
-    batches = list(batches)
-    clean_sentences = clean_sentence_embeddings(encoder, batches)
-
-    def run(noise: NoiseFunction) -> dict[str, float | None]:
-        return evaluate_noise(encoder, noise, batches, clean_sentences=clean_sentences, seed=seed)
-
-    results = {"learned": run(noise_layer), "no_noise": run(NoNoise())}
-    equal_std = float(results["learned"]["noise_std_mean"] or 0.0)
-    stds = {"isotropic_equal_std": equal_std}
-    results["isotropic_equal_std"] = run(IsotropicGaussianNoise(max(equal_std, 1e-12)))
-    if match_utility:
-        target = float(results["learned"]["sentence_cosine"])
-        stds["isotropic_equal_utility"] = isotropic_std_for_utility(
-            encoder, batches, target, clean_sentences=clean_sentences, seed=seed
-        )
-        results["isotropic_equal_utility"] = run(
-            IsotropicGaussianNoise(stds["isotropic_equal_utility"])
-        )
-    return {
-        "results": results,
-        "isotropic_stds": stds,
-        "seed": seed,
-        "evaluation_seconds": time.perf_counter() - start,
+    per_token = vocabulary_mutual_information_estimate(
+        ids_1, noisy_1, *common, vocab_chunk_size=vocab_chunk_size
+    ).per_query
+    assert per_token is not None
+    mutual_information = float(per_token.mean())
+    support_size = int((prior > 0).sum())
+    entropy = float(prior_entropy(prior))
+    result: dict[str, Any] = {
+        "exact_mi_nats_per_token": mutual_information,
+        "bayes_attack_failure": 1.0 - float(hit_1.float().mean()),
+        "bayes_top5_failure": 1.0 - float(hit_5.float().mean()),
+        "fano_floor": float(fano_error_floor(entropy, mutual_information, support_size)),
+        "prior_entropy_nats": entropy,
     }
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The report's results as a Markdown table, one row per method."""
-    headers = (
-        "method",
-        "NN fail (cos)",
-        "NN fail (L2)",
-        "NN fail (L2, shift-aware)",
-        "MI nats/token",
-        "sent. cosine",
-        "retrieval@1",
-        "mean std",
-    )
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for method, metrics in report["results"].items():
-        cells = [method]
-        for key in METRICS:
-            value = metrics.get(key)
-            if value is None:
-                cells.append("inf")
-            else:
-                cells.append(
-                    f"{value:.1f}" if key == "mutual_information_nats_per_token" else f"{value:.4f}"
-                )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_report(report: dict[str, Any], path: str | Path) -> Path:
-    """Write ``report`` as indented JSON (creating the folder) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
-    return path
-
-
-class ObfuscationReport(pl.Callback):
-    """At the end of ``fit``: evaluate on the validation data, write the JSON report, print the table.
-
-    Expects a LightningModule with ``encoder`` and ``noise_layer`` attributes (like
-    ``MiniLMObfuscation``) and a datamodule with ``val_dataloader()``.
-
-    Args:
-        report_path: where the JSON report goes.
-        match_utility: also evaluate isotropic noise tuned to the learned layer's sentence cosine.
-        seed: seed of the evaluation noise.
-    """
-
-    def __init__(
-        self,
-        report_path: str = "outputs/minilm/report.json",
-        match_utility: bool = True,
-        seed: int = 0,
-    ) -> None:
-        self.report_path = report_path
-        self.match_utility = match_utility
-        self.seed = seed
-        self.report: dict[str, Any] | None = None
-        self._fit_start = 0.0
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._fit_start = time.perf_counter()
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        fit_seconds = time.perf_counter() - self._fit_start
-        if not trainer.is_global_zero:
-            return
-        datamodule = trainer.datamodule
-        pl_module.eval()
-        batches = [
-            {key: value.to(pl_module.device) for key, value in batch.items()}
-            for batch in datamodule.val_dataloader()
-        ]
-        report = evaluate_obfuscation(
-            pl_module.encoder,
-            pl_module.noise_layer,
-            batches,
-            seed=self.seed,
-            match_utility=self.match_utility,
-        )
-        report["training"] = {
-            "hyperparameters": dict(pl_module.hparams),
-            "global_step": trainer.global_step,
-            "fit_seconds": fit_seconds,
+    attacks = (("cosine", table), ("l2", table), ("l2_shift_aware", table + means))
+    for name, rows in attacks if nearest_neighbour else ():
+        found = nearest_token_ids(noisy, rows, "cosine" if name == "cosine" else "l2")
+        result[f"nn_failure_{name}"] = 1.0 - float((found == ids).float().mean())
+    self_information = -prior.log()[ids]
+    token_buckets = buckets[ids]
+    per_bucket = {}
+    for index, name in enumerate(bucket_names(edges)):
+        mask = token_buckets == index
+        if not bool(mask.any()):
+            continue
+        information = float(self_information[mask].mean())
+        bucket_mi = float(per_token[mask].mean())
+        per_bucket[name] = {
+            "token_share": float(mask.float().mean()),
+            "self_information_nats": information,
+            "exact_mi_nats_per_token": bucket_mi,
+            "hidden_fraction": 1.0 - bucket_mi / information if information > 0 else math.nan,
+            "bayes_attack_failure": 1.0 - float(hit_1[mask].float().mean()),
         }
-        report["data"] = {
-            "train_sequences": len(datamodule.train_sequences),
-            "val_sequences": len(datamodule.val_sequences),
-            "max_length": datamodule.max_length,
-        }
-        self.report = report
-        path = write_report(report, self.report_path)
-        print(f"\nObfuscation report ({path}):\n{format_table(report)}\n")
+    result["buckets"] = per_bucket
+    return result
