@@ -142,9 +142,11 @@ def test_compile_fullgraph(entry: Entry, device: torch.device) -> None:
     base = entry.case(variant, Data(seed=11))
     base.options["validate_args"] = False
     names = list(base.tensors)
+    on_device = base.to(torch.float32, device)  # the masks on the device too
 
     def fn(*tensors: torch.Tensor) -> torch.Tensor:
-        return entry.evaluate(base.with_tensors(**dict(zip(names, tensors, strict=True))))["value"]
+        case = on_device.with_tensors(**dict(zip(names, tensors, strict=True)))
+        return entry.evaluate(case)["value"]
 
     eager_case = base.to(torch.float32, device, requires_grad=True)
     compiled_case = base.to(torch.float32, device, requires_grad=True)

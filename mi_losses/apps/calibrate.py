@@ -42,7 +42,7 @@ VOCAB_ESTIMATORS = ("vocabulary",)
 
 
 def infonce_lower(stds: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
-    """InfoNCE from the sub-batch pairs (MATH.md, Bounds from one pass), unmasked, ``(B, 1, E)``.
+    """InfoNCE from the sub-batch pairs (docs/math.md, the sandwich from one pass), unmasked, ``(B, 1, E)``.
 
     ``I_lower = mean_i -log((1 + sum_j exp(-r_ij)) / (N + 1))`` with the ``r_ij`` of
     ``mutual_information_sub_batch``: queries are the first half, components the second.

@@ -1,6 +1,6 @@
 """The two factors of every pair score, per block, and the chain rule back to the inputs.
 
-Every pair score of the mixture estimators (MATH.md) is
+Every pair score of the mixture estimators (docs/math.md) is
 
     z_ij = - sum_{s in P(i,j)} [ 0.5 sum_e ((y_ise - c_jse) / sigma_jse)^2 + q_is + p_js ]
 
@@ -98,11 +98,8 @@ def query_side(
             torch.where(cols, clean.to(dtype), 0.0),
             torch.where(cols, means.to(dtype), 0.0),
         )
-        if dtype == torch.float64:
-            residual = (y - (clean_ + means_)) / sigma  # c = x + mu as MATH.md writes it
-        else:
-            # (y - x) - mu: float32 does not round x + mu away when the data sit far from 0.
-            residual = ((y - clean_) - means_) / sigma
+        # (y - x) - mu, not y - (x + mu): x + mu rounds mu away when the data sit far from 0.
+        residual = ((y - clean_) - means_) / sigma
         per_position = (0.5 * residual.square() + sigma.log()).sum(-1)
         value = -(per_position + queries.shape[-1] * HALF_LOG_TWO_PI) * active
         own_term = OwnTerm(residual, sigma, value)
@@ -138,11 +135,8 @@ def component_side(
         torch.where(cols, clean.to(dtype), 0.0),
         torch.where(cols, means.to(dtype), 0.0),
     )
-    if dtype == torch.float64:
-        centred = (clean_ + means_) - scale.reference  # c = x + mu as MATH.md writes it
-    else:
-        # (x - r) + mu: float32 does not round x + mu away when the data sit far from 0.
-        centred = (clean_ - scale.reference) + means_
+    # (x - r) + mu, not (x + mu) - r: x + mu rounds mu away when the data sit far from 0.
+    centred = (clean_ - scale.reference) + means_
     scaled = centred * scale.inverse_scale
     scaled = scaled * active.unsqueeze(-1)
     relative = torch.where(cols, sigma * scale.inverse_scale, 1.0)

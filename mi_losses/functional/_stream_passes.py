@@ -377,8 +377,10 @@ def _corrected(
     with torch.no_grad():
         active = (d.query_mask[qi] & d.component_mask[cj]).unsqueeze(-1)
         queries = torch.where(active, d.queries[qi].to(dtype), 0.0)
-        centres = d.clean[cj].to(dtype) + d.means[cj].to(dtype)
-        difference = torch.where(active, queries - centres, 0.0)
+        # (y - x) - mu, not y - (x + mu): x + mu rounds mu away far from the origin.
+        clean = torch.where(active, d.clean[cj].to(dtype), 0.0)
+        means = torch.where(active, d.means[cj].to(dtype), 0.0)
+        difference = (queries - clean) - means
         sigma = torch.where(active, d.stds[cj].to(dtype), 1.0)
         distance = 0.5 * (difference / sigma).square().sum((-1, -2))
         exact = -(distance + _pair_constants(query, comp)[rows, cols])

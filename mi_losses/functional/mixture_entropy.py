@@ -199,7 +199,7 @@ def gaussian_mixture_entropy_estimate(
         device,
         validate_values=validate_args,
     )
-    tensors = (
+    tensors: tuple[torch.Tensor, ...] = (
         as_samples(transformed_embeddings, granularity),
         as_samples(clean_embeddings, granularity),
         as_samples(means, granularity),
@@ -232,6 +232,7 @@ def gaussian_mixture_entropy_estimate(
             dtype=dtype,
         )
         plan = make_plan([span], False, max_block_bytes, dtype, accuracy_check)
-    result = stream(*tensors, plan)
+    noisy, clean, means_, stds_, query_mask_, component_mask_ = tensors
+    result = stream(noisy, clean, means_, stds_, query_mask_, component_mask_, plan)
     (estimate,) = direction_estimates(result, [span[1]], False, with_components)
     return to_result(estimate, result_dtype(*named.values()))

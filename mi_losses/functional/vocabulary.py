@@ -134,6 +134,17 @@ def vocabulary_mutual_information_estimate(
 
     ``per_query`` holds the per-token terms ``log N(y_i ; own) - log q_i`` of the active tokens
     in row-major order ``(N,)``; ``num_queries`` is ``N``.
+
+    Example:
+        >>> table, prior = torch.eye(3), torch.ones(3) / 3
+        >>> means, stds = torch.zeros(3, 3), torch.full((3, 3), 0.1)
+        >>> tokens = torch.tensor([[0, 1, 2, 1]])
+        >>> noisy = table[tokens] + 0.1 * torch.randn(1, 4, 3)
+        >>> estimate = vocabulary_mutual_information_estimate(
+        ...     tokens, noisy, table, prior, means, stds
+        ... )
+        >>> int(estimate.num_queries), estimate.per_query.shape
+        (4, torch.Size([4]))
     """
     queries, tokens, vocabulary = prepare_vocabulary_inputs(
         token_ids,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -147,4 +148,25 @@ MUTUAL_INFORMATION_SUB_BATCH_ESTIMATE = _mi_entry(
     "mutual_information_sub_batch_estimate",
     _mi_estimate_evaluate,
     (MI_FLAG, "symmetric", "validate_args", "with_components"),
+)
+
+
+def _bounds_reference(case: Case) -> Outputs:
+    lower = ref.mutual_information_sub_batch(**case.kwargs(), info_nce=True)
+    upper = ref.mutual_information_sub_batch(**case.kwargs())
+    return {"value": lower.value, "upper": upper.value, **upper.components}
+
+
+def _bounds_evaluate(case: Case) -> Outputs:
+    losses: dict[str, Tensor] = {}
+    bounds = F.mutual_information_bounds(**case.kwargs(losses=losses))
+    return {"value": bounds.lower, "upper": bounds.upper, **losses}
+
+
+MUTUAL_INFORMATION_BOUNDS = replace(
+    _mi_entry(
+        "mutual_information_bounds", _bounds_evaluate, (MI_FLAG, "symmetric", "validate_args")
+    ),
+    reference=_bounds_reference,
+    module=None,
 )

@@ -109,14 +109,14 @@ class ObfuscationTask(pl.LightningModule):
         has_option = hasattr(self.mi_loss, "gather_components")  # a custom loss may lack it
         if self.gather_components is None:
             if self.trainer.world_size > 1 and has_option:
-                self.mi_loss.gather_components = True
+                setattr(self.mi_loss, "gather_components", True)  # noqa: B010
             return
         if not has_option:
             raise ValueError(
                 f"ObfuscationTask: gather_components={self.gather_components} needs a loss "
                 f"module with a gather_components option; {type(self.mi_loss).__name__} has none"
             )
-        self.mi_loss.gather_components = self.gather_components
+        setattr(self.mi_loss, "gather_components", self.gather_components)  # noqa: B010
 
     def utility_loss(
         self, clean: torch.Tensor, noisy: torch.Tensor, token_mask: torch.Tensor

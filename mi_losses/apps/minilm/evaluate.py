@@ -5,7 +5,7 @@ drawn from a fixed seed (two evaluations of one layer agree exactly):
 
 - ``exact_mi_nats_per_token``: the known-prior mutual information
   ``vocabulary_mutual_information`` over the whole vocabulary, prior = smoothed token counts of
-  the training text, averaged over the noised validation tokens (MATH.md, "Known-prior mutual
+  the training text, averaged over the noised validation tokens (docs/math.md, "Known-prior mutual
   information"). Each token's term is at most its self-information ``-log p_t``.
 - ``bayes_attack_failure`` / ``bayes_top5_failure``: the fraction of noised tokens that the
   Bayes-optimal attacker (knows the layer and the prior, sees one noisy embedding) misses with its

@@ -4,7 +4,7 @@ Every layer here maps the vocabulary table ``W (V, E)`` to a mean shift and a st
 ``(means, stds)`` each ``(V, E)``; a batch of token ids ``(B, S)`` is then noised as
 ``y = W[t] + means[t] + stds[t] * eps`` at the noise mask. Because the channel ``p(y | t)`` is
 known for every token, the exact known-prior mutual information and the Bayes-optimal attack of
-``mi_losses.functional`` apply to all of them (MATH.md, "Known-prior mutual information").
+``mi_losses.functional`` apply to all of them (docs/math.md, "Known-prior mutual information").
 
 - :class:`IsotropicNoise`: one std for every token and feature, no shift (baseline).
 - :class:`FrequencyRuleNoise`: the ``k`` most frequent training tokens get ``large_std``, every
@@ -106,7 +106,8 @@ class FrequencyRuleNoise(TokenNoise):
     def vocabulary_parameters(
         self, table: torch.Tensor, rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        token_stds = self.token_stds if rows is None else self.token_stds[rows]
+        all_stds: torch.Tensor = self.token_stds  # type: ignore[assignment]  # a buffer
+        token_stds = all_stds if rows is None else all_stds[rows]
         stds = token_stds.to(table.dtype).unsqueeze(-1).expand(-1, table.shape[1])
         return torch.zeros_like(stds), stds.clone()
 

@@ -212,16 +212,17 @@ class ObfuscationReport(pl.Callback):
         fit_seconds = time.perf_counter() - self._fit_start
         if not trainer.is_global_zero:
             return
-        datamodule = trainer.datamodule
+        datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
         pl_module.eval()
-        encoder = pl_module.encoder
+        module: Any = pl_module
+        encoder = module.encoder
         batches = [
             {key: value.to(pl_module.device) for key, value in batch.items()}
             for batch in datamodule.val_dataloader()
         ]
         counts = datamodule.train_token_counts(encoder.word_embedding_table.shape[0])
         evaluation = Evaluation(encoder, batches, counts, smoothing=self.smoothing, seed=self.seed)
-        report = compare(evaluation, pl_module.noise_layer, frequency_k=self.frequency_k)
+        report = compare(evaluation, module.noise_layer, frequency_k=self.frequency_k)
         report["training"] = {
             "hyperparameters": dict(pl_module.hparams),
             "global_step": trainer.global_step,

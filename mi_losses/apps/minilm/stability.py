@@ -45,7 +45,7 @@ def trajectory(
     if layer_kind == "linear":
         layer = GaussianNoiseLayer(table.shape[1], hidden_dim=128, **sizes)
     else:
-        layer = LearnedTokenNoise(table.shape[1], hidden_dim=128, mean_scale=mean_scale, **sizes)
+        layer = LearnedTokenNoise(table.shape[1], hidden_dim=128, mean_scale=mean_scale, **sizes)  # type: ignore[arg-type]
     estimator = SubBatchMutualInformation(granularity="token")
     optimizer = torch.optim.Adam([p for p in layer.parameters() if p.requires_grad], learning_rate)
     log: list[tuple[float, float, float]] = []

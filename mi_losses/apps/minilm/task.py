@@ -14,7 +14,7 @@ through it into the noise layer) and ``I`` is, by ``objective``:
 - ``"vocabulary"``: the exact known-prior mutual information per token,
   ``vocabulary_mutual_information(t, y, W, p, mu(W), sigma(W))`` (at most ``H(X)``, about 5.5
   nats), with ``p`` the unigram prior of the training text. Tokens that never occur in the training
-  text have ``p_v = 0`` and drop out of the mixture (MATH.md), so the layer is evaluated on the
+  text have ``p_v = 0`` and drop out of the mixture (docs/math.md), so the layer is evaluated on the
   ``R`` training tokens only; the result is the same number as over all ``V`` rows.
 - ``"sub_batch"``: the sub-batch estimate of the reference API, ``SubBatchMutualInformation``
   (an upper bound in expectation, tens to hundreds of nats per token).
