@@ -220,3 +220,30 @@ def grads(output: Tensor, inputs: Sequence[Tensor], create_graph: bool = False) 
         scalar(output), list(inputs), create_graph=create_graph, allow_unused=True
     )
     return [torch.zeros_like(t) if g is None else g for g, t in zip(found, inputs, strict=True)]
+
+
+def assert_compiled_matches_eager(
+    entry: Entry, case: Case, device: torch.device, *, fullgraph: bool
+) -> None:
+    """``torch.compile`` (``aot_eager``) of ``entry`` on ``case`` with ``validate_args=False``
+    gives eager's value and the gradients of every float input (float32 on ``device``)."""
+    case.options["validate_args"] = False
+    names = list(case.tensors)
+    on_device = case.to(torch.float32, device)  # the masks on the device too
+
+    def fn(*tensors: Tensor) -> Tensor:
+        moved = on_device.with_tensors(**dict(zip(names, tensors, strict=True)))
+        return entry.evaluate(moved)["value"]
+
+    eager_case = case.to(torch.float32, device, requires_grad=True)
+    compiled_case = case.to(torch.float32, device, requires_grad=True)
+    eager = fn(*eager_case.tensors.values())
+    compiled_fn = torch.compile(fn, fullgraph=fullgraph, backend="aot_eager")
+    compiled = compiled_fn(*compiled_case.tensors.values())
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    expected = grads(eager, list(eager_case.tensors.values()))
+    found = grads(compiled, list(compiled_case.tensors.values()))
+    for name, got, want in zip(names, found, expected, strict=True):
+        torch.testing.assert_close(
+            got, want, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+        )

@@ -25,6 +25,7 @@ from tests.harness import (
     Data,
     Entry,
     active_position,
+    assert_compiled_matches_eager,
     grads,
 )
 from tests.registry import REGISTRY, entries, masked_variant
@@ -141,28 +142,7 @@ def test_compile_fullgraph(entry: Entry, device: torch.device) -> None:
     """With ``validate_args=False`` the whole function is one graph (no data-dependent
     Python branch); compiled value and gradients equal eager ones."""
     variant = entry.variant(entry.key_variants[-1])  # test_matrix compiles key_variants[0]
-    base = entry.case(variant, Data(seed=11))
-    base.options["validate_args"] = False
-    names = list(base.tensors)
-    on_device = base.to(torch.float32, device)  # the masks on the device too
-
-    def fn(*tensors: torch.Tensor) -> torch.Tensor:
-        case = on_device.with_tensors(**dict(zip(names, tensors, strict=True)))
-        return entry.evaluate(case)["value"]
-
-    eager_case = base.to(torch.float32, device, requires_grad=True)
-    compiled_case = base.to(torch.float32, device, requires_grad=True)
-    eager = fn(*eager_case.tensors.values())
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(
-        *compiled_case.tensors.values()
-    )
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
-    expected = grads(eager, list(eager_case.tensors.values()))
-    found = grads(compiled, list(compiled_case.tensors.values()))
-    for name, got, want in zip(names, found, expected, strict=True):
-        torch.testing.assert_close(
-            got, want, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
-        )
+    assert_compiled_matches_eager(entry, entry.case(variant, Data(seed=11)), device, fullgraph=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

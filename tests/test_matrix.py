@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mi_losses import functional
-from tests.harness import Case, Data, Entry, Variant, grads
+from tests.harness import Case, Data, Entry, Variant, assert_compiled_matches_eager, grads
 from tests.registry import BY_NAME, REGISTRY, entry_variants, masked_variant
 
 _VOCABULARY = (
@@ -156,26 +156,9 @@ def test_compile_matches_eager(entry: Entry, variant: Variant, device: torch.dev
     compiler) gives eager's value and gradients, with ``validate_args=False``. One variant per
     function (compiling is slow); ``test_hardening_inputs.test_compile_fullgraph`` compiles another
     one with ``fullgraph=True``."""
-    base = entry.case(variant, Data(seed=25))
-    base.options["validate_args"] = False
-    names = list(base.tensors)
-    on_device = base.to(torch.float32, device)  # the masks on the device too
-
-    def fn(*tensors: torch.Tensor) -> torch.Tensor:
-        case = on_device.with_tensors(**dict(zip(names, tensors, strict=True)))
-        return entry.evaluate(case)["value"]
-
-    eager_case = base.to(torch.float32, device, requires_grad=True)
-    compiled_case = base.to(torch.float32, device, requires_grad=True)
-    eager = fn(*eager_case.tensors.values())
-    compiled = torch.compile(fn, backend="aot_eager")(*compiled_case.tensors.values())
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
-    expected = grads(eager, list(eager_case.tensors.values()))
-    found = grads(compiled, list(compiled_case.tensors.values()))
-    for name, got, want in zip(names, found, expected, strict=True):
-        torch.testing.assert_close(
-            got, want, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
-        )
+    assert_compiled_matches_eager(
+        entry, entry.case(variant, Data(seed=25)), device, fullgraph=False
+    )
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
