@@ -119,6 +119,7 @@ def pairwise_square_mahalanobis_distance(
     component_mask: torch.Tensor | None = None,
     *,
     validate_args: bool = True,
+    accuracy_check: bool = True,
 ) -> torch.Tensor:
     r"""All-pairs square Mahalanobis distance, at matrix-multiply speed and ``O(M N)`` memory.
 
@@ -136,6 +137,10 @@ def pairwise_square_mahalanobis_distance(
         query_mask: ``(M, S)``, bool or 0/1; ``None`` means all positions.
         component_mask: ``(N, S)``, bool or 0/1; ``None`` means all positions.
         validate_args: check the values of ``stds`` and the masks (one pass each).
+        accuracy_check: check the rounding of the expanded squares (one host synchronisation
+            per call) and re-evaluate the pairs that would exceed the tolerance of
+            docs/math.md#numerics; ``False`` skips the check and its synchronisation (it is
+            skipped automatically under ``torch.compile``).
 
     Returns:
         ``(M, N)`` distances in the promoted input dtype (computed in float32 or better).
@@ -156,6 +161,7 @@ def pairwise_square_mahalanobis_distance(
         )
     check_same_device(queries=queries, centres=centres, stds=stds)
     check_bool("", "validate_args", validate_args)
+    check_bool("", "accuracy_check", accuracy_check)
     dtype = compute_dtype(queries, centres, stds)
     a = as_bool_mask(
         "query_mask", query_mask, queries.shape[:2], queries.device, validate_values=validate_args
@@ -172,7 +178,7 @@ def pairwise_square_mahalanobis_distance(
             {"queries": (queries, a), "centres": (centres, b), "stds": (stds, b)},
             positive=("stds",),
         )
-    distance = pairwise_mahalanobis(queries, centres, stds, a, b, dtype)
+    distance = pairwise_mahalanobis(queries, centres, stds, a, b, dtype, accuracy_check)
     return distance.to(result_dtype(queries, centres, stds))
 
 
@@ -183,6 +189,7 @@ def pairwise_mahalanobis(
     query_mask: torch.Tensor,
     component_mask: torch.Tensor,
     dtype: torch.dtype,
+    accuracy_check: bool = True,
 ) -> torch.Tensor:
     """The pairwise distances from differentiable torch operations (any order of derivatives).
 
@@ -193,7 +200,7 @@ def pairwise_mahalanobis(
     """
     a, b = effective_masks(query_mask, component_mask)
     distance, excess = _expanded(queries, centres, stds, a, b, dtype)
-    if torch.compiler.is_compiling():  # the check needs the host: skipped when compiling
+    if not accuracy_check or torch.compiler.is_compiling():  # the check needs the host
         return distance
     if bool(excess.max() > 0) if excess.numel() else False:
         if dtype != torch.float64:
