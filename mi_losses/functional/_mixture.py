@@ -15,7 +15,10 @@ def query_mean(per_query: torch.Tensor, query_valid: torch.Tensor) -> torch.Tens
 
 
 def average_estimates(estimates: list[Estimate]) -> Estimate:
-    """Average of estimates (value and every component) over those with a valid query."""
+    """Average of estimates (value and every component) over those with a valid query; a
+    single estimate is returned as it is."""
+    if len(estimates) == 1:
+        return estimates[0]
     has_queries = [(e.num_queries > 0).to(e.value.dtype) for e in estimates]
     denominator = torch.stack(has_queries).sum().clamp_min(1.0)
 

@@ -160,9 +160,10 @@ def bounds_estimates(
     result = prepared.run()
     uppers = direction_estimates(result, prepared.sizes, True, with_components)
     lowers = _lower_estimates(result, prepared.sizes)
-    upper = uppers[0] if len(uppers) == 1 else average_estimates(uppers)
-    lower = lowers[0] if len(lowers) == 1 else average_estimates(lowers)
-    return to_result(lower, prepared.result_dtype), to_result(upper, prepared.result_dtype)
+    return (
+        to_result(average_estimates(lowers), prepared.result_dtype),
+        to_result(average_estimates(uppers), prepared.result_dtype),
+    )
 
 
 def _lower_estimates(stream: Stream, sizes: list[int]) -> list[Estimate]:

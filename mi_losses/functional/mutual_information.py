@@ -208,8 +208,7 @@ def mutual_information_sub_batch_estimate(
     )
     stream = prepared.run()
     estimates = direction_estimates(stream, prepared.sizes, True, with_components)
-    estimate = estimates[0] if len(estimates) == 1 else average_estimates(estimates)
-    return to_result(estimate, prepared.result_dtype)
+    return to_result(average_estimates(estimates), prepared.result_dtype)
 
 
 class PreparedMutualInformation(NamedTuple):
