@@ -6,7 +6,7 @@ keyword options and the modules' YAML values.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import get_args
 
 import torch
@@ -79,14 +79,13 @@ def check_finite_at_active(name: str, tensor: torch.Tensor, active: torch.Tensor
         active: bool, broadcastable to ``tensor.shape[:-1]``: the positions that are read;
             ``None`` means all. Values at inactive positions (NaN, inf, anything) are ignored.
     """
-    values = _where_active(tensor, active, 0.0)
-    if values.numel() == 0:
-        return
-    low, high = torch.aminmax(values)
-    if not bool(torch.isfinite(low) & torch.isfinite(high)):
+    low, high = _range_at_active(
+        tensor, active, 0.0, lambda lo, hi: lo > -torch.inf and hi < torch.inf
+    )
+    if low is not None:
         raise ValueError(
-            f"{name} must be finite {_where(active)}, got values in [{low.item():.3g}, "
-            f"{high.item():.3g}] (pass validate_args=False to skip this check)"
+            f"{name} must be finite {_where(active)}, got values in [{low:.3g}, {high:.3g}] "
+            "(pass validate_args=False to skip this check)"
         )
 
 
@@ -97,15 +96,35 @@ def check_positive_at_active(name: str, stds: torch.Tensor, active: torch.Tensor
     positions (noise layers often output a zero std where nothing is noised) are accepted.
     NaN propagates through ``aminmax`` and fails the comparison too.
     """
-    values = _where_active(stds, active, 1.0)
-    if values.numel() == 0:
-        return
-    low, high = torch.aminmax(values)
-    if not (bool(low > 0) and bool(high < torch.inf)):
+    low, high = _range_at_active(stds, active, 1.0, lambda lo, hi: lo > 0 and hi < torch.inf)
+    if low is not None:
         raise ValueError(
-            f"{name} must be finite and > 0 {_where(active)}, got values in [{low.item():.3g}, "
-            f"{high.item():.3g}] (pass validate_args=False to skip this check)"
+            f"{name} must be finite and > 0 {_where(active)}, got values in [{low:.3g}, "
+            f"{high:.3g}] (pass validate_args=False to skip this check)"
         )
+
+
+def _range_at_active(
+    tensor: torch.Tensor,
+    active: torch.Tensor | None,
+    filler: float,
+    good: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | bool],
+) -> tuple[float | None, float | None]:
+    """``(low, high)`` of ``tensor`` at active positions when they fail ``good``, else Nones.
+
+    The whole tensor is checked first, without a masked copy: if it passes, so do its active
+    positions (the common case costs one read and one host sync).
+    """
+    if tensor.numel() == 0:
+        return None, None
+    low, high = torch.aminmax(tensor.detach())
+    if bool(good(low, high)):
+        return None, None
+    if active is not None:
+        low, high = torch.aminmax(_where_active(tensor, active, filler))
+        if bool(good(low, high)):
+            return None, None
+    return low.item(), high.item()
 
 
 def check_positive(name: str, tensor: torch.Tensor) -> None:

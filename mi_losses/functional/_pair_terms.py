@@ -1,4 +1,4 @@
-"""The two factors of every pair score, per block, and the chain rule back to the inputs.
+"""The factors of every pair score, per block, and the chain rule back to the inputs.
 
 Every pair score of the mixture estimators (docs/math.md) is
 
@@ -8,16 +8,15 @@ with ``q`` a per-position term of the query (minus its own log-density for the m
 information, zero for the mixture entropy) and ``p_js = sum_e log sigma_jse + E/2 log 2 pi``.
 After centring every feature on a reference ``r`` and dividing it by a scale ``t`` (both
 detached constants: the score does not depend on them), with ``y' = a (y - r) / t``,
-``c' = b (c - r) / t`` and ``w = b (t / sigma)^2``, the score is one dot product
-``z_ij = L_i . R_j`` of
+``c' = (c - r) / t`` and ``w = b (t / sigma)^2``, the score is three matrix products:
 
-    L_i = [ y'^2 , y' , a , a q ]                                   (K, K, S, S columns)
-    R_j = [ -w / 2 , w c' , -(sum_e w c'^2 / 2 + b p) , -b ]
+    z = -0.5 y'^2 w^T  +  y' (w c')^T  +  [a , a q] [-(sum_e w c'^2 / 2 + b p) , -b]^T
 
-(``K = S * E``), a matrix product over blocks of queries and components. Inactive positions
-are replaced (``y, c -> 0``, ``sigma -> 1``) before any arithmetic, so whatever they hold is
-never read. The functions below are plain differentiable torch operations: the backward pass of
-the streaming kernel is built from them, so it can itself be differentiated.
+over the ``K = S * E`` features (the last one over the ``S`` positions). Inactive positions
+are replaced (``y, c -> 0``, ``sigma -> 1``) before any arithmetic whose derivative depends on
+them, so whatever they hold is never read. The functions below are plain differentiable torch
+operations: the backward pass of the streaming kernel is built from them, so it can itself be
+differentiated.
 """
 
 from __future__ import annotations
@@ -38,9 +37,13 @@ class Scaling(NamedTuple):
 
 
 def scaling(
-    centres: torch.Tensor, stds: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
+    clean: torch.Tensor,
+    means: torch.Tensor | None,
+    stds: torch.Tensor,
+    mask: torch.Tensor,
+    dtype: torch.dtype,
 ) -> Scaling:
-    """Mean of the active component centres and the largest active std, per position.
+    """Mean of the active component centres ``x + mu`` and the largest active std, per position.
 
     Centring removes the offset that the expanded square would otherwise cancel in rounding;
     the scale keeps squares of data near ``1e30`` or ``1e-30`` inside the float range.
@@ -48,19 +51,22 @@ def scaling(
     with torch.no_grad():
         active = mask.unsqueeze(-1)
         count = active.sum(0).to(dtype).clamp_min(1.0)
-        reference = torch.where(active, centres.to(dtype), 0.0).sum(0) / count
-        scale = torch.where(active, stds.to(dtype), 0.0).amax(0) if stds.shape[0] else None
-        if scale is None:
+        centres = clean.to(dtype) if means is None else clean.to(dtype) + means.to(dtype)
+        reference = torch.where(active, centres, 0.0).sum(0) / count
+        if stds.shape[0]:
+            scale = torch.where(active, stds.to(dtype), 0.0).amax(0)
+        else:
             scale = torch.ones_like(reference)
         scale = torch.where((scale > 0) & torch.isfinite(scale), scale, 1.0)
         return Scaling(reference, scale.reciprocal())
 
 
 class QuerySide(NamedTuple):
-    """A block of queries: the left factor and what its chain rule needs."""
+    """A block of queries: the left factors and what their chain rule needs."""
 
-    left: torch.Tensor  # (m, 2K + 2S)
-    scaled: torch.Tensor  # y', (m, S, E)
+    square: torch.Tensor  # y'^2, (m, S, E)
+    scaled: torch.Tensor  # y', (m, S, E), 0 where inactive
+    extra: torch.Tensor  # [a, a q], (m, S) or (m, 2S)
     active: torch.Tensor  # a as a 0/1 float, (m, S)
     own: OwnTerm | None
 
@@ -80,97 +86,113 @@ def query_side(
     scale: Scaling,
     dtype: torch.dtype,
 ) -> QuerySide:
-    """``L`` for queries ``y`` ``(m, S, E)``, mask ``a`` ``(m, S)`` bool, optional own term.
+    """Left factors for queries ``y`` ``(m, S, E)``, mask ``a`` ``(m, S)`` bool, own term.
 
     ``own`` is ``(clean, means, stds)`` of the same samples (the mutual information's query
     density); ``None`` for the mixture entropy.
     """
     cols = mask.unsqueeze(-1)
     active = mask.to(dtype)
-    y = torch.where(cols, queries.to(dtype), 0.0)
-    scaled = (y - scale.reference) * scale.inverse_scale * active.unsqueeze(-1)
+    y = queries.to(dtype)
+    # Sums and differences may see inactive values (their derivatives are constants): the
+    # ``where`` drops them before any product.
+    scaled = torch.where(cols, y - scale.reference, 0.0) * scale.inverse_scale
+    extra = [active]
     own_term = None
-    columns = [scaled.square().flatten(1), scaled.flatten(1), active]
     if own is not None:
         clean, means, stds = own
         sigma = torch.where(cols, stds.to(dtype), 1.0)
-        clean_, means_ = (
-            torch.where(cols, clean.to(dtype), 0.0),
-            torch.where(cols, means.to(dtype), 0.0),
-        )
         # (y - x) - mu, not y - (x + mu): x + mu rounds mu away when the data sit far from 0.
-        residual = ((y - clean_) - means_) / sigma
-        per_position = (0.5 * residual.square() + sigma.log()).sum(-1)
+        residual = torch.where(cols, (y - clean.to(dtype)) - means.to(dtype), 0.0) / sigma
+        per_position = 0.5 * torch.linalg.vecdot(residual, residual) + sigma.log().sum(-1)
         value = -(per_position + queries.shape[-1] * HALF_LOG_TWO_PI) * active
         own_term = OwnTerm(residual, sigma, value)
-        columns.append(value)
-    return QuerySide(torch.cat(columns, dim=1), scaled, active, own_term)
+        extra.append(value)
+    return QuerySide(scaled.square(), scaled, torch.cat(extra, dim=1), active, own_term)
 
 
 class ComponentSide(NamedTuple):
-    """A block of components: the right factor and what its chain rule needs."""
+    """A block of components: the right factors and what their chain rule needs."""
 
-    right: torch.Tensor  # (n, 2K + 2S)
-    scaled: torch.Tensor  # c', (n, S, E)
     precision: torch.Tensor  # w = b (t / sigma)^2, (n, S, E)
-    stds: torch.Tensor  # sigma, 1 where inactive
+    weighted: torch.Tensor  # w c', (n, S, E)
+    extra: torch.Tensor  # [-(sum_e w c'^2 / 2 + b p), -b], (n, S) or (n, 2S)
+    scaled: torch.Tensor  # c', (n, S, E) (any finite value where inactive: w is 0 there)
+    stds: torch.Tensor  # sigma, t where inactive (see component_stds)
     active: torch.Tensor  # b as a 0/1 float, (n, S)
     constants: torch.Tensor  # b p, (n, S)
 
 
+def component_stds(
+    stds: torch.Tensor, mask: torch.Tensor, scale: Scaling, dtype: torch.dtype
+) -> torch.Tensor:
+    """``sigma`` at active positions, the scale ``t`` elsewhere: ``t / sigma`` is then 1 there
+    (finite whatever ``t`` is) before the mask zeroes the precision."""
+    return torch.where(mask.unsqueeze(-1), stds.to(dtype), scale.inverse_scale.reciprocal())
+
+
 def component_side(
     clean: torch.Tensor,
-    means: torch.Tensor,
+    means: torch.Tensor | None,
     stds: torch.Tensor,
     mask: torch.Tensor,
     scale: Scaling,
     dtype: torch.dtype,
     with_own: bool,
 ) -> ComponentSide:
-    """``R`` for components ``c = x + mu`` and ``sigma`` ``(n, S, E)``, mask ``b`` ``(n, S)``."""
+    """Right factors for components ``c = x + mu`` and ``sigma`` ``(n, S, E)``, mask ``b``."""
     cols = mask.unsqueeze(-1)
     active = mask.to(dtype)
-    sigma = torch.where(cols, stds.to(dtype), 1.0)
-    clean_, means_ = (
-        torch.where(cols, clean.to(dtype), 0.0),
-        torch.where(cols, means.to(dtype), 0.0),
-    )
+    sigma = component_stds(stds, mask, scale, dtype)
     # (x - r) + mu, not (x + mu) - r: x + mu rounds mu away when the data sit far from 0.
-    centred = (clean_ - scale.reference) + means_
-    scaled = centred * scale.inverse_scale
-    scaled = scaled * active.unsqueeze(-1)
-    relative = torch.where(cols, sigma * scale.inverse_scale, 1.0)
-    precision = relative.square().reciprocal() * active.unsqueeze(-1)
+    centred = clean.to(dtype) - scale.reference
+    if means is not None:
+        centred = centred + means.to(dtype)
+    scaled = torch.where(cols, centred, 0.0) * scale.inverse_scale
+    precision = (sigma * scale.inverse_scale).pow(-2) * active.unsqueeze(-1)
     weighted = precision * scaled
     constants = (sigma.log().sum(-1) + clean.shape[-1] * HALF_LOG_TWO_PI) * active
-    columns = [
-        -0.5 * precision.flatten(1),
-        weighted.flatten(1),
-        -(0.5 * (weighted * scaled).sum(-1) + constants),
-    ]
+    extra = [-(0.5 * torch.linalg.vecdot(weighted, scaled) + constants)]
     if with_own:
-        columns.append(-active)
-    right = torch.cat(columns, dim=1)
-    return ComponentSide(right, scaled, precision, sigma, active, constants)
+        extra.append(-active)
+    return ComponentSide(
+        precision, weighted, torch.cat(extra, dim=1), scaled, sigma, active, constants
+    )
+
+
+def scores(query: QuerySide, comp: ComponentSide) -> torch.Tensor:
+    """``z_ij`` of every pair of the blocks, ``(m, n)`` (inactive pairs included)."""
+    z = query.extra @ comp.extra.T
+    z = torch.addmm(z, query.scaled.flatten(1), comp.weighted.flatten(1).T)
+    return torch.addmm(z, query.square.flatten(1), comp.precision.flatten(1).T, alpha=-0.5)
 
 
 def query_gradients(
-    side: QuerySide, grad_left: torch.Tensor, scale: Scaling
+    side: QuerySide,
+    weights: torch.Tensor,
+    comp: ComponentSide,
+    scale: Scaling,
+    distance_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Chain rule from ``dL`` ``(m, 2K + 2S)`` to the queries and their own-term inputs.
+    """Chain rule from ``dz`` ``(m, n)`` (the weights) to the queries and their own term.
 
-    Returns ``(d y, d c_own, d sigma_own)``; the last two are ``None`` without an own term
-    (``d c_own`` is the gradient of both the clean embedding and the mean).
+    ``distance_weights`` (default ``weights``) are the weights of the distances' expanded
+    terms: zero for pairs whose distance derivatives come from their differences instead
+    (:func:`mi_losses.functional._accuracy.direct_gradients`). Returns
+    ``(d y, d c_own, d sigma_own)``; the last two are ``None`` without an own term (``d c_own``
+    is the gradient of both the clean embedding and the mean).
     """
     shape = side.scaled.shape
-    k = shape[1] * shape[2]
-    grad_square = grad_left[:, :k].reshape(shape)
-    grad_linear = grad_left[:, k : 2 * k].reshape(shape)
-    grad_y = (2.0 * side.scaled * grad_square + grad_linear) * scale.inverse_scale
-    grad_y = grad_y * side.active.unsqueeze(-1)
+    expanded = weights if distance_weights is None else distance_weights
+    through_precision = (expanded @ comp.precision.flatten(1)).reshape(shape)
+    through_weighted = (expanded @ comp.weighted.flatten(1)).reshape(shape)
+    # d/dy' of -0.5 y'^2 w + y' w c'.
+    grad_y = torch.addcmul(through_weighted, side.scaled, through_precision, value=-1.0)
+    grad_y = grad_y * scale.inverse_scale * side.active.unsqueeze(-1)
     if side.own is None:
         return grad_y, None, None
-    grad_q = (grad_left[:, 2 * k + shape[1] :] * side.active).unsqueeze(-1)
+    # The column a q meets -b: dz/dq = -sum_j w_ij b_j.
+    grad_q = (-(weights @ comp.active) * side.active).unsqueeze(-1)
     residual, sigma = side.own.residual, side.own.stds
     # q = -sum_e (d^2 / 2 + log sigma), d = (y - c) / sigma.
     through_residual = grad_q * residual / sigma
@@ -179,18 +201,54 @@ def query_gradients(
     return grad_y, through_residual, grad_sigma
 
 
+class ComponentProducts(NamedTuple):
+    """The weights times the query factors, summed over query blocks."""
+
+    squares: torch.Tensor  # sum_i w_ij y'_i^2, (n, S, E)
+    scaled: torch.Tensor  # sum_i w_ij y'_i, (n, S, E)
+    distance_active: torch.Tensor  # sum_i w_ij a_i over the distances' weights, (n, S)
+    active: torch.Tensor  # sum_i w_ij a_i, (n, S)
+
+
+def component_products(
+    weights: torch.Tensor, query: QuerySide, distance_weights: torch.Tensor | None = None
+) -> ComponentProducts:
+    """``dz`` ``(m, n)`` (the weights) times each query factor, for :func:`component_gradients`
+    (``distance_weights`` as in :func:`query_gradients`)."""
+    shape = (weights.shape[1], *query.scaled.shape[1:])
+    expanded = weights if distance_weights is None else distance_weights
+    active = weights.T @ query.active
+    return ComponentProducts(
+        (expanded.T @ query.square.flatten(1)).reshape(shape),
+        (expanded.T @ query.scaled.flatten(1)).reshape(shape),
+        active if distance_weights is None else expanded.T @ query.active,
+        active,
+    )
+
+
+def add_products(total: ComponentProducts | None, update: ComponentProducts) -> ComponentProducts:
+    """Sum of two :class:`ComponentProducts` (``None`` is zero)."""
+    if total is None:
+        return update
+    return ComponentProducts(*(t + u for t, u in zip(total, update, strict=True)))
+
+
 def component_gradients(
-    side: ComponentSide, grad_right: torch.Tensor, scale: Scaling
+    side: ComponentSide, products: ComponentProducts, scale: Scaling
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chain rule from ``dR`` ``(n, 2K + 2S)`` to the centres ``c = x + mu`` and ``sigma``."""
-    shape = side.scaled.shape
-    k = shape[1] * shape[2]
-    grad_half_precision = grad_right[:, :k].reshape(shape)  # of -w/2
-    grad_weighted = grad_right[:, k : 2 * k].reshape(shape)  # of w c'
-    grad_constant = grad_right[:, 2 * k : 2 * k + shape[1]].unsqueeze(-1)  # of -(... + b p)
+    """Chain rule from :class:`ComponentProducts` to the centres ``c = x + mu`` and ``sigma``.
+
+    With ``P = sum_i w_ij y'^2``, ``Q = sum_i w_ij y'`` and ``G = sum_i w_ij a_i`` the
+    component's part of ``sum_ij w_ij z_ij`` is
+    ``sum [-w P / 2 + w c' Q - G w c'^2 / 2] - G b p`` (``G`` from the distances' weights in
+    the first sum).
+    """
+    squares, linear = products.squares, products.scaled
+    grad_distance = products.distance_active.unsqueeze(-1)
+    grad_constant = products.active.unsqueeze(-1)
     scaled, precision, sigma = side.scaled, side.precision, side.stds
-    grad_centre = precision * scale.inverse_scale * (grad_weighted - grad_constant * scaled)
+    grad_centre = precision * scale.inverse_scale * (linear - grad_distance * scaled)
     grad_sigma = (precision / sigma) * (
-        grad_half_precision - 2.0 * grad_weighted * scaled + grad_constant * scaled.square()
+        squares - 2.0 * linear * scaled + grad_distance * scaled.square()
     ) - grad_constant * side.active.unsqueeze(-1) / sigma
     return grad_centre, grad_sigma

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
 
+from mi_losses.functional._accumulators import Accumulator, is_wrapped, put
+from mi_losses.functional._accuracy import corrected, direct_gradients, excess
 from mi_losses.functional._pair_terms import (
+    ComponentProducts,
     ComponentSide,
+    OwnTerm,
     QuerySide,
     Scaling,
+    add_products,
     component_gradients,
+    component_products,
     component_side,
+    component_stds,
     query_gradients,
     query_side,
     scaling,
+    scores,
 )
-
-# Rounding the expanded square costs about ``eps * magnitude`` nats in a pair's distance
-# (``magnitude`` the sum of the positive expanded terms). Where that exceeds this relative plus
-# absolute tolerance (per compute dtype) for a valid pair, a float32 evaluation is redone in
-# float64, and a float64 one evaluates the flagged pairs from their differences.
-TOLERANCES = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-10, 1e-8)}
 
 
 def effective_masks(
@@ -35,19 +38,60 @@ def effective_masks(
     )
 
 
-def _block_rows(total: int, row_bytes: int, budget: int) -> int:
-    return max(1, min(total, budget // max(row_bytes, 1)))
+class Spec(NamedTuple):
+    """What the passes need to know besides the tensors (Python values only)."""
 
-
-def _block_sizes(m: int, n: int, width: int, itemsize: int, budget: int) -> tuple[int, int]:
-    """Components per block (half the budget for ``R``), then queries (``L`` plus scores)."""
-    n_block = _block_rows(n, 2 * width * itemsize, budget // 2)
-    m_block = _block_rows(m, (2 * width + 6 * n_block) * itemsize, budget // 2)
-    return m_block, n_block
+    directions: tuple[tuple[int, int, int, int], ...]
+    with_own: bool
+    max_block_bytes: int
+    direct: bool = False  # evaluate the pairs the rounding check flags from their differences
 
 
 def _ranges(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+def _blocks(
+    m: int, n: int, k: int, itemsize: int, budget: int
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Row ranges of queries and of components: half the budget for the component factors
+    (four ``K``-wide tensors per row), half for the query factors and the block's scores."""
+    n_block = max(1, min(n, budget // 2 // max(4 * k * itemsize, 1)))
+    m_block = max(1, min(m, budget // 2 // max((4 * k + 6 * n_block) * itemsize, 1)))
+    return _ranges(m, m_block), _ranges(n, n_block)
+
+
+# Rows per block when every factor is kept: K-wide tensors of at most this many bytes stay in
+# the allocator's reusable memory (larger ones are mapped afresh on every allocation on CPU).
+FACTOR_BLOCK_BYTES = 8 * 2**20
+
+
+def _factor_blocks(
+    m: int, n: int, k: int, itemsize: int
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    rows = max(1, FACTOR_BLOCK_BYTES // max(k * itemsize, 1))
+    return _ranges(m, min(max(m, 1), rows)), _ranges(n, min(max(n, 1), rows))
+
+
+def storage(inputs: tuple[torch.Tensor, ...], spec: Spec, dtype: torch.dtype) -> str:
+    """What the forward pass keeps for the backward pass, within the budget.
+
+    ``"factors"``: every block's factors and scores, so a first-order backward pass prepares
+    nothing again; ``"scores"``: the scores of every block (two matrix
+    products fewer); ``"none"``: the backward pass recomputes each block.
+    """
+    s, e = inputs[0].shape[1], inputs[0].shape[2]
+    k, itemsize = s * e, torch.finfo(dtype).bits // 8
+    pairs = factors = 0
+    for q0, q1, c0, c1 in spec.directions:
+        m, n = q1 - q0, c1 - c0
+        pairs += m * n
+        factors += m * (2 * k + 4 * s) + n * (3 * k + 4 * s) + m * n + 2 * k
+    if factors * itemsize <= spec.max_block_bytes:
+        return "factors"
+    if pairs * itemsize <= spec.max_block_bytes // 2:
+        return "scores"
+    return "none"
 
 
 class _Direction(NamedTuple):
@@ -62,123 +106,146 @@ class _Direction(NamedTuple):
     component_mask: torch.Tensor
     scale: Scaling
 
+    def queries_block(self, rows: tuple[int, int], dtype: torch.dtype) -> QuerySide:
+        start, stop = rows
+        own = None
+        if self.own is not None:
+            clean, means, stds = self.own
+            own = (clean[start:stop], means[start:stop], stds[start:stop])
+        mask = self.query_mask[start:stop]
+        return query_side(self.queries[start:stop], mask, own, self.scale, dtype)
+
+    def components_block(self, rows: tuple[int, int], dtype: torch.dtype) -> ComponentSide:
+        start, stop = rows
+        return component_side(
+            self.clean[start:stop],
+            self.means[start:stop],
+            self.stds[start:stop],
+            self.component_mask[start:stop],
+            self.scale,
+            dtype,
+            self.own is not None,
+        )
+
 
 def _direction(
     inputs: tuple[torch.Tensor, ...],
     span: tuple[int, int, int, int],
     with_own: bool,
     dtype: torch.dtype,
+    scale: Scaling | None = None,
 ) -> _Direction:
     queries, clean, means, stds, query_mask, component_mask = inputs
     q0, q1, c0, c1 = span
     a, b = effective_masks(query_mask[q0:q1], component_mask[c0:c1])
     own = (clean[q0:q1], means[q0:q1], stds[q0:q1]) if with_own else None
-    with torch.no_grad():
-        active = b.unsqueeze(-1)
-        centres = torch.where(active, clean[c0:c1].to(dtype), 0.0)
-        centres = centres + torch.where(active, means[c0:c1].to(dtype), 0.0)
-        scale = scaling(centres, stds[c0:c1], b, dtype)
+    if scale is None:
+        scale = scaling(clean[c0:c1], means[c0:c1], stds[c0:c1], b, dtype)
     return _Direction(queries[q0:q1], a, own, clean[c0:c1], means[c0:c1], stds[c0:c1], b, scale)
 
 
-def _queries(d: _Direction, rows: tuple[int, int], dtype: torch.dtype) -> QuerySide:
-    start, stop = rows
+def _pack_query(query: QuerySide) -> list[torch.Tensor]:
+    """What the backward pass needs of a query block (``y'^2`` and the stds are recomputed)."""
+    own = [query.own.residual, query.own.value] if query.own is not None else []
+    return [query.scaled, query.extra, query.active, *own]
+
+
+def _pack_component(comp: ComponentSide) -> list[torch.Tensor]:
+    """What the backward pass needs of a component block (the stds are recomputed)."""
+    return [comp.precision, comp.weighted, comp.extra, comp.scaled, comp.active, comp.constants]
+
+
+def _unpack_query(
+    packed: list[torch.Tensor], d: _Direction, rows: tuple[int, int], dtype: torch.dtype
+) -> QuerySide:
+    """Inverse of :func:`_pack_query` for rows ``[start, stop)`` of direction ``d``."""
+    scaled, extra, active, *own_parts = packed
     own = None
     if d.own is not None:
-        clean, means, stds = d.own
-        own = (clean[start:stop], means[start:stop], stds[start:stop])
-    return query_side(d.queries[start:stop], d.query_mask[start:stop], own, d.scale, dtype)
+        residual, value = own_parts
+        mask = d.query_mask[rows[0] : rows[1]].unsqueeze(-1)
+        sigma = torch.where(mask, d.own[2][rows[0] : rows[1]].to(dtype), 1.0)
+        own = OwnTerm(residual, sigma, value)
+    return QuerySide(scaled.square(), scaled, extra, active, own)
 
 
-def _components(d: _Direction, rows: tuple[int, int], dtype: torch.dtype) -> ComponentSide:
-    start, stop = rows
-    return component_side(
-        d.clean[start:stop],
-        d.means[start:stop],
-        d.stds[start:stop],
-        d.component_mask[start:stop],
-        d.scale,
-        dtype,
-        d.own is not None,
-    )
+def _unpack_component(
+    packed: list[torch.Tensor], d: _Direction, rows: tuple[int, int], dtype: torch.dtype
+) -> ComponentSide:
+    """Inverse of :func:`_pack_component` for rows ``[start, stop)`` of direction ``d``."""
+    precision, weighted, extra, scaled, active, constants = packed
+    mask = d.component_mask[rows[0] : rows[1]]
+    sigma = component_stds(d.stds[rows[0] : rows[1]], mask, d.scale, dtype)
+    return ComponentSide(precision, weighted, extra, scaled, sigma, active, constants)
 
 
-class Spec(NamedTuple):
-    """What the passes need to know besides the tensors (Python values only)."""
-
-    directions: tuple[tuple[int, int, int, int], ...]
-    with_own: bool
-    max_block_bytes: int
-    direct: bool = False  # evaluate the pairs the rounding check flags from their differences
-
-
-def _plan_blocks(d: _Direction, budget: int, dtype: torch.dtype) -> tuple[list[Any], list[Any]]:
+def _plan(d: _Direction, keep: str, budget: int, dtype: torch.dtype) -> tuple[list[Any], list[Any]]:
     m, n = d.queries.shape[0], d.clean.shape[0]
-    s, e = d.queries.shape[1], d.queries.shape[2]
-    itemsize = torch.finfo(dtype).bits // 8
-    m_block, n_block = _block_sizes(m, n, 2 * s * e + 2 * s, itemsize, budget)
-    return _ranges(m, m_block), _ranges(n, n_block)
-
-
-def keeps_scores(inputs: tuple[torch.Tensor, ...], spec: Spec, dtype: torch.dtype) -> bool:
-    """Whether all pair scores fit in half the budget: then the forward pass keeps them
-    and a first-order backward pass does not recompute them (two matrix products fewer)."""
-    pairs = sum((q1 - q0) * (c1 - c0) for q0, q1, c0, c1 in spec.directions)
-    return pairs * (torch.finfo(dtype).bits // 8) <= spec.max_block_bytes // 2
+    k, itemsize = d.queries.shape[1] * d.queries.shape[2], torch.finfo(dtype).bits // 8
+    if keep == "factors":
+        return _factor_blocks(m, n, k, itemsize)
+    return _blocks(m, n, k, itemsize, budget)
 
 
 def forward_pass(
     inputs: tuple[torch.Tensor, ...], spec: Spec, dtype: torch.dtype, check: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Per-query ``logsumexp`` ``(Q,)``, statistics ``(4, Q)``, the largest excess error, and
-    the scores of every block flattened in loop order (empty unless :func:`keeps_scores`).
+    what the backward pass may reuse (see :func:`storage`).
 
     Statistics: ``sum_j w z``, ``sum_j w sum_P q``, ``sum_j w sum_P p`` and ``|V_i|``.
     """
-    keep = keeps_scores(inputs, spec, dtype)
+    keep = storage(inputs, spec, dtype)
     kept: list[torch.Tensor] = []
     log_sum_exps, all_stats = [], []
-    excess = inputs[0].new_zeros((), dtype=dtype)
+    largest = inputs[0].new_zeros((), dtype=dtype)
     for span in spec.directions:
         d = _direction(inputs, span, spec.with_own, dtype)
-        query_blocks, component_blocks = _plan_blocks(d, spec.max_block_bytes, dtype)
+        query_blocks, component_blocks = _plan(d, keep, spec.max_block_bytes, dtype)
+        queries: list[QuerySide] = []
+        comps: list[ComponentSide] = []
+        if keep == "factors":  # each block prepared once, kept for the backward pass
+            queries = [d.queries_block(rows, dtype) for rows in query_blocks]
+            comps = [d.components_block(rows, dtype) for rows in component_blocks]
+            kept += [*d.scale, *(t for q in queries for t in _pack_query(q))]
+            kept += [t for c in comps for t in _pack_component(c)]
         a = d.query_mask.to(dtype)
         m = a.shape[0]
         peak = torch.full((m,), -math.inf, dtype=dtype, device=a.device)
         total, score, count = a.new_zeros(m), a.new_zeros(m), a.new_zeros(m)
         weighted_mask, weighted_constants = a.new_zeros(a.shape), a.new_zeros(a.shape)
         own_values: list[torch.Tensor] = []
-        for c_rows in component_blocks:
-            comp = _components(d, c_rows, dtype)
-            for q_rows in query_blocks:
+        for ci, c_rows in enumerate(component_blocks):
+            comp = comps[ci] if comps else d.components_block(c_rows, dtype)
+            for qi, q_rows in enumerate(query_blocks):
                 rows = slice(*q_rows)
-                query = _queries(d, q_rows, dtype)
+                query = queries[qi] if queries else d.queries_block(q_rows, dtype)
                 if query.own is not None and c_rows[0] == 0:
                     own_values.append(query.own.value)
                 valid = (query.active @ comp.active.T) > 0
-                z = torch.where(valid, query.left @ comp.right.T, -math.inf)
+                z = torch.where(valid, scores(query, comp), -math.inf)
                 if check or spec.direct:
-                    error = _excess(query, comp, z, valid, dtype)
+                    error = excess(query, comp, z, valid, dtype)
                     if check:
-                        excess = torch.maximum(excess, error.amax() if error.numel() else excess)
+                        largest = torch.maximum(largest, error.amax() if error.numel() else largest)
                     if spec.direct:
-                        z = _corrected(d, q_rows, c_rows, query, comp, z, error, dtype)
-                if keep:
-                    kept.append(z.reshape(-1))
+                        z = corrected(d, q_rows, c_rows, query, comp, z, error, dtype)
+                if keep != "none":
+                    kept.append(z)
                 old = peak[rows]
                 new = torch.maximum(old, z.amax(-1))
                 shift = torch.where(torch.isfinite(new), new, 0.0)
                 e = (z - shift.unsqueeze(-1)).exp()
                 alpha = (old - shift).exp().unsqueeze(-1)
-                peak = _put(peak, rows, new)
-                total = _put(total, rows, total[rows] * alpha[:, 0] + e.sum(-1))
+                peak = put(peak, rows, new)
+                total = put(total, rows, total[rows] * alpha[:, 0] + e.sum(-1))
                 weighted_z = (e * torch.where(valid, z, 0.0)).sum(-1)
-                score = _put(score, rows, score[rows] * alpha[:, 0] + weighted_z)
-                count = _put(count, rows, count[rows] + valid.to(dtype).sum(-1))
-                weighted_mask = _put(
+                score = put(score, rows, score[rows] * alpha[:, 0] + weighted_z)
+                count = put(count, rows, count[rows] + valid.to(dtype).sum(-1))
+                weighted_mask = put(
                     weighted_mask, rows, weighted_mask[rows] * alpha + e @ comp.active
                 )
-                weighted_constants = _put(
+                weighted_constants = put(
                     weighted_constants, rows, weighted_constants[rows] * alpha + e @ comp.constants
                 )
         has = count > 0
@@ -190,8 +257,7 @@ def forward_pass(
             own = (torch.cat(own_values) * weighted_mask).sum(-1)
         constants = (weighted_constants * a).sum(-1)
         all_stats.append(torch.stack([score / total, own / total, constants / total, count]))
-    scores = torch.cat(kept) if kept else inputs[0].new_zeros(0, dtype=dtype)
-    return torch.cat(log_sum_exps), torch.cat(all_stats, dim=1), excess, scores
+    return torch.cat(log_sum_exps), torch.cat(all_stats, dim=1), largest, kept
 
 
 def backward_pass(
@@ -200,190 +266,101 @@ def backward_pass(
     grad: torch.Tensor,
     spec: Spec,
     needs_components: bool,
-    scores: torch.Tensor | None = None,
+    cache: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``sum_i grad_i logsumexp_i`` w.r.t. queries, centres and stds.
 
-    Recomputes each block's scores and softmax weights ``exp(z_ij - logsumexp_i)``; built from
+    Takes each block's factors and scores from ``cache`` (what :func:`forward_pass` kept) or
+    recomputes them, then the softmax weights ``exp(z_ij - logsumexp_i)``; built from
     differentiable operations only. The centre gradient is that of the clean embeddings and of
     the means alike.
     """
     dtype = log_sum_exp.dtype
-    queries, clean, _, stds, _, _ = inputs
-    functional = torch.is_grad_enabled() or torch.compiler.is_compiling() or _is_wrapped(grad)
-    grad_queries = _Accumulator(queries, dtype, functional)
-    grad_centres = _Accumulator(clean, dtype, functional)
-    grad_stds = _Accumulator(stds, dtype, functional)
-    offset = position = 0
+    queries_, clean, _, stds, _, _ = inputs
+    keep = storage(inputs, spec, dtype) if cache else "none"
+    functional = torch.is_grad_enabled() or torch.compiler.is_compiling() or is_wrapped(grad)
+    grad_queries = Accumulator(queries_, dtype, functional)
+    grad_centres = Accumulator(clean, dtype, functional)
+    grad_stds = Accumulator(stds, dtype, functional)
+    rest = iter(cache or [])
+    offset = 0
+    query_parts = 5 if spec.with_own else 3
     for span in spec.directions:
         q0, _, c0, _ = span
-        d = _direction(inputs, span, spec.with_own, dtype)
-        query_blocks, component_blocks = _plan_blocks(d, spec.max_block_bytes, dtype)
+        scale = Scaling(next(rest), next(rest)) if keep == "factors" else None
+        d = _direction(inputs, span, spec.with_own, dtype, scale)
+        query_blocks, component_blocks = _plan(d, keep, spec.max_block_bytes, dtype)
+        queries: list[QuerySide] = []
+        comps: list[ComponentSide] = []
+        if keep == "factors":
+            queries = [
+                _unpack_query([next(rest) for _ in range(query_parts)], d, rows, dtype)
+                for rows in query_blocks
+            ]
+            comps = [
+                _unpack_component([next(rest) for _ in range(6)], d, rows, dtype)
+                for rows in component_blocks
+            ]
         m = d.queries.shape[0]
         lse = log_sum_exp[offset : offset + m]
         g = torch.where(torch.isfinite(lse), grad[offset : offset + m], 0.0)
         lse = torch.where(torch.isfinite(lse), lse, 0.0)
         offset += m
-        for c_rows in component_blocks:
-            comp = _components(d, c_rows, dtype)
-            grad_right: torch.Tensor | None = None
-            for q_rows in query_blocks:
-                query = _queries(d, q_rows, dtype)
-                shape = (q_rows[1] - q_rows[0], c_rows[1] - c_rows[0])
-                if scores is not None and scores.numel():
-                    z = scores[position : position + shape[0] * shape[1]].reshape(shape)
-                    position += shape[0] * shape[1]
-                    valid = torch.isfinite(z)
-                else:
-                    valid = (query.active @ comp.active.T) > 0
-                    z = query.left @ comp.right.T
-                    if spec.direct:
-                        masked = torch.where(valid, z, -math.inf)
-                        error = _excess(query, comp, masked, valid, dtype)
-                        z = _corrected(d, q_rows, c_rows, query, comp, z, error, dtype)
+        for ci, c_rows in enumerate(component_blocks):
+            comp = comps[ci] if comps else d.components_block(c_rows, dtype)
+            products: ComponentProducts | None = None
+            for qi, q_rows in enumerate(query_blocks):
+                query = queries[qi] if queries else d.queries_block(q_rows, dtype)
+                z, flagged = _scores(d, q_rows, c_rows, query, comp, spec.direct, dtype, rest, keep)
+                valid = torch.isfinite(z)
                 log_w = torch.where(valid, z - lse[q_rows[0] : q_rows[1]].unsqueeze(-1), -math.inf)
                 weights = log_w.exp() * g[q_rows[0] : q_rows[1]].unsqueeze(-1)
+                distance_weights = None
+                if flagged is not None:  # their distance derivatives from the differences
+                    distance_weights = torch.where(flagged, 0.0, weights)
+                    direct = direct_gradients(d, q_rows, c_rows, flagged, weights, dtype)
+                    if needs_components:
+                        grad_centres.add(c0 + c_rows[0], direct.centres)
+                        grad_stds.add(c0 + c_rows[0], direct.stds)
                 if needs_components:
-                    update = weights.T @ query.left
-                    grad_right = update if grad_right is None else grad_right + update
-                grad_y, grad_c, grad_s = query_gradients(query, weights @ comp.right, d.scale)
+                    update = component_products(weights, query, distance_weights)
+                    products = add_products(products, update)
+                grad_y, grad_c, grad_s = query_gradients(
+                    query, weights, comp, d.scale, distance_weights
+                )
+                if flagged is not None:
+                    grad_y = grad_y + direct.queries
                 grad_queries.add(q0 + q_rows[0], grad_y)
                 if grad_c is not None and grad_s is not None:
                     grad_centres.add(q0 + q_rows[0], grad_c)
                     grad_stds.add(q0 + q_rows[0], grad_s)
-            if grad_right is not None:
-                grad_c, grad_s = component_gradients(comp, grad_right, d.scale)
+            if products is not None:
+                grad_c, grad_s = component_gradients(comp, products, d.scale)
                 grad_centres.add(c0 + c_rows[0], grad_c)
                 grad_stds.add(c0 + c_rows[0], grad_s)
     return grad_queries.result(), grad_centres.result(), grad_stds.result()
 
 
-def _is_wrapped(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is a ``torch.func`` wrapper (in-place updates would not be traced)."""
-    return bool(torch._C._functorch.is_functorch_wrapped_tensor(tensor))
-
-
-class _Accumulator:
-    """Sum of row blocks into a tensor shaped like ``like``: in place, or out of place when a
-    graph is being built or under ``torch.func`` (then blocks of equal rows are summed first
-    and laid out with one ``cat`` per layer of non-overlapping blocks)."""
-
-    def __init__(self, like: torch.Tensor, dtype: torch.dtype, functional: bool) -> None:
-        self.shape, self.dtype, self.device = like.shape, dtype, like.device
-        self.functional = functional
-        self.pieces: dict[tuple[int, int], torch.Tensor] = {}
-        self.buffer = None if functional else like.new_zeros(like.shape, dtype=dtype)
-
-    def add(self, start: int, piece: torch.Tensor) -> None:
-        stop = start + piece.shape[0]
-        if self.buffer is not None:
-            self.buffer[start:stop].add_(piece)
-        elif (start, stop) in self.pieces:
-            self.pieces[(start, stop)] = self.pieces[(start, stop)] + piece
-        else:
-            self.pieces[(start, stop)] = piece
-
-    def result(self) -> torch.Tensor:
-        if self.buffer is not None:
-            return self.buffer
-        layers: list[list[tuple[int, int, torch.Tensor]]] = []
-        for start, stop in sorted(self.pieces):
-            piece = self.pieces[(start, stop)]
-            for layer in layers:
-                if layer[-1][1] <= start:
-                    layer.append((start, stop, piece))
-                    break
-            else:
-                layers.append([(start, stop, piece)])
-        total = None
-        for layer in layers:
-            parts, position = [], 0
-            for start, stop, piece in layer:
-                if start > position:
-                    parts.append(self._zeros(start - position))
-                parts.append(piece)
-                position = stop
-            if position < self.shape[0]:
-                parts.append(self._zeros(self.shape[0] - position))
-            full = torch.cat(parts)
-            total = full if total is None else total + full
-        return total if total is not None else self._zeros(self.shape[0])
-
-    def _zeros(self, rows: int) -> torch.Tensor:
-        return torch.zeros((rows, *self.shape[1:]), dtype=self.dtype, device=self.device)
-
-
-def _put(target: torch.Tensor, rows: slice, value: torch.Tensor) -> torch.Tensor:
-    """``target`` with ``target[rows] = value``, out of place (safe under ``vmap``)."""
-    if rows.start == 0 and rows.stop == target.shape[0]:
-        return value
-    return torch.cat([target[: rows.start], value, target[rows.stop :]])
-
-
-def _excess(
-    query: Any, comp: Any, z: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """Largest rounding error of the expanded distance beyond the tolerance, over valid pairs.
-
-    The magnitude ``0.5 (sum_k y'^2 w + sum_k w c'^2)`` is bounded by
-    ``0.5 (|y'|^2 max_k w + sum_k w c'^2)``; NaN (overflow of the expansion) counts as ``inf``.
-    """
-    n = comp.scaled.shape[0]
-    squares = query.scaled.flatten(1).square().sum(-1)
-    largest = (
-        comp.precision.flatten(1).amax(-1)
-        if comp.precision.numel()
-        else comp.precision.new_zeros(n)
-    )
-    k = query.scaled.shape[1] * query.scaled.shape[2]
-    s = query.scaled.shape[1]
-    u = -comp.right[:, 2 * k : 2 * k + s] - comp.constants  # 0.5 sum_e w c'^2 per position
-    magnitude = 0.5 * squares.unsqueeze(-1) * largest + query.active @ u.T
-    distance = -(z + _pair_constants(query, comp))
-    eps = torch.finfo(dtype).eps
-    relative, absolute = TOLERANCES[dtype]
-    error = eps * magnitude - relative * distance.abs() - absolute
-    return torch.where(valid, torch.nan_to_num(error.detach(), nan=math.inf), -math.inf)
-
-
-def _pair_constants(query: QuerySide, comp: ComponentSide) -> torch.Tensor:
-    """``sum_{s in P(i,j)} (p_js + q_is)`` per pair: the score is ``-(D + this)``."""
-    constants = query.active @ comp.constants.T
-    if query.own is not None:
-        constants = constants + query.own.value @ comp.active.T
-    return constants
-
-
-def _corrected(
+def _scores(
     d: _Direction,
     q_rows: tuple[int, int],
     c_rows: tuple[int, int],
     query: QuerySide,
     comp: ComponentSide,
-    z: torch.Tensor,
-    error: torch.Tensor,
+    direct: bool,
     dtype: torch.dtype,
-) -> torch.Tensor:
-    """``z`` with the flagged pairs' distances evaluated from the differences themselves.
-
-    The flagged values are replaced; derivatives still follow the expanded (analytically
-    identical) expression.
-    """
-    flagged = error > 0
-    if not bool(flagged.any()):
-        return z
-    rows, cols = flagged.nonzero(as_tuple=True)
-    qi, cj = rows + q_rows[0], cols + c_rows[0]
-    with torch.no_grad():
-        active = (d.query_mask[qi] & d.component_mask[cj]).unsqueeze(-1)
-        queries = torch.where(active, d.queries[qi].to(dtype), 0.0)
-        # (y - x) - mu, not y - (x + mu): x + mu rounds mu away far from the origin.
-        clean = torch.where(active, d.clean[cj].to(dtype), 0.0)
-        means = torch.where(active, d.means[cj].to(dtype), 0.0)
-        difference = (queries - clean) - means
-        sigma = torch.where(active, d.stds[cj].to(dtype), 1.0)
-        distance = 0.5 * (difference / sigma).square().sum((-1, -2))
-        exact = -(distance + _pair_constants(query, comp)[rows, cols])
-        exact = z.detach().index_put((rows, cols), exact)
-    # ``z - z.detach()`` is exactly 0 and carries the derivatives of the expanded expression.
-    return torch.where(flagged, exact + (z - z.detach()), z)
+    kept: Iterator[torch.Tensor],
+    keep: str,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A block's scores as the forward pass computed them (``-inf`` for invalid pairs): kept
+    or recomputed; with ``direct``, also the pairs the rounding check flags."""
+    if keep != "none" and not direct:
+        return next(kept), None
+    valid = (query.active @ comp.active.T) > 0
+    z = torch.where(valid, scores(query, comp), -math.inf)
+    if not direct:
+        return z, None
+    error = excess(query, comp, z, valid, dtype)
+    if keep != "none":
+        return next(kept), error > 0
+    return corrected(d, q_rows, c_rows, query, comp, z, error, dtype), error > 0

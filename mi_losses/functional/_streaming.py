@@ -22,8 +22,9 @@ import torch
 
 from mi_losses.functional._stream_passes import Spec, backward_pass, forward_pass
 
-DEFAULT_MAX_BLOCK_BYTES = 128 * 2**20
-"""Default memory budget of the blocks (scores, weights and factors alive at once)."""
+DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
+"""Default memory budget of the blocks (scores, weights and factors alive at once), and of
+what the forward pass keeps for the backward pass."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,7 @@ def stream(
     """Run the kernel; inputs ``(rows, S, E)`` in any float dtype, masks ``(rows, S)`` bool."""
     if plan.accuracy_check and torch.compiler.is_compiling():
         plan = dataclasses.replace(plan, accuracy_check=False)
-    log_sum_exp, stats, _ = _StreamingLogSumExp.apply(  # type: ignore[no-untyped-call]
+    log_sum_exp, stats, *_ = _StreamingLogSumExp.apply(  # type: ignore[no-untyped-call]
         queries, clean, means, stds, query_mask, component_mask, plan
     )
     log_sum_exp = log_sum_exp.to(plan.dtype)
@@ -109,42 +110,43 @@ class _StreamingLogSumExp(torch.autograd.Function):
         query_mask: torch.Tensor,
         component_mask: torch.Tensor,
         plan: Plan,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         inputs = (queries, clean, means, stds, query_mask, component_mask)
         spec = Spec(plan.directions, plan.with_own, plan.max_block_bytes, plan.direct)
         check = plan.accuracy_check and not plan.direct
-        log_sum_exp, stats, excess, scores = forward_pass(inputs, spec, plan.dtype, check)
+        log_sum_exp, stats, excess, cache = forward_pass(inputs, spec, plan.dtype, check)
         if check and bool(excess > 0):
             # Rounding beyond the tolerance somewhere: again in float64, where flagged pairs are
             # evaluated from their differences.
             spec = spec._replace(direct=True)
-            log_sum_exp, stats, _, scores = forward_pass(inputs, spec, torch.float64, False)
+            log_sum_exp, stats, _, cache = forward_pass(inputs, spec, torch.float64, False)
             plan.outcome["direct"] = True
-        return log_sum_exp, stats, scores
+        return (log_sum_exp, stats, *cache)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         *tensors, plan = inputs
-        log_sum_exp, stats, scores = output
-        ctx.save_for_backward(*tensors, log_sum_exp, scores)
+        log_sum_exp, stats, *cache = output
+        ctx.save_for_backward(*tensors, log_sum_exp, *cache)
         ctx.plan = dataclasses.replace(
             plan, direct=plan.direct or plan.outcome.pop("direct", False)
         )
-        ctx.mark_non_differentiable(stats, scores)
+        ctx.mark_non_differentiable(stats, *cache)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, *_: torch.Tensor) -> tuple[Any, ...]:
-        *inputs, log_sum_exp, scores = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        inputs, log_sum_exp, cache = saved[:6], saved[6], list(saved[7:])
         plan = dataclasses.replace(ctx.plan, dtype=log_sum_exp.dtype, accuracy_check=False)
         if torch.is_grad_enabled():
             # Second derivatives: the weights exp(z - logsumexp) depend on the inputs through
-            # the logsumexp too, so recompute it with a graph.
-            log_sum_exp, _, _ = _StreamingLogSumExp.apply(*inputs, plan)  # type: ignore[no-untyped-call]
-            scores = None
+            # the logsumexp too, so recompute it with a graph (and every block with it).
+            log_sum_exp = _StreamingLogSumExp.apply(*inputs, plan)[0]  # type: ignore[no-untyped-call]
+            cache = []
         spec = Spec(plan.directions, plan.with_own, plan.max_block_bytes, plan.direct)
         needs = ctx.needs_input_grad
         grad_queries, grad_centres, grad_stds = backward_pass(
-            tuple(inputs), log_sum_exp, grad.to(log_sum_exp.dtype), spec, any(needs[1:4]), scores
+            tuple(inputs), log_sum_exp, grad.to(log_sum_exp.dtype), spec, any(needs[1:4]), cache
         )
         queries, clean, means, stds = inputs[:4]
         return (

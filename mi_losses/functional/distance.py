@@ -17,9 +17,10 @@ from mi_losses._validation import (
     compute_dtype,
     result_dtype,
 )
+from mi_losses.functional._accuracy import TOLERANCES
 from mi_losses.functional._pair_terms import component_side, query_side, scaling
 from mi_losses.functional._pairs import check_active_values
-from mi_losses.functional._stream_passes import TOLERANCES, effective_masks
+from mi_losses.functional._stream_passes import effective_masks
 
 __all__ = ["pairwise_square_mahalanobis_distance", "square_mahalanobis_distance"]
 
@@ -222,21 +223,12 @@ def _expanded(
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``D`` by matrix products, and per pair the rounding error beyond the tolerance."""
-    scale = scaling(torch.where(b.unsqueeze(-1), centres.to(dtype), 0.0), stds, b, dtype)
+    scale = scaling(centres, None, stds, b, dtype)
     query = query_side(queries, a, None, scale, dtype)
-    comp = component_side(
-        centres,
-        centres.new_zeros(()).expand_as(centres),
-        stds,
-        b,
-        scale,
-        dtype,
-        False,
-    )
-    k = query.scaled.shape[1] * query.scaled.shape[2]
-    squares = query.left[:, :k] @ comp.precision.flatten(1).T
-    cross = query.left[:, k : 2 * k] @ comp.right[:, k : 2 * k].T
-    half_u = -comp.right[:, 2 * k :] - comp.constants  # 0.5 sum_e w c'^2 per position
+    comp = component_side(centres, None, stds, b, scale, dtype, False)
+    squares = query.square.flatten(1) @ comp.precision.flatten(1).T
+    cross = query.scaled.flatten(1) @ comp.weighted.flatten(1).T
+    half_u = -comp.extra - comp.constants  # 0.5 sum_e w c'^2 per position
     magnitude = 0.5 * squares + query.active @ half_u.T
     distance = (magnitude - cross).clamp_min(0.0)
     eps = torch.finfo(dtype).eps
