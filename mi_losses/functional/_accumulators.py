@@ -13,32 +13,42 @@ def is_wrapped(tensor: torch.Tensor) -> bool:
 
 
 class Accumulator:
-    """Sum of row blocks into a tensor shaped like ``like``: in place, or out of place when a
-    graph is being built or under ``torch.func`` (then blocks of equal rows are summed first
-    and laid out with one ``cat`` per layer of non-overlapping blocks)."""
+    """Sum of blocks of rows (and of positions, dimension 1) into a tensor shaped like
+    ``like``: in place, or out of place when a graph is being built or under ``torch.func``
+    (then only whole positions; blocks of equal rows are summed first and laid out with one
+    ``cat`` per layer of non-overlapping blocks)."""
 
     def __init__(self, like: torch.Tensor, dtype: torch.dtype, functional: bool) -> None:
         self.shape, self.dtype, self.device = like.shape, dtype, like.device
         self.functional = functional
         self.pieces: dict[tuple[int, int], torch.Tensor] = {}
-        # In place: rows are copied where first written and added to afterwards (no zeroing
-        # pass); ``written`` holds the sorted, disjoint row ranges written so far.
+        # In place: elements are copied where first written and added to afterwards (no
+        # zeroing pass). ``written`` maps a range of positions (the same partition for every
+        # call) to the sorted, disjoint row ranges written there so far.
         self.buffer = None if functional else like.new_empty(like.shape, dtype=dtype)
-        self.written: list[tuple[int, int]] = []
+        self.written: dict[tuple[int, int], list[tuple[int, int]]] = {}
 
-    def add(self, start: int, piece: torch.Tensor) -> None:
+    def add(
+        self, start: int, piece: torch.Tensor, positions: tuple[int, int] | None = None
+    ) -> None:
         stop = start + piece.shape[0]
         if self.buffer is not None:
+            positions = positions or (0, self.shape[1])
+            columns = slice(*positions)
+            written = self.written.get(positions, [])
             # Split at the ends of the written ranges: copy into new rows, add into written ones.
-            inner = {x for r in self.written for x in r if start < x < stop}
+            inner = {x for r in written for x in r if start < x < stop}
             cuts = sorted({start, stop} | inner)
             for low, high in itertools.pairwise(cuts):
-                target, source = self.buffer[low:high], piece[low - start : high - start]
-                if any(begin <= low and high <= end for begin, end in self.written):
+                target = self.buffer[low:high, columns]
+                source = piece[low - start : high - start]
+                if any(begin <= low and high <= end for begin, end in written):
                     target.add_(source)
                 else:
                     target.copy_(source)
-            self.written = _union(self.written, (start, stop))
+            self.written[positions] = _union(written, (start, stop))
+        elif positions is not None and positions != (0, self.shape[1]):
+            raise AssertionError("out-of-place accumulation takes whole positions only")
         elif (start, stop) in self.pieces:
             self.pieces[(start, stop)] = self.pieces[(start, stop)] + piece
         else:
@@ -46,10 +56,15 @@ class Accumulator:
 
     def result(self) -> torch.Tensor:
         if self.buffer is not None:
-            position = 0
-            for begin, end in [*self.written, (self.shape[0], self.shape[0])]:
-                self.buffer[position:begin].zero_()
-                position = end
+            keys = sorted(self.written)
+            covered = [(0, 0), *keys, (self.shape[1], self.shape[1])]
+            for (_, end), (begin, _) in itertools.pairwise(covered):
+                self.buffer[:, end:begin].zero_()  # positions no block wrote
+            for key in keys:
+                row = 0
+                for begin, end in [*self.written[key], (self.shape[0], self.shape[0])]:
+                    self.buffer[row:begin, key[0] : key[1]].zero_()
+                    row = end
             return self.buffer
         layers: list[list[tuple[int, int, torch.Tensor]]] = []
         for start, stop in sorted(self.pieces):

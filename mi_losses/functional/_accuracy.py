@@ -16,40 +16,61 @@ from mi_losses.functional._pair_terms import ComponentSide, QuerySide
 TOLERANCES = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-10, 1e-8)}
 
 
+class Summary(NamedTuple):
+    """What the rounding check and the pair constants need of a block of pairs."""
+
+    query_squares: torch.Tensor  # sum_k y'^2, (m,)
+    query_active: torch.Tensor  # a, (m, S)
+    own_value: torch.Tensor | None  # q, (m, S)
+    component_largest: torch.Tensor  # max_k w, (n,)
+    half_squares: torch.Tensor  # 0.5 sum_e w c'^2, (n, S)
+    component_active: torch.Tensor  # b, (n, S)
+    component_constants: torch.Tensor  # b p, (n, S)
+
+
+def summary(query: QuerySide, comp: ComponentSide) -> Summary:
+    """:class:`Summary` of the pairs of a query block and a component block."""
+    n, s = comp.precision.shape[0], query.active.shape[1]
+    largest = (
+        comp.precision.flatten(1).amax(-1)
+        if comp.precision.numel()
+        else comp.precision.new_zeros(n)
+    )
+    return Summary(
+        query.square.flatten(1).sum(-1),
+        query.active,
+        None if query.own is None else query.own.value,
+        largest,
+        -comp.extra[:, :s] - comp.constants,
+        comp.active,
+        comp.constants,
+    )
+
+
 def excess(
-    query: QuerySide,
-    comp: ComponentSide,
-    z: torch.Tensor,
-    valid: torch.Tensor,
-    dtype: torch.dtype,
+    facts: Summary, z: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """Largest rounding error of the expanded distance beyond the tolerance, over valid pairs.
 
     The magnitude ``0.5 (sum_k y'^2 w + sum_k w c'^2)`` is bounded by
     ``0.5 (|y'|^2 max_k w + sum_k w c'^2)``; NaN (overflow of the expansion) counts as ``inf``.
     """
-    n = comp.precision.shape[0]
-    squares = query.square.flatten(1).sum(-1)
-    largest = (
-        comp.precision.flatten(1).amax(-1)
-        if comp.precision.numel()
-        else comp.precision.new_zeros(n)
+    magnitude = (
+        0.5 * facts.query_squares.unsqueeze(-1) * facts.component_largest
+        + facts.query_active @ facts.half_squares.T
     )
-    s = query.scaled.shape[1]
-    half_squares = -comp.extra[:, :s] - comp.constants  # 0.5 sum_e w c'^2 per position
-    magnitude = 0.5 * squares.unsqueeze(-1) * largest + query.active @ half_squares.T
-    distance = -(z + pair_constants(query, comp))
+    distance = -(z + pair_constants(facts))
     eps = torch.finfo(dtype).eps
     relative, absolute = TOLERANCES[dtype]
     error = eps * magnitude - relative * distance.abs() - absolute
     return torch.where(valid, torch.nan_to_num(error.detach(), nan=math.inf), -math.inf)
 
 
-def pair_constants(query: QuerySide, comp: ComponentSide) -> torch.Tensor:
+def pair_constants(facts: Summary) -> torch.Tensor:
     """``sum_{s in P(i,j)} (p_js + q_is)`` per pair: the score is ``-(D + this)``."""
-    constants = query.active @ comp.constants.T
-    if query.own is not None:
-        constants = constants + query.own.value @ comp.active.T
+    constants = facts.query_active @ facts.component_constants.T
+    if facts.own_value is not None:
+        constants = constants + facts.own_value @ facts.component_active.T
     return constants
 
 
@@ -57,8 +78,7 @@ def corrected(
     d: Any,
     q_rows: tuple[int, int],
     c_rows: tuple[int, int],
-    query: QuerySide,
-    comp: ComponentSide,
+    facts: Summary,
     z: torch.Tensor,
     error: torch.Tensor,
     dtype: torch.dtype,
@@ -83,7 +103,7 @@ def corrected(
         difference = (queries - clean) - means
         sigma = torch.where(active, d.stds[cj].to(dtype), 1.0)
         distance = 0.5 * (difference / sigma).square().sum((-1, -2))
-        exact = -(distance + pair_constants(query, comp)[rows, cols])
+        exact = -(distance + pair_constants(facts)[rows, cols])
         exact = z.detach().index_put((rows, cols), exact)
     # ``z - z.detach()`` is exactly 0 and carries the derivatives of the expanded expression.
     return torch.where(flagged, exact + (z - z.detach()), z)

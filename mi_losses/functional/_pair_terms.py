@@ -85,11 +85,13 @@ def query_side(
     own: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
     scale: Scaling,
     dtype: torch.dtype,
+    values: bool = True,
 ) -> QuerySide:
     """Left factors for queries ``y`` ``(m, S, E)``, mask ``a`` ``(m, S)`` bool, own term.
 
     ``own`` is ``(clean, means, stds)`` of the same samples (the mutual information's query
-    density); ``None`` for the mixture entropy.
+    density); ``None`` for the mixture entropy. ``values=False`` leaves the own term's value
+    at 0 (the chain rule does not need it; it saves the logarithms).
     """
     cols = mask.unsqueeze(-1)
     active = mask.to(dtype)
@@ -104,8 +106,11 @@ def query_side(
         sigma = torch.where(cols, stds.to(dtype), 1.0)
         # (y - x) - mu, not y - (x + mu): x + mu rounds mu away when the data sit far from 0.
         residual = torch.where(cols, (y - clean.to(dtype)) - means.to(dtype), 0.0) / sigma
-        per_position = 0.5 * torch.linalg.vecdot(residual, residual) + sigma.log().sum(-1)
-        value = -(per_position + queries.shape[-1] * HALF_LOG_TWO_PI) * active
+        if values:
+            per_position = 0.5 * torch.linalg.vecdot(residual, residual) + sigma.log().sum(-1)
+            value = -(per_position + queries.shape[-1] * HALF_LOG_TWO_PI) * active
+        else:
+            value = torch.zeros_like(active)
         own_term = OwnTerm(residual, sigma, value)
         extra.append(value)
     return QuerySide(scaled.square(), scaled, torch.cat(extra, dim=1), active, own_term)
@@ -139,8 +144,13 @@ def component_side(
     scale: Scaling,
     dtype: torch.dtype,
     with_own: bool,
+    values: bool = True,
 ) -> ComponentSide:
-    """Right factors for components ``c = x + mu`` and ``sigma`` ``(n, S, E)``, mask ``b``."""
+    """Right factors for components ``c = x + mu`` and ``sigma`` ``(n, S, E)``, mask ``b``.
+
+    ``values=False`` leaves ``extra`` and ``constants`` at 0 (the chain rule does not need
+    them; it saves the logarithms).
+    """
     cols = mask.unsqueeze(-1)
     active = mask.to(dtype)
     sigma = component_stds(stds, mask, scale, dtype)
@@ -151,8 +161,12 @@ def component_side(
     scaled = torch.where(cols, centred, 0.0) * scale.inverse_scale
     precision = (sigma * scale.inverse_scale).pow(-2) * active.unsqueeze(-1)
     weighted = precision * scaled
-    constants = (sigma.log().sum(-1) + clean.shape[-1] * HALF_LOG_TWO_PI) * active
-    extra = [-(0.5 * torch.linalg.vecdot(weighted, scaled) + constants)]
+    if values:
+        constants = (sigma.log().sum(-1) + clean.shape[-1] * HALF_LOG_TWO_PI) * active
+        extra = [-(0.5 * torch.linalg.vecdot(weighted, scaled) + constants)]
+    else:
+        constants = torch.zeros_like(active)
+        extra = [constants]
     if with_own:
         extra.append(-active)
     return ComponentSide(
@@ -167,32 +181,47 @@ def scores(query: QuerySide, comp: ComponentSide) -> torch.Tensor:
     return torch.addmm(z, query.square.flatten(1), comp.precision.flatten(1).T, alpha=-0.5)
 
 
-def query_gradients(
-    side: QuerySide,
-    weights: torch.Tensor,
-    comp: ComponentSide,
-    scale: Scaling,
-    distance_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Chain rule from ``dz`` ``(m, n)`` (the weights) to the queries and their own term.
+class QueryProducts(NamedTuple):
+    """The weights times the component factors: ``(m, S, E)``, ``(m, S)``."""
+
+    precision: torch.Tensor  # sum_j w_ij w_j over the distances' weights
+    weighted: torch.Tensor  # sum_j w_ij w_j c'_j over the distances' weights
+    active: torch.Tensor  # sum_j w_ij b_j
+
+
+def query_products(
+    weights: torch.Tensor, comp: ComponentSide, distance_weights: torch.Tensor | None = None
+) -> QueryProducts:
+    """``dz`` ``(m, n)`` (the weights) times each component factor, for :func:`query_gradients`.
 
     ``distance_weights`` (default ``weights``) are the weights of the distances' expanded
     terms: zero for pairs whose distance derivatives come from their differences instead
-    (:func:`mi_losses.functional._accuracy.direct_gradients`). Returns
-    ``(d y, d c_own, d sigma_own)``; the last two are ``None`` without an own term (``d c_own``
-    is the gradient of both the clean embedding and the mean).
+    (:func:`mi_losses.functional._accuracy.direct_gradients`).
     """
-    shape = side.scaled.shape
+    shape = (weights.shape[0], *comp.precision.shape[1:])
     expanded = weights if distance_weights is None else distance_weights
-    through_precision = (expanded @ comp.precision.flatten(1)).reshape(shape)
-    through_weighted = (expanded @ comp.weighted.flatten(1)).reshape(shape)
+    return QueryProducts(
+        (expanded @ comp.precision.flatten(1)).reshape(shape),
+        (expanded @ comp.weighted.flatten(1)).reshape(shape),
+        weights @ comp.active,
+    )
+
+
+def query_gradients(
+    side: QuerySide, products: QueryProducts, scale: Scaling
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Chain rule from :class:`QueryProducts` to the queries and their own term (row-wise).
+
+    Returns ``(d y, d c_own, d sigma_own)``; the last two are ``None`` without an own term
+    (``d c_own`` is the gradient of both the clean embedding and the mean).
+    """
     # d/dy' of -0.5 y'^2 w + y' w c'.
-    grad_y = torch.addcmul(through_weighted, side.scaled, through_precision, value=-1.0)
+    grad_y = torch.addcmul(products.weighted, side.scaled, products.precision, value=-1.0)
     grad_y = grad_y * scale.inverse_scale * side.active.unsqueeze(-1)
     if side.own is None:
         return grad_y, None, None
     # The column a q meets -b: dz/dq = -sum_j w_ij b_j.
-    grad_q = (-(weights @ comp.active) * side.active).unsqueeze(-1)
+    grad_q = (-products.active * side.active).unsqueeze(-1)
     residual, sigma = side.own.residual, side.own.stds
     # q = -sum_e (d^2 / 2 + log sigma), d = (y - c) / sigma.
     through_residual = grad_q * residual / sigma
@@ -214,7 +243,7 @@ def component_products(
     weights: torch.Tensor, query: QuerySide, distance_weights: torch.Tensor | None = None
 ) -> ComponentProducts:
     """``dz`` ``(m, n)`` (the weights) times each query factor, for :func:`component_gradients`
-    (``distance_weights`` as in :func:`query_gradients`)."""
+    (``distance_weights`` as in :func:`query_products`)."""
     shape = (weights.shape[1], *query.scaled.shape[1:])
     expanded = weights if distance_weights is None else distance_weights
     active = weights.T @ query.active
@@ -224,13 +253,6 @@ def component_products(
         active if distance_weights is None else expanded.T @ query.active,
         active,
     )
-
-
-def add_products(total: ComponentProducts | None, update: ComponentProducts) -> ComponentProducts:
-    """Sum of two :class:`ComponentProducts` (``None`` is zero)."""
-    if total is None:
-        return update
-    return ComponentProducts(*(t + u for t, u in zip(total, update, strict=True)))
 
 
 def component_gradients(

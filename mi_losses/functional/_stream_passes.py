@@ -1,4 +1,14 @@
-"""Forward and backward passes of the streaming kernel, block by block (see ``_streaming``)."""
+"""Forward and backward passes of the streaming kernel, block by block (see ``_streaming``).
+
+Two ways through the pairs, chosen per call by :func:`storage`:
+
+- **position chunks** (every pair score fits in the budget, the usual case at sequence
+  granularity): one block of all queries against all components, its scores accumulated over
+  chunks of positions whose elementwise work stays in the processor's cache; the backward pass
+  prepares each chunk again and writes its gradients in place.
+- **row blocks** (large ``M`` and ``N``, token granularity): blocks of queries and of
+  components with a running ``logsumexp``, the scores kept when they fit, else recomputed.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +19,32 @@ from typing import Any, NamedTuple
 import torch
 
 from mi_losses.functional._accumulators import Accumulator, is_wrapped, put
-from mi_losses.functional._accuracy import corrected, direct_gradients, excess
+from mi_losses.functional._accuracy import (
+    Summary,
+    corrected,
+    direct_gradients,
+    excess,
+    summary,
+)
 from mi_losses.functional._pair_terms import (
     ComponentProducts,
     ComponentSide,
-    OwnTerm,
     QuerySide,
     Scaling,
-    add_products,
     component_gradients,
     component_products,
     component_side,
-    component_stds,
     query_gradients,
+    query_products,
     query_side,
     scaling,
     scores,
 )
+
+# Elementwise work runs on chunks of about this many bytes per (rows, positions, E) tensor,
+# which stay in the processor's cache (and in the allocator's reusable memory) between
+# operations.
+CHUNK_BYTES = 2 * 2**20
 
 
 def effective_masks(
@@ -51,6 +70,35 @@ def _ranges(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
+def storage(inputs: tuple[torch.Tensor, ...], spec: Spec, dtype: torch.dtype) -> str:
+    """How the passes go through the pairs, within the budget.
+
+    ``"chunks"``: all pairs in one block over chunks of positions, scores kept for the
+    backward pass; ``"scores"``: row blocks, scores kept (two matrix products fewer);
+    ``"none"``: row blocks, the backward pass recomputes each block.
+    """
+    e, itemsize = inputs[0].shape[2], torch.finfo(dtype).bits // 8
+    pairs = sum((q1 - q0) * (c1 - c0) for q0, q1, c0, c1 in spec.directions)
+    rows = max([q1 - q0 + c1 - c0 for q0, q1, c0, c1 in spec.directions] + [0])
+    fits = pairs * itemsize <= spec.max_block_bytes // 2
+    # One position of every row: about eight (rows, 1, E) tensors at a time.
+    if fits and 8 * rows * e * itemsize <= spec.max_block_bytes // 2:
+        return "chunks"
+    return "scores" if fits else "none"
+
+
+def _position_chunks(
+    inputs: tuple[torch.Tensor, ...], spec: Spec, dtype: torch.dtype, whole: bool
+) -> list[tuple[int, int]]:
+    """The same partition of the positions for every direction (``whole``: one chunk)."""
+    s, e = inputs[0].shape[1], inputs[0].shape[2]
+    if whole:
+        return [(0, s)]
+    rows = max([q1 - q0 + c1 - c0 for q0, q1, c0, c1 in spec.directions] + [1])
+    size = CHUNK_BYTES // max(rows * e * (torch.finfo(dtype).bits // 8), 1)
+    return _ranges(s, max(1, size)) or [(0, 0)]
+
+
 def _blocks(
     m: int, n: int, k: int, itemsize: int, budget: int
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -61,41 +109,8 @@ def _blocks(
     return _ranges(m, m_block), _ranges(n, n_block)
 
 
-# Rows per block when every factor is kept: K-wide tensors of at most this many bytes stay in
-# the allocator's reusable memory (larger ones are mapped afresh on every allocation on CPU).
-FACTOR_BLOCK_BYTES = 8 * 2**20
-
-
-def _factor_blocks(
-    m: int, n: int, k: int, itemsize: int
-) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    rows = max(1, FACTOR_BLOCK_BYTES // max(k * itemsize, 1))
-    return _ranges(m, min(max(m, 1), rows)), _ranges(n, min(max(n, 1), rows))
-
-
-def storage(inputs: tuple[torch.Tensor, ...], spec: Spec, dtype: torch.dtype) -> str:
-    """What the forward pass keeps for the backward pass, within the budget.
-
-    ``"factors"``: every block's factors and scores, so a first-order backward pass prepares
-    nothing again; ``"scores"``: the scores of every block (two matrix
-    products fewer); ``"none"``: the backward pass recomputes each block.
-    """
-    s, e = inputs[0].shape[1], inputs[0].shape[2]
-    k, itemsize = s * e, torch.finfo(dtype).bits // 8
-    pairs = factors = 0
-    for q0, q1, c0, c1 in spec.directions:
-        m, n = q1 - q0, c1 - c0
-        pairs += m * n
-        factors += m * (2 * k + 4 * s) + n * (3 * k + 4 * s) + m * n + 2 * k
-    if factors * itemsize <= spec.max_block_bytes:
-        return "factors"
-    if pairs * itemsize <= spec.max_block_bytes // 2:
-        return "scores"
-    return "none"
-
-
 class _Direction(NamedTuple):
-    """One direction's inputs, restricted to its rows and effective masks."""
+    """One direction's inputs, restricted to its rows (and positions) and effective masks."""
 
     queries: torch.Tensor
     query_mask: torch.Tensor
@@ -104,19 +119,25 @@ class _Direction(NamedTuple):
     means: torch.Tensor
     stds: torch.Tensor
     component_mask: torch.Tensor
-    scale: Scaling
+    scale: Scaling | None  # None: not computed (the direction's rows and masks only)
 
-    def queries_block(self, rows: tuple[int, int], dtype: torch.dtype) -> QuerySide:
+    def queries_block(
+        self, rows: tuple[int, int], dtype: torch.dtype, values: bool = True
+    ) -> QuerySide:
         start, stop = rows
         own = None
         if self.own is not None:
             clean, means, stds = self.own
             own = (clean[start:stop], means[start:stop], stds[start:stop])
         mask = self.query_mask[start:stop]
-        return query_side(self.queries[start:stop], mask, own, self.scale, dtype)
+        assert self.scale is not None
+        return query_side(self.queries[start:stop], mask, own, self.scale, dtype, values)
 
-    def components_block(self, rows: tuple[int, int], dtype: torch.dtype) -> ComponentSide:
+    def components_block(
+        self, rows: tuple[int, int], dtype: torch.dtype, values: bool = True
+    ) -> ComponentSide:
         start, stop = rows
+        assert self.scale is not None
         return component_side(
             self.clean[start:stop],
             self.means[start:stop],
@@ -125,6 +146,7 @@ class _Direction(NamedTuple):
             self.scale,
             dtype,
             self.own is not None,
+            values,
         )
 
 
@@ -133,109 +155,124 @@ def _direction(
     span: tuple[int, int, int, int],
     with_own: bool,
     dtype: torch.dtype,
-    scale: Scaling | None = None,
+    positions: tuple[int, int] | None = None,
+    scaled: bool = True,
 ) -> _Direction:
     queries, clean, means, stds, query_mask, component_mask = inputs
     q0, q1, c0, c1 = span
     a, b = effective_masks(query_mask[q0:q1], component_mask[c0:c1])
-    own = (clean[q0:q1], means[q0:q1], stds[q0:q1]) if with_own else None
-    if scale is None:
-        scale = scaling(clean[c0:c1], means[c0:c1], stds[c0:c1], b, dtype)
-    return _Direction(queries[q0:q1], a, own, clean[c0:c1], means[c0:c1], stds[c0:c1], b, scale)
+    cols = slice(*positions) if positions is not None else slice(None)
+    a, b = a[:, cols], b[:, cols]
+    own = (clean[q0:q1, cols], means[q0:q1, cols], stds[q0:q1, cols]) if with_own else None
+    clean, means, stds = clean[c0:c1, cols], means[c0:c1, cols], stds[c0:c1, cols]
+    scale = scaling(clean, means, stds, b, dtype) if scaled else None
+    return _Direction(queries[q0:q1, cols], a, own, clean, means, stds, b, scale)
 
 
-def _pack_query(query: QuerySide) -> list[torch.Tensor]:
-    """What the backward pass needs of a query block (``y'^2`` and the stds are recomputed)."""
-    own = [query.own.residual, query.own.value] if query.own is not None else []
-    return [query.scaled, query.extra, query.active, *own]
+def _chunked_block(
+    inputs: tuple[torch.Tensor, ...],
+    span: tuple[int, int, int, int],
+    spec: Spec,
+    chunks: list[tuple[int, int]],
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, Summary]:
+    """Scores of all pairs of a direction (summed over position chunks) and their summary."""
+    q0, q1, c0, c1 = span
+    m, n = q1 - q0, c1 - c0
+    z = inputs[0].new_zeros((m, n), dtype=dtype)
+    parts: list[Summary] = []
+    for positions in chunks:
+        d = _direction(inputs, span, spec.with_own, dtype, positions)
+        query, comp = d.queries_block((0, m), dtype), d.components_block((0, n), dtype)
+        z = z + scores(query, comp)
+        parts.append(summary(query, comp))
+    if len(parts) == 1:
+        return z, parts[0]
+    return z, Summary(
+        torch.stack([p.query_squares for p in parts]).sum(0),
+        torch.cat([p.query_active for p in parts], dim=1),
+        None if parts[0].own_value is None else torch.cat([p.own_value for p in parts], 1),  # type: ignore[misc]
+        torch.stack([p.component_largest for p in parts]).amax(0),
+        torch.cat([p.half_squares for p in parts], dim=1),
+        torch.cat([p.component_active for p in parts], dim=1),
+        torch.cat([p.component_constants for p in parts], dim=1),
+    )
 
 
-def _pack_component(comp: ComponentSide) -> list[torch.Tensor]:
-    """What the backward pass needs of a component block (the stds are recomputed)."""
-    return [comp.precision, comp.weighted, comp.extra, comp.scaled, comp.active, comp.constants]
-
-
-def _unpack_query(
-    packed: list[torch.Tensor], d: _Direction, rows: tuple[int, int], dtype: torch.dtype
-) -> QuerySide:
-    """Inverse of :func:`_pack_query` for rows ``[start, stop)`` of direction ``d``."""
-    scaled, extra, active, *own_parts = packed
-    own = None
-    if d.own is not None:
-        residual, value = own_parts
-        mask = d.query_mask[rows[0] : rows[1]].unsqueeze(-1)
-        sigma = torch.where(mask, d.own[2][rows[0] : rows[1]].to(dtype), 1.0)
-        own = OwnTerm(residual, sigma, value)
-    return QuerySide(scaled.square(), scaled, extra, active, own)
-
-
-def _unpack_component(
-    packed: list[torch.Tensor], d: _Direction, rows: tuple[int, int], dtype: torch.dtype
-) -> ComponentSide:
-    """Inverse of :func:`_pack_component` for rows ``[start, stop)`` of direction ``d``."""
-    precision, weighted, extra, scaled, active, constants = packed
-    mask = d.component_mask[rows[0] : rows[1]]
-    sigma = component_stds(d.stds[rows[0] : rows[1]], mask, d.scale, dtype)
-    return ComponentSide(precision, weighted, extra, scaled, sigma, active, constants)
-
-
-def _plan(d: _Direction, keep: str, budget: int, dtype: torch.dtype) -> tuple[list[Any], list[Any]]:
-    m, n = d.queries.shape[0], d.clean.shape[0]
-    k, itemsize = d.queries.shape[1] * d.queries.shape[2], torch.finfo(dtype).bits // 8
-    if keep == "factors":
-        return _factor_blocks(m, n, k, itemsize)
-    return _blocks(m, n, k, itemsize, budget)
+def _block_scores(
+    d: _Direction,
+    inputs: tuple[torch.Tensor, ...],
+    span: tuple[int, int, int, int],
+    spec: Spec,
+    chunks: list[tuple[int, int]] | None,
+    rows: tuple[tuple[int, int], tuple[int, int]],
+    comp: ComponentSide | None,
+    dtype: torch.dtype,
+    check: bool,
+) -> tuple[torch.Tensor, torch.Tensor, Summary, torch.Tensor | None]:
+    """A block's scores (``-inf`` for invalid pairs, flagged pairs evaluated directly when
+    ``spec.direct``), valid pairs, summary and rounding excess (with ``check`` or direct)."""
+    q_rows, c_rows = rows
+    if chunks is not None:
+        z, facts = _chunked_block(inputs, span, spec, chunks, dtype)
+    else:
+        assert comp is not None
+        query = d.queries_block(q_rows, dtype)
+        z, facts = scores(query, comp), summary(query, comp)
+    valid = (facts.query_active @ facts.component_active.T) > 0
+    z = torch.where(valid, z, -math.inf)
+    error = None
+    if check or spec.direct:
+        error = excess(facts, z, valid, dtype)
+        if spec.direct:
+            z = corrected(d, q_rows, c_rows, facts, z, error, dtype)
+    return z, valid, facts, error
 
 
 def forward_pass(
     inputs: tuple[torch.Tensor, ...], spec: Spec, dtype: torch.dtype, check: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Per-query ``logsumexp`` ``(Q,)``, statistics ``(4, Q)``, the largest excess error, and
-    what the backward pass may reuse (see :func:`storage`).
+    the scores the backward pass may reuse (see :func:`storage`).
 
     Statistics: ``sum_j w z``, ``sum_j w sum_P q``, ``sum_j w sum_P p`` and ``|V_i|``.
     """
     keep = storage(inputs, spec, dtype)
+    chunks = _position_chunks(inputs, spec, dtype, False) if keep == "chunks" else None
     kept: list[torch.Tensor] = []
     log_sum_exps, all_stats = [], []
     largest = inputs[0].new_zeros((), dtype=dtype)
+    itemsize = torch.finfo(dtype).bits // 8
     for span in spec.directions:
-        d = _direction(inputs, span, spec.with_own, dtype)
-        query_blocks, component_blocks = _plan(d, keep, spec.max_block_bytes, dtype)
-        queries: list[QuerySide] = []
-        comps: list[ComponentSide] = []
-        if keep == "factors":  # each block prepared once, kept for the backward pass
-            queries = [d.queries_block(rows, dtype) for rows in query_blocks]
-            comps = [d.components_block(rows, dtype) for rows in component_blocks]
-            kept += [*d.scale, *(t for q in queries for t in _pack_query(q))]
-            kept += [t for c in comps for t in _pack_component(c)]
+        q0, q1, c0, c1 = span
+        m, n, k = q1 - q0, c1 - c0, inputs[0].shape[1] * inputs[0].shape[2]
+        if chunks is not None:
+            query_blocks, component_blocks = _ranges(m, max(m, 1)), _ranges(n, max(n, 1))
+        else:
+            query_blocks, component_blocks = _blocks(m, n, k, itemsize, spec.max_block_bytes)
+        d = _direction(inputs, span, spec.with_own, dtype, scaled=chunks is None)
         a = d.query_mask.to(dtype)
-        m = a.shape[0]
         peak = torch.full((m,), -math.inf, dtype=dtype, device=a.device)
         total, score, count = a.new_zeros(m), a.new_zeros(m), a.new_zeros(m)
         weighted_mask, weighted_constants = a.new_zeros(a.shape), a.new_zeros(a.shape)
         own_values: list[torch.Tensor] = []
-        for ci, c_rows in enumerate(component_blocks):
-            comp = comps[ci] if comps else d.components_block(c_rows, dtype)
-            for qi, q_rows in enumerate(query_blocks):
+        for c_rows in component_blocks:
+            comp = None if chunks is not None else d.components_block(c_rows, dtype)
+            for q_rows in query_blocks:
                 rows = slice(*q_rows)
-                query = queries[qi] if queries else d.queries_block(q_rows, dtype)
-                if query.own is not None and c_rows[0] == 0:
-                    own_values.append(query.own.value)
-                valid = (query.active @ comp.active.T) > 0
-                z = torch.where(valid, scores(query, comp), -math.inf)
-                if check or spec.direct:
-                    error = excess(query, comp, z, valid, dtype)
-                    if check:
-                        largest = torch.maximum(largest, error.amax() if error.numel() else largest)
-                    if spec.direct:
-                        z = corrected(d, q_rows, c_rows, query, comp, z, error, dtype)
+                z, valid, facts, error = _block_scores(
+                    d, inputs, span, spec, chunks, (q_rows, c_rows), comp, dtype, check
+                )
+                if check and error is not None and error.numel():
+                    largest = torch.maximum(largest, error.amax())
+                if facts.own_value is not None and c_rows[0] == 0:
+                    own_values.append(facts.own_value)
                 if keep != "none":
                     kept.append(z)
                 old = peak[rows]
                 new = torch.maximum(old, z.amax(-1))
                 shift = torch.where(torch.isfinite(new), new, 0.0)
-                e = (z - shift.unsqueeze(-1)).exp()
+                e = _exp(z - shift.unsqueeze(-1))
                 alpha = (old - shift).exp().unsqueeze(-1)
                 peak = put(peak, rows, new)
                 total = put(total, rows, total[rows] * alpha[:, 0] + e.sum(-1))
@@ -243,10 +280,12 @@ def forward_pass(
                 score = put(score, rows, score[rows] * alpha[:, 0] + weighted_z)
                 count = put(count, rows, count[rows] + valid.to(dtype).sum(-1))
                 weighted_mask = put(
-                    weighted_mask, rows, weighted_mask[rows] * alpha + e @ comp.active
+                    weighted_mask, rows, weighted_mask[rows] * alpha + e @ facts.component_active
                 )
                 weighted_constants = put(
-                    weighted_constants, rows, weighted_constants[rows] * alpha + e @ comp.constants
+                    weighted_constants,
+                    rows,
+                    weighted_constants[rows] * alpha + e @ facts.component_constants,
                 )
         has = count > 0
         total = torch.where(has, total, 1.0)
@@ -260,6 +299,82 @@ def forward_pass(
     return torch.cat(log_sum_exps), torch.cat(all_stats, dim=1), largest, kept
 
 
+def _exp(x: torch.Tensor) -> torch.Tensor:
+    """``exp(x)`` with results below the smallest normal number set to 0 (a subnormal result is
+    many times slower on CPU; the weights lost are below ``1e-38`` of the largest)."""
+    return torch.where(x < math.log(torch.finfo(x.dtype).tiny), -math.inf, x).exp()
+
+
+def _rows(value: Any, start: int, stop: int) -> Any:
+    """Rows ``[start, stop)`` of every tensor of a (nested) named tuple."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return value[start:stop]
+    return type(value)(*(_rows(v, start, stop) for v in value))
+
+
+class _Gradients(NamedTuple):
+    """Where the backward pass adds its pieces, and how it splits the elementwise work."""
+
+    queries: Accumulator
+    centres: Accumulator
+    stds: Accumulator
+    needs_components: bool
+    functional: bool
+
+    def row_chunks(self, rows: int, k: int, dtype: torch.dtype) -> list[tuple[int, int]]:
+        """Rows in cache-sized chunks; out of place (a graph, ``torch.func``) whole blocks."""
+        if self.functional:
+            return _ranges(rows, max(rows, 1))
+        return _ranges(rows, max(1, CHUNK_BYTES // max(k * (torch.finfo(dtype).bits // 8), 1)))
+
+    def add_block(
+        self,
+        d: _Direction,
+        starts: tuple[int, int],
+        query: QuerySide,
+        comp: ComponentSide,
+        weights: tuple[torch.Tensor, torch.Tensor | None],
+        positions: tuple[int, int] | None,
+    ) -> None:
+        """The gradients of one block of pairs through its factors (rows ``starts`` on)."""
+        q_start, c_start = starts
+        dtype, k = query.scaled.dtype, query.scaled.shape[1] * query.scaled.shape[2]
+        through = query_products(weights[0], comp, weights[1])
+        scale = d.scale
+        assert scale is not None
+        for s0, s1 in self.row_chunks(query.scaled.shape[0], k, dtype):
+            grad_y, grad_c, grad_s = query_gradients(
+                _rows(query, s0, s1), _rows(through, s0, s1), scale
+            )
+            self.queries.add(q_start + s0, grad_y, positions)
+            if grad_c is not None and grad_s is not None:
+                self.centres.add(q_start + s0, grad_c, positions)
+                self.stds.add(q_start + s0, grad_s, positions)
+        if self.needs_components:
+            products = component_products(weights[0], query, weights[1])
+            self.add_components(d, c_start, comp, products, positions)
+
+    def add_components(
+        self,
+        d: _Direction,
+        start: int,
+        comp: ComponentSide,
+        products: ComponentProducts,
+        positions: tuple[int, int] | None,
+    ) -> None:
+        dtype, k = comp.scaled.dtype, comp.scaled.shape[1] * comp.scaled.shape[2]
+        scale = d.scale
+        assert scale is not None
+        for s0, s1 in self.row_chunks(comp.scaled.shape[0], k, dtype):
+            grad_c, grad_s = component_gradients(
+                _rows(comp, s0, s1), _rows(products, s0, s1), scale
+            )
+            self.centres.add(start + s0, grad_c, positions)
+            self.stds.add(start + s0, grad_s, positions)
+
+
 def backward_pass(
     inputs: tuple[torch.Tensor, ...],
     log_sum_exp: torch.Tensor,
@@ -270,97 +385,94 @@ def backward_pass(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``sum_i grad_i logsumexp_i`` w.r.t. queries, centres and stds.
 
-    Takes each block's factors and scores from ``cache`` (what :func:`forward_pass` kept) or
-    recomputes them, then the softmax weights ``exp(z_ij - logsumexp_i)``; built from
-    differentiable operations only. The centre gradient is that of the clean embeddings and of
-    the means alike.
+    Takes each block's scores from ``cache`` (what :func:`forward_pass` kept) or recomputes
+    them, then the softmax weights ``exp(z_ij - logsumexp_i)``, and prepares each block (or
+    chunk of positions) again for the chain rule; built from differentiable operations only.
+    The centre gradient is that of the clean embeddings and of the means alike.
     """
     dtype = log_sum_exp.dtype
-    queries_, clean, _, stds, _, _ = inputs
+    queries, clean, _, stds, _, _ = inputs
     keep = storage(inputs, spec, dtype) if cache else "none"
     functional = torch.is_grad_enabled() or torch.compiler.is_compiling() or is_wrapped(grad)
-    grad_queries = Accumulator(queries_, dtype, functional)
-    grad_centres = Accumulator(clean, dtype, functional)
-    grad_stds = Accumulator(stds, dtype, functional)
-    rest = iter(cache or [])
+    if keep == "none" and storage(inputs, spec, dtype) == "chunks":
+        keep = "chunks-recomputed"
+    chunks = None
+    if keep.startswith("chunks"):
+        chunks = _position_chunks(inputs, spec, dtype, functional)
+    out = _Gradients(
+        Accumulator(queries, dtype, functional),
+        Accumulator(clean, dtype, functional),
+        Accumulator(stds, dtype, functional),
+        needs_components,
+        functional,
+    )
+    kept = iter(cache or [])
     offset = 0
-    query_parts = 5 if spec.with_own else 3
+    itemsize = torch.finfo(dtype).bits // 8
     for span in spec.directions:
-        q0, _, c0, _ = span
-        scale = Scaling(next(rest), next(rest)) if keep == "factors" else None
-        d = _direction(inputs, span, spec.with_own, dtype, scale)
-        query_blocks, component_blocks = _plan(d, keep, spec.max_block_bytes, dtype)
-        queries: list[QuerySide] = []
-        comps: list[ComponentSide] = []
-        if keep == "factors":
-            queries = [
-                _unpack_query([next(rest) for _ in range(query_parts)], d, rows, dtype)
-                for rows in query_blocks
-            ]
-            comps = [
-                _unpack_component([next(rest) for _ in range(6)], d, rows, dtype)
-                for rows in component_blocks
-            ]
-        m = d.queries.shape[0]
+        q0, q1, c0, c1 = span
+        m, n, k = q1 - q0, c1 - c0, inputs[0].shape[1] * inputs[0].shape[2]
+        if chunks is not None:
+            query_blocks, component_blocks = _ranges(m, max(m, 1)), _ranges(n, max(n, 1))
+        else:
+            query_blocks, component_blocks = _blocks(m, n, k, itemsize, spec.max_block_bytes)
+        d = _direction(inputs, span, spec.with_own, dtype, scaled=chunks is None)
         lse = log_sum_exp[offset : offset + m]
         g = torch.where(torch.isfinite(lse), grad[offset : offset + m], 0.0)
         lse = torch.where(torch.isfinite(lse), lse, 0.0)
         offset += m
-        for ci, c_rows in enumerate(component_blocks):
-            comp = comps[ci] if comps else d.components_block(c_rows, dtype)
-            products: ComponentProducts | None = None
-            for qi, q_rows in enumerate(query_blocks):
-                query = queries[qi] if queries else d.queries_block(q_rows, dtype)
-                z, flagged = _scores(d, q_rows, c_rows, query, comp, spec.direct, dtype, rest, keep)
+        for c_rows in component_blocks:
+            # Scores recomputed from the factors need their values; the chain rule does not.
+            values = keep == "none" or spec.direct
+            comp = None if chunks is not None else d.components_block(c_rows, dtype, values)
+            for q_rows in query_blocks:
+                z, flagged = _backward_scores(
+                    d, inputs, span, spec, chunks, (q_rows, c_rows), comp, dtype, kept, keep
+                )
                 valid = torch.isfinite(z)
                 log_w = torch.where(valid, z - lse[q_rows[0] : q_rows[1]].unsqueeze(-1), -math.inf)
-                weights = log_w.exp() * g[q_rows[0] : q_rows[1]].unsqueeze(-1)
+                weights = _exp(log_w) * g[q_rows[0] : q_rows[1]].unsqueeze(-1)
                 distance_weights = None
                 if flagged is not None:  # their distance derivatives from the differences
                     distance_weights = torch.where(flagged, 0.0, weights)
                     direct = direct_gradients(d, q_rows, c_rows, flagged, weights, dtype)
-                    if needs_components:
-                        grad_centres.add(c0 + c_rows[0], direct.centres)
-                        grad_stds.add(c0 + c_rows[0], direct.stds)
-                if needs_components:
-                    update = component_products(weights, query, distance_weights)
-                    products = add_products(products, update)
-                grad_y, grad_c, grad_s = query_gradients(
-                    query, weights, comp, d.scale, distance_weights
-                )
-                if flagged is not None:
-                    grad_y = grad_y + direct.queries
-                grad_queries.add(q0 + q_rows[0], grad_y)
-                if grad_c is not None and grad_s is not None:
-                    grad_centres.add(q0 + q_rows[0], grad_c)
-                    grad_stds.add(q0 + q_rows[0], grad_s)
-            if products is not None:
-                grad_c, grad_s = component_gradients(comp, products, d.scale)
-                grad_centres.add(c0 + c_rows[0], grad_c)
-                grad_stds.add(c0 + c_rows[0], grad_s)
-    return grad_queries.result(), grad_centres.result(), grad_stds.result()
+                    for p0, p1 in chunks or [(0, inputs[0].shape[1])]:
+                        cols = (p0, p1)
+                        out.queries.add(q0 + q_rows[0], direct.queries[:, p0:p1], cols)
+                        if needs_components:
+                            out.centres.add(c0 + c_rows[0], direct.centres[:, p0:p1], cols)
+                            out.stds.add(c0 + c_rows[0], direct.stds[:, p0:p1], cols)
+                pair_weights = (weights, distance_weights)
+                if chunks is None:
+                    assert comp is not None
+                    query = d.queries_block(q_rows, dtype, values=False)
+                    starts = (q0 + q_rows[0], c0 + c_rows[0])
+                    out.add_block(d, starts, query, comp, pair_weights, None)
+                for positions in chunks or []:
+                    part = _direction(inputs, span, spec.with_own, dtype, positions)
+                    query = part.queries_block((0, m), dtype, values=False)
+                    part_comp = part.components_block((0, n), dtype, values=False)
+                    out.add_block(part, (q0, c0), query, part_comp, pair_weights, positions)
+    return out.queries.result(), out.centres.result(), out.stds.result()
 
 
-def _scores(
+def _backward_scores(
     d: _Direction,
-    q_rows: tuple[int, int],
-    c_rows: tuple[int, int],
-    query: QuerySide,
-    comp: ComponentSide,
-    direct: bool,
+    inputs: tuple[torch.Tensor, ...],
+    span: tuple[int, int, int, int],
+    spec: Spec,
+    chunks: list[tuple[int, int]] | None,
+    rows: tuple[tuple[int, int], tuple[int, int]],
+    comp: ComponentSide | None,
     dtype: torch.dtype,
     kept: Iterator[torch.Tensor],
     keep: str,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A block's scores as the forward pass computed them (``-inf`` for invalid pairs): kept
-    or recomputed; with ``direct``, also the pairs the rounding check flags."""
-    if keep != "none" and not direct:
+    """A block's scores as the forward pass computed them: kept or recomputed; with
+    ``spec.direct``, also the pairs the rounding check flags."""
+    if keep in ("chunks", "scores") and not spec.direct:
         return next(kept), None
-    valid = (query.active @ comp.active.T) > 0
-    z = torch.where(valid, scores(query, comp), -math.inf)
-    if not direct:
-        return z, None
-    error = excess(query, comp, z, valid, dtype)
-    if keep != "none":
-        return next(kept), error > 0
-    return corrected(d, q_rows, c_rows, query, comp, z, error, dtype), error > 0
+    z, _, _, error = _block_scores(d, inputs, span, spec, chunks, rows, comp, dtype, False)
+    if keep in ("chunks", "scores"):
+        z = next(kept)
+    return z, None if error is None else error > 0
