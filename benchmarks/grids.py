@@ -62,6 +62,7 @@ def grid_default(device: str) -> list[Case]:
         Case("token", 8, 256, 768, compile=True),
         Case("token", 8, 1024, 4096),
         Case("token", 8, 1024, 4096, dtype="bfloat16"),
+        Case("token", 16, 2048, 1024),
     ]
     if device == "cuda":
         cases += [

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -27,24 +27,15 @@ from mi_losses.functional._accuracy import (
     summary,
 )
 from mi_losses.functional._pair_terms import (
-    ComponentProducts,
     ComponentSide,
     QuerySide,
     Scaling,
-    component_gradients,
-    component_products,
     component_side,
-    query_gradients,
-    query_products,
     query_side,
     scaling,
     scores,
 )
-
-# Elementwise work runs on chunks of about this many bytes per (rows, positions, E) tensor,
-# which stay in the processor's cache (and in the allocator's reusable memory) between
-# operations.
-CHUNK_BYTES = 2 * 2**20
+from mi_losses.functional._stream_gradients import Gradients, cache_sized, ranges
 
 
 def effective_masks(
@@ -64,10 +55,6 @@ class Spec(NamedTuple):
     with_own: bool
     max_block_bytes: int
     direct: bool = False  # evaluate the pairs the rounding check flags from their differences
-
-
-def _ranges(total: int, size: int) -> list[tuple[int, int]]:
-    return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
 def storage(inputs: tuple[torch.Tensor, ...], spec: Spec, dtype: torch.dtype) -> str:
@@ -95,8 +82,7 @@ def _position_chunks(
     if whole:
         return [(0, s)]
     rows = max([q1 - q0 + c1 - c0 for q0, q1, c0, c1 in spec.directions] + [1])
-    size = CHUNK_BYTES // max(rows * e * (torch.finfo(dtype).bits // 8), 1)
-    return _ranges(s, max(1, size)) or [(0, 0)]
+    return cache_sized(s, rows * e * (torch.finfo(dtype).bits // 8)) or [(0, 0)]
 
 
 def _blocks(
@@ -106,7 +92,7 @@ def _blocks(
     (four ``K``-wide tensors per row), half for the query factors and the block's scores."""
     n_block = max(1, min(n, budget // 2 // max(4 * k * itemsize, 1)))
     m_block = max(1, min(m, budget // 2 // max((4 * k + 6 * n_block) * itemsize, 1)))
-    return _ranges(m, m_block), _ranges(n, n_block)
+    return ranges(m, m_block), ranges(n, n_block)
 
 
 class _Direction(NamedTuple):
@@ -209,6 +195,7 @@ def _block_scores(
     comp: ComponentSide | None,
     dtype: torch.dtype,
     check: bool,
+    query: QuerySide | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, Summary, torch.Tensor | None]:
     """A block's scores (``-inf`` for invalid pairs, flagged pairs evaluated directly when
     ``spec.direct``), valid pairs, summary and rounding excess (with ``check`` or direct)."""
@@ -217,7 +204,7 @@ def _block_scores(
         z, facts = _chunked_block(inputs, span, spec, chunks, dtype)
     else:
         assert comp is not None
-        query = d.queries_block(q_rows, dtype)
+        query = query if query is not None else d.queries_block(q_rows, dtype)
         z, facts = scores(query, comp), summary(query, comp)
     valid = (facts.query_active @ facts.component_active.T) > 0
     z = torch.where(valid, z, -math.inf)
@@ -247,7 +234,7 @@ def forward_pass(
         q0, q1, c0, c1 = span
         m, n, k = q1 - q0, c1 - c0, inputs[0].shape[1] * inputs[0].shape[2]
         if chunks is not None:
-            query_blocks, component_blocks = _ranges(m, max(m, 1)), _ranges(n, max(n, 1))
+            query_blocks, component_blocks = ranges(m, max(m, 1)), ranges(n, max(n, 1))
         else:
             query_blocks, component_blocks = _blocks(m, n, k, itemsize, spec.max_block_bytes)
         d = _direction(inputs, span, spec.with_own, dtype, scaled=chunks is None)
@@ -305,76 +292,6 @@ def _exp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < math.log(torch.finfo(x.dtype).tiny), -math.inf, x).exp()
 
 
-def _rows(value: Any, start: int, stop: int) -> Any:
-    """Rows ``[start, stop)`` of every tensor of a (nested) named tuple."""
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor):
-        return value[start:stop]
-    return type(value)(*(_rows(v, start, stop) for v in value))
-
-
-class _Gradients(NamedTuple):
-    """Where the backward pass adds its pieces, and how it splits the elementwise work."""
-
-    queries: Accumulator
-    centres: Accumulator
-    stds: Accumulator
-    needs_components: bool
-    functional: bool
-
-    def row_chunks(self, rows: int, k: int, dtype: torch.dtype) -> list[tuple[int, int]]:
-        """Rows in cache-sized chunks; out of place (a graph, ``torch.func``) whole blocks."""
-        if self.functional:
-            return _ranges(rows, max(rows, 1))
-        return _ranges(rows, max(1, CHUNK_BYTES // max(k * (torch.finfo(dtype).bits // 8), 1)))
-
-    def add_block(
-        self,
-        d: _Direction,
-        starts: tuple[int, int],
-        query: QuerySide,
-        comp: ComponentSide,
-        weights: tuple[torch.Tensor, torch.Tensor | None],
-        positions: tuple[int, int] | None,
-    ) -> None:
-        """The gradients of one block of pairs through its factors (rows ``starts`` on)."""
-        q_start, c_start = starts
-        dtype, k = query.scaled.dtype, query.scaled.shape[1] * query.scaled.shape[2]
-        through = query_products(weights[0], comp, weights[1])
-        scale = d.scale
-        assert scale is not None
-        for s0, s1 in self.row_chunks(query.scaled.shape[0], k, dtype):
-            grad_y, grad_c, grad_s = query_gradients(
-                _rows(query, s0, s1), _rows(through, s0, s1), scale
-            )
-            self.queries.add(q_start + s0, grad_y, positions)
-            if grad_c is not None and grad_s is not None:
-                self.centres.add(q_start + s0, grad_c, positions)
-                self.stds.add(q_start + s0, grad_s, positions)
-        if self.needs_components:
-            products = component_products(weights[0], query, weights[1])
-            self.add_components(d, c_start, comp, products, positions)
-
-    def add_components(
-        self,
-        d: _Direction,
-        start: int,
-        comp: ComponentSide,
-        products: ComponentProducts,
-        positions: tuple[int, int] | None,
-    ) -> None:
-        dtype, k = comp.scaled.dtype, comp.scaled.shape[1] * comp.scaled.shape[2]
-        scale = d.scale
-        assert scale is not None
-        for s0, s1 in self.row_chunks(comp.scaled.shape[0], k, dtype):
-            grad_c, grad_s = component_gradients(
-                _rows(comp, s0, s1), _rows(products, s0, s1), scale
-            )
-            self.centres.add(start + s0, grad_c, positions)
-            self.stds.add(start + s0, grad_s, positions)
-
-
 def backward_pass(
     inputs: tuple[torch.Tensor, ...],
     log_sum_exp: torch.Tensor,
@@ -399,7 +316,7 @@ def backward_pass(
     chunks = None
     if keep.startswith("chunks"):
         chunks = _position_chunks(inputs, spec, dtype, functional)
-    out = _Gradients(
+    out = Gradients(
         Accumulator(queries, dtype, functional),
         Accumulator(clean, dtype, functional),
         Accumulator(stds, dtype, functional),
@@ -413,7 +330,7 @@ def backward_pass(
         q0, q1, c0, c1 = span
         m, n, k = q1 - q0, c1 - c0, inputs[0].shape[1] * inputs[0].shape[2]
         if chunks is not None:
-            query_blocks, component_blocks = _ranges(m, max(m, 1)), _ranges(n, max(n, 1))
+            query_blocks, component_blocks = ranges(m, max(m, 1)), ranges(n, max(n, 1))
         else:
             query_blocks, component_blocks = _blocks(m, n, k, itemsize, spec.max_block_bytes)
         d = _direction(inputs, span, spec.with_own, dtype, scaled=chunks is None)
@@ -426,8 +343,9 @@ def backward_pass(
             values = keep == "none" or spec.direct
             comp = None if chunks is not None else d.components_block(c_rows, dtype, values)
             for q_rows in query_blocks:
+                query = None if chunks is not None else d.queries_block(q_rows, dtype, values)
                 z, flagged = _backward_scores(
-                    d, inputs, span, spec, chunks, (q_rows, c_rows), comp, dtype, kept, keep
+                    d, inputs, span, spec, chunks, (q_rows, c_rows), comp, dtype, kept, keep, query
                 )
                 valid = torch.isfinite(z)
                 log_w = torch.where(valid, z - lse[q_rows[0] : q_rows[1]].unsqueeze(-1), -math.inf)
@@ -444,8 +362,7 @@ def backward_pass(
                             out.stds.add(c0 + c_rows[0], direct.stds[:, p0:p1], cols)
                 pair_weights = (weights, distance_weights)
                 if chunks is None:
-                    assert comp is not None
-                    query = d.queries_block(q_rows, dtype, values=False)
+                    assert comp is not None and query is not None
                     starts = (q0 + q_rows[0], c0 + c_rows[0])
                     out.add_block(d, starts, query, comp, pair_weights, None)
                 for positions in chunks or []:
@@ -467,12 +384,13 @@ def _backward_scores(
     dtype: torch.dtype,
     kept: Iterator[torch.Tensor],
     keep: str,
+    query: QuerySide | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A block's scores as the forward pass computed them: kept or recomputed; with
     ``spec.direct``, also the pairs the rounding check flags."""
     if keep in ("chunks", "scores") and not spec.direct:
         return next(kept), None
-    z, _, _, error = _block_scores(d, inputs, span, spec, chunks, rows, comp, dtype, False)
+    z, _, _, error = _block_scores(d, inputs, span, spec, chunks, rows, comp, dtype, False, query)
     if keep in ("chunks", "scores"):
         z = next(kept)
     return z, None if error is None else error > 0

@@ -4,9 +4,12 @@ Every mixture estimator reduces, for each query ``i``, the pair scores ``z_ij`` 
 :mod:`mi_losses.functional._pair_terms`) over its valid components ``V_i`` with a
 ``logsumexp``. This module computes that reduction in blocks of queries and components, as
 flash attention does: the forward pass keeps a running maximum and sum per query (and the
-softmax-weighted sums the component losses need); the backward pass recomputes each block's
-scores and weights from the saved inputs and the per-query ``logsumexp``. No ``(M, N)`` matrix
-lives longer than one block; block sizes come from a memory budget.
+softmax-weighted sums the component losses need); the backward pass prepares each block's
+factors again from the saved inputs and takes its scores from the forward pass when all of
+them fit in the budget (else recomputes them), then the weights from the per-query
+``logsumexp``. No ``(M, N)`` matrix outlives a block unless all of them fit in half the budget;
+block sizes come from the budget. See :mod:`mi_losses.functional._stream_passes` for the two
+ways through the pairs.
 
 The backward pass is made of differentiable torch operations and recomputes the
 ``logsumexp`` through this same function when a graph is being built, so second (and higher)
@@ -23,8 +26,8 @@ import torch
 from mi_losses.functional._stream_passes import Spec, backward_pass, forward_pass
 
 DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
-"""Default memory budget of the blocks (scores, weights and factors alive at once), and of
-what the forward pass keeps for the backward pass."""
+"""Default memory budget of the blocks (scores, weights and factors alive at once); the
+forward pass keeps the scores for the backward pass when all of them fit in half of it."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,9 +87,11 @@ def gaussian_mixture_entropy(
             the masks declare active, and the values of non-bool masks (one pass each, one
             host synchronisation).
         max_block_bytes: memory budget of the streaming kernel's blocks (the pair scores and
-            factors of one block of queries and components), default 128 MiB. Memory beyond
-            the inputs and their gradients is linear in the number of samples plus this budget;
-            results do not depend on it beyond rounding.
+            factors of one block of queries and components), default 256 MiB. When all pair
+            scores fit in half of it (the usual case at sequence granularity) they are kept for
+            the backward pass, else each block is recomputed there. Memory beyond the inputs
+            and their gradients is linear in the number of samples plus this budget; results
+            do not depend on it beyond rounding.
         accuracy_check: check the rounding of the expanded squares (one reduction per block,
             one host synchronisation per call); where some pair would lose more than the
             tolerance of docs/math.md#numerics, the pass is redone in float64 with the flagged pairs evaluated from their

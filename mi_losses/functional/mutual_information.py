@@ -72,7 +72,7 @@ def mutual_information_sub_batch(
     mutual information (Poole et al., 2019), so minimising it is a sound privacy objective;
     ``I = H(Y) - H(Y|X)`` splits exactly into the components written to ``losses``.
     Pairs are evaluated as matrix products in blocks by a streaming kernel (running
-    ``logsumexp`` per query, blocks recomputed in the backward pass): memory linear in the
+    ``logsumexp`` per query, blocks prepared again in the backward pass): memory linear in the
     number of samples, forward and backward. Second derivatives are exact
     (``create_graph=True``), ``torch.func.grad``/``jacrev`` apply, and positions outside the
     masks are never read (their gradient is exactly 0).
@@ -99,9 +99,11 @@ def mutual_information_sub_batch(
             positions the masks declare active, and the values of a non-bool ``noise_mask``
             (one pass each, one host synchronisation).
         max_block_bytes: memory budget of the streaming kernel's blocks (the pair scores and
-            factors of one block of queries and components), default 128 MiB. Memory beyond
-            the inputs and their gradients is linear in the number of samples plus this budget;
-            results do not depend on it beyond rounding.
+            factors of one block of queries and components), default 256 MiB. When all pair
+            scores fit in half of it (the usual case at sequence granularity) they are kept for
+            the backward pass, else each block is recomputed there. Memory beyond the inputs
+            and their gradients is linear in the number of samples plus this budget; results
+            do not depend on it beyond rounding.
         accuracy_check: check the rounding of the expanded squares (one reduction per block,
             one host synchronisation per call); where some pair would lose more than the
             tolerance of docs/math.md#numerics, the pass is redone in float64 with the flagged pairs evaluated from their
