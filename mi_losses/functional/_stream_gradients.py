@@ -17,9 +17,9 @@ from mi_losses.functional._pair_terms import (
     query_products,
 )
 
-# Elementwise work runs on chunks of about this many bytes per (rows, positions, E) tensor,
-# which stay in the processor's cache (and in the allocator's reusable memory) between
-# operations.
+# On CPU, elementwise work runs on chunks of about this many bytes per (rows, positions, E)
+# tensor, which stay in the processor's cache (and in the allocator's reusable memory) between
+# operations. On an accelerator, chunks only keep within the memory budget (fewer launches).
 CHUNK_BYTES = 2 * 2**20
 
 
@@ -28,9 +28,13 @@ def ranges(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
-def cache_sized(total: int, unit_bytes: int) -> list[tuple[int, int]]:
-    """``total`` units (rows or positions) of ``unit_bytes`` each in cache-sized ranges."""
-    return ranges(total, max(1, CHUNK_BYTES // max(unit_bytes, 1)))
+def cache_sized(
+    total: int, unit_bytes: int, device: torch.device, budget: int
+) -> list[tuple[int, int]]:
+    """``total`` units (rows or positions) of ``unit_bytes`` each in ranges of at most
+    :data:`CHUNK_BYTES` on CPU, of a sixteenth of the memory ``budget`` elsewhere."""
+    size = CHUNK_BYTES if device.type == "cpu" else budget // 16
+    return ranges(total, max(1, size // max(unit_bytes, 1)))
 
 
 def _rows(value: Any, start: int, stop: int) -> Any:
@@ -50,12 +54,13 @@ class Gradients(NamedTuple):
     stds: Accumulator
     needs_components: bool
     functional: bool
+    budget: int
 
-    def row_chunks(self, rows: int, k: int, dtype: torch.dtype) -> list[tuple[int, int]]:
+    def row_chunks(self, rows: int, k: int, like: torch.Tensor) -> list[tuple[int, int]]:
         """Rows in cache-sized chunks; out of place (a graph, ``torch.func``) whole blocks."""
         if self.functional:
             return ranges(rows, max(rows, 1))
-        return cache_sized(rows, k * (torch.finfo(dtype).bits // 8))
+        return cache_sized(rows, k * like.element_size(), like.device, self.budget)
 
     def add_block(
         self,
@@ -68,11 +73,11 @@ class Gradients(NamedTuple):
     ) -> None:
         """The gradients of one block of pairs through its factors (rows ``starts`` on)."""
         q_start, c_start = starts
-        dtype, k = query.scaled.dtype, query.scaled.shape[1] * query.scaled.shape[2]
+        k = query.scaled.shape[1] * query.scaled.shape[2]
         through = query_products(weights[0], comp, weights[1])
         scale = d.scale
         assert scale is not None
-        for s0, s1 in self.row_chunks(query.scaled.shape[0], k, dtype):
+        for s0, s1 in self.row_chunks(query.scaled.shape[0], k, query.scaled):
             grad_y, grad_c, grad_s = query_gradients(
                 _rows(query, s0, s1), _rows(through, s0, s1), scale
             )
@@ -92,10 +97,10 @@ class Gradients(NamedTuple):
         products: ComponentProducts,
         positions: tuple[int, int] | None,
     ) -> None:
-        dtype, k = comp.scaled.dtype, comp.scaled.shape[1] * comp.scaled.shape[2]
+        k = comp.scaled.shape[1] * comp.scaled.shape[2]
         scale = d.scale
         assert scale is not None
-        for s0, s1 in self.row_chunks(comp.scaled.shape[0], k, dtype):
+        for s0, s1 in self.row_chunks(comp.scaled.shape[0], k, comp.scaled):
             grad_c, grad_s = component_gradients(
                 _rows(comp, s0, s1), _rows(products, s0, s1), scale
             )

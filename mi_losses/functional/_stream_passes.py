@@ -68,8 +68,7 @@ def storage(inputs: tuple[torch.Tensor, ...], spec: Spec, dtype: torch.dtype) ->
     pairs = sum((q1 - q0) * (c1 - c0) for q0, q1, c0, c1 in spec.directions)
     rows = max([q1 - q0 + c1 - c0 for q0, q1, c0, c1 in spec.directions] + [0])
     fits = pairs * itemsize <= spec.max_block_bytes // 2
-    # One position of every row: about eight (rows, 1, E) tensors at a time.
-    if fits and 8 * rows * e * itemsize <= spec.max_block_bytes // 2:
+    if fits and 8 * rows * e * itemsize <= spec.max_block_bytes // 2:  # ~8 (rows, 1, E) tensors
         return "chunks"
     return "scores" if fits else "none"
 
@@ -82,7 +81,8 @@ def _position_chunks(
     if whole:
         return [(0, s)]
     rows = max([q1 - q0 + c1 - c0 for q0, q1, c0, c1 in spec.directions] + [1])
-    return cache_sized(s, rows * e * (torch.finfo(dtype).bits // 8)) or [(0, 0)]
+    unit = rows * e * (torch.finfo(dtype).bits // 8)
+    return cache_sized(s, unit, inputs[0].device, spec.max_block_bytes) or [(0, 0)]
 
 
 def _blocks(
@@ -93,6 +93,23 @@ def _blocks(
     n_block = max(1, min(n, budget // 2 // max(4 * k * itemsize, 1)))
     m_block = max(1, min(m, budget // 2 // max((4 * k + 6 * n_block) * itemsize, 1)))
     return ranges(m, m_block), ranges(n, n_block)
+
+
+def _row_blocks(
+    inputs: tuple[torch.Tensor, ...],
+    span: tuple[int, int, int, int],
+    spec: Spec,
+    dtype: torch.dtype,
+    chunks: list[tuple[int, int]] | None,
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Row ranges of one direction's queries and components: one block each over position
+    ``chunks``, else from the budget."""
+    q0, q1, c0, c1 = span
+    m, n = q1 - q0, c1 - c0
+    if chunks is not None:
+        return ranges(m, max(m, 1)), ranges(n, max(n, 1))
+    k, itemsize = inputs[0].shape[1] * inputs[0].shape[2], torch.finfo(dtype).bits // 8
+    return _blocks(m, n, k, itemsize, spec.max_block_bytes)
 
 
 class _Direction(NamedTuple):
@@ -185,20 +202,26 @@ def _chunked_block(
     )
 
 
+class _Block(NamedTuple):
+    """One block of pairs of a direction: where it lies and what is already prepared."""
+
+    d: _Direction
+    inputs: tuple[torch.Tensor, ...]
+    span: tuple[int, int, int, int]
+    spec: Spec
+    chunks: list[tuple[int, int]] | None  # all pairs over chunks of positions, or row blocks
+    rows: tuple[tuple[int, int], tuple[int, int]]  # of the queries and of the components
+    comp: ComponentSide | None  # prepared components of a row block
+    query: QuerySide | None  # prepared queries of a row block (None: prepared here)
+    dtype: torch.dtype
+
+
 def _block_scores(
-    d: _Direction,
-    inputs: tuple[torch.Tensor, ...],
-    span: tuple[int, int, int, int],
-    spec: Spec,
-    chunks: list[tuple[int, int]] | None,
-    rows: tuple[tuple[int, int], tuple[int, int]],
-    comp: ComponentSide | None,
-    dtype: torch.dtype,
-    check: bool,
-    query: QuerySide | None = None,
+    block: _Block, check: bool
 ) -> tuple[torch.Tensor, torch.Tensor, Summary, torch.Tensor | None]:
     """A block's scores (``-inf`` for invalid pairs, flagged pairs evaluated directly when
     ``spec.direct``), valid pairs, summary and rounding excess (with ``check`` or direct)."""
+    d, inputs, span, spec, chunks, rows, comp, query, dtype = block
     q_rows, c_rows = rows
     if chunks is not None:
         z, facts = _chunked_block(inputs, span, spec, chunks, dtype)
@@ -229,14 +252,9 @@ def forward_pass(
     kept: list[torch.Tensor] = []
     log_sum_exps, all_stats = [], []
     largest = inputs[0].new_zeros((), dtype=dtype)
-    itemsize = torch.finfo(dtype).bits // 8
     for span in spec.directions:
-        q0, q1, c0, c1 = span
-        m, n, k = q1 - q0, c1 - c0, inputs[0].shape[1] * inputs[0].shape[2]
-        if chunks is not None:
-            query_blocks, component_blocks = ranges(m, max(m, 1)), ranges(n, max(n, 1))
-        else:
-            query_blocks, component_blocks = _blocks(m, n, k, itemsize, spec.max_block_bytes)
+        m = span[1] - span[0]
+        query_blocks, component_blocks = _row_blocks(inputs, span, spec, dtype, chunks)
         d = _direction(inputs, span, spec.with_own, dtype, scaled=chunks is None)
         a = d.query_mask.to(dtype)
         peak = torch.full((m,), -math.inf, dtype=dtype, device=a.device)
@@ -247,9 +265,8 @@ def forward_pass(
             comp = None if chunks is not None else d.components_block(c_rows, dtype)
             for q_rows in query_blocks:
                 rows = slice(*q_rows)
-                z, valid, facts, error = _block_scores(
-                    d, inputs, span, spec, chunks, (q_rows, c_rows), comp, dtype, check
-                )
+                block = _Block(d, inputs, span, spec, chunks, (q_rows, c_rows), comp, None, dtype)
+                z, valid, facts, error = _block_scores(block, check)
                 if check and error is not None and error.numel():
                     largest = torch.maximum(largest, error.amax())
                 if facts.own_value is not None and c_rows[0] == 0:
@@ -322,17 +339,14 @@ def backward_pass(
         Accumulator(stds, dtype, functional),
         needs_components,
         functional,
+        spec.max_block_bytes,
     )
     kept = iter(cache or [])
     offset = 0
-    itemsize = torch.finfo(dtype).bits // 8
     for span in spec.directions:
         q0, q1, c0, c1 = span
-        m, n, k = q1 - q0, c1 - c0, inputs[0].shape[1] * inputs[0].shape[2]
-        if chunks is not None:
-            query_blocks, component_blocks = ranges(m, max(m, 1)), ranges(n, max(n, 1))
-        else:
-            query_blocks, component_blocks = _blocks(m, n, k, itemsize, spec.max_block_bytes)
+        m, n = q1 - q0, c1 - c0
+        query_blocks, component_blocks = _row_blocks(inputs, span, spec, dtype, chunks)
         d = _direction(inputs, span, spec.with_own, dtype, scaled=chunks is None)
         lse = log_sum_exp[offset : offset + m]
         g = torch.where(torch.isfinite(lse), grad[offset : offset + m], 0.0)
@@ -344,9 +358,9 @@ def backward_pass(
             comp = None if chunks is not None else d.components_block(c_rows, dtype, values)
             for q_rows in query_blocks:
                 query = None if chunks is not None else d.queries_block(q_rows, dtype, values)
-                z, flagged = _backward_scores(
-                    d, inputs, span, spec, chunks, (q_rows, c_rows), comp, dtype, kept, keep, query
-                )
+                rows = (q_rows, c_rows)
+                block = _Block(d, inputs, span, spec, chunks, rows, comp, query, dtype)
+                z, flagged = _backward_scores(block, kept, keep)
                 valid = torch.isfinite(z)
                 log_w = torch.where(valid, z - lse[q_rows[0] : q_rows[1]].unsqueeze(-1), -math.inf)
                 weights = _exp(log_w) * g[q_rows[0] : q_rows[1]].unsqueeze(-1)
@@ -374,23 +388,13 @@ def backward_pass(
 
 
 def _backward_scores(
-    d: _Direction,
-    inputs: tuple[torch.Tensor, ...],
-    span: tuple[int, int, int, int],
-    spec: Spec,
-    chunks: list[tuple[int, int]] | None,
-    rows: tuple[tuple[int, int], tuple[int, int]],
-    comp: ComponentSide | None,
-    dtype: torch.dtype,
-    kept: Iterator[torch.Tensor],
-    keep: str,
-    query: QuerySide | None,
+    block: _Block, kept: Iterator[torch.Tensor], keep: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A block's scores as the forward pass computed them: kept or recomputed; with
     ``spec.direct``, also the pairs the rounding check flags."""
-    if keep in ("chunks", "scores") and not spec.direct:
+    if keep in ("chunks", "scores") and not block.spec.direct:
         return next(kept), None
-    z, _, _, error = _block_scores(d, inputs, span, spec, chunks, rows, comp, dtype, False, query)
+    z, _, _, error = _block_scores(block, False)
     if keep in ("chunks", "scores"):
         z = next(kept)
     return z, None if error is None else error > 0
