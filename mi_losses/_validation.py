@@ -70,6 +70,17 @@ def _where(active: torch.Tensor | None) -> str:
     return "everywhere" if active is None else "at active positions"
 
 
+def check_embeddings(tensors: dict[str, torch.Tensor], like: str) -> None:
+    """Raise unless every tensor is floating point with the ``(B, S, E)`` shape of
+    ``tensors[like]``, all on one device."""
+    for name, tensor in tensors.items():
+        check_floating(name, tensor)
+    check_ndim(like, tensors[like], 3, "(B, S, E)")
+    for name, tensor in tensors.items():
+        check_same_shape(name, tensor, like, tensors[like])
+    check_same_device(**tensors)
+
+
 def check_finite_at_active(name: str, tensor: torch.Tensor, active: torch.Tensor | None) -> None:
     """Raise unless ``tensor`` is finite wherever it is read (one pass, one host sync).
 

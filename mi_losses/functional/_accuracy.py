@@ -19,31 +19,59 @@ TOLERANCES = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-10, 1e-8)}
 class Summary(NamedTuple):
     """What the rounding check and the pair constants need of a block of pairs."""
 
-    query_squares: torch.Tensor  # sum_k y'^2, (m,)
+    query_squares: torch.Tensor | None  # sum_k y'^2, (m,); None: no rounding check
     query_active: torch.Tensor  # a, (m, S)
     own_value: torch.Tensor | None  # q, (m, S)
-    component_largest: torch.Tensor  # max_k w, (n,)
+    component_largest: torch.Tensor | None  # max_k w, (n,); None: no rounding check
     half_squares: torch.Tensor  # 0.5 sum_e w c'^2, (n, S)
     component_active: torch.Tensor  # b, (n, S)
     component_constants: torch.Tensor  # b p, (n, S)
 
 
-def summary(query: QuerySide, comp: ComponentSide) -> Summary:
-    """:class:`Summary` of the pairs of a query block and a component block."""
+def summary(query: QuerySide, comp: ComponentSide, rounding: bool) -> Summary:
+    """:class:`Summary` of the pairs of a query block and a component block (the two
+    reductions over ``K`` only the rounding check needs are made with ``rounding``)."""
     n, s = comp.precision.shape[0], query.active.shape[1]
-    largest = (
-        comp.precision.flatten(1).amax(-1)
-        if comp.precision.numel()
-        else comp.precision.new_zeros(n)
-    )
+    squares = largest = None
+    if rounding:
+        squares = query.square.flatten(1).sum(-1)
+        largest = (
+            comp.precision.flatten(1).amax(-1)
+            if comp.precision.numel()
+            else comp.precision.new_zeros(n)
+        )
     return Summary(
-        query.square.flatten(1).sum(-1),
+        squares,
         query.active,
         None if query.own is None else query.own.value,
         largest,
         -comp.extra[:, :s] - comp.constants,
         comp.active,
         comp.constants,
+    )
+
+
+def concatenate(parts: list[Summary]) -> Summary:
+    """The :class:`Summary` of the same pairs over consecutive ranges of positions."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+
+    def positions(name: str) -> torch.Tensor:
+        return torch.cat([getattr(part, name) for part in parts], dim=1)
+
+    def stacked(name: str) -> torch.Tensor:
+        return torch.stack([getattr(part, name) for part in parts])
+
+    rounding = first.query_squares is not None
+    return Summary(
+        stacked("query_squares").sum(0) if rounding else None,
+        positions("query_active"),
+        None if first.own_value is None else positions("own_value"),
+        stacked("component_largest").amax(0) if rounding else None,
+        positions("half_squares"),
+        positions("component_active"),
+        positions("component_constants"),
     )
 
 
@@ -55,6 +83,7 @@ def excess(
     The magnitude ``0.5 (sum_k y'^2 w + sum_k w c'^2)`` is bounded by
     ``0.5 (|y'|^2 max_k w + sum_k w c'^2)``; NaN (overflow of the expansion) counts as ``inf``.
     """
+    assert facts.query_squares is not None and facts.component_largest is not None
     magnitude = (
         0.5 * facts.query_squares.unsqueeze(-1) * facts.component_largest
         + facts.query_active @ facts.half_squares.T

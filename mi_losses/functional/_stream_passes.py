@@ -21,6 +21,7 @@ import torch
 from mi_losses.functional._accumulators import Accumulator, is_wrapped, put
 from mi_losses.functional._accuracy import (
     Summary,
+    concatenate,
     corrected,
     direct_gradients,
     excess,
@@ -178,6 +179,7 @@ def _chunked_block(
     spec: Spec,
     chunks: list[tuple[int, int]],
     dtype: torch.dtype,
+    rounding: bool,
 ) -> tuple[torch.Tensor, Summary]:
     """Scores of all pairs of a direction (summed over position chunks) and their summary."""
     q0, q1, c0, c1 = span
@@ -188,18 +190,8 @@ def _chunked_block(
         d = _direction(inputs, span, spec.with_own, dtype, positions)
         query, comp = d.queries_block((0, m), dtype), d.components_block((0, n), dtype)
         z = z + scores(query, comp)
-        parts.append(summary(query, comp))
-    if len(parts) == 1:
-        return z, parts[0]
-    return z, Summary(
-        torch.stack([p.query_squares for p in parts]).sum(0),
-        torch.cat([p.query_active for p in parts], dim=1),
-        None if parts[0].own_value is None else torch.cat([p.own_value for p in parts], 1),  # type: ignore[misc]
-        torch.stack([p.component_largest for p in parts]).amax(0),
-        torch.cat([p.half_squares for p in parts], dim=1),
-        torch.cat([p.component_active for p in parts], dim=1),
-        torch.cat([p.component_constants for p in parts], dim=1),
-    )
+        parts.append(summary(query, comp, rounding))
+    return z, concatenate(parts)
 
 
 class _Block(NamedTuple):
@@ -223,16 +215,17 @@ def _block_scores(
     ``spec.direct``), valid pairs, summary and rounding excess (with ``check`` or direct)."""
     d, inputs, span, spec, chunks, rows, comp, query, dtype = block
     q_rows, c_rows = rows
+    rounding = check or spec.direct
     if chunks is not None:
-        z, facts = _chunked_block(inputs, span, spec, chunks, dtype)
+        z, facts = _chunked_block(inputs, span, spec, chunks, dtype, rounding)
     else:
         assert comp is not None
         query = query if query is not None else d.queries_block(q_rows, dtype)
-        z, facts = scores(query, comp), summary(query, comp)
+        z, facts = scores(query, comp), summary(query, comp, rounding)
     valid = (facts.query_active @ facts.component_active.T) > 0
     z = torch.where(valid, z, -math.inf)
     error = None
-    if check or spec.direct:
+    if rounding:
         error = excess(facts, z, valid, dtype)
         if spec.direct:
             z = corrected(d, q_rows, c_rows, facts, z, error, dtype)
@@ -326,12 +319,9 @@ def backward_pass(
     """
     dtype = log_sum_exp.dtype
     queries, clean, _, stds, _, _ = inputs
-    keep = storage(inputs, spec, dtype) if cache else "none"
     functional = torch.is_grad_enabled() or torch.compiler.is_compiling() or is_wrapped(grad)
-    if keep == "none" and storage(inputs, spec, dtype) == "chunks":
-        keep = "chunks-recomputed"
     chunks = None
-    if keep.startswith("chunks"):
+    if storage(inputs, spec, dtype) == "chunks":
         chunks = _position_chunks(inputs, spec, dtype, functional)
     out = Gradients(
         Accumulator(queries, dtype, functional),
@@ -341,7 +331,7 @@ def backward_pass(
         functional,
         spec.max_block_bytes,
     )
-    kept = iter(cache or [])
+    kept = iter(cache) if cache else None  # the forward pass's scores, block by block
     offset = 0
     for span in spec.directions:
         q0, q1, c0, c1 = span
@@ -354,13 +344,13 @@ def backward_pass(
         offset += m
         for c_rows in component_blocks:
             # Scores recomputed from the factors need their values; the chain rule does not.
-            values = keep == "none" or spec.direct
+            values = kept is None or spec.direct
             comp = None if chunks is not None else d.components_block(c_rows, dtype, values)
             for q_rows in query_blocks:
                 query = None if chunks is not None else d.queries_block(q_rows, dtype, values)
                 rows = (q_rows, c_rows)
                 block = _Block(d, inputs, span, spec, chunks, rows, comp, query, dtype)
-                z, flagged = _backward_scores(block, kept, keep)
+                z, flagged = _backward_scores(block, kept)
                 valid = torch.isfinite(z)
                 log_w = torch.where(valid, z - lse[q_rows[0] : q_rows[1]].unsqueeze(-1), -math.inf)
                 weights = _exp(log_w) * g[q_rows[0] : q_rows[1]].unsqueeze(-1)
@@ -388,13 +378,13 @@ def backward_pass(
 
 
 def _backward_scores(
-    block: _Block, kept: Iterator[torch.Tensor], keep: str
+    block: _Block, kept: Iterator[torch.Tensor] | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A block's scores as the forward pass computed them: kept or recomputed; with
+    """A block's scores as the forward pass computed them: ``kept`` or recomputed; with
     ``spec.direct``, also the pairs the rounding check flags."""
-    if keep in ("chunks", "scores") and not block.spec.direct:
+    if kept is not None and not block.spec.direct:
         return next(kept), None
     z, _, _, error = _block_scores(block, False)
-    if keep in ("chunks", "scores"):
+    if kept is not None:
         z = next(kept)
     return z, None if error is None else error > 0

@@ -9,11 +9,8 @@ import torch
 from mi_losses._validation import (
     as_bool_mask,
     check_bool,
-    check_floating,
+    check_embeddings,
     check_granularity,
-    check_ndim,
-    check_same_device,
-    check_same_shape,
     compute_dtype,
     result_dtype,
 )
@@ -286,18 +283,13 @@ def prepare_mutual_information(
         "clean_input_embeddings": clean_input_embeddings,
         "noisy_input_embeddings": noisy_input_embeddings,
     }
-    for name, tensor in inputs.items():
-        check_floating(name, tensor)
-    check_ndim("clean_input_embeddings", clean_input_embeddings, 3, "(B, S, E)")
-    for name, tensor in inputs.items():
-        check_same_shape(name, tensor, "clean_input_embeddings", clean_input_embeddings)
+    check_embeddings(inputs, "clean_input_embeddings")
     batch_size = clean_input_embeddings.shape[0]
     if batch_size < 2 or batch_size % 2:
         raise ValueError(
             "the batch size (dimension 0 of clean_input_embeddings) must be even and at least 2 "
             f"to split into two sub-batches, got {batch_size}"
         )
-    check_same_device(**inputs)
     query_mask = as_bool_mask(
         "noise_mask",
         noise_mask,

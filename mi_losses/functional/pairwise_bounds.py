@@ -25,12 +25,9 @@ from torch.utils.checkpoint import checkpoint
 
 from mi_losses._validation import (
     as_bool_mask,
-    check_floating,
+    check_embeddings,
     check_granularity,
-    check_ndim,
     check_positive,
-    check_same_device,
-    check_same_shape,
     compute_dtype,
     result_dtype,
 )
@@ -171,12 +168,7 @@ def _bounds(
         "stds_tensor": stds_tensor,
         "clean_input_embeddings": clean_input_embeddings,
     }
-    for name, tensor in inputs.items():
-        check_floating(name, tensor)
-    check_ndim("clean_input_embeddings", clean_input_embeddings, 3, "(B, S, E)")
-    for name, tensor in inputs.items():
-        check_same_shape(name, tensor, "clean_input_embeddings", clean_input_embeddings)
-    check_same_device(**inputs)
+    check_embeddings(inputs, "clean_input_embeddings")
     mask = as_bool_mask(
         "noise_mask",
         noise_mask,
