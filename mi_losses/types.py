@@ -12,6 +12,9 @@ ComponentLossesDict = dict[str, torch.Tensor]
 Granularity = Literal["sequence", "token"]
 """What one sample of the mixture is: a whole sequence, or one active token."""
 
+Kernel = Literal["auto", "reference", "streaming", "triton"]
+"""How the pair terms are evaluated: see :class:`mi_losses.options.KernelOptions`."""
+
 Units = Literal["nats", "bits"]
 """Unit of an information quantity: natural log (``nats``) or log base 2 (``bits``)."""
 

@@ -1,0 +1,93 @@
+"""Options that travel together, as small frozen objects checked once when they are made.
+
+:class:`KernelOptions` says how the pair terms are evaluated, :class:`GatherOptions` how
+components are gathered under data parallelism. Every estimator takes them as the keyword
+arguments ``kernel`` and ``gather``; a loss module builds them from its plain YAML values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, get_args
+
+from mi_losses.types import Kernel
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
+"""Default memory budget of the kernel's blocks: 256 MiB."""
+
+
+def _positive_int(owner: str, name: str, value: object, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        expected = "None or an int >= 1" if optional else "an int >= 1"
+        raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelOptions:
+    """How the pair terms are evaluated; results do not depend on it beyond rounding.
+
+    Attributes:
+        kernel: ``"auto"`` (picks per call), ``"reference"`` (plain PyTorch, all scores at once,
+            autograd for every derivative), ``"streaming"`` (blocks with a running
+            log-sum-exp: memory linear in the number of samples) or ``"triton"`` (fused
+            kernels, CUDA tensors only). An explicit choice that cannot run raises.
+        max_block_bytes: memory budget of one block of pair scores (default 256 MiB).
+        accuracy_check: check the rounding of the expanded squares and re-evaluate flagged
+            pairs in float64 from their differences (one host synchronisation per call).
+
+    Example:
+        >>> KernelOptions(kernel="streaming", max_block_bytes=2**20)
+        KernelOptions(kernel='streaming', max_block_bytes=1048576, accuracy_check=True)
+    """
+
+    kernel: Kernel = "auto"
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
+    accuracy_check: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kernel not in get_args(Kernel):
+            allowed = ", ".join(repr(k) for k in get_args(Kernel))
+            raise ValueError(f"KernelOptions: kernel must be one of {allowed}, got {self.kernel!r}")
+        _positive_int("KernelOptions", "max_block_bytes", self.max_block_bytes)
+        if not isinstance(self.accuracy_check, bool):
+            raise ValueError(
+                f"KernelOptions: accuracy_check must be a bool, got {self.accuracy_check!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class GatherOptions:
+    """Component gathering under data parallelism (see docs/distributed.md).
+
+    With these options a rank's queries are evaluated against the component halves of every
+    rank of ``process_group`` (an autograd-aware all-gather). Nothing changes without an
+    initialised process group or with one rank.
+
+    Attributes:
+        max_components: each rank sends at most this many components (sequences, or tokens at
+            token granularity), drawn at random; ``None`` sends all.
+        process_group: the ranks to gather over; ``None`` means the default group.
+    """
+
+    max_components: int | None = None
+    process_group: ProcessGroup | None = None
+
+    def __post_init__(self) -> None:
+        _positive_int("GatherOptions", "max_components", self.max_components, optional=True)
+
+
+def as_kernel_options(kernel: object) -> KernelOptions:
+    """``kernel`` as :class:`KernelOptions`: a kernel name is shorthand for its default options."""
+    if isinstance(kernel, KernelOptions):
+        return kernel
+    if isinstance(kernel, str):
+        return KernelOptions(kernel=kernel)  # type: ignore[arg-type]
+    raise ValueError(
+        f"kernel must be one of {', '.join(repr(k) for k in get_args(Kernel))} or a "
+        f"KernelOptions, got {type(kernel).__name__}"
+    )
