@@ -45,6 +45,7 @@ except ImportError:  # run as `python benchmarks/bench_distributed.py` from a so
 
 from mi_losses.functional import mutual_information_sub_batch
 from mi_losses.functional._distributed import _all_gather
+from mi_losses.options import GatherOptions
 
 # granularity, B (per rank), S, E: shapes of benchmarks/bench_estimators.py's default grid
 GRIDS: dict[str, list[tuple[str, int, int, int]]] = {
@@ -100,7 +101,13 @@ def measure(
             for leaf in leaves:
                 leaf.grad = None
             value = mutual_information_sub_batch(
-                means, stds, None, clean, noisy, granularity=granularity, gather_components=gather
+                means,
+                stds,
+                None,
+                clean,
+                noisy,
+                granularity=granularity,
+                gather=GatherOptions() if gather else None,
             )
             value.backward()
 

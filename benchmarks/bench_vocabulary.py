@@ -60,12 +60,13 @@ def make_inputs(
 def library_step(inputs: dict[str, torch.Tensor], chunk: int) -> Callable[[], Any]:
     def step() -> Any:
         value = vocabulary_mutual_information(
+            inputs["means"],
+            inputs["stds"],
+            None,
             inputs["tokens"],
             inputs["noisy"],
             inputs["table"],
             inputs["prior"],
-            inputs["means"],
-            inputs["stds"],
             vocab_chunk_size=chunk,
         )
         return torch.autograd.grad(value, [inputs[n] for n in ("noisy", "means", "stds")])

@@ -1,10 +1,10 @@
 """Exact, memory-efficient mutual-information and entropy losses for noisy embeddings.
 
 The library: :mod:`mi_losses.functional` (the math), :mod:`mi_losses.losses` (thin modules),
-:mod:`mi_losses.metrics` and :mod:`mi_losses.callbacks` (torchmetrics / Lightning),
-:mod:`mi_losses.noise` (a Gaussian noise layer). Applications built on it live in
-:mod:`mi_losses.apps`. ``import mi_losses`` loads torch only; the Lightning parts are imported
-on first use, so the losses can be used without paying for Lightning.
+:mod:`mi_losses.options` (kernel and gather options), :mod:`mi_losses.metrics` and
+:mod:`mi_losses.callbacks` (torchmetrics / Lightning), :mod:`mi_losses.noise` (noise layers).
+Applications built on it live in :mod:`mi_losses.apps` and are not imported here.
+``import mi_losses`` loads torch only; the Lightning parts are imported on first use.
 """
 
 from __future__ import annotations
@@ -12,21 +12,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from mi_losses import _moved, functional, keys
+from mi_losses import functional, keys
 from mi_losses.losses import (
     ComponentLossModule,
     GaussianMixtureEntropy,
     MahalanobisDistance,
+    MixtureLossModule,
     MutualInformationLoss,
     SubBatchMutualInformation,
     VocabularyMutualInformation,
 )
 from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings
-from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Reduction, Units
+from mi_losses.options import GatherOptions, KernelOptions
+from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Kernel, Reduction, Units
 
 if TYPE_CHECKING:
-    from mi_losses.apps.demo.data import SyntheticEmbeddingDataModule
-    from mi_losses.apps.demo.task import ObfuscationTask
     from mi_losses.callbacks import ComponentLossLogger, TrainingSummary
     from mi_losses.metrics import ComponentLossMetrics
 
@@ -34,11 +34,7 @@ _LAZY = {
     "ComponentLossMetrics": "mi_losses.metrics",
     "ComponentLossLogger": "mi_losses.callbacks",
     "TrainingSummary": "mi_losses.callbacks",
-    "SyntheticEmbeddingDataModule": "mi_losses.apps.demo.data",
-    "ObfuscationTask": "mi_losses.apps.demo.task",
 }
-
-_moved.install()
 
 
 def __getattr__(name: str) -> Any:
@@ -53,20 +49,22 @@ __all__ = [
     "ComponentLossModule",
     "ComponentLossesDict",
     "Estimate",
+    "GatherOptions",
     "GaussianMixtureEntropy",
     "GaussianNoiseLayer",
     "Granularity",
+    "Kernel",
+    "KernelOptions",
     "MahalanobisDistance",
+    "MixtureLossModule",
     "MutualInformationLoss",
     "NoisyEmbeddings",
-    "ObfuscationTask",
     "Reduction",
     "SubBatchMutualInformation",
-    "SyntheticEmbeddingDataModule",
     "TrainingSummary",
     "Units",
     "VocabularyMutualInformation",
     "functional",
     "keys",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

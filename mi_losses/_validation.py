@@ -6,11 +6,12 @@ keyword options and the modules' YAML values.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import get_args
 
 import torch
 
+from mi_losses.options import GatherOptions, KernelOptions, as_kernel_options
 from mi_losses.types import Granularity
 
 
@@ -70,15 +71,59 @@ def _where(active: torch.Tensor | None) -> str:
     return "everywhere" if active is None else "at active positions"
 
 
-def check_embeddings(tensors: dict[str, torch.Tensor], like: str) -> None:
-    """Raise unless every tensor is floating point with the ``(B, S, E)`` shape of
-    ``tensors[like]``, all on one device."""
+def check_embeddings(
+    tensors: dict[str, torch.Tensor], like: str, *, free_batch: Collection[str] = ()
+) -> torch.dtype:
+    """Raise unless every tensor is floating point with the ``(B, S, E)`` shape, dtype and device
+    of ``tensors[like]``; return that dtype. Names in ``free_batch`` may differ in ``B``."""
     for name, tensor in tensors.items():
         check_floating(name, tensor)
-    check_ndim(like, tensors[like], 3, "(B, S, E)")
+    reference = tensors[like]
+    check_ndim(like, reference, 3, "(B, S, E)")
     for name, tensor in tensors.items():
-        check_same_shape(name, tensor, like, tensors[like])
+        if name in free_batch:
+            check_ndim(name, tensor, 3, "(B, S, E)")
+            if tensor.shape[1:] != reference.shape[1:]:
+                s, e = reference.shape[1:]
+                raise ValueError(
+                    f"{name} must have shape (B, {s}, {e}) to match {like} "
+                    f"{_shape(reference.shape)}, got {_shape(tensor.shape)}"
+                )
+        else:
+            check_same_shape(name, tensor, like, reference)
     check_same_device(**tensors)
+    check_same_dtype(**tensors)
+    return reference.dtype
+
+
+def check_same_dtype(**tensors: torch.Tensor) -> None:
+    """Raise unless every tensor has the dtype of the first (no silent promotion)."""
+    (first_name, first), *rest = tensors.items()
+    for name, tensor in rest:
+        if tensor.dtype != first.dtype:
+            raise ValueError(
+                f"{name} must have the dtype of {first_name} ({first.dtype}), got {tensor.dtype}"
+            )
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the estimators compute in: float32 or better (half precision is promoted)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def check_losses(losses: object) -> None:
+    """Raise unless ``losses`` is ``None`` or a ``dict`` the components can be written to."""
+    if losses is not None and not isinstance(losses, dict):
+        raise ValueError(
+            f"losses must be a dict (str -> tensor) or None, got {type(losses).__name__}"
+        )
+
+
+def check_options(kernel: object, gather: object) -> tuple[KernelOptions, GatherOptions | None]:
+    """``kernel`` as :class:`~mi_losses.options.KernelOptions` and ``gather`` checked."""
+    if gather is not None and not isinstance(gather, GatherOptions):
+        raise ValueError(f"gather must be a GatherOptions or None, got {type(gather).__name__}")
+    return as_kernel_options(kernel), gather
 
 
 def check_finite_at_active(name: str, tensor: torch.Tensor, active: torch.Tensor | None) -> None:
@@ -90,14 +135,7 @@ def check_finite_at_active(name: str, tensor: torch.Tensor, active: torch.Tensor
         active: bool, broadcastable to ``tensor.shape[:-1]``: the positions that are read;
             ``None`` means all. Values at inactive positions (NaN, inf, anything) are ignored.
     """
-    low, high = _range_at_active(
-        tensor, active, 0.0, lambda lo, hi: lo > -torch.inf and hi < torch.inf
-    )
-    if low is not None:
-        raise ValueError(
-            f"{name} must be finite {_where(active)}, got values in [{low:.3g}, {high:.3g}] "
-            "(pass validate_args=False to skip this check)"
-        )
+    _check_range(name, tensor, active, 0.0, positive=False)
 
 
 def check_positive_at_active(name: str, stds: torch.Tensor, active: torch.Tensor | None) -> None:
@@ -105,37 +143,34 @@ def check_positive_at_active(name: str, stds: torch.Tensor, active: torch.Tensor
 
     ``active`` as in :func:`check_finite_at_active`: zero, negative or NaN values at inactive
     positions (noise layers often output a zero std where nothing is noised) are accepted.
-    NaN propagates through ``aminmax`` and fails the comparison too.
     """
-    low, high = _range_at_active(stds, active, 1.0, lambda lo, hi: lo > 0 and hi < torch.inf)
-    if low is not None:
-        raise ValueError(
-            f"{name} must be finite and > 0 {_where(active)}, got values in [{low:.3g}, "
-            f"{high:.3g}] (pass validate_args=False to skip this check)"
-        )
+    _check_range(name, stds, active, 1.0, positive=True)
 
 
-def _range_at_active(
-    tensor: torch.Tensor,
-    active: torch.Tensor | None,
-    filler: float,
-    good: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | bool],
-) -> tuple[float | None, float | None]:
-    """``(low, high)`` of ``tensor`` at active positions when they fail ``good``, else Nones.
+def _check_range(
+    name: str, tensor: torch.Tensor, active: torch.Tensor | None, filler: float, *, positive: bool
+) -> None:
+    """Raise naming the first bad element of ``tensor`` at an active position.
 
     The whole tensor is checked first, without a masked copy: if it passes, so do its active
-    positions (the common case costs one read and one host sync).
+    positions (the common case costs one read and one host sync). NaN fails every comparison.
     """
     if tensor.numel() == 0:
-        return None, None
+        return
     low, high = torch.aminmax(tensor.detach())
-    if bool(good(low, high)):
-        return None, None
-    if active is not None:
-        low, high = torch.aminmax(_where_active(tensor, active, filler))
-        if bool(good(low, high)):
-            return None, None
-    return low.item(), high.item()
+    if bool((low > 0 if positive else low > -torch.inf) & (high < torch.inf)):
+        return
+    values = _where_active(tensor, active, filler)
+    good = torch.isfinite(values) & (values > 0) if positive else torch.isfinite(values)
+    bad = (~good).nonzero()
+    if bad.shape[0] == 0:
+        return
+    index = tuple(int(i) for i in bad[0])
+    what = "finite and > 0" if positive else "finite"
+    raise ValueError(
+        f"{name} must be {what} {_where(active)}, got {values[index].item():.3g} at index "
+        f"{index} ({bad.shape[0]} bad value(s); pass validate_args=False to skip this check)"
+    )
 
 
 def check_positive(name: str, tensor: torch.Tensor) -> None:
@@ -195,19 +230,6 @@ def as_bool_mask(
     if validate_values:
         check_mask_values(name, mask)
     return mask != 0
-
-
-def result_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The dtype results are returned in: the promoted input dtype."""
-    dtype = tensors[0].dtype
-    for tensor in tensors[1:]:
-        dtype = torch.promote_types(dtype, tensor.dtype)
-    return dtype
-
-
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The dtype the estimators compute in: float32 or better (half precision is promoted)."""
-    return torch.promote_types(result_dtype(*tensors), torch.float32)
 
 
 def check_choice(owner: str, option: str, value: object, allowed: Collection[object]) -> None:

@@ -19,7 +19,8 @@ DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
 """Default memory budget of the kernel's blocks: 256 MiB."""
 
 
-def _positive_int(owner: str, name: str, value: object, *, optional: bool = False) -> None:
+def check_positive_int(owner: str, name: str, value: object, *, optional: bool = False) -> None:
+    """Raise ``ValueError`` naming ``owner: name`` unless ``value`` is an int >= 1 (or None)."""
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -53,7 +54,7 @@ class KernelOptions:
         if self.kernel not in get_args(Kernel):
             allowed = ", ".join(repr(k) for k in get_args(Kernel))
             raise ValueError(f"KernelOptions: kernel must be one of {allowed}, got {self.kernel!r}")
-        _positive_int("KernelOptions", "max_block_bytes", self.max_block_bytes)
+        check_positive_int("KernelOptions", "max_block_bytes", self.max_block_bytes)
         if not isinstance(self.accuracy_check, bool):
             raise ValueError(
                 f"KernelOptions: accuracy_check must be a bool, got {self.accuracy_check!r}"
@@ -78,7 +79,7 @@ class GatherOptions:
     process_group: ProcessGroup | None = None
 
     def __post_init__(self) -> None:
-        _positive_int("GatherOptions", "max_components", self.max_components, optional=True)
+        check_positive_int("GatherOptions", "max_components", self.max_components, optional=True)
 
 
 def as_kernel_options(kernel: object) -> KernelOptions:

@@ -20,6 +20,7 @@ from mi_losses.functional import (
 )
 from mi_losses.functional._distributed import gather_components
 from mi_losses.metrics import ComponentLossMetrics
+from mi_losses.options import GatherOptions
 from mi_losses.types import Estimate
 
 E = 3
@@ -72,11 +73,11 @@ def estimate(case: int, inputs: dict[str, torch.Tensor], **gather: Any) -> Estim
     options = CASES[case]
     if options["estimator"] == "entropy":
         return gaussian_mixture_entropy_estimate(
-            inputs["clean"],
-            inputs["noisy"],
             inputs["means"],
             inputs["stds"],
             inputs["query_mask"],
+            inputs["clean"],
+            inputs["noisy"],
             component_mask=inputs["mask"],
             granularity=options["granularity"],
             **gather,
@@ -102,8 +103,7 @@ def run_case(case: int, rank: int) -> dict[str, Any]:
     result = estimate(
         case,
         inputs,
-        gather_components=options["gather"],
-        max_gathered_components=options.get("max"),
+        gather=GatherOptions(options.get("max")) if options["gather"] else None,
     )
     result.value.backward()  # a collective when gathering: every rank runs it
     out: dict[str, Any] = {

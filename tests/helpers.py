@@ -151,3 +151,29 @@ def gaussian_channel_inputs(
         "clean_input_embeddings": clean,
         "noisy_input_embeddings": noisy,
     }
+
+
+ENTROPY_VOCABULARY = {
+    "means": "means_tensor",
+    "stds": "stds_tensor",
+    "mask": "noise_mask",
+    "clean_embeddings": "clean_input_embeddings",
+    "transformed_embeddings": "noisy_input_embeddings",
+}
+"""The reference ``gaussian_mixture_entropy``'s argument names -> the library vocabulary."""
+
+
+def entropy_estimate(
+    clean_embeddings: Tensor,
+    transformed_embeddings: Tensor,
+    means: Tensor,
+    stds: Tensor,
+    mask: Tensor | None = None,
+    **options: object,
+) -> object:
+    """``gaussian_mixture_entropy_estimate`` called with the reference function's arguments."""
+    from mi_losses.functional import gaussian_mixture_entropy_estimate
+
+    return gaussian_mixture_entropy_estimate(
+        means, stds, mask, clean_embeddings, transformed_embeddings, **options
+    )

@@ -20,7 +20,7 @@ from tests.test_vocabulary import make_channel
 
 def attack(c: dict[str, torch.Tensor], mask: torch.Tensor | None = None, **kwargs: object):
     return bayes_token_attack(
-        c["noisy"], c["table"], c["prior"], c["means"], c["stds"], mask, **kwargs
+        c["means"], c["stds"], mask, c["noisy"], c["table"], c["prior"], **kwargs
     )
 
 
@@ -80,7 +80,7 @@ def test_fano_floor_formula_and_validity() -> None:
     # On a channel whose MI we estimate precisely, the Bayes attacker's error is above the floor.
     c = make_channel(13, v=30, e=2, b=40, s=50, zero_rows=(), std_range=(0.4, 0.8))
     estimate = vocabulary_mutual_information_estimate(
-        c["tokens"], c["noisy"], c["table"], c["prior"], c["means"], c["stds"]
+        c["means"], c["stds"], None, c["tokens"], c["noisy"], c["table"], c["prior"]
     )
     error = float((attack(c) != c["tokens"]).double().mean())
     floor = float(fano_error_floor(prior_entropy(c["prior"]), estimate.value, 30))
@@ -98,7 +98,7 @@ def test_bad_top_k(kwargs: dict[str, int], message: str) -> None:
 
 def test_bad_inputs_name_the_argument() -> None:
     c = make_channel(15)
-    with pytest.raises(ValueError, match="table must have shape"):
-        bayes_token_attack(c["noisy"], c["table"][:, :1], c["prior"], c["means"], c["stds"])
+    with pytest.raises(ValueError, match="embedding_table must have shape"):
+        bayes_token_attack(c["means"], c["stds"], None, c["noisy"], c["table"][:, :1], c["prior"])
     with pytest.raises(ValueError, match="noise_mask must have shape"):
         attack(c, c["mask"][:1])

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from mi_losses import GaussianMixtureEntropy, SubBatchMutualInformation
 from mi_losses.functional import mutual_information_sub_batch
 from mi_losses.functional._distributed import gather_components
+from mi_losses.options import GatherOptions
 from tests import reference
 from tests.distributed_worker import CASES, NAMES, make_inputs, worker
 
@@ -246,9 +247,7 @@ def test_without_process_group_nothing_changes() -> None:
     inputs = make_inputs(0, 1)
     args = (inputs["means"], inputs["stds"], inputs["mask"], inputs["clean"], inputs["noisy"])
     plain = mutual_information_sub_batch(*args)
-    gathered = mutual_information_sub_batch(
-        *args, gather_components=True, max_gathered_components=1
-    )
+    gathered = mutual_information_sub_batch(*args, gather=GatherOptions(max_components=1))
     assert torch.equal(plain, gathered)
     centres, stds, mask = inputs["clean"], inputs["stds"], inputs["mask"]
     returned = gather_components(centres, stds, mask)

@@ -54,7 +54,11 @@ def test_examples_were_found() -> None:
         assert sum(len(t.examples) for t in tests) >= 3, name
 
 
-BASES = {"ComponentLossModule", "MutualInformationLoss"}  # protocols to subclass, not losses
+BASES = {
+    "ComponentLossModule",
+    "MixtureLossModule",
+    "MutualInformationLoss",
+}  # protocols to subclass, not losses
 PUBLIC = [
     *(  # functions and modules; result types (NamedTuples) need no example
         getattr(functional, name)

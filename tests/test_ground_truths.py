@@ -156,7 +156,11 @@ def test_mixture_entropy_between_kolchinsky_tracey_bounds() -> None:
         pick = torch.randint(0, n, (per_chunk,), generator=g)
         y = centres[pick] + stds[pick] * torch.randn(per_chunk, e, generator=g, dtype=torch.float64)
         value = gaussian_mixture_entropy(
-            centres.unsqueeze(1), y.unsqueeze(1), torch.zeros(n, 1, e), stds.unsqueeze(1), None
+            centres.unsqueeze(1),
+            y.unsqueeze(1),
+            torch.zeros(n, 1, e, dtype=torch.float64),
+            stds.unsqueeze(1),
+            None,
         )
         values.append(value.item())
     mean, stderr = _mean_and_stderr(values)

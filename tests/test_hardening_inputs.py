@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import mi_losses.functional
+from mi_losses.options import KernelOptions
 from tests.harness import (
     Case,
     Data,
@@ -148,14 +149,14 @@ def test_compile_fullgraph(entry: Entry, device: torch.device) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("entry", entries())
 def test_no_host_sync_on_cuda(entry: Entry) -> None:
-    """Forward and backward with ``validate_args=False`` (and ``accuracy_check=False`` where a
+    """Forward and backward with ``validate_args=False`` (and no rounding check where a
     function has the rounding check, whose one synchronisation per call its docstring states)
     never wait for the device."""
     case = entry.case(entry.key_variants[0], Data(seed=12))
     case.options["validate_args"] = False
     function = getattr(mi_losses.functional, entry.name)
-    if "accuracy_check" in inspect.signature(function).parameters:
-        case.options["accuracy_check"] = False
+    if "kernel" in inspect.signature(function).parameters:
+        case.options["kernel"] = KernelOptions(accuracy_check=False)
     case = case.to(torch.float32, "cuda", requires_grad=True)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

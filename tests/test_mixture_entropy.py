@@ -10,7 +10,13 @@ import torch
 from mi_losses.functional import gaussian_mixture_entropy, gaussian_mixture_entropy_estimate
 from mi_losses.types import Estimate
 from tests import reference as ref
-from tests.helpers import ENTROPY_ARG_ORDER, make_entropy_inputs, make_mask, tolerances
+from tests.helpers import (
+    ENTROPY_ARG_ORDER,
+    entropy_estimate,
+    make_entropy_inputs,
+    make_mask,
+    tolerances,
+)
 
 # (M queries, N components, S, E)
 SHAPES = [(2, 2, 1, 1), (3, 5, 3, 4), (6, 2, 5, 7), (4, 4, 2, 3)]
@@ -59,7 +65,7 @@ def test_matches_reference(shape, query_pattern, component_pattern, granularity,
         assert losses[key].shape == ()
         assert not losses[key].requires_grad
 
-    estimate = gaussian_mixture_entropy_estimate(
+    estimate = entropy_estimate(
         *(inputs[k] for k in ENTROPY_ARG_ORDER),
         mask,
         component_mask=component_mask,
@@ -198,7 +204,7 @@ def test_gaussian_samples_approach_closed_form_entropy() -> None:
     clean = s * torch.randn(n, 1, e, generator=g, dtype=torch.float64)
     y = math.sqrt(s**2 + sigma**2) * torch.randn(n, 1, e, generator=g, dtype=torch.float64)
     estimate = gaussian_mixture_entropy_estimate(
-        clean, y, torch.zeros_like(clean), torch.full_like(clean, sigma), None
+        torch.zeros_like(clean), torch.full_like(clean, sigma), None, clean, y
     )
     closed = 0.5 * e * math.log(2 * math.pi * math.e * (s**2 + sigma**2))
     # per-query spread of -log p(y) is about sqrt(e / 2); the Jensen bias is O(1 / n)

@@ -63,7 +63,10 @@ def test_mutual_information_module_equals_functional(
 ) -> None:
     args = (batch["means"], batch["stds"], batch["noise_mask"], batch["clean"], batch["noisy"])
     module = SubBatchMutualInformation(
-        combine_noise_masks=combine, granularity=granularity, symmetric=symmetric, units=units
+        combine_noise_masks_for_mutual_information_sub_batches=combine,
+        granularity=granularity,
+        symmetric=symmetric,
+        units=units,
     )
     value = module(*args)
 
@@ -121,10 +124,11 @@ def test_mixture_entropy_module_equals_functional(
         "component_mask": batch["noise_mask"][components] if component_mask else None,
         "granularity": granularity,
     }
+    clean, noisy, means, stds, mask = args
     module = GaussianMixtureEntropy(granularity=granularity, reduction=reduction, units=units)
-    value = module(*args, component_mask=kwargs["component_mask"])
+    value = module(means, stds, mask, clean, noisy, component_mask=kwargs["component_mask"])
 
-    expected = gaussian_mixture_entropy_estimate(*args, **kwargs)
+    expected = gaussian_mixture_entropy_estimate(means, stds, mask, clean, noisy, **kwargs)
     losses: ComponentLossesDict = {}
     plain = gaussian_mixture_entropy(*args, losses, **kwargs)
     scale = UNIT_SCALE[units]
@@ -196,8 +200,10 @@ def test_component_losses_are_empty_before_the_first_call() -> None:
             "got 'tokens'",
         ),
         (
-            lambda: SubBatchMutualInformation(combine_noise_masks="yes"),
-            "SubBatchMutualInformation: combine_noise_masks must be a bool (true or false), "
+            lambda: SubBatchMutualInformation(
+                combine_noise_masks_for_mutual_information_sub_batches="yes"
+            ),
+            "SubBatchMutualInformation: combine_noise_masks_for_mutual_information_sub_batches must be a bool (true or false), "
             "got 'yes'",
         ),
         (
@@ -214,7 +220,12 @@ def test_bad_options_fail_at_construction(build, message: str) -> None:  # type:
 
 def test_modules_hold_plain_yaml_values() -> None:
     module = SubBatchMutualInformation(granularity="token", symmetric=True, units="bits")
-    assert (module.combine_noise_masks, module.granularity, module.symmetric, module.units) == (
+    assert (
+        module.combine_noise_masks_for_mutual_information_sub_batches,
+        module.granularity,
+        module.symmetric,
+        module.units,
+    ) == (
         True,
         "token",
         True,

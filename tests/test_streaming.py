@@ -16,6 +16,7 @@ from mi_losses.functional import (
     pairwise_square_mahalanobis_distance,
     square_mahalanobis_distance,
 )
+from mi_losses.options import KernelOptions
 
 # Blocks of one row, blocks that divide nothing, one block for everything (then all pairs in
 # one block over chunks of positions).
@@ -77,7 +78,7 @@ def test_mutual_information_does_not_depend_on_block_size(
                 noisy,
                 granularity=granularity,
                 symmetric=symmetric,
-                max_block_bytes=block_bytes,
+                kernel=KernelOptions(max_block_bytes=block_bytes),
             )
 
         results.append(_value_and_grads(fn, inputs))
@@ -107,7 +108,7 @@ def test_mixture_entropy_does_not_depend_on_block_size(granularity, chunk_bytes)
                 mask,
                 component_mask=component_mask,
                 granularity=granularity,
-                max_block_bytes=block_bytes,
+                kernel=KernelOptions(max_block_bytes=block_bytes),
             )
 
         results.append(_value_and_grads(fn, [clean, queries, means, stds]))
@@ -136,7 +137,9 @@ def test_mutual_information_second_derivatives(granularity, combine, symmetric) 
             combine,
             granularity=granularity,
             symmetric=symmetric,
-            max_block_bytes=200 if symmetric else 2**27,  # blocks of one row, or one block
+            kernel=KernelOptions(
+                max_block_bytes=200 if symmetric else 2**27
+            ),  # blocks of one row, or one block
         )
 
     assert gradcheck(fn, inputs)

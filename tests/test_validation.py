@@ -30,11 +30,30 @@ from mi_losses.functional import (
     mutual_information_sub_batch,
     mutual_information_sub_batch_estimate,
     pairwise_square_mahalanobis_distance,
+    square_mahalanobis_distance,
 )
-from tests.helpers import ENTROPY_ARG_ORDER, MI_ARG_ORDER, make_entropy_inputs, make_inputs
+from tests.helpers import (
+    ENTROPY_ARG_ORDER,
+    ENTROPY_VOCABULARY,
+    MI_ARG_ORDER,
+    make_entropy_inputs,
+    make_inputs,
+)
 
 MI_FUNCTIONS = [mutual_information_sub_batch, mutual_information_sub_batch_estimate]
 ENTROPY_FUNCTIONS = [gaussian_mixture_entropy, gaussian_mixture_entropy_estimate]
+
+
+def _call(fn, kwargs: dict, **options):
+    """Call an entropy function with the reference's argument names (renamed for the estimate)."""
+    if fn is gaussian_mixture_entropy_estimate:
+        kwargs = {ENTROPY_VOCABULARY.get(k, k): v for k, v in kwargs.items()}
+    return fn(**kwargs, **options)
+
+
+def _name(fn, name: str) -> str:
+    """The argument name ``fn`` reports for the reference's ``name``."""
+    return ENTROPY_VOCABULARY.get(name, name) if fn is gaussian_mixture_entropy_estimate else name
 
 
 def _mi_kwargs(b: int = 4, s: int = 3, e: int = 2) -> dict:
@@ -112,8 +131,8 @@ def test_mi_bad_granularity(fn) -> None:
 def test_entropy_shape_mismatch(fn, name, bad_shape) -> None:
     kwargs = _entropy_kwargs()
     kwargs[name] = 0.5 + torch.rand(bad_shape, dtype=torch.float64)
-    with pytest.raises(ValueError, match=name):
-        fn(**kwargs)
+    with pytest.raises(ValueError, match=_name(fn, name)):
+        _call(fn, kwargs)
 
 
 @pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
@@ -121,8 +140,8 @@ def test_entropy_shape_mismatch(fn, name, bad_shape) -> None:
 def test_entropy_component_batch_mismatch(fn, name) -> None:
     kwargs = _entropy_kwargs()
     kwargs[name] = 0.5 + torch.rand(5, 3, 2, dtype=torch.float64)  # N = 4 elsewhere
-    with pytest.raises(ValueError, match=name):
-        fn(**kwargs)
+    with pytest.raises(ValueError, match=_name(fn, name)):
+        _call(fn, kwargs)
 
 
 @pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
@@ -131,8 +150,8 @@ def test_entropy_component_batch_mismatch(fn, name) -> None:
 def test_entropy_mask_shape(fn, name, bad_shape) -> None:
     kwargs = _entropy_kwargs()
     kwargs[name] = torch.ones(bad_shape, dtype=torch.bool)
-    with pytest.raises(ValueError, match=name):
-        fn(**kwargs)
+    with pytest.raises(ValueError, match=_name(fn, name)):
+        _call(fn, kwargs)
 
 
 @pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
@@ -140,14 +159,14 @@ def test_entropy_mask_shape(fn, name, bad_shape) -> None:
 def test_entropy_integer_dtype(fn, name) -> None:
     kwargs = _entropy_kwargs()
     kwargs[name] = torch.ones_like(kwargs[name], dtype=torch.long)
-    with pytest.raises(ValueError, match=name):
-        fn(**kwargs)
+    with pytest.raises(ValueError, match=_name(fn, name)):
+        _call(fn, kwargs)
 
 
 @pytest.mark.parametrize("fn", ENTROPY_FUNCTIONS)
 def test_entropy_bad_granularity(fn) -> None:
     with pytest.raises(ValueError, match="granularity"):
-        fn(**_entropy_kwargs(), granularity="word")
+        _call(fn, _entropy_kwargs(), granularity="word")
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,14 +187,14 @@ def test_gaussian_entropy_log_loss_integer_dtype() -> None:
 @pytest.mark.parametrize(
     ("name", "shapes"),
     [
-        ("centres", ((3, 2, 4), (5, 3, 4), (5, 3, 4))),
+        ("x", ((3, 2, 4), (5, 3, 4), (5, 3, 4))),
         ("stds", ((3, 2, 4), (5, 2, 4), (5, 2, 3))),
     ],
 )
 def test_pairwise_shape_mismatch(name, shapes) -> None:
-    queries, centres, stds = (0.5 + torch.rand(shape) for shape in shapes)
-    with pytest.raises(ValueError, match=rf"{name}|queries"):
-        pairwise_square_mahalanobis_distance(queries, centres, stds)
+    x, y, stds = (0.5 + torch.rand(shape) for shape in shapes)
+    with pytest.raises(ValueError, match=rf"^{name} must have shape"):
+        pairwise_square_mahalanobis_distance(x, y, stds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,13 +224,14 @@ def test_check_finite_at_active_names_argument_and_values(bad: float, text: str)
 
 
 @pytest.mark.parametrize(
-    ("bad", "text"), [(0.0, r"\[0, "), (-2.0, r"\[-2, "), (float("nan"), "nan")]
+    ("bad", "text"), [(0.0, "got 0 at"), (-2.0, "got -2 at"), (float("nan"), "got nan at")]
 )
 def test_check_positive_at_active_names_argument_and_values(bad: float, text: str) -> None:
     stds = 0.5 + torch.rand(2, 3, 4)
     stds[1, 2, 3] = bad
     with pytest.raises(
-        ValueError, match=rf"^stds_tensor must be finite and > 0 at active .*{text}"
+        ValueError,
+        match=rf"^stds_tensor must be finite and > 0 at active positions, {text} index \(1, 2, 3\)",
     ):
         check_positive_at_active("stds_tensor", stds, ACTIVE)
     with pytest.raises(ValueError, match="stds must be finite and > 0 everywhere"):
@@ -269,3 +289,64 @@ def test_check_bool_rejects_everything_but_bool(value: object) -> None:
         check_bool("", "symmetric", value)
     check_bool("", "symmetric", True)
     check_bool("", "symmetric", False)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks at the door of every estimator: dtypes, losses, where a bad value sits
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", MI_FUNCTIONS)
+def test_mixed_dtypes_are_an_error(fn) -> None:
+    kwargs = _mi_kwargs()
+    kwargs["stds_tensor"] = kwargs["stds_tensor"].float()
+    with pytest.raises(
+        ValueError,
+        match=r"^stds_tensor must have the dtype of means_tensor \(torch.float64\), got torch.float32",
+    ):
+        fn(**kwargs)
+
+
+def test_mixed_dtypes_in_the_reference_distance() -> None:
+    x = torch.zeros(2, 3, 4)
+    with pytest.raises(ValueError, match=r"^stds must have the dtype of x"):
+        square_mahalanobis_distance(x, x, torch.ones(2, 3, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("losses", [[], (), "losses", 0])
+def test_losses_of_the_wrong_type(losses) -> None:
+    with pytest.raises(ValueError, match=r"^losses must be a dict \(str -> tensor\) or None, got"):
+        mutual_information_sub_batch(**_mi_kwargs(), losses=losses)
+    with pytest.raises(ValueError, match=r"^losses must be a dict"):
+        gaussian_mixture_entropy(**_entropy_kwargs(), losses=losses)
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+def test_non_finite_value_says_where(granularity) -> None:
+    kwargs = _mi_kwargs()
+    kwargs["clean_input_embeddings"][3, 1, 0] = float("nan")
+    with pytest.raises(
+        ValueError,
+        match=r"^clean_input_embeddings must be finite at active positions, got nan at index \(3, 1, 0\)",
+    ):
+        mutual_information_sub_batch(**kwargs, granularity=granularity)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "message"),
+    [
+        (
+            "fast",
+            r"^KernelOptions: kernel must be one of 'auto', 'reference', 'streaming', 'triton', got 'fast'",
+        ),
+        (3, r"^kernel must be one of .* or a KernelOptions, got int"),
+    ],
+)
+def test_bad_kernel_option(kernel, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        mutual_information_sub_batch(**_mi_kwargs(), kernel=kernel)
+
+
+def test_bad_gather_option() -> None:
+    with pytest.raises(ValueError, match=r"^gather must be a GatherOptions or None, got bool"):
+        mutual_information_sub_batch(**_mi_kwargs(), gather=True)

@@ -52,7 +52,7 @@ def make_channel(
 
 def call(c: dict[str, torch.Tensor], mask: torch.Tensor | None = None, **kwargs: object):
     return vocabulary_mutual_information(
-        c["tokens"], c["noisy"], c["table"], c["prior"], c["means"], c["stds"], mask, **kwargs
+        c["means"], c["stds"], mask, c["tokens"], c["noisy"], c["table"], c["prior"], **kwargs
     )
 
 
@@ -107,7 +107,7 @@ def test_gradcheck_and_gradgradcheck() -> None:
 
     def f(noisy, table, prior, means, stds):
         return vocabulary_mutual_information(
-            c["tokens"], noisy, table, prior, means, stds, c["mask"], vocab_chunk_size=2
+            means, stds, c["mask"], c["tokens"], noisy, table, prior, vocab_chunk_size=2
         )
 
     assert torch.autograd.gradcheck(f, inputs)
@@ -115,7 +115,7 @@ def test_gradcheck_and_gradgradcheck() -> None:
 
     def g(noisy, means, stds):  # zero-prior row 1 included, prior not perturbed
         return vocabulary_mutual_information(
-            c["tokens"], noisy, c["table"], c["prior"], means, stds, vocab_chunk_size=3
+            means, stds, None, c["tokens"], noisy, c["table"], c["prior"], vocab_chunk_size=3
         )
 
     second = [c["noisy"], c["means"], c["stds"]]
@@ -153,7 +153,7 @@ def test_zero_prior_rows_and_inactive_positions_are_never_read() -> None:
 def test_each_term_is_at_most_minus_log_prior_and_the_mean_below_entropy() -> None:
     c = make_channel(4, v=6, e=2, b=64, s=32, std_range=(0.05, 0.2))
     estimate = vocabulary_mutual_information_estimate(
-        c["tokens"], c["noisy"], c["table"], c["prior"], c["means"], c["stds"]
+        c["means"], c["stds"], None, c["tokens"], c["noisy"], c["table"], c["prior"]
     )
     assert estimate.per_query is not None
     bound = -c["prior"][c["tokens"].reshape(-1)].log()
@@ -177,7 +177,9 @@ def test_converges_to_the_exact_mutual_information(std_scale: float) -> None:
     tokens = torch.multinomial(prior, n, replacement=True, generator=g).view(1, n)
     noise = torch.randn(1, n, 1, generator=g, dtype=torch.float64)
     noisy = table[tokens] + means[tokens] + stds[tokens] * noise
-    estimate = vocabulary_mutual_information_estimate(tokens, noisy, table, prior, means, stds)
+    estimate = vocabulary_mutual_information_estimate(
+        means, stds, None, tokens, noisy, table, prior
+    )
     assert estimate.per_query is not None
     standard_error = float(estimate.per_query.std()) / math.sqrt(n)
     assert abs(float(estimate.value) - exact) <= 4 * standard_error + 1e-6
@@ -200,7 +202,7 @@ def test_prior_is_normalised_and_empty_mask_gives_zero() -> None:
     noisy = c["noisy"].clone().requires_grad_(True)
     empty = torch.zeros(B, S, dtype=torch.bool)
     value = vocabulary_mutual_information(
-        c["tokens"], noisy, c["table"], c["prior"], c["means"], c["stds"], empty
+        c["means"], c["stds"], empty, c["tokens"], noisy, c["table"], c["prior"]
     )
     assert float(value.detach()) == 0.0
     (grad,) = torch.autograd.grad(value, noisy)
@@ -212,9 +214,9 @@ def test_prior_is_normalised_and_empty_mask_gives_zero() -> None:
 def test_module_equals_functional(units: str, reduction: str) -> None:
     c = make_channel(8)
     module = VocabularyMutualInformation(vocab_chunk_size=2, units=units, reduction=reduction)
-    got = module(c["tokens"], c["noisy"], c["table"], c["prior"], c["means"], c["stds"], c["mask"])
+    got = module(c["means"], c["stds"], c["mask"], c["tokens"], c["noisy"], c["table"], c["prior"])
     estimate = vocabulary_mutual_information_estimate(
-        c["tokens"], c["noisy"], c["table"], c["prior"], c["means"], c["stds"], c["mask"]
+        c["means"], c["stds"], c["mask"], c["tokens"], c["noisy"], c["table"], c["prior"]
     )
     scale = 1.0 if units == "nats" else 1 / math.log(2)
     assert estimate.per_query is not None
@@ -237,19 +239,25 @@ def test_module_equals_functional(units: str, reduction: str) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda c: c.update(noisy=c["noisy"][0]), "noisy_embeddings must have 3 dimensions"),
-        (lambda c: c.update(table=c["table"][:, :2]), "table must have shape"),
-        (lambda c: c.update(means=c["means"][:4]), "means must have shape"),
-        (lambda c: c.update(stds=c["stds"][:, :1]), "stds must have shape"),
-        (lambda c: c.update(prior=c["prior"][:3]), "prior must have shape"),
-        (lambda c: c.update(prior=-c["prior"]), "prior must be finite and non-negative"),
-        (lambda c: c.update(stds=c["stds"] * 0), "stds (rows with prior > 0) must be"),
+        (lambda c: c.update(noisy=c["noisy"][0]), "noisy_input_embeddings must have 3 dimensions"),
+        (lambda c: c.update(table=c["table"][:, :2]), "embedding_table must have shape"),
+        (lambda c: c.update(means=c["means"][:4]), "vocabulary_means must have shape"),
+        (lambda c: c.update(stds=c["stds"][:, :1]), "vocabulary_stds must have shape"),
+        (lambda c: c.update(prior=c["prior"][:3]), "token_prior must have shape"),
+        (lambda c: c.update(prior=-c["prior"]), "token_prior must be finite and non-negative"),
+        (
+            lambda c: c.update(stds=c["stds"] * 0),
+            "vocabulary_stds (rows with token_prior > 0) must be",
+        ),
         (lambda c: c.update(tokens=c["tokens"].float()), "token_ids must be an integer"),
         (lambda c: c.update(tokens=c["tokens"][:, :2]), "token_ids must have shape"),
         (lambda c: c.update(tokens=c["tokens"] + V), "token_ids at active positions must lie"),
         (lambda c: c.update(tokens=torch.full_like(c["tokens"], 2)), "prior > 0"),
         (lambda c: c.update(mask=c["mask"][:, :2]), "noise_mask must have shape"),
-        (lambda c: c.update(noisy=c["noisy"].long()), "noisy_embeddings must have a floating"),
+        (
+            lambda c: c.update(noisy=c["noisy"].long()),
+            "noisy_input_embeddings must have a floating",
+        ),
     ],
 )
 def test_bad_inputs_name_the_argument(change, message: str) -> None:
@@ -284,12 +292,12 @@ def test_noise_parameters_of_a_layer() -> None:
 def test_token_prior() -> None:
     ids = torch.tensor([[0, 0, 1, 9], [1, 0, 3, 9]])
     mask = ids != 9
-    prior = token_prior(ids, 5, smoothing=0.5, mask=mask)
+    prior = token_prior(ids, 5, smoothing=0.5, noise_mask=mask)
     expected = torch.tensor([3.5, 2.5, 0.5, 1.5, 0.5], dtype=torch.float64) / 8.5
     torch.testing.assert_close(prior, expected)
     counts = torch.tensor([3.0, 2.0, 0.0, 1.0, 0.0])
     torch.testing.assert_close(token_prior(counts, 5, smoothing=0.5, counts=True), expected)
-    unsmoothed = token_prior(ids, 5, smoothing=0.0, mask=mask)
+    unsmoothed = token_prior(ids, 5, smoothing=0.0, noise_mask=mask)
     assert float(unsmoothed[2]) == 0.0 and float(unsmoothed[4]) == 0.0
     # An unseen token in the evaluated batch works with the smoothed prior.
     c = make_channel(10, v=5, zero_rows=())
@@ -300,7 +308,7 @@ def test_token_prior() -> None:
     with pytest.raises(ValueError, match="smoothing"):
         token_prior(ids, 10, smoothing=-1.0)
     with pytest.raises(ValueError, match="mask must have shape"):
-        token_prior(ids, 10, mask=mask[0])
+        token_prior(ids, 10, noise_mask=mask[0])
     with pytest.raises(ValueError, match="counts=True"):
         token_prior(counts, 5)
     with pytest.raises(ValueError, match="no mass"):

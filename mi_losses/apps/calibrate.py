@@ -145,7 +145,7 @@ class SyntheticVocabulary:
     def vocabulary_mi(self, tokens: torch.Tensor, noisy: torch.Tensor) -> tuple[float, float]:
         """The known-prior estimate and its standard error over tokens."""
         est = vocabulary_mutual_information_estimate(
-            tokens, noisy, self.table, self.prior, self.means, self.stds
+            self.means, self.stds, None, tokens, noisy, self.table, self.prior
         )
         assert est.per_query is not None
         return float(est.value), float(est.per_query.std()) / math.sqrt(est.per_query.numel())

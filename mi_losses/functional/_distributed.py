@@ -39,10 +39,9 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 
-from mi_losses._validation import check_bool
 from mi_losses.types import Granularity
 
-__all__ = ["check_gather_options", "gather_components", "world_size"]
+__all__ = ["gather_components", "world_size"]
 
 
 def world_size(process_group: dist.ProcessGroup | None = None) -> int:
@@ -50,21 +49,6 @@ def world_size(process_group: dist.ProcessGroup | None = None) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return 1
     return dist.get_world_size(process_group)
-
-
-def check_gather_options(gather: object, max_gathered_components: object, owner: str = "") -> None:
-    """``ValueError`` unless ``gather`` is a bool and ``max_gathered_components`` None or >= 1."""
-    check_bool(owner, "gather_components", gather)
-    if max_gathered_components is not None and (
-        isinstance(max_gathered_components, bool)
-        or not isinstance(max_gathered_components, int)
-        or max_gathered_components < 1
-    ):
-        prefix = f"{owner}: " if owner else ""
-        raise ValueError(
-            f"{prefix}max_gathered_components must be None or an int >= 1, got "
-            f"{max_gathered_components!r}"
-        )
 
 
 def gather_components(

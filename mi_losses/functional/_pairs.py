@@ -8,10 +8,9 @@ import torch
 from mi_losses import keys
 from mi_losses._validation import check_finite_at_active, check_positive_at_active
 from mi_losses.functional._mixture import query_mean
-from mi_losses.functional._streaming import DEFAULT_MAX_BLOCK_BYTES, Plan, Stream
+from mi_losses.functional._streaming import Plan, Stream
+from mi_losses.options import KernelOptions
 from mi_losses.types import Estimate, Granularity
-
-__all__ = ["DEFAULT_MAX_BLOCK_BYTES"]
 
 
 def as_samples(tensor: torch.Tensor, granularity: Granularity) -> torch.Tensor:
@@ -21,24 +20,18 @@ def as_samples(tensor: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     return tensor
 
 
-def check_block_bytes(max_block_bytes: object) -> int:
-    """Raise unless ``max_block_bytes`` is a positive ``int``."""
-    if isinstance(max_block_bytes, bool) or not isinstance(max_block_bytes, int):
-        raise ValueError(f"max_block_bytes must be an int, got {max_block_bytes!r}")
-    if max_block_bytes < 1:
-        raise ValueError(f"max_block_bytes must be >= 1, got {max_block_bytes}")
-    return max_block_bytes
-
-
 def make_plan(
     directions: list[tuple[int, int, int, int]],
     with_own: bool,
-    max_block_bytes: int,
     dtype: torch.dtype,
-    accuracy_check: bool,
+    options: KernelOptions,
 ) -> Plan:
     """The kernel's plan (Python values only)."""
-    return Plan(tuple(directions), with_own, max_block_bytes, dtype, accuracy_check)
+    if options.kernel not in ("auto", "streaming"):
+        raise ValueError(
+            f"kernel={options.kernel!r} is not available yet; use 'auto' or 'streaming'"
+        )
+    return Plan(tuple(directions), with_own, options.max_block_bytes, dtype, options.accuracy_check)
 
 
 def check_active_values(

@@ -25,10 +25,6 @@ import torch
 
 from mi_losses.functional._stream_passes import Spec, backward_pass, forward_pass
 
-DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
-"""Default memory budget of the blocks (scores, weights and factors alive at once); the
-forward pass keeps the scores for the backward pass when all of them fit in half of it."""
-
 
 @dataclasses.dataclass(frozen=True)
 class Plan:

@@ -13,83 +13,62 @@ __all__ = ["bayes_token_attack", "fano_error_floor"]
 
 
 def bayes_token_attack(
-    noisy_embeddings: torch.Tensor,
-    table: torch.Tensor,
-    prior: torch.Tensor,
-    means: torch.Tensor,
-    stds: torch.Tensor,
-    noise_mask: torch.Tensor | None = None,
+    vocabulary_means: torch.Tensor,
+    vocabulary_stds: torch.Tensor,
+    noise_mask: torch.Tensor | None,
+    noisy_input_embeddings: torch.Tensor,
+    embedding_table: torch.Tensor,
+    token_prior: torch.Tensor,
     *,
     top_k: int = 1,
     vocab_chunk_size: int = DEFAULT_VOCAB_CHUNK_SIZE,
     validate_args: bool = True,
 ) -> torch.Tensor:
-    r"""Bayes-optimal guesses of the clean tokens from their noisy embeddings.
+    r"""Bayes-optimal guesses of the clean tokens from their noisy embeddings (no gradient).
 
-    .. math::
-        \hat t(y) = \arg\max_{v : p_v > 0} \; \log p_v + \log N(y ; W_v + \mu_v, \sigma_v)
+    $$\hat t(y) = \arg\max_{v : p_v > 0}\; \log p_v + \log \mathcal N(y; W_v + \mu_v, \sigma_v)$$
 
-    the maximum a posteriori token: no attacker who sees one noisy token embedding and knows
-    the layer (``means``, ``stds`` of every row) and the prior recovers more tokens on average
-    when tokens are drawn from ``prior``. ``top_k > 1`` returns the ``k`` most probable tokens,
-    best first (a top-``k`` attacker). The scores are those of
-    :func:`~mi_losses.functional.vocabulary_mutual_information`, in chunks of
-    ``vocab_chunk_size`` rows (memory ``O(N * (vocab_chunk_size + top_k))``); no gradient.
-
-    Args:
-        noisy_embeddings: ``y``, ``(B, S, E)``.
-        table: ``W``, ``(V, E)``.
-        prior: ``p``, ``(V,)``, non-negative, positive sum (normalised here); rows with
-            ``p_v = 0`` are never guessed and never read.
-        means: ``mu_v``, ``(V, E)``.
-        stds: ``sigma_v > 0``, ``(V, E)``.
-        noise_mask: ``(B, S)`` bool or 0/1, the positions to attack; ``None`` = all.
-        top_k: number of guesses per token, at most the number of rows with ``p_v > 0``.
-        vocab_chunk_size: vocabulary rows scored at once.
-        validate_args: check the prior's values and ``stds > 0`` on its support.
-
-    Returns:
-        int64 token ids ``(B, S)`` (``top_k == 1``) or ``(B, S, top_k)``; ``-1`` at inactive
-        positions.
-
-    Raises:
-        ValueError: a shape, dtype or device mismatch, a bad prior or ``stds``, ``top_k`` not
-            in ``[1, number of rows with p_v > 0]``, or ``vocab_chunk_size < 1``.
+    No attacker who sees one noisy token embedding and knows the layer and the prior recovers
+    more tokens on average when tokens are drawn from the prior. `top_k > 1` returns the $k$
+    most probable tokens, best first. Arguments as in
+    :func:`~mi_losses.functional.vocabulary_mutual_information` without `token_ids`; returns
+    int64 ids `(B, S)` or `(B, S, top_k)`, `-1` at inactive positions.
 
     Example:
         >>> table = torch.eye(3)
         >>> prior, means, stds = torch.ones(3), torch.zeros(3, 3), torch.full((3, 3), 0.1)
-        >>> bayes_token_attack(torch.tensor([[[0.9, 0.1, 0.0]]]), table, prior, means, stds)
+        >>> y = torch.tensor([[[0.9, 0.1, 0.0]]])
+        >>> bayes_token_attack(means, stds, None, y, table, prior)
         tensor([[0]])
     """
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     with torch.no_grad():
-        queries, _, vocabulary = prepare_vocabulary_inputs(
-            None,
-            noisy_embeddings,
-            table,
-            prior,
-            means,
-            stds,
+        queries, _, vocabulary, _ = prepare_vocabulary_inputs(
+            vocabulary_means,
+            vocabulary_stds,
             noise_mask,
+            None,
+            noisy_input_embeddings,
+            embedding_table,
+            token_prior,
             vocab_chunk_size=vocab_chunk_size,
             validate_args=validate_args,
         )
         support_size = int(vocabulary.support.sum())
         if top_k > support_size:
             raise ValueError(
-                f"top_k must be at most the number of rows with prior > 0 ({support_size}), "
+                f"top_k must be at most the number of rows with token_prior > 0 ({support_size}), "
                 f"got {top_k}"
             )
         _, guesses = best_rows(queries, vocabulary, vocab_chunk_size, top_k)
         mask = (
-            torch.ones(noisy_embeddings.shape[:2], dtype=torch.bool, device=queries.device)
+            torch.ones(noisy_input_embeddings.shape[:2], dtype=torch.bool, device=queries.device)
             if noise_mask is None
             else noise_mask.bool()
         )
         result = torch.full(
-            (*noisy_embeddings.shape[:2], top_k), -1, dtype=torch.int64, device=queries.device
+            (*noisy_input_embeddings.shape[:2], top_k), -1, dtype=torch.int64, device=queries.device
         )
         result[mask] = guesses
         return result.squeeze(-1) if top_k == 1 else result
@@ -102,8 +81,7 @@ def fano_error_floor(
 ) -> torch.Tensor:
     r"""Fano's lower bound on the error rate of any attacker that guesses ``X`` from ``Y``.
 
-    .. math::
-        P_\text{error} \ge \max\Big(0, \frac{H(X) - I(X; Y) - \log 2}{\log(|\mathcal X| - 1)}\Big)
+    $$P_\text{error} \ge \max\Big(0, \frac{H(X) - I(X; Y) - \log 2}{\log(|\mathcal X| - 1)}\Big)$$
 
     With ``H(X)`` the entropy of the tokens (e.g. of the prior) and ``I`` the mutual information
     per token, both in nats, over a support of ``|X|`` tokens. The floor holds for the true

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from mi_losses import keys
-from mi_losses._validation import check_bool
+from mi_losses._validation import check_bool, check_losses
 from mi_losses.functional._mixture import average_estimates, query_mean, to_result
-from mi_losses.functional._pairs import DEFAULT_MAX_BLOCK_BYTES, direction_estimates
+from mi_losses.functional._pairs import direction_estimates
 from mi_losses.functional._streaming import Stream
 from mi_losses.functional.mutual_information import prepare_mutual_information
-from mi_losses.types import ComponentLossesDict, Estimate, Granularity
+from mi_losses.options import GatherOptions, KernelOptions
+from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Kernel
 
 __all__ = ["MutualInformationBounds", "mutual_information_bounds"]
-
-
-if TYPE_CHECKING:
-    from torch.distributed import ProcessGroup
 
 
 class MutualInformationBounds(NamedTuple):
@@ -46,50 +43,21 @@ def mutual_information_bounds(
     granularity: Granularity = "sequence",
     symmetric: bool = False,
     validate_args: bool = True,
-    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
-    accuracy_check: bool = True,
-    gather_components: bool = False,
-    process_group: ProcessGroup | None = None,
-    max_gathered_components: int | None = None,
+    kernel: Kernel | KernelOptions = "auto",
+    gather: GatherOptions | None = None,
 ) -> MutualInformationBounds:
-    r"""InfoNCE lower and L1Out upper estimates of ``I(X; Y)`` from one pairwise pass, in nats.
+    r"""InfoNCE lower and L1Out upper estimates of $I(X; Y)$ from one pairwise pass, in nats.
 
-    With ``r_ij`` the log-ratios of :func:`~mi_losses.functional.mutual_information_sub_batch`
-    (same arguments, same halves, masks and valid sets ``V_i``):
+    With the log-ratios $r_{ij}$ of :func:`~mi_losses.functional.mutual_information_sub_batch`
+    (same arguments, halves, masks and valid sets $V_i$):
 
-    .. math::
-        I^{\text{upper}}_i &= -\log \frac{1}{|V_i|} \sum_{j \in V_i} e^{-r_{ij}} \\
-        I^{\text{lower}}_i &= -\log \frac{1 + \sum_{j \in V_i} e^{-r_{ij}}}{|V_i| + 1}
+    $$I^{\text{upper}}_i = -\log \frac{1}{|V_i|} \sum_{j \in V_i} e^{-r_{ij}},\qquad
+      I^{\text{lower}}_i = -\log \frac{1 + \sum_{j \in V_i} e^{-r_{ij}}}{|V_i| + 1}.$$
 
-    The lower estimate adds each query's own component (``r_ii = 0``) to its mixture: in
-    expectation it is a **lower bound** on the mutual information (van den Oord et al., 2018;
-    Poole et al., 2019), never above ``log(|V_i| + 1)``, and ``I^lower_i <= I^upper_i`` whenever
-    ``I^upper_i >= 0``. The upper estimate is an **upper bound** in expectation. Both are
-    means over the valid queries (``0`` when there is none), from the same per-query
-    ``logsumexp``.
-
-    Args:
-        means_tensor: ``mu``, ``(B, S, E)``; ``B`` even, at least 2.
-        stds_tensor: ``sigma > 0`` at active positions, ``(B, S, E)``.
-        noise_mask: ``(B, S)`` bool or 0/1; ``None`` = all positions.
-        clean_input_embeddings: ``x``, ``(B, S, E)``.
-        noisy_input_embeddings: ``y``, ``(B, S, E)``.
-        combine_noise_masks_for_mutual_information_sub_batches: as in
-            :func:`~mi_losses.functional.mutual_information_sub_batch`.
-        losses: if given, updated with the components of the sub-batch estimator and
-            ``mutual_information_lower_bound_loss`` (the lower estimate), detached.
-        granularity: ``"sequence"`` or ``"token"``.
-        symmetric: average both directions (each half as the queries).
-        validate_args: check masks and values at active positions.
-        max_block_bytes: memory budget of the streaming kernel's blocks.
-        accuracy_check: see :func:`~mi_losses.functional.mutual_information_sub_batch`.
-        gather_components: see :func:`~mi_losses.functional.mutual_information_sub_batch`.
-        process_group: see :func:`~mi_losses.functional.mutual_information_sub_batch`.
-        max_gathered_components: see
-            :func:`~mi_losses.functional.mutual_information_sub_batch`.
-
-    Returns:
-        ``MutualInformationBounds(lower, upper)``, scalars in the input dtype, with gradients.
+    The lower estimate adds each query's own component to its mixture: a **lower bound** in
+    expectation, never above $\log(|V_i| + 1)$; the upper one is an **upper bound** in
+    expectation ([the sandwich](math.md#bounds-from-one-pass)). `losses` gets the sub-batch
+    components and `mutual_information_lower_bound_loss`.
 
     Example:
         >>> x = torch.randn(8, 4, 2)
@@ -98,6 +66,7 @@ def mutual_information_bounds(
         >>> bool(bounds.lower <= torch.log(torch.tensor(5.0)))
         True
     """
+    check_losses(losses)
     lower, upper = bounds_estimates(
         means_tensor,
         stds_tensor,
@@ -108,12 +77,9 @@ def mutual_information_bounds(
         granularity=granularity,
         symmetric=symmetric,
         validate_args=validate_args,
-        max_block_bytes=max_block_bytes,
-        accuracy_check=accuracy_check,
+        kernel=kernel,
+        gather=gather,
         with_components=losses is not None,
-        gather_components=gather_components,
-        process_group=process_group,
-        max_gathered_components=max_gathered_components,
     )
     if losses is not None:
         losses.update(upper.components)
@@ -132,12 +98,9 @@ def bounds_estimates(
     granularity: Granularity = "sequence",
     symmetric: bool = False,
     validate_args: bool = True,
-    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
-    accuracy_check: bool = True,
+    kernel: Kernel | KernelOptions = "auto",
+    gather: GatherOptions | None = None,
     with_components: bool = True,
-    gather_components: bool = False,
-    process_group: ProcessGroup | None = None,
-    max_gathered_components: int | None = None,
 ) -> tuple[Estimate, Estimate]:
     """``(lower, upper)`` as :class:`~mi_losses.types.Estimate` (components on the upper)."""
     check_bool("", "with_components", with_components)
@@ -151,11 +114,8 @@ def bounds_estimates(
         granularity=granularity,
         symmetric=symmetric,
         validate_args=validate_args,
-        max_block_bytes=max_block_bytes,
-        accuracy_check=accuracy_check,
-        gather_components=gather_components,
-        process_group=process_group,
-        max_gathered_components=max_gathered_components,
+        kernel=kernel,
+        gather=gather,
     )
     result = prepared.run()
     uppers = direction_estimates(result, prepared.sizes, True, with_components)

@@ -21,8 +21,7 @@ def gaussian_differential_entropy(
 ) -> torch.Tensor:
     r"""Differential entropy of a ``d``-dimensional Gaussian, in nats.
 
-    .. math::
-        H = \tfrac12 \log\big((2\pi e)^d \det\Sigma\big)
+    $$H = \tfrac12 \log\big((2\pi e)^d \det\Sigma\big)$$
 
     Give either ``stds`` (a diagonal covariance, ``Sigma = diag(stds^2)``, so
     ``H = sum_k log stds_k + d/2 log(2 pi e)``) or a full ``covariance`` (``log det`` by
@@ -76,8 +75,7 @@ def gaussian_channel_mutual_information(
 
     ``X ~ N(0, diag s^2)`` and independent ``N ~ N(0, diag sigma^2)``:
 
-    .. math::
-        I(X; Y) = \tfrac12 \sum_k \log\Big(1 + \frac{s_k^2}{\sigma_k^2}\Big)
+    $$I(X; Y) = \tfrac12 \sum_k \log\Big(1 + \frac{s_k^2}{\sigma_k^2}\Big)$$
 
     (``H(Y) - H(Y | X)`` of two Gaussians). The ground truth the calibration and the tests
     compare every estimator with.

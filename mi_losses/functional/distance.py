@@ -8,19 +8,21 @@ from mi_losses._validation import (
     _shape,
     as_bool_mask,
     check_bool,
+    check_embeddings,
     check_finite_at_active,
     check_floating,
-    check_ndim,
+    check_options,
     check_positive_at_active,
     check_same_device,
-    check_same_shape,
+    check_same_dtype,
     compute_dtype,
-    result_dtype,
 )
 from mi_losses.functional._accuracy import TOLERANCES
 from mi_losses.functional._pair_terms import component_side, query_side, scaling
 from mi_losses.functional._pairs import check_active_values
 from mi_losses.functional._stream_passes import effective_masks
+from mi_losses.options import KernelOptions
+from mi_losses.types import Kernel
 
 __all__ = ["pairwise_square_mahalanobis_distance", "square_mahalanobis_distance"]
 
@@ -35,26 +37,13 @@ def square_mahalanobis_distance(
 ) -> torch.Tensor:
     r"""Square Mahalanobis distance under a diagonal covariance, summed over active positions.
 
-    .. math::
-        d = \sum_{s \in \text{mask}} \sum_e \tfrac12 \left(\frac{x_{se} - y_{se}}{\sigma_{se}}\right)^2
+    $$d = \sum_{s \in \text{mask}} \sum_e \tfrac12 \Big(\frac{x_{se} - y_{se}}{\sigma_{se}}\Big)^2$$
 
-    The ``0.5`` makes ``d`` the exponent of the Gaussian density. ``x``, ``y`` and ``stds``
-    broadcast against each other; the last axis is ``E`` and the one before it ``S``.
-    ``(B, S, E)`` inputs give ``(B,)``; ``(M, 1, S, E)`` against ``(1, N, S, E)`` gives the
-    ``(M, N)`` pairwise matrix (use :func:`pairwise_square_mahalanobis_distance` for that: same
-    values without materialising ``(M, N, S, E)``).
-
-    Args:
-        x: points, ``(..., S, E)``.
-        y: points, ``(..., S, E)``, broadcastable with ``x``.
-        stds: standard deviations ``> 0``, ``(..., S, E)``, broadcastable with both.
-        mask: active positions, bool or 0/1, broadcastable against the broadcast shape without
-            its last axis, ``(..., S)``; ``None`` means all positions.
-        validate_args: check that ``stds`` is finite and ``> 0`` (one pass).
-
-    Returns:
-        The distances, shape: the broadcast shape without its last two axes. Computed in
-        float32 or better, returned in the promoted input dtype.
+    The $\tfrac12$ makes $d$ the exponent of the Gaussian density. `x`, `y`, `stds`
+    `(..., S, E)` broadcast together (one dtype); `mask` `(..., S)` broadcasts against the
+    broadcast shape without its last axis. The result has the broadcast shape without its last
+    two axes: `(B, S, E)` inputs give `(B,)` ([the math](math.md#square-mahalanobis-distance)).
+    For all pairs use :func:`pairwise_square_mahalanobis_distance`.
 
     Example:
         >>> x = torch.zeros(2, 3, 4)
@@ -68,6 +57,7 @@ def square_mahalanobis_distance(
                 f"{name} must have at least 2 dimensions (..., S, E), got {_shape(tensor.shape)}"
             )
     check_same_device(x=x, y=y, stds=stds, mask=mask)
+    check_same_dtype(x=x, y=y, stds=stds)
     check_bool("", "validate_args", validate_args)
     try:
         shape = torch.broadcast_shapes(  # type: ignore[no-untyped-call]
@@ -78,7 +68,7 @@ def square_mahalanobis_distance(
             f"x, y and stds must broadcast together, got {_shape(x.shape)}, "
             f"{_shape(y.shape)} and {_shape(stds.shape)}"
         ) from error
-    dtype, out_dtype = compute_dtype(x, y, stds), result_dtype(x, y, stds)
+    dtype, out_dtype = compute_dtype(x.dtype), x.dtype
     x, y, stds = x.to(dtype), y.to(dtype), stds.to(dtype)
     if mask is not None:
         if not isinstance(mask, torch.Tensor):
@@ -113,74 +103,42 @@ def square_mahalanobis_distance(
 
 
 def pairwise_square_mahalanobis_distance(
-    queries: torch.Tensor,
-    centres: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
     stds: torch.Tensor,
-    query_mask: torch.Tensor | None = None,
-    component_mask: torch.Tensor | None = None,
+    x_mask: torch.Tensor | None = None,
+    y_mask: torch.Tensor | None = None,
     *,
     validate_args: bool = True,
-    accuracy_check: bool = True,
+    kernel: Kernel | KernelOptions = "auto",
 ) -> torch.Tensor:
-    r"""All-pairs square Mahalanobis distance, at matrix-multiply speed and ``O(M N)`` memory.
+    r"""All-pairs :func:`square_mahalanobis_distance`, at matrix-multiply speed and $O(MN)$ memory.
 
-    .. math::
-        D_{ij} = \sum_{s,e} a_{is} b_{js} \tfrac12 \left(\frac{y_{ise} - c_{jse}}{\sigma_{jse}}\right)^2
+    $$D_{ij} = \sum_{s,e} a_{is} b_{js}\, \tfrac12 \Big(\frac{x_{ise} - y_{jse}}{\sigma_{jse}}\Big)^2$$
 
-    with ``a`` the query mask and ``b`` the component mask. Equal to
-    ``square_mahalanobis_distance(queries[:, None], centres[None], stds[None], a[:, None] & b[None])``
-    without materialising the ``(M, N, S, E)`` tensor, in the forward or the backward pass.
-
-    Args:
-        queries: ``y``, shape ``(M, S, E)``.
-        centres: ``c``, shape ``(N, S, E)``.
-        stds: ``sigma > 0`` of the components, shape ``(N, S, E)``.
-        query_mask: ``(M, S)``, bool or 0/1; ``None`` means all positions.
-        component_mask: ``(N, S)``, bool or 0/1; ``None`` means all positions.
-        validate_args: check the values of ``stds`` and the masks (one pass each).
-        accuracy_check: check the rounding of the expanded squares (one host synchronisation
-            per call) and re-evaluate the pairs that would exceed the tolerance of
-            docs/math.md#numerics; ``False`` skips the check and its synchronisation (it is
-            skipped automatically under ``torch.compile``).
-
-    Returns:
-        ``(M, N)`` distances in the promoted input dtype (computed in float32 or better).
+    for `x` `(M, S, E)` against `y` and `stds` `(N, S, E)`, with $a$ = `x_mask` `(M, S)` and
+    $b$ = `y_mask` `(N, S)` (all positions when `None`): the values of
+    `square_mahalanobis_distance(x[:, None], y[None], stds[None], a[:, None] & b[None])`
+    without the `(M, N, S, E)` tensor, forward or backward. `kernel` sets the rounding check
+    ([numerics](math.md#numerics)).
 
     Example:
-        >>> y, c = torch.zeros(3, 2, 4), torch.ones(5, 2, 4)
-        >>> pairwise_square_mahalanobis_distance(y, c, torch.ones(5, 2, 4)).shape
+        >>> x, y = torch.zeros(3, 2, 4), torch.ones(5, 2, 4)
+        >>> pairwise_square_mahalanobis_distance(x, y, torch.ones(5, 2, 4)).shape
         torch.Size([3, 5])
     """
-    for name, tensor in (("queries", queries), ("centres", centres), ("stds", stds)):
-        check_floating(name, tensor)
-        check_ndim(name, tensor, 3, "(M or N, S, E)")
-    check_same_shape("stds", stds, "centres", centres)
-    if queries.shape[1:] != centres.shape[1:]:
-        raise ValueError(
-            f"queries must have shape (M, {centres.shape[1]}, {centres.shape[2]}) to match "
-            f"centres {_shape(centres.shape)}, got {_shape(queries.shape)}"
-        )
-    check_same_device(queries=queries, centres=centres, stds=stds)
     check_bool("", "validate_args", validate_args)
-    check_bool("", "accuracy_check", accuracy_check)
-    dtype = compute_dtype(queries, centres, stds)
-    a = as_bool_mask(
-        "query_mask", query_mask, queries.shape[:2], queries.device, validate_values=validate_args
-    )
-    b = as_bool_mask(
-        "component_mask",
-        component_mask,
-        centres.shape[:2],
-        centres.device,
-        validate_values=validate_args,
-    )
+    options, _ = check_options(kernel, None)
+    dtype = check_embeddings({"x": x, "y": y, "stds": stds}, "y", free_batch=("x",))
+    a = as_bool_mask("x_mask", x_mask, x.shape[:2], x.device, validate_values=validate_args)
+    b = as_bool_mask("y_mask", y_mask, y.shape[:2], y.device, validate_values=validate_args)
     if validate_args:
         check_active_values(
-            {"queries": (queries, a), "centres": (centres, b), "stds": (stds, b)},
+            {"x": (x, a), "y": (y, b), "stds": (stds, b)},
             positive=("stds",),
         )
-    distance = pairwise_mahalanobis(queries, centres, stds, a, b, dtype, accuracy_check)
-    return distance.to(result_dtype(queries, centres, stds))
+    distance = pairwise_mahalanobis(x, y, stds, a, b, compute_dtype(dtype), options.accuracy_check)
+    return distance.to(dtype)
 
 
 def pairwise_mahalanobis(

@@ -28,8 +28,7 @@ def gaussian_entropy_log_loss(
 ) -> torch.Tensor:
     r"""Minus the mean per-element differential entropy of the noise ``N(0, sigma^2)``, in nats.
 
-    .. math::
-        \operatorname{mean}_{\text{active}} \big(-\log(\sigma + \epsilon)\big) - \tfrac12 \log(2\pi e)
+    $$\operatorname{mean}_{\text{active}} \big(-\log(\sigma + \epsilon)\big) - \tfrac12 \log(2\pi e)$$
 
     Minimising it raises the noise's entropy (``0.5 log(2 pi e sigma^2)`` per element).
 
@@ -56,7 +55,7 @@ def gaussian_entropy_log_loss(
     check_bool("", "validate_args", validate_args)
     if validate_args:
         check_positive_at_active("stds", stds, mask)
-    dtype = compute_dtype(stds)
+    dtype = compute_dtype(stds.dtype)
     active = mask.unsqueeze(-1).expand(stds.shape)
     # Inactive positions are replaced before any arithmetic: never read, zero gradient.
     sigma = torch.where(active, stds.to(dtype), 1.0)

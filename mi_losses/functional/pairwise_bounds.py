@@ -25,11 +25,12 @@ from torch.utils.checkpoint import checkpoint
 
 from mi_losses._validation import (
     as_bool_mask,
+    check_bool,
     check_embeddings,
+    check_finite_at_active,
     check_granularity,
-    check_positive,
+    check_positive_at_active,
     compute_dtype,
-    result_dtype,
 )
 from mi_losses.types import Granularity
 
@@ -61,8 +62,7 @@ def kolchinsky_tracey_entropy_bounds(
 ) -> PairwiseBounds:
     r"""Bounds on the entropy of the batch's empirical mixture ``(1/N) sum_j N(c_j, sigma_j)``.
 
-    .. math::
-        H_D = \frac1N\sum_i H(p_i) - \frac1N\sum_i \log\frac{1}{|V_i|}\sum_{j\in V_i} e^{-D(p_i\|p_j)}
+    $$H_D = \frac1N\sum_i H(p_i) - \frac1N\sum_i \log\frac{1}{|V_i|}\sum_{j\in V_i} e^{-D(p_i\|p_j)}$$
 
     ``upper`` uses ``D = KL(p_i || p_j) = sum [log(s_j/s_i) + (s_i^2 + (c_i - c_j)^2)/(2 s_j^2) - 1/2]``
     (matrix products, memory ``O(N^2)``), ``lower`` the Bhattacharyya distance
@@ -119,8 +119,7 @@ def kolchinsky_tracey_mutual_information_bounds(
 ) -> PairwiseBounds:
     r"""Bounds on the MI of the batch's **empirical channel**, ``I_D = H_D - (1/N) sum_i H(p_i)``.
 
-    .. math::
-        I_D = -\frac1N\sum_i \log\frac{1}{|V_i|}\sum_{j\in V_i} e^{-D(p_i\|p_j)}
+    $$I_D = -\frac1N\sum_i \log\frac{1}{|V_i|}\sum_{j\in V_i} e^{-D(p_i\|p_j)}$$
 
     with ``D = Bhattacharyya`` (``lower``) and ``D = KL`` (``upper``), as in
     :func:`kolchinsky_tracey_entropy_bounds` (same arguments and conventions). The truth these
@@ -168,7 +167,8 @@ def _bounds(
         "stds_tensor": stds_tensor,
         "clean_input_embeddings": clean_input_embeddings,
     }
-    check_embeddings(inputs, "clean_input_embeddings")
+    check_bool("", "validate_args", validate_args)
+    out = check_embeddings(inputs, "clean_input_embeddings")
     mask = as_bool_mask(
         "noise_mask",
         noise_mask,
@@ -178,8 +178,10 @@ def _bounds(
     )
     active = mask.unsqueeze(-1)
     if validate_args:
-        check_positive("stds_tensor (active positions)", torch.where(active, stds_tensor, 1.0))
-    dtype = compute_dtype(*inputs.values())
+        check_finite_at_active("clean_input_embeddings", clean_input_embeddings, mask)
+        check_finite_at_active("means_tensor", means_tensor, mask)
+        check_positive_at_active("stds_tensor", stds_tensor, mask)
+    dtype = compute_dtype(out)
     # Inactive positions are replaced by safe placeholders before any arithmetic.
     centres = torch.where(active, clean_input_embeddings.to(dtype) + means_tensor.to(dtype), 0.0)
     stds = torch.where(active, stds_tensor.to(dtype), 1.0)
@@ -192,7 +194,6 @@ def _bounds(
     a = mask.to(dtype)
     log_stds = stds.log()
     entropy = (a * (log_stds.sum(-1) + stds.shape[-1] * _HALF_LOG_TWO_PI_E)).sum(-1)
-    out = result_dtype(*inputs.values())
     if centres.shape[0] == 0:
         zero = centres.sum() + stds.sum()
         return zero.to(out), zero.to(out), zero.to(out)

@@ -17,13 +17,12 @@ def token_prior(
     vocab_size: int,
     *,
     smoothing: float = 0.5,
-    mask: torch.Tensor | None = None,
+    noise_mask: torch.Tensor | None = None,
     counts: bool = False,
 ) -> torch.Tensor:
     r"""A unigram prior over the vocabulary from training tokens, with additive smoothing.
 
-    .. math::
-        p_v = \frac{n_v + \alpha}{\sum_u n_u + \alpha V}
+    $$p_v = \frac{n_v + \alpha}{\sum_u n_u + \alpha V}$$
 
     with ``n_v`` the number of occurrences of token ``v`` and ``alpha = smoothing``. Any
     ``alpha > 0`` gives every token a positive probability, so that a token never seen in
@@ -36,7 +35,7 @@ def token_prior(
             ``[0, vocab_size)``), or with ``counts=True`` the counts ``n`` ``(vocab_size,)``.
         vocab_size: ``V``.
         smoothing: ``alpha >= 0``, pseudo-count added to every token.
-        mask: with token ids, a bool or 0/1 tensor of their shape: only true positions count
+        noise_mask: with token ids, a bool or 0/1 tensor of their shape: only true positions count
             (padding, special tokens); ``None`` counts all.
         counts: the first argument holds counts instead of token ids.
 
@@ -75,13 +74,13 @@ def token_prior(
                 f"got dtype {token_ids_or_counts.dtype}"
             )
         ids = token_ids_or_counts
-        if mask is not None:
-            if mask.shape != ids.shape:
+        if noise_mask is not None:
+            if noise_mask.shape != ids.shape:
                 raise ValueError(
-                    f"mask must have shape {_shape(ids.shape)} like the token ids, "
-                    f"got {_shape(mask.shape)}"
+                    f"noise_mask must have shape {_shape(ids.shape)} like the token ids, "
+                    f"got {_shape(noise_mask.shape)}"
                 )
-            ids = ids[mask.bool()]
+            ids = ids[noise_mask.bool()]
         ids = ids.reshape(-1).long()
         if ids.numel() and (bool(ids.min() < 0) or bool(ids.max() >= vocab_size)):
             raise ValueError(
@@ -96,7 +95,7 @@ def token_prior(
     return totals / mass
 
 
-def prior_entropy(prior: torch.Tensor) -> torch.Tensor:
+def prior_entropy(token_prior: torch.Tensor) -> torch.Tensor:
     r"""``H(X) = -sum_v p_v log p_v`` in nats, over ``p_v > 0`` (the prior is normalised first).
 
     The most any token can leak: the known-prior mutual information never exceeds it on
@@ -106,10 +105,11 @@ def prior_entropy(prior: torch.Tensor) -> torch.Tensor:
         >>> prior_entropy(torch.tensor([0.5, 0.5, 0.0]))
         tensor(0.6931)
     """
-    check_floating("prior", prior)
-    check_ndim("prior", prior, 1, "(V,)")
+    prior = token_prior
+    check_floating("token_prior", prior)
+    check_ndim("token_prior", prior, 1, "(V,)")
     if bool((prior < 0).any()) or not bool(prior.sum() > 0):
-        raise ValueError("prior must be non-negative with a positive sum")
+        raise ValueError("token_prior must be non-negative with a positive sum")
     p = prior / prior.sum()
     return -torch.where(p > 0, p * torch.where(p > 0, p, 1.0).log(), 0.0).sum()
 
@@ -126,13 +126,13 @@ class NoiseParameters(Protocol):
 
 def vocabulary_noise_parameters(
     noise_layer: Callable[[torch.Tensor], NoiseParameters],
-    table: torch.Tensor,
+    embedding_table: torch.Tensor,
     *,
     chunk_size: int = 4096,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean shift and std a context-free noise layer applies to every vocabulary row.
 
-    Calls ``noise_layer`` on the rows of ``table`` as one sequence of ``chunk_size`` tokens at
+    Calls ``noise_layer`` on the rows of ``embedding_table`` as one sequence of ``chunk_size`` tokens at
     a time (``(1, C, E)``) and concatenates the ``means`` and ``stds`` of its output (e.g.
     :class:`mi_losses.noise.GaussianNoiseLayer`, whose output is a
     :class:`~mi_losses.noise.NoisyEmbeddings`). Only valid for layers whose output for a
@@ -142,11 +142,11 @@ def vocabulary_noise_parameters(
 
     Args:
         noise_layer: called as ``noise_layer(embeddings)`` with ``embeddings`` ``(1, C, E)``.
-        table: the vocabulary embedding table ``W``, ``(V, E)``.
+        embedding_table: the vocabulary embedding table ``W``, ``(V, E)``.
         chunk_size: rows per call.
 
     Returns:
-        ``(means, stds)``, each ``(V, E)``: the arguments ``means`` and ``stds`` of
+        ``(means, stds)``, each ``(V, E)``: the arguments ``vocabulary_means`` and ``vocabulary_stds`` of
         :func:`~mi_losses.functional.vocabulary_mutual_information`.
 
     Example:
@@ -156,8 +156,9 @@ def vocabulary_noise_parameters(
         >>> means.shape, round(stds.mean().item(), 4)
         (torch.Size([10, 4]), 0.5)
     """
-    check_floating("table", table)
-    check_ndim("table", table, 2, "(V, E)")
+    table = embedding_table
+    check_floating("embedding_table", table)
+    check_ndim("embedding_table", table, 2, "(V, E)")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     devices = [table.device] if table.device.type == "cuda" else []

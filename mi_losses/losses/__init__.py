@@ -1,6 +1,6 @@
 """Loss modules: configuration as plain values, math in :mod:`mi_losses.functional`."""
 
-from mi_losses.losses.base import ComponentLossModule, MutualInformationLoss
+from mi_losses.losses.base import ComponentLossModule, MixtureLossModule, MutualInformationLoss
 from mi_losses.losses.distance import MahalanobisDistance
 from mi_losses.losses.mixture_entropy import GaussianMixtureEntropy
 from mi_losses.losses.mutual_information import SubBatchMutualInformation
@@ -10,6 +10,7 @@ __all__ = [
     "ComponentLossModule",
     "GaussianMixtureEntropy",
     "MahalanobisDistance",
+    "MixtureLossModule",
     "MutualInformationLoss",
     "SubBatchMutualInformation",
     "VocabularyMutualInformation",

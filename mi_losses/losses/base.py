@@ -1,13 +1,20 @@
-"""What every loss module shares: validated plain-value options, units, the last components."""
+"""What every loss module shares: plain-value options checked once, one ``forward`` (estimate,
+units, components, reduction), and the latest components for logging."""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, get_args
 
 import torch
 from torch import nn
 
-from mi_losses.types import ComponentLossesDict, Estimate, Reduction, Units
+from mi_losses._validation import check_bool, check_choice
+from mi_losses.options import GatherOptions, KernelOptions, check_positive_int
+from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Kernel, Reduction, Units
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 def to_units(estimate: Estimate, units: Units) -> Estimate:
@@ -36,13 +43,19 @@ def reduce(estimate: Estimate, reduction: Reduction) -> torch.Tensor:
 
 
 class ComponentLossModule(nn.Module):
-    """Base of the loss modules: keeps the component losses of the latest ``forward`` call.
+    """Base of the loss modules: ``forward`` estimates, converts units, keeps the components and
+    reduces; a subclass only implements :meth:`estimate`.
 
     This is the protocol :class:`mi_losses.callbacks.ComponentLossLogger` reads after every step.
 
+    Args:
+        units: ``"nats"`` or ``"bits"`` (value and components divided by ln 2).
+        reduction: ``"mean"`` over valid queries (the estimate), ``"sum"`` (the mean times
+            their number) or ``"none"`` (per-query values).
+
     Attributes:
-        component_losses: the component losses of the latest call (detached scalars, in the
-            module's units); empty before the first call.
+        component_losses: the component losses of the latest call (detached scalars, in
+            ``units``); empty before the first call.
         last_num_queries: number of valid queries the latest value averages over (an int64
             scalar tensor), the weight of that step when component losses are averaged.
     """
@@ -50,23 +63,39 @@ class ComponentLossModule(nn.Module):
     component_losses: ComponentLossesDict
     last_num_queries: torch.Tensor
 
-    def __init__(self) -> None:
+    def __init__(self, units: Units = "nats", reduction: Reduction = "mean") -> None:
         super().__init__()
+        owner = type(self).__name__
+        check_choice(owner, "units", units, get_args(Units))
+        check_choice(owner, "reduction", reduction, get_args(Reduction))
+        self.units = units
+        self.reduction = reduction
         self.component_losses = {}
         self.last_num_queries = torch.zeros((), dtype=torch.int64)
+
+    def estimate(self, *inputs: Any, **options: Any) -> Estimate:
+        """The estimate (in nats) from the tensors :meth:`forward` takes."""
+        raise NotImplementedError
+
+    def forward(self, *inputs: Any, **options: Any) -> torch.Tensor:
+        """The reduced estimate in ``units``; the components are kept in ``component_losses``."""
+        estimate = to_units(self.estimate(*inputs, **options), self.units)
+        self._remember(estimate)
+        return reduce(estimate, self.reduction)
 
     def _remember(self, estimate: Estimate) -> None:
         self.component_losses = dict(estimate.components)
         self.last_num_queries = estimate.num_queries.detach()
 
+    def extra_repr(self) -> str:
+        return f"units={self.units!r}, reduction={self.reduction!r}"
+
 
 class MutualInformationLoss(ComponentLossModule):
-    """Base of the modules that estimate ``I(X; Y)`` from one batch of the noise layer's output.
+    """Base of the modules that estimate $I(X; Y)$ from one batch of the noise layer's output.
 
-    What :class:`mi_losses.apps.demo.task.ObfuscationTask` accepts as its privacy loss (``mi_loss`` in
-    YAML). Subclass it to plug your own estimator into the task and its logging: implement
-    :meth:`forward` with this signature, return a scalar and call ``self._remember(estimate)``
-    with an :class:`mi_losses.types.Estimate` so that the component losses get logged.
+    What :class:`mi_losses.apps.demo.task.ObfuscationTask` accepts as its privacy loss. Subclass
+    it and implement :meth:`estimate` to plug your own estimator into the task and its logging.
     """
 
     def forward(
@@ -77,5 +106,61 @@ class MutualInformationLoss(ComponentLossModule):
         clean_input_embeddings: torch.Tensor,
         noisy_input_embeddings: torch.Tensor,
     ) -> torch.Tensor:
-        """Estimate from ``(B, S, E)`` tensors and the ``(B, S)`` noise mask; a scalar."""
-        raise NotImplementedError
+        """Estimate from `(B, S, E)` tensors and the `(B, S)` noise mask ([the vocabulary](vocabulary.md))."""
+        return super().forward(
+            means_tensor, stds_tensor, noise_mask, clean_input_embeddings, noisy_input_embeddings
+        )
+
+
+class MixtureLossModule(ComponentLossModule):
+    """Base of the modules over the pairwise kernel: granularity, kernel and gather options.
+
+    Args:
+        granularity: ``"sequence"`` (a sample is a sequence) or ``"token"`` (an active token).
+        kernel: how pairs are evaluated (:class:`~mi_losses.options.KernelOptions`).
+        max_block_bytes: memory budget of the kernel's blocks.
+        accuracy_check: the kernel's rounding check.
+        gather_components: under data parallelism, evaluate this rank's queries against the
+            components of all ranks (see docs/distributed.md); the ranks are those of the
+            attribute ``process_group`` (default group when None; set it in Python).
+        max_gathered_components: with ``gather_components``, each rank sends at most this many
+            components, drawn at random; ``None`` sends all.
+        units: ``"nats"`` or ``"bits"``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (see :class:`ComponentLossModule`).
+    """
+
+    def __init__(
+        self,
+        granularity: Granularity = "sequence",
+        *,
+        kernel: Kernel = "auto",
+        max_block_bytes: int = 256 * 2**20,
+        accuracy_check: bool = True,
+        gather_components: bool = False,
+        max_gathered_components: int | None = None,
+        units: Units = "nats",
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__(units=units, reduction=reduction)
+        owner = type(self).__name__
+        check_choice(owner, "granularity", granularity, get_args(Granularity))
+        check_bool(owner, "gather_components", gather_components)
+        self.granularity = granularity
+        self.kernel_options = KernelOptions(kernel, max_block_bytes, accuracy_check)
+        check_positive_int(owner, "max_gathered_components", max_gathered_components, optional=True)
+        self.gather_components = gather_components
+        self.max_gathered_components = max_gathered_components
+        self.process_group: ProcessGroup | None = None
+
+    @property
+    def gather(self) -> GatherOptions | None:
+        """The gather options of the next call (``None`` when gathering is off)."""
+        if not self.gather_components:
+            return None
+        return GatherOptions(self.max_gathered_components, self.process_group)
+
+    def extra_repr(self) -> str:
+        return (
+            f"granularity={self.granularity!r}, kernel={self.kernel_options.kernel!r}, "
+            f"gather_components={self.gather_components}, {super().extra_repr()}"
+        )

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from typing import get_args
-
 import torch
 
-from mi_losses._validation import check_choice
 from mi_losses.functional import square_mahalanobis_distance
 from mi_losses.losses.base import ComponentLossModule
 from mi_losses.types import Estimate, Reduction
 
 
 class MahalanobisDistance(ComponentLossModule):
-    """Square Mahalanobis distance of ``y`` from ``x`` under the diagonal ``stds``.
+    r"""Square Mahalanobis distance of ``y`` from ``x`` under the diagonal ``stds``.
 
-    Thin wrapper over :func:`mi_losses.functional.square_mahalanobis_distance`::
-
-        d_b = sum over active s, over e of 0.5 * ((x_bse - y_bse) / stds_bse)^2
-
-    (the exponent of the Gaussian density, so it is half the textbook square distance), then
-    reduced over the samples ``b``. Unit: squared standard deviations (dimensionless).
+    Module form of :func:`mi_losses.functional.square_mahalanobis_distance`,
+    $d_b = \sum_{s \text{ active}} \sum_e \tfrac12 ((x_{bse} - y_{bse}) / \sigma_{bse})^2$
+    (the exponent of the Gaussian density), reduced over the samples $b$. Unit: squared
+    standard deviations (dimensionless).
 
     Args:
         reduction: ``"mean"`` or ``"sum"`` over the per-sample distances, or ``"none"`` to
@@ -39,9 +34,7 @@ class MahalanobisDistance(ComponentLossModule):
     """
 
     def __init__(self, reduction: Reduction = "mean") -> None:
-        super().__init__()
-        check_choice(type(self).__name__, "reduction", reduction, get_args(Reduction))
-        self.reduction = reduction
+        super().__init__(reduction=reduction)
 
     def forward(
         self,
@@ -50,24 +43,19 @@ class MahalanobisDistance(ComponentLossModule):
         stds: torch.Tensor,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Distances of ``y`` ``(B, S, E)`` from ``x`` ``(B, S, E)``; ``mask`` ``(B, S)`` or None.
+        """Distances of `y` `(B, S, E)` from `x` `(B, S, E)`; `mask` `(B, S)` or None: a scalar
+        for `"mean"`/`"sum"`, the `(B,)` distances for `"none"`."""
+        return super().forward(x, y, stds, mask)
 
-        Returns:
-            A scalar for ``"mean"``/``"sum"``, the ``(B,)`` distances for ``"none"``.
-        """
-        distances = square_mahalanobis_distance(x, y, stds, mask)
-        self._remember(
-            Estimate(
-                value=distances.mean(),
-                components={"square_mahalanobis_distance": distances.detach().mean()},
-                num_queries=torch.tensor(distances.numel(), dtype=torch.int64),
-            )
+    def estimate(self, *inputs: torch.Tensor | None) -> Estimate:
+        """The per-sample distances as an estimate (their mean, and each as a query)."""
+        distances = square_mahalanobis_distance(*inputs)  # type: ignore[arg-type]
+        return Estimate(
+            value=distances.mean(),
+            components={"square_mahalanobis_distance": distances.detach().mean()},
+            num_queries=torch.tensor(distances.numel(), dtype=torch.int64),
+            per_query=distances,
         )
-        if self.reduction == "mean":
-            return distances.mean()
-        if self.reduction == "sum":
-            return distances.sum()
-        return distances
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"

@@ -2,63 +2,33 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, get_args
-
 import torch
 
 from mi_losses import keys
-from mi_losses._validation import check_bool, check_choice
+from mi_losses._validation import check_bool
 from mi_losses.functional import mutual_information_sub_batch_estimate
-from mi_losses.functional._distributed import check_gather_options
 from mi_losses.functional.bounds import bounds_estimates
-from mi_losses.losses.base import MutualInformationLoss, reduce, to_units
-from mi_losses.types import Granularity, Reduction, Units
-
-if TYPE_CHECKING:
-    from torch.distributed import ProcessGroup
+from mi_losses.losses.base import MixtureLossModule, MutualInformationLoss
+from mi_losses.types import Estimate, Granularity, Kernel, Reduction, Units
 
 
-class SubBatchMutualInformation(MutualInformationLoss):
-    """Upper bound (in expectation) on the mutual information between clean and noisy embeddings.
+class SubBatchMutualInformation(MixtureLossModule, MutualInformationLoss):
+    """Upper bound (in expectation) on $I(X; Y)$: the leave-one-out estimate of one batch.
 
-    Thin wrapper over :func:`mi_losses.functional.mutual_information_sub_batch_estimate`. The
-    batch is split in halves; queries ``i`` are the first half, components ``j`` the second::
-
-        r_ij = sum_P [ log sigma_j - log sigma_i
-                       + 0.5 ((y_i - c_j)/sigma_j)^2 - 0.5 ((y_i - c_i)/sigma_i)^2 ]
-        I    = mean over valid queries of  - log( 1/|V_i| * sum_{j in V_i} exp(-r_ij) )
-
-    the leave-one-out ("L1Out") estimator of Poole et al. (2019), so minimising it is a sound
-    privacy objective. It decomposes exactly as ``I = H(Y) - H(Y|X)`` into the component losses.
+    Module form of :func:`mi_losses.functional.mutual_information_sub_batch`: queries are the
+    first half of the batch, components the second; minimising it is a sound privacy objective,
+    and its components split it as $I = H(Y) - H(Y|X)$.
 
     Args:
-        combine_noise_masks: compare a pair only on positions noised in both the query and the
-            component (``combine_noise_masks_for_mutual_information_sub_batches`` of the
-            functional API); if false, components use all positions.
-        granularity: ``"sequence"`` (one sample = one sequence) or ``"token"`` (one sample =
-            one active token).
-        symmetric: average the estimate over both directions (each half as the queries).
-        units: ``"nats"`` or ``"bits"`` (value and components divided by ln 2).
-        reduction: ``"mean"`` over valid queries (the estimate), ``"sum"`` (the mean times the
-            number of valid queries) or ``"none"`` (per-query values, ``0`` where invalid).
-        gather_components: under data parallelism (DDP and the like), evaluate this rank's
-            queries against the components of all ranks (an autograd-aware all-gather); the
-            value and ``component_losses`` stay this rank's, ``last_num_queries`` their weight.
-            Nothing changes when not distributed. The ranks are those of the attribute
-            ``process_group`` (default group when None; set it in Python, not in YAML).
-        max_gathered_components: with ``gather_components``, each rank sends at most this many
-            components (sequences, or tokens), drawn at random; ``None`` sends all.
-        log_lower_bound: also compute the InfoNCE lower bound from the same pairwise pass
-            (:func:`mi_losses.functional.mutual_information_bounds`) and add it to the
-            components as ``mutual_information_lower_bound_loss`` (the value returned is
-            unchanged).
+        combine_noise_masks_for_mutual_information_sub_batches: compare a pair only on
+            positions noised in both (as in the function).
+        symmetric: average both directions (each half as the queries).
+        log_lower_bound: also log the InfoNCE lower bound of the same pass as
+            `mutual_information_lower_bound_loss` (the value returned is unchanged).
 
-    Attributes:
-        component_losses: ``gaussian_mixture_mahalanobis_distance_loss``,
-            ``gaussian_mixture_log_constants_and_determinant_loss``,
-            ``gaussian_mixture_entropy_loss``, ``std_log_loss`` and ``mutual_information_loss``
-            of the latest call (in ``units``), and ``mutual_information_lower_bound_loss`` with
-            ``log_lower_bound``; ``last_num_queries`` their weight.
+    The other options (`granularity`, `kernel`, `max_block_bytes`, `accuracy_check`,
+    `gather_components`, `max_gathered_components`, `units`, `reduction`) are those of
+    :class:`~mi_losses.losses.base.MixtureLossModule`.
 
     Example:
         >>> loss = SubBatchMutualInformation()
@@ -70,7 +40,7 @@ class SubBatchMutualInformation(MutualInformationLoss):
 
     def __init__(
         self,
-        combine_noise_masks: bool = True,
+        combine_noise_masks_for_mutual_information_sub_batches: bool = True,
         granularity: Granularity = "sequence",
         symmetric: bool = False,
         units: Units = "nats",
@@ -79,64 +49,65 @@ class SubBatchMutualInformation(MutualInformationLoss):
         max_gathered_components: int | None = None,
         *,
         log_lower_bound: bool = False,
+        kernel: Kernel = "auto",
+        max_block_bytes: int = 256 * 2**20,
+        accuracy_check: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            granularity,
+            kernel=kernel,
+            max_block_bytes=max_block_bytes,
+            accuracy_check=accuracy_check,
+            gather_components=gather_components,
+            max_gathered_components=max_gathered_components,
+            units=units,
+            reduction=reduction,
+        )
         owner = type(self).__name__
-        check_bool(owner, "combine_noise_masks", combine_noise_masks)
-        check_choice(owner, "granularity", granularity, get_args(Granularity))
+        check_bool(
+            owner,
+            "combine_noise_masks_for_mutual_information_sub_batches",
+            combine_noise_masks_for_mutual_information_sub_batches,
+        )
         check_bool(owner, "symmetric", symmetric)
-        check_choice(owner, "units", units, get_args(Units))
-        check_choice(owner, "reduction", reduction, get_args(Reduction))
-        check_gather_options(gather_components, max_gathered_components, owner)
         check_bool(owner, "log_lower_bound", log_lower_bound)
-        self.gather_components = gather_components
-        self.max_gathered_components = max_gathered_components
-        self.process_group: ProcessGroup | None = None
-        self.combine_noise_masks = combine_noise_masks
-        self.granularity = granularity
+        self.combine_noise_masks_for_mutual_information_sub_batches = (
+            combine_noise_masks_for_mutual_information_sub_batches
+        )
         self.symmetric = symmetric
-        self.units = units
-        self.reduction = reduction
         self.log_lower_bound = log_lower_bound
 
-    def forward(
+    def estimate(
         self,
         means_tensor: torch.Tensor,
         stds_tensor: torch.Tensor,
         noise_mask: torch.Tensor | None,
         clean_input_embeddings: torch.Tensor,
         noisy_input_embeddings: torch.Tensor,
-    ) -> torch.Tensor:
-        """MI estimate for a batch of ``(B, S, E)`` tensors, ``B`` even; ``noise_mask`` ``(B, S)``."""
+    ) -> Estimate:
+        """The sub-batch estimate, with the lower bound among its components if asked."""
         arguments = (
             means_tensor,
             stds_tensor,
             noise_mask,
             clean_input_embeddings,
             noisy_input_embeddings,
-            self.combine_noise_masks,
+            self.combine_noise_masks_for_mutual_information_sub_batches,
         )
         options = {
             "granularity": self.granularity,
             "symmetric": self.symmetric,
-            "gather_components": self.gather_components,
-            "process_group": self.process_group,
-            "max_gathered_components": self.max_gathered_components,
+            "kernel": self.kernel_options,
+            "gather": self.gather,
         }
-        if self.log_lower_bound:
-            lower, estimate = bounds_estimates(*arguments, **options)  # type: ignore[arg-type]
-            estimate.components[keys.MUTUAL_INFORMATION_LOWER_BOUND] = lower.value.detach()
-        else:
-            estimate = mutual_information_sub_batch_estimate(*arguments, **options)  # type: ignore[arg-type]
-        estimate = to_units(estimate, self.units)
-        self._remember(estimate)
-        return reduce(estimate, self.reduction)
+        if not self.log_lower_bound:
+            return mutual_information_sub_batch_estimate(*arguments, **options)  # type: ignore[arg-type]
+        lower, estimate = bounds_estimates(*arguments, **options)  # type: ignore[arg-type]
+        estimate.components[keys.MUTUAL_INFORMATION_LOWER_BOUND] = lower.value.detach()
+        return estimate
 
     def extra_repr(self) -> str:
         return (
-            f"combine_noise_masks={self.combine_noise_masks}, granularity={self.granularity!r}, "
-            f"symmetric={self.symmetric}, units={self.units!r}, reduction={self.reduction!r}, "
-            f"gather_components={self.gather_components}, "
-            f"max_gathered_components={self.max_gathered_components}, "
-            f"log_lower_bound={self.log_lower_bound}"
+            f"combine_noise_masks_for_mutual_information_sub_batches={self.combine_noise_masks_for_mutual_information_sub_batches}, symmetric={self.symmetric}, "
+            f"log_lower_bound={self.log_lower_bound}, {super().extra_repr()}"
         )

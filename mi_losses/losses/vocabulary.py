@@ -2,57 +2,37 @@
 
 from __future__ import annotations
 
-from typing import get_args
-
 import torch
 
-from mi_losses._validation import check_choice
 from mi_losses.functional.vocabulary import (
     DEFAULT_VOCAB_CHUNK_SIZE,
     vocabulary_mutual_information_estimate,
 )
-from mi_losses.losses.base import ComponentLossModule, reduce, to_units
-from mi_losses.types import Reduction, Units
+from mi_losses.losses.base import ComponentLossModule
+from mi_losses.types import Estimate, Reduction, Units
 
 
 class VocabularyMutualInformation(ComponentLossModule):
     """Exact-mixture mutual information per token of a context-free token noise layer.
 
-    Thin wrapper over
-    :func:`mi_losses.functional.vocabulary_mutual_information_estimate`::
-
-        log q_i = log sum_{v : p_v > 0} p_v N(y_i ; W_v + mu_v, sigma_v)
-        I       = mean over active tokens of  log N(y_i ; W_t_i + mu_t_i, sigma_t_i) - log q_i
-
-    An unbiased estimate of ``I(X; Y)`` per token when tokens follow the prior (not a bound),
-    never above ``H(X)`` on average; differentiable in the noisy embeddings, ``means`` and
-    ``stds``, so it can be the privacy loss. The components are logged under the keys of the
-    sub-batch estimator: ``gaussian_mixture_entropy_loss`` (``H(Y)``), ``std_log_loss``
-    (``-H(Y|X)``) and ``mutual_information_loss``.
-
-    The module holds only plain options. The table, prior, means and stds are arguments of
-    :meth:`forward`, not buffers: the table is usually the model's own (possibly trained)
-    embedding weight, and ``means``/``stds`` change at every step as the noise layer trains
-    (compute them with :func:`mi_losses.functional.vocabulary_noise_parameters`), so storing
-    them would duplicate large tensors in checkpoints and let them go stale. Keep the prior
-    (from :func:`mi_losses.functional.token_prior`) as a buffer of your LightningModule.
+    Module form of :func:`mi_losses.functional.vocabulary_mutual_information`: an unbiased
+    estimate of $I(X; Y)$ per token when tokens follow the prior, differentiable, so it can be
+    the privacy loss. The tensors are arguments of :meth:`forward`, not buffers: the table is
+    usually the model's own embedding weight and the per-row means/stds change at every step
+    (:func:`mi_losses.functional.vocabulary_noise_parameters`).
 
     Args:
-        vocab_chunk_size: vocabulary rows scored at once (memory ``O(N * chunk)``).
-        units: ``"nats"`` or ``"bits"`` (value and components divided by ln 2).
-        reduction: ``"mean"`` over active tokens (the estimate), ``"sum"`` or ``"none"``
-            (the per-token terms of the active tokens, ``(N,)``).
-
-    Attributes:
-        component_losses: the three components of the latest call (in ``units``);
-            ``last_num_queries`` the number of active tokens.
+        vocab_chunk_size: vocabulary rows scored at once (memory $O(N \\cdot \\text{chunk})$).
+        units: ``"nats"`` or ``"bits"``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (the per-token terms).
 
     Example:
         >>> loss = VocabularyMutualInformation()
         >>> table, prior = torch.eye(3), torch.ones(3)
         >>> means, stds = torch.zeros(3, 3), torch.full((3, 3), 0.5)
         >>> tokens = torch.tensor([[0, 2]])
-        >>> value = loss(tokens, table[tokens] + 0.5 * torch.randn(1, 2, 3), table, prior, means, stds)
+        >>> noisy = table[tokens] + 0.5 * torch.randn(1, 2, 3)
+        >>> value = loss(means, stds, None, tokens, noisy, table, prior)
         >>> bool(value == loss.component_losses["mutual_information_loss"])
         True
     """
@@ -63,46 +43,45 @@ class VocabularyMutualInformation(ComponentLossModule):
         units: Units = "nats",
         reduction: Reduction = "mean",
     ) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        if not isinstance(vocab_chunk_size, int) or vocab_chunk_size < 1:
+        super().__init__(units=units, reduction=reduction)
+        if (
+            isinstance(vocab_chunk_size, bool)
+            or not isinstance(vocab_chunk_size, int)
+            or vocab_chunk_size < 1
+        ):
             raise ValueError(
-                f"{owner}: vocab_chunk_size must be a positive integer, got {vocab_chunk_size!r}"
+                f"{type(self).__name__}: vocab_chunk_size must be a positive integer, got "
+                f"{vocab_chunk_size!r}"
             )
-        check_choice(owner, "units", units, get_args(Units))
-        check_choice(owner, "reduction", reduction, get_args(Reduction))
         self.vocab_chunk_size = vocab_chunk_size
-        self.units = units
-        self.reduction = reduction
 
     def forward(
         self,
+        vocabulary_means: torch.Tensor,
+        vocabulary_stds: torch.Tensor,
+        noise_mask: torch.Tensor | None,
         token_ids: torch.Tensor,
-        noisy_embeddings: torch.Tensor,
-        table: torch.Tensor,
-        prior: torch.Tensor,
-        means: torch.Tensor,
-        stds: torch.Tensor,
-        noise_mask: torch.Tensor | None = None,
+        noisy_input_embeddings: torch.Tensor,
+        embedding_table: torch.Tensor,
+        token_prior: torch.Tensor,
     ) -> torch.Tensor:
-        """MI per token: ``token_ids`` ``(B, S)``, ``noisy_embeddings`` ``(B, S, E)``, ``table``,
-        ``means``, ``stds`` ``(V, E)``, ``prior`` ``(V,)``, ``noise_mask`` ``(B, S)``."""
-        estimate = vocabulary_mutual_information_estimate(
-            token_ids,
-            noisy_embeddings,
-            table,
-            prior,
-            means,
-            stds,
+        """MI per token ([the vocabulary](vocabulary.md)); `(V, E)` means and stds."""
+        return super().forward(
+            vocabulary_means,
+            vocabulary_stds,
             noise_mask,
+            token_ids,
+            noisy_input_embeddings,
+            embedding_table,
+            token_prior,
+        )
+
+    def estimate(self, *inputs: torch.Tensor | None) -> Estimate:
+        """The known-prior estimate."""
+        return vocabulary_mutual_information_estimate(
+            *inputs,  # type: ignore[arg-type]
             vocab_chunk_size=self.vocab_chunk_size,
         )
-        estimate = to_units(estimate, self.units)
-        self._remember(estimate)
-        return reduce(estimate, self.reduction)
 
     def extra_repr(self) -> str:
-        return (
-            f"vocab_chunk_size={self.vocab_chunk_size}, units={self.units!r}, "
-            f"reduction={self.reduction!r}"
-        )
+        return f"vocab_chunk_size={self.vocab_chunk_size}, {super().extra_repr()}"

@@ -58,38 +58,39 @@ def _distance_module(case: Case) -> Tensor:
     return MahalanobisDistance(reduction="none")(t["x"], t["y"], t["stds"], case.masks["mask"])
 
 
-PAIRWISE_ARGS = ("queries", "centres", "stds")
+PAIRWISE_ARGS = ("x", "y", "stds")
 
 
 def _build_pairwise(data: Data, variant: Variant) -> Case:
     m, n, s, e = data.sizes or (4, 5, 3, 2)
     g = torch.Generator().manual_seed(data.seed)
-    centres, stds = data.clean((n, s, e), g), data.stds((n, s, e), g)
+    y, stds = data.clean((n, s, e), g), data.stds((n, s, e), g)
     if n:
         pick = torch.randint(0, n, (m,), generator=g)
-        queries = centres[pick] + stds[pick] * randn((m, s, e), g)
+        x = y[pick] + stds[pick] * randn((m, s, e), g)
     else:
-        queries = data.clean((m, s, e), g)
+        x = data.clean((m, s, e), g)
     masks = {
-        "query_mask": mask_of(variant.masks.get("query_mask"), m, s, seed=data.seed + 1),
-        "component_mask": mask_of(variant.masks.get("component_mask"), n, s, seed=data.seed + 2),
+        "x_mask": mask_of(variant.masks.get("x_mask"), m, s, seed=data.seed + 1),
+        "y_mask": mask_of(variant.masks.get("y_mask"), n, s, seed=data.seed + 2),
     }
-    return Case(dict(zip(PAIRWISE_ARGS, (queries, centres, stds), strict=True)), masks, {})
+    return Case(dict(zip(PAIRWISE_ARGS, (x, y, stds), strict=True)), masks, {})
 
 
 def _pairwise_inactive(case: Case) -> dict[str, Tensor]:
-    m, s, _ = case.tensors["queries"].shape
-    n = case.tensors["centres"].shape[0]
-    components = ~bool_mask(case.masks["component_mask"], (n, s))
-    return {
-        "queries": ~bool_mask(case.masks["query_mask"], (m, s)),
-        "centres": components,
-        "stds": components,
-    }
+    m, s, _ = case.tensors["x"].shape
+    n = case.tensors["y"].shape[0]
+    components = ~bool_mask(case.masks["y_mask"], (n, s))
+    return {"x": ~bool_mask(case.masks["x_mask"], (m, s)), "y": components, "stds": components}
 
 
 def _pairwise_reference(case: Case) -> Outputs:
-    return {"value": ref.pairwise_square_mahalanobis_distance(**case.kwargs())}
+    t, masks = case.tensors, case.masks
+    return {
+        "value": ref.pairwise_square_mahalanobis_distance(
+            t["x"], t["y"], t["stds"], masks["x_mask"], masks["y_mask"]
+        )
+    }
 
 
 SQUARE_MAHALANOBIS_DISTANCE = Entry(
@@ -121,13 +122,13 @@ PAIRWISE_SQUARE_MAHALANOBIS_DISTANCE = Entry(
     build=_build_pairwise,
     variants=(
         Variant("unmasked", {}, {}),
-        Variant("masked", {}, {"query_mask": "empty_rows", "component_mask": "random"}),
-        Variant("int-masks", {}, {"query_mask": "int01", "component_mask": "int01"}),
+        Variant("masked", {}, {"x_mask": "empty_rows", "y_mask": "random"}),
+        Variant("int-masks", {}, {"x_mask": "int01", "y_mask": "int01"}),
     ),
     stds=("stds",),
     masks={
-        "query_mask": lambda c: tuple(c.tensors["queries"].shape[:2]),
-        "component_mask": lambda c: tuple(c.tensors["centres"].shape[:2]),
+        "x_mask": lambda c: tuple(c.tensors["x"].shape[:2]),
+        "y_mask": lambda c: tuple(c.tensors["y"].shape[:2]),
     },
     inactive=_pairwise_inactive,
     flags=("validate_args",),

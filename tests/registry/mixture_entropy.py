@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ from tests.harness import (
     mask_of,
     randn,
 )
+from tests.helpers import ENTROPY_VOCABULARY
 
 ENTROPY_ARGS = ("clean_embeddings", "transformed_embeddings", "means", "stds")
 
@@ -74,6 +76,18 @@ def _entropy_evaluate(case: Case) -> Outputs:
     return {"value": value, **losses}
 
 
+def _renamed(case: Case, names: dict[str, str]) -> Case:
+    """``case`` with its tensors and masks under other argument names."""
+    return Case(
+        {names.get(k, k): v for k, v in case.tensors.items()},
+        {names.get(k, k): v for k, v in case.masks.items()},
+        case.options,
+    )
+
+
+_REFERENCE_NAMES = {new: old for old, new in ENTROPY_VOCABULARY.items()}
+
+
 def _entropy_estimate_evaluate(case: Case) -> Outputs:
     estimate = F.gaussian_mixture_entropy_estimate(**case.kwargs())
     return {"value": estimate.value, **estimate.components}
@@ -83,8 +97,11 @@ def _entropy_module(case: Case) -> Tensor:
     module = GaussianMixtureEntropy(granularity=case.options.get("granularity", "sequence"))
     t = case.tensors
     return module(
-        *(t[k] for k in ENTROPY_ARGS),
+        t["means"],
+        t["stds"],
         case.masks["mask"],
+        t["clean_embeddings"],
+        t["transformed_embeddings"],
         component_mask=case.masks["component_mask"],
     )
 
@@ -132,8 +149,26 @@ def _entropy_entry(name: str, evaluate: Callable[[Case], Outputs], flags: tuple[
 GAUSSIAN_MIXTURE_ENTROPY = _entropy_entry(
     "gaussian_mixture_entropy", _entropy_evaluate, ("validate_args",)
 )
-GAUSSIAN_MIXTURE_ENTROPY_ESTIMATE = _entropy_entry(
-    "gaussian_mixture_entropy_estimate",
-    _entropy_estimate_evaluate,
-    ("validate_args", "with_components"),
+GAUSSIAN_MIXTURE_ENTROPY_ESTIMATE = dataclasses.replace(
+    _entropy_entry(
+        "gaussian_mixture_entropy_estimate",
+        _entropy_estimate_evaluate,
+        ("validate_args", "with_components"),
+    ),
+    # the library vocabulary: the reference's cases under the other names
+    build=lambda data, variant: _renamed(_build_entropy(data, variant), ENTROPY_VOCABULARY),
+    reference=lambda case: _entropy_reference(_renamed(case, _REFERENCE_NAMES)),
+    stds=("stds_tensor",),
+    masks={
+        "noise_mask": lambda c: tuple(c.tensors["noisy_input_embeddings"].shape[:2]),
+        "component_mask": lambda c: tuple(c.tensors["clean_input_embeddings"].shape[:2]),
+    },
+    inactive=lambda case: {
+        ENTROPY_VOCABULARY[k]: v
+        for k, v in _entropy_inactive(_renamed(case, _REFERENCE_NAMES)).items()
+    },
+    module=lambda case: _entropy_module(_renamed(case, _REFERENCE_NAMES)),
+    magnitude=lambda case, reference: _entropy_magnitude(
+        _renamed(case, _REFERENCE_NAMES), reference
+    ),
 )

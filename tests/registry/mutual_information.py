@@ -90,7 +90,7 @@ def _mi_estimate_evaluate(case: Case) -> Outputs:
 
 def _mi_module(case: Case) -> Tensor:
     module = SubBatchMutualInformation(
-        combine_noise_masks=case.options.get(MI_FLAG, True),
+        combine_noise_masks_for_mutual_information_sub_batches=case.options.get(MI_FLAG, True),
         granularity=case.options.get("granularity", "sequence"),
         symmetric=case.options.get("symmetric", False),
     )

@@ -194,13 +194,14 @@ def _token_privacy(
 ) -> dict[str, Any]:
     """The one-token metrics of ``noisy`` ``(N, E)`` whose true tokens are ``ids`` ``(N,)``."""
     noisy_1, ids_1 = noisy.unsqueeze(0), ids.unsqueeze(0)
-    common = (table, prior, means, stds)
-    guesses = bayes_token_attack(noisy_1, *common, top_k=5, vocab_chunk_size=vocab_chunk_size)[0]
+    guesses = bayes_token_attack(
+        means, stds, None, noisy_1, table, prior, top_k=5, vocab_chunk_size=vocab_chunk_size
+    )[0]
     hit_1 = guesses[:, 0] == ids
     hit_5 = (guesses == ids.unsqueeze(-1)).any(-1)
 
     per_token = vocabulary_mutual_information_estimate(
-        ids_1, noisy_1, *common, vocab_chunk_size=vocab_chunk_size
+        means, stds, None, ids_1, noisy_1, table, prior, vocab_chunk_size=vocab_chunk_size
     ).per_query
     assert per_token is not None
     mutual_information = float(per_token.mean())

@@ -12,7 +12,7 @@ where ``f`` is the frozen encoder's mean-pooled sentence embedding (gradients of
 through it into the noise layer) and ``I`` is, by ``objective``:
 
 - ``"vocabulary"``: the exact known-prior mutual information per token,
-  ``vocabulary_mutual_information(t, y, W, p, mu(W), sigma(W))`` (at most ``H(X)``, about 5.5
+  ``vocabulary_mutual_information(mu(W), sigma(W), mask, t, y, W, p)`` (at most ``H(X)``, about 5.5
   nats), with ``p`` the unigram prior of the training text. Tokens that never occur in the training
   text have ``p_v = 0`` and drop out of the mixture (docs/math.md), so the layer is evaluated on the
   ``R`` training tokens only; the result is the same number as over all ``V`` rows.
@@ -118,7 +118,7 @@ class MiniLMObfuscation(pl.LightningModule):
         self.mi_loss: SubBatchMutualInformation | VocabularyMutualInformation
         if objective == "sub_batch":
             self.mi_loss = SubBatchMutualInformation(
-                combine_noise_masks=combine_noise_masks_for_mutual_information_sub_batches,
+                combine_noise_masks_for_mutual_information_sub_batches=combine_noise_masks_for_mutual_information_sub_batches,
                 granularity=granularity,
             )
         else:
@@ -197,7 +197,7 @@ class MiniLMObfuscation(pl.LightningModule):
         clean = table[input_ids]
         out = draw_noise(clean, means[local], stds[local], noise_mask)
         seen = noise_mask & (self.support_index[input_ids] >= 0)
-        value = self.mi_loss(local, out.noisy, row_table, prior, means, stds, seen)
+        value = self.mi_loss(means, stds, seen, local, out.noisy, row_table, prior)
         return value, clean, out
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
