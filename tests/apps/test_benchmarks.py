@@ -17,7 +17,7 @@ from benchmarks.grids import Case, make_inputs
 from benchmarks.naive import naive_mutual_information_sub_batch
 from tests import reference
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_estimators.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_estimators.py"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_vocabulary.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_vocabulary.py"
 
 
 def test_tiny_run_prints_a_row(capsys) -> None:

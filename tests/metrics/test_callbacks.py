@@ -250,7 +250,7 @@ def test_example_user_module_logs_its_components(tmp_path: Path) -> None:
     import runpy
 
     example = runpy.run_path(
-        str(Path(__file__).parents[1] / "examples" / "own_lightning_module.py")
+        str(Path(__file__).parents[2] / "examples" / "own_lightning_module.py")
     )
     model = example["PrivateClassifier"]()
     loader = torch.utils.data.DataLoader(

@@ -15,7 +15,7 @@ from mi_losses.functional import (
     vocabulary_mutual_information_estimate,
 )
 from tests import vocabulary_reference as ref
-from tests.test_vocabulary import make_channel
+from tests.functional.test_vocabulary import make_channel
 
 
 def attack(c: dict[str, torch.Tensor], mask: torch.Tensor | None = None, **kwargs: object):

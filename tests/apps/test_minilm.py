@@ -29,7 +29,7 @@ from mi_losses.apps.minilm.model import MiniLMEncoder, load_tokenizer  # noqa: E
 from mi_losses.apps.minilm.report import COLUMNS  # noqa: E402
 from mi_losses.functional import token_prior  # noqa: E402
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "minilm" / "fit.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "minilm" / "fit.yaml"
 TEXTS = [
     "The if statement is used for conditional execution.",
     "A list is a mutable sequence, typically used to store collections of homogeneous items.",

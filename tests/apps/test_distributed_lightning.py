@@ -28,7 +28,7 @@ from mi_losses.apps.cli import run
 from mi_losses.apps.demo.task import ObfuscationTask
 from mi_losses.callbacks import ComponentLossLogger
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 3
 TIMEOUT_S = 240
 
@@ -66,7 +66,7 @@ def arguments(out_dir: Path) -> list[str]:
     """The demo command's arguments for ``STEPS`` training steps, logging under ``out_dir``."""
     out_dir.mkdir()
     recorder = {
-        "class_path": "tests.test_distributed_lightning.RankRecorder",
+        "class_path": "tests.apps.test_distributed_lightning.RankRecorder",
         "init_args": {"out_dir": str(out_dir)},
     }
     return [

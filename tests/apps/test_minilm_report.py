@@ -17,7 +17,7 @@ import torch
 from mi_losses.apps.minilm.evaluate import _token_privacy, bucket_names, frequency_buckets
 from mi_losses.apps.minilm.layer import FrequencyRuleNoise, IsotropicNoise, LearnedTokenNoise
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def log_likelihoods(noisy: torch.Tensor, means: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
