@@ -107,7 +107,7 @@ class NoisyInputEmbeddingsModel(nn.Module):
         self.special_token_ids = tuple(int(i) for i in special_token_ids)
         parameters = inspect.signature(noise_layer.forward).parameters
         self._layer_reads_attention = "attention_mask" in parameters
-        self.train(False)
+        self.model.train(False)
 
     @classmethod
     def from_pretrained(

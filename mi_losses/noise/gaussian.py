@@ -30,9 +30,12 @@ class GaussianNoiseLayer(nn.Module):
     (docs/math.md). Why bounded: docs/minilm.md, "Why the learned mean was bistable".
 
     Args:
-        embedding_dim: $E$. hidden_dim: MLP width. min_std, max_std, init_std: bounds and start
-        of $\\sigma$. mean_scale: bound of $|\\mu|$ per coordinate, in embedding units (``0``:
-        no shift).
+        embedding_dim: $E$, the width of the embeddings.
+        hidden_dim: width of the MLP.
+        min_std: lower bound of $\\sigma$.
+        max_std: upper bound of $\\sigma$.
+        init_std: $\\sigma$ at initialisation, in ``[min_std, max_std]``.
+        mean_scale: bound of $|\\mu|$ per coordinate, in embedding units (``0``: no shift).
 
     Example:
         >>> layer = GaussianNoiseLayer(embedding_dim=8, hidden_dim=16)

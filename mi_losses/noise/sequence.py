@@ -31,9 +31,16 @@ class SequenceGaussianNoiseLayer(nn.Module):
     estimators do.
 
     Args:
-        embedding_dim: $E$. hidden_dim: width of the encoder. num_layers, num_heads,
-        feedforward_dim, dropout: of the encoder. min_std, max_std, init_std, mean_scale: as in
-        :class:`~mi_losses.noise.GaussianNoiseLayer`.
+        embedding_dim: $E$, the width of the embeddings.
+        hidden_dim: width of the encoder (divisible by ``num_heads``).
+        num_layers: encoder layers.
+        num_heads: attention heads per layer.
+        feedforward_dim: width of each layer's feed-forward block.
+        dropout: dropout of the encoder, in ``[0, 1)``.
+        min_std: lower bound of $\\sigma$.
+        max_std: upper bound of $\\sigma$.
+        init_std: $\\sigma$ at initialisation, in ``[min_std, max_std]``.
+        mean_scale: bound of $|\\mu|$ per coordinate, in embedding units (``0``: no shift).
 
     Example:
         >>> layer = SequenceGaussianNoiseLayer(embedding_dim=8, hidden_dim=16, num_heads=2)

@@ -50,6 +50,16 @@ def test_tokenizer_masks_never_noise_specials_or_padding(kind: str, tokenizers: 
         assert batch["input_ids"][0, 0] == tokenizer.bos_token_id and not bool(mask[:, 0].any())
 
 
+def test_minilm_tokenizer_masks_cls_sep_and_padding() -> None:
+    from tests.apps.tiny_models import minilm_tokenizer
+
+    tokenizer = minilm_tokenizer()
+    batch = tokenize_with_noise_mask(tokenizer, TEXTS, padding=True)
+    ids, mask = batch["input_ids"], batch["noise_mask"]
+    expected = (ids != tokenizer.pad_token_id) & (ids != tokenizer.cls_token_id)
+    assert torch.equal(mask, expected & (ids != tokenizer.sep_token_id))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("layer_kind", ["gaussian", "sequence"])
 def test_wrapper_runs_the_frozen_model_on_noisy_embeddings(

@@ -1,7 +1,7 @@
 """Tiny randomly initialised ``transformers`` models and offline tokenizers (no download).
 
-- ``bert``: a 1-layer BERT (``E = 32``) with the packaged all-MiniLM-L6-v2 tokenizer
-  (``[CLS] ... [SEP]``, vocabulary 30,522);
+- ``bert``: a 1-layer BERT (``E = 32``) with a word-level tokenizer that adds ``[CLS]`` and
+  ``[SEP]`` and pads with ``[PAD]``;
 - ``llama``: a 1-layer Llama-style decoder with a word-level tokenizer that adds ``<s>`` (a special
   token, never noised) and has no padding token;
 - ``gpt2``: a 1-layer GPT-2 with a word-level tokenizer that adds nothing (``<|endoftext|>`` is
@@ -33,16 +33,34 @@ def _words(count: int = 400) -> tuple[str, ...]:
 
 
 def word_level_tokenizer(kind: str) -> Any:
-    """A ``PreTrainedTokenizerFast`` over a word-level vocabulary, Llama- or GPT-2-style."""
+    """A ``PreTrainedTokenizerFast`` over a word-level vocabulary, BERT-, Llama- or GPT-2-style."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<unk>", "<s>", "</s>"] if kind == "llama" else ["<|endoftext|>"]
+    specials = {
+        "bert": ["[PAD]", "[UNK]", "[CLS]", "[SEP]"],
+        "llama": ["<unk>", "<s>", "</s>"],
+        "gpt2": ["<|endoftext|>"],
+    }[kind]
     vocab = {token: index for index, token in enumerate([*specials, *_words()])}
-    tokenizer = Tokenizer(WordLevel(vocab, unk_token=specials[0]))
+    unknown = "[UNK]" if kind == "bert" else specials[0]
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token=unknown))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if kind == "bert":
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer,
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+        )
     if kind == "llama":
         tokenizer.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
@@ -101,7 +119,7 @@ def tiny_model(kind: str, vocab_size: int, seed: int = 0) -> Any:
 
 
 def tokenizer_for(kind: str) -> Any:
-    return minilm_tokenizer() if kind == "bert" else word_level_tokenizer(kind)
+    return word_level_tokenizer(kind)
 
 
 def save_tiny(kind: str, folder: Path) -> Path:
