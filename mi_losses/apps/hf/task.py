@@ -118,7 +118,8 @@ class HFObfuscation(pl.LightningModule):
                 raise ValueError(f"HFObfuscation: {name} must be >= 0, got {value}")
         if not learning_rate > 0:
             raise ValueError(f"HFObfuscation: learning_rate must be > 0, got {learning_rate}")
-        privacy_loss = privacy_loss or SubBatchMutualInformation(granularity="token")
+        if privacy_loss is None:
+            privacy_loss = SubBatchMutualInformation(granularity="token")
         if not isinstance(privacy_loss, (MutualInformationLoss, VocabularyMutualInformation)):
             raise TypeError(
                 "HFObfuscation: privacy_loss must be a MutualInformationLoss (e.g. "
@@ -128,7 +129,7 @@ class HFObfuscation(pl.LightningModule):
         self.save_hyperparameters()
         self.head = head
         self.privacy_loss = privacy_loss
-        self.utility_loss = utility_loss or HiddenStateDistillation()
+        self.utility_loss = HiddenStateDistillation() if utility_loss is None else utility_loss
         self.privacy_weight = privacy_weight
         self.utility_weight = utility_weight
         self.learning_rate = learning_rate
