@@ -146,8 +146,16 @@ class NoisyInputEmbeddingsModel(nn.Module):
         return int(self.embedding_table.shape[1])
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Clean input embeddings ``(B, S, E)`` of ``input_ids`` ``(B, S)``."""
-        return self.model.get_input_embeddings()(input_ids)  # type: ignore[no-any-return]
+        """Clean input embeddings ``(B, S, E)`` of ``input_ids`` ``(B, S)``.
+
+        In the noise layer's dtype (e.g. float32 for a bfloat16 model: the layer and the losses
+        work in their own precision; :meth:`run` casts back to the model's).
+        """
+        embeddings = self.model.get_input_embeddings()(input_ids)
+        dtype = next(
+            (p.dtype for p in self.noise_layer.parameters() if p.is_floating_point()), None
+        )
+        return embeddings if dtype is None else embeddings.to(dtype)
 
     def noise_mask(
         self,

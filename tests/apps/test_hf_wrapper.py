@@ -115,3 +115,16 @@ def test_from_pretrained_builds_the_layer_for_the_embedding_width(tmp_path) -> N
         NoisyInputEmbeddingsModel.from_pretrained(str(tmp_path), GaussianNoiseLayer, head="x")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="get_input_embeddings"):
         NoisyInputEmbeddingsModel(torch.nn.Linear(2, 2), GaussianNoiseLayer(2))
+
+
+def test_a_bfloat16_model_with_a_float32_layer(tokenizers: dict) -> None:
+    tokenizer = tokenizers["llama"]
+    model = tiny_model("llama", len(tokenizer)).to(torch.bfloat16)
+    layer = SequenceGaussianNoiseLayer(HIDDEN, hidden_dim=16, num_heads=2)
+    wrapped = NoisyInputEmbeddingsModel(model, layer)
+    batch = tokenize_with_noise_mask(tokenizer, TEXTS, padding=True)
+    run = wrapped(batch["input_ids"], batch["attention_mask"], batch["noise_mask"])
+    assert run.clean_input_embeddings.dtype == run.noisy.stds.dtype == torch.float32
+    assert run.output.logits.dtype == torch.bfloat16
+    run.output.logits.float().square().mean().backward()
+    assert layer.head.std_head.weight.grad is not None
