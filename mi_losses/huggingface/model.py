@@ -151,7 +151,7 @@ class NoisyInputEmbeddingsModel(nn.Module):
         In the noise layer's dtype (e.g. float32 for a bfloat16 model: the layer and the losses
         work in their own precision; :meth:`run` casts back to the model's).
         """
-        embeddings = self.model.get_input_embeddings()(input_ids)
+        embeddings: torch.Tensor = self.model.get_input_embeddings()(input_ids)
         dtype = next(
             (p.dtype for p in self.noise_layer.parameters() if p.is_floating_point()), None
         )
