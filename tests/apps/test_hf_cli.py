@@ -11,6 +11,8 @@ import pytest
 
 from mi_losses.apps.hf.__main__ import run
 
+pytest.importorskip("transformers")
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "hf"
 
 

