@@ -22,7 +22,7 @@ from mi_losses.losses import (
     SubBatchMutualInformation,
     VocabularyMutualInformation,
 )
-from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings
+from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings, SequenceGaussianNoiseLayer
 from mi_losses.options import GatherOptions, KernelOptions
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Kernel, Reduction, Units
 
@@ -60,6 +60,7 @@ __all__ = [
     "MutualInformationLoss",
     "NoisyEmbeddings",
     "Reduction",
+    "SequenceGaussianNoiseLayer",
     "SubBatchMutualInformation",
     "TrainingSummary",
     "Units",

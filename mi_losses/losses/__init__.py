@@ -2,6 +2,11 @@
 
 from mi_losses.losses.base import ComponentLossModule, MixtureLossModule, MutualInformationLoss
 from mi_losses.losses.distance import MahalanobisDistance
+from mi_losses.losses.distillation import (
+    HiddenStateDistillation,
+    LogitDistillation,
+    RetrievalDistillation,
+)
 from mi_losses.losses.mixture_entropy import GaussianMixtureEntropy
 from mi_losses.losses.mutual_information import SubBatchMutualInformation
 from mi_losses.losses.vocabulary import VocabularyMutualInformation
@@ -9,9 +14,12 @@ from mi_losses.losses.vocabulary import VocabularyMutualInformation
 __all__ = [
     "ComponentLossModule",
     "GaussianMixtureEntropy",
+    "HiddenStateDistillation",
+    "LogitDistillation",
     "MahalanobisDistance",
     "MixtureLossModule",
     "MutualInformationLoss",
+    "RetrievalDistillation",
     "SubBatchMutualInformation",
     "VocabularyMutualInformation",
 ]

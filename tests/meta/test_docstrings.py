@@ -67,6 +67,7 @@ PUBLIC = [
     ),
     *(getattr(losses, name) for name in losses.__all__ if name not in BASES),
     mi_losses.GaussianNoiseLayer,
+    mi_losses.SequenceGaussianNoiseLayer,
 ]
 
 

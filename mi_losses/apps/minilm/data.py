@@ -215,13 +215,21 @@ class PydocTextDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_sequences is not None:
             return
-        tokenizer = load_tokenizer(self.model_path)
-        train_texts, val_texts = split_texts(self.words_per_chunk, self.val_fraction, self.seed)
+        tokenizer = self.load_tokenizer()
+        train_texts, val_texts = self.split()
         train = unique_sequences(tokenize(train_texts, tokenizer, self.max_length))
         val = unique_sequences(tokenize(val_texts, tokenizer, self.max_length), train)
         if self.num_val > 0:
             val = val[: self.num_val]
         self.train_sequences, self.val_sequences = train, val
+
+    def split(self) -> tuple[list[str], list[str]]:
+        """Train and validation texts (:func:`split_texts` of the documentation)."""
+        return split_texts(self.words_per_chunk, self.val_fraction, self.seed)
+
+    def load_tokenizer(self) -> Any:
+        """The tokenizer of the sequences (MiniLM's, from ``model_path`` or the package)."""
+        return load_tokenizer(self.model_path)
 
     def train_token_counts(self, vocab_size: int) -> torch.Tensor:
         """How often each of the ``vocab_size`` tokens is noised in the training text, ``(V,)``.

