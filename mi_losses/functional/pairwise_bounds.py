@@ -60,35 +60,16 @@ def kolchinsky_tracey_entropy_bounds(
     granularity: Granularity = "sequence",
     validate_args: bool = True,
 ) -> PairwiseBounds:
-    r"""Bounds on the entropy of the batch's empirical mixture ``(1/N) sum_j N(c_j, sigma_j)``.
+    r"""Bounds on the entropy of the batch's empirical mixture $\frac1N\sum_j \mathcal N(c_j, \sigma_j)$.
 
     $$H_D = \frac1N\sum_i H(p_i) - \frac1N\sum_i \log\frac{1}{|V_i|}\sum_{j\in V_i} e^{-D(p_i\|p_j)}$$
 
-    ``upper`` uses ``D = KL(p_i || p_j) = sum [log(s_j/s_i) + (s_i^2 + (c_i - c_j)^2)/(2 s_j^2) - 1/2]``
-    (matrix products, memory ``O(N^2)``), ``lower`` the Bhattacharyya distance
-    ``sum [(c_i - c_j)^2 / (4 (s_i^2 + s_j^2)) + 1/2 log((s_i^2 + s_j^2) / (2 s_i s_j))]``, which
-    has no product form for unequal stds: it is evaluated in blocks of samples, memory
-    ``O(N^2 + block)``, and recomputed in the backward pass.
-
-    This bounds the entropy of the mixture over **this batch's samples** (the empirical
-    channel), not the entropy of the layer's output distribution. Masks follow
-    docs/math.md#pair-active-sets: at
-    ``granularity="sequence"`` a sample is a sequence, ``H(p_i)`` sums over its active positions
-    and ``D`` over ``P(i, j)`` = positions active in both (pairs without one are left out, so
-    with unequal masks it is the same convention as the sub-batch estimator, not a bound of one
-    mixture); at ``"token"`` a sample is one active token. Inactive positions are never read.
-
-    Args:
-        means_tensor: ``mu``, ``(B, S, E)``.
-        stds_tensor: ``sigma > 0`` at active positions, ``(B, S, E)``.
-        noise_mask: ``(B, S)`` bool or 0/1, the noised positions; ``None`` = all.
-        clean_input_embeddings: ``x``, ``(B, S, E)``.
-        granularity: ``"sequence"`` or ``"token"``.
-        validate_args: check ``stds_tensor > 0`` at active positions.
-
-    Returns:
-        :class:`PairwiseBounds` ``(lower, upper)`` in nats, input dtype, differentiable (twice);
-        both ``0`` when nothing is active.
+    `upper` uses $D = \mathrm{KL}$ (matrix products, memory $O(N^2)$), `lower` the
+    Bhattacharyya distance (blocks of samples, recomputed in the backward pass), Kolchinsky &
+    Tracey (2017). This bounds the mixture over **this batch's samples** (the empirical
+    channel), not the layer's output distribution; masks follow
+    [the pair active sets](math.md#pair-active-sets). Arguments: [the vocabulary](vocabulary.md);
+    returns :class:`PairwiseBounds` in nats, differentiable twice, `0` when nothing is active.
 
     Example:
         >>> x = torch.randn(16, 1, 2)

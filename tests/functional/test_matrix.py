@@ -13,6 +13,9 @@ derivatives, padding, scales, bad input...) are in ``tests/test_hardening_*.py``
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,22 +25,22 @@ from tests.registry import BY_NAME, REGISTRY, entry_variants, masked_variant
 
 _VOCABULARY = (
     "takes a vocabulary table and token ids, not the (B, S, E) inputs the matrix builds; "
-    "tests/test_vocabulary.py checks it against a float64 brute force (values, gradients, "
+    "tests/functional/test_vocabulary.py checks it against a float64 brute force (values, gradients, "
     "gradcheck, gradgradcheck, inactive positions never read)"
 )
 NOT_IN_MATRIX: dict[str, str] = {
     # name in mi_losses.functional.__all__ -> why the matrix does not apply to it
     "vocabulary_mutual_information": _VOCABULARY,
     "vocabulary_mutual_information_estimate": _VOCABULARY,
-    "vocabulary_noise_parameters": "calls a noise layer over a table; tests/test_vocabulary.py",
-    "bayes_token_attack": "returns integer guesses (no gradient); tests/test_attack.py",
-    "fano_error_floor": "a scalar formula; tests/test_attack.py",
-    "token_prior": "counts token ids; tests/test_vocabulary.py",
-    "prior_entropy": "a scalar formula; tests/test_vocabulary.py",
-    "gaussian_channel_mutual_information": "a closed form; tests/test_closed_form.py",
-    "gaussian_differential_entropy": "a closed form; tests/test_closed_form.py",
+    "vocabulary_noise_parameters": "calls a noise layer over a table; tests/functional/test_vocabulary.py",
+    "bayes_token_attack": "returns integer guesses (no gradient); tests/functional/test_attack.py",
+    "fano_error_floor": "a scalar formula; tests/functional/test_attack.py",
+    "token_prior": "counts token ids; tests/functional/test_vocabulary.py",
+    "prior_entropy": "a scalar formula; tests/functional/test_vocabulary.py",
+    "gaussian_channel_mutual_information": "a closed form; tests/functional/test_closed_form.py",
+    "gaussian_differential_entropy": "a closed form; tests/functional/test_closed_form.py",
     "kolchinsky_tracey_entropy_bounds": (
-        "returns a (lower, upper) pair of deterministic bounds; tests/test_pairwise_bounds.py "
+        "returns a (lower, upper) pair of deterministic bounds; tests/functional/test_pairwise_bounds.py "
         "checks both against brute force with gradcheck and gradgradcheck"
     ),
     "kolchinsky_tracey_mutual_information_bounds": "as kolchinsky_tracey_entropy_bounds",
@@ -54,6 +57,13 @@ def test_registry_covers_the_public_api() -> None:
     }
     missing = sorted(functions - registered - set(NOT_IN_MATRIX))
     assert not missing, f"not in tests.registry.REGISTRY (nor NOT_IN_MATRIX): {missing}"
+    root = Path(__file__).resolve().parents[2]
+    for name, reason in NOT_IN_MATRIX.items():
+        files = re.findall(r"tests/[\w/]+\.py", reason) or re.findall(
+            r"tests/[\w/]+\.py", NOT_IN_MATRIX.get(reason.split()[-1], "")
+        )
+        assert files, f"{name}: the reason names no test file"
+        assert all((root / f).is_file() for f in files), f"{name}: {files} missing"
 
 
 TOLERANCES = {
