@@ -2,7 +2,7 @@
 
 It builds every ``(M, N, S, E)`` difference (sequence granularity) or every ``(M, N, E)``
 difference between active tokens (token granularity), so its memory is ``O(M N S E)``: the cost
-the library's matrix-product kernel avoids (docs/math.md#performance). ``tests/test_benchmarks.py``
+the library's matrix-product kernel avoids (docs/math.md#performance). ``tests/apps/test_benchmarks.py``
 checks it against ``tests/reference.py``.
 """
 

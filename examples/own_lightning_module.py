@@ -11,6 +11,7 @@ from their noisy embeddings while the sub-batch MI estimate (a privacy loss) is 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import tempfile
 from pathlib import Path
 
@@ -22,6 +23,18 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from mi_losses import ComponentLossLogger, GaussianNoiseLayer, SubBatchMutualInformation
+
+PROGRESS = {"task": "train/task_loss", "mi_bits": "train/privacy/mutual_information_loss"}
+"""What the progress bar shows: short label -> logged metric."""
+
+
+def progress_bar() -> list[pl.Callback]:
+    """The applications' rich bar (``Epoch 3/3``, short labels) where ``rich`` is installed."""
+    if importlib.util.find_spec("rich") is None:
+        return []  # Lightning's default tqdm bar
+    from mi_losses.apps.progress import StepProgressBar
+
+    return [StepProgressBar(metrics=PROGRESS)]
 
 
 class PrivateClassifier(pl.LightningModule):
@@ -58,14 +71,17 @@ def make_data(num: int = 512, length: int = 6, dim: int = 16, classes: int = 4) 
     return TensorDataset(embeddings, noise_mask, labels)
 
 
-def main() -> None:
+def main() -> pl.Trainer:
     pl.seed_everything(0)
     log_root = Path(tempfile.mkdtemp(prefix="mi_losses_example_"))
     trainer = pl.Trainer(
         max_epochs=3,
         logger=CSVLogger(log_root, name="example"),
         log_every_n_steps=1,
-        callbacks=[ComponentLossLogger(module_attribute="privacy", prefix="privacy")],
+        callbacks=[
+            ComponentLossLogger(module_attribute="privacy", prefix="privacy"),
+            *progress_bar(),
+        ],
         enable_checkpointing=False,
         enable_model_summary=False,
         accelerator="cpu",
@@ -92,6 +108,7 @@ def main() -> None:
         f"last {float(rows[-1]['train/task_loss_step']):.3f}"
     )
     print(f"metrics CSV: {Path(trainer.logger.log_dir) / 'metrics.csv'}")
+    return trainer
 
 
 if __name__ == "__main__":

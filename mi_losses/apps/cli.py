@@ -7,14 +7,18 @@ the package (``mi_losses/apps/demo/demo.yaml``, the same file as ``configs/demo.
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 import sys
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ProgressBar
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from mi_losses.apps.demo.data import SyntheticEmbeddingDataModule
 from mi_losses.apps.demo.task import ObfuscationTask
@@ -23,6 +27,57 @@ from mi_losses.apps.progress import StepProgressBar
 # Imported so that the parser knows them as Callback subclasses: short names work in
 # `--trainer.callbacks.help ComponentLossLogger` and in `class_path`.
 from mi_losses.callbacks import ComponentLossLogger, TrainingSummary  # noqa: F401
+
+_STRUCTURE = re.compile(
+    r"^(- )?(Does not validate against any of the|Subtypes:|Errors:|Given value|Expected a path but"
+    r"|Expected a <class 'NoneType'>|Problem with given class_path|Parser key)"
+)
+
+
+def short_config_error(message: str) -> str:
+    """One line from one of jsonargparse's multi-line errors: the option, then the innermost reason.
+
+    ``Parser key "model.mi_loss": ... - Import path does not correspond to a subclass of
+    MutualInformationLoss ... Given value: torch.nn.Identity`` becomes ``--model.mi_loss: Import
+    path does not correspond to a subclass of MutualInformationLoss (got torch.nn.Identity)``.
+    """
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reasons = [line.removeprefix("- ") for line in lines if not _STRUCTURE.match(line)]
+    given = next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("Given value:")), None
+    )
+    if not keys:
+        return lines[0] if lines else message
+    option = "--" + keys[0] + "".join(f".init_args.{key}" for key in keys[1:])
+    first = lines[0].split(":", 1)[1].strip() if lines[0].startswith("Parser key") else ""
+    reason = reasons[0] if reasons else first or "invalid value"
+    if given is not None and given not in reason and not given.startswith("NestedArg"):
+        reason = f"{reason} (got {given})"
+    reason = re.sub(r"<class '([\w.]+)'>", r"\1", reason).replace("typing.Literal", "Literal")
+    reason = re.sub(r"^Expected an? (.+)\. Got value: (.*)$", r"expected \1, got \2", reason)
+    return f"{option}: {reason}"
+
+
+class ShortErrorParser(LightningArgumentParser):
+    """A parser whose errors are two lines: what is wrong (naming the option), and ``--help``.
+
+    jsonargparse prints the whole usage (some 70 lines) before the error; here the usage is left
+    to ``--help``. ``JSONARGPARSE_DEBUG=1`` raises the parser's full error instead.
+    """
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        exit_with_config_error(parser.prog.replace(" [options]", ""), short_config_error(message))
+
+
+def exit_with_config_error(program: str, message: str) -> NoReturn:
+    """Print ``program: error: message`` and where to find the options, then exit with status 2."""
+    print(f"{program}: error: {message}", file=sys.stderr)
+    print(f"{program}: every option and its type: {program} --help", file=sys.stderr)
+    raise SystemExit(2)
 
 
 class ThreadsCLI(LightningCLI):
@@ -33,6 +88,29 @@ class ThreadsCLI(LightningCLI):
     ``max_steps``, a few short values) is used when ``rich`` is installed and the configuration
     sets no progress bar of its own.
     """
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        self.parser_class = ShortErrorParser
+        return super().init_parser(**kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        # `main` passes the command line (with a default config added) as `args`; Lightning's
+        # warning about `args` given next to `sys.argv` is for calls from within Python.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            super().parse_arguments(parser, args)
+
+    def _config_error(self, message: str) -> NoReturn:
+        program = self.parser.prog.replace(" [options]", "")
+        exit_with_config_error(f"{program} {self.subcommand or ''}".strip(), message)
+
+    def instantiate_classes(self) -> None:
+        # A value the parser accepts but a class rejects (`--trainer.max_steps=-5`,
+        # `--data.batch_size=3`) is a configuration error too: one line, no traceback.
+        try:
+            super().instantiate_classes()
+        except (ValueError, MisconfigurationException) as error:
+            self._config_error(str(error).strip().splitlines()[0])
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -47,7 +125,9 @@ class ThreadsCLI(LightningCLI):
         threads = config.get("num_threads")
         if threads is not None:
             if threads < 1:
-                raise ValueError(f"num_threads must be a positive integer or null, got {threads}")
+                self._config_error(
+                    f"--num_threads must be a positive integer or null, got {threads}"
+                )
             torch.set_num_threads(threads)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

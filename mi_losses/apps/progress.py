@@ -84,6 +84,12 @@ class StepProgressBar(RichProgressBar):
             return  # one bar for the whole run: keep its count and speed across epochs
         super().on_train_epoch_start(trainer, pl_module)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Stop the live display before anything prints a summary or a report at the end of
+        # fit (those run in on_fit_end, after this): the last frame stays on screen, above.
+        super().on_train_end(trainer, pl_module)
+        self._stop_progress()
+
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
@@ -28,6 +29,12 @@ class TrainingSummary(Callback):
         plot_prefix: every logged metric whose name starts with this is plotted.
         plot_filename: name of the PNG written in ``trainer.log_dir`` (``null``: no plot).
         summary_filename: name of the text table written in ``trainer.log_dir``.
+        units: unit of the plotted values per metric-name prefix (the longest matching prefix
+            wins), shown on each plot's y axis. The metrics a :class:`ComponentLossLogger`
+            logs get its loss module's ``units`` (``nats`` or ``bits``) unless given here.
+
+    A live rich progress bar is stopped before the table is printed, so the two never share
+    the terminal.
     """
 
     def __init__(
@@ -36,8 +43,11 @@ class TrainingSummary(Callback):
         plot_prefix: str = "train/mi/",
         plot_filename: str | None = "component_losses.png",
         summary_filename: str = "summary.txt",
+        units: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
+        self.units = {} if units is None else dict(units)
+        self._logger_units: dict[str, str] = {}
         self.tracked = None if tracked is None else dict(tracked)
         self.plot_prefix = plot_prefix
         self.plot_filename = plot_filename
@@ -55,6 +65,17 @@ class TrainingSummary(Callback):
                 "TrainingSummary must come after ComponentLossLogger in trainer.callbacks "
                 "(it reads what the logger logged in the same step)"
             )
+        for logger in callbacks:
+            if isinstance(logger, ComponentLossLogger):
+                units = getattr(logger.loss_module(pl_module), "units", "nats")
+                for split in ("train", "val"):
+                    self._logger_units[f"{split}/{logger.prefix}/"] = str(units)
+
+    def unit(self, name: str) -> str | None:
+        """The unit of metric ``name`` on the plot's y axis (``None``: unknown)."""
+        known = {**self._logger_units, **self.units}
+        prefixes = [prefix for prefix in known if name.startswith(prefix)]
+        return known[max(prefixes, key=len)] if prefixes else None
 
     def _wanted(self, name: str) -> bool:
         return name.startswith(self.plot_prefix) or (
@@ -99,6 +120,7 @@ class TrainingSummary(Callback):
             return
         rows = self.rows()
         text = _plain_table(rows)
+        _stop_live_progress(trainer)
         _print_table(rows, text)
         if log_dir is None:
             return  # no logs to write next to (no logger, or fast_dev_run's dummy logger)
@@ -108,7 +130,7 @@ class TrainingSummary(Callback):
         self.summary_path.write_text(text + "\n")
         if self.plot_filename is not None:
             self.plot_path = directory / self.plot_filename
-            _plot(self.history, self.plot_path)
+            _plot(self.history, self.plot_path, {name: self.unit(name) for name in self.history})
             print(f"Component-loss plot: {self.plot_path}")
 
 
@@ -121,6 +143,13 @@ def _plain_table(rows: Sequence[Row]) -> str:
     lines = [f"{'metric':<{width}}" + "".join(f"  {c:>11}" for c in _COLUMNS)]
     lines += [f"{row[0]:<{width}}" + "".join(f"  {v:>11.4g}" for v in row[1:]) for row in rows]
     return "\n".join(lines)
+
+
+def _stop_live_progress(trainer: pl.Trainer) -> None:
+    """Stop a live rich progress bar (it would redraw over what is printed next)."""
+    progress = getattr(trainer.progress_bar_callback, "progress", None)
+    if progress is not None and callable(getattr(progress, "stop", None)):
+        progress.stop()  # rich.progress.Progress.stop: draws the final state and releases
 
 
 def _print_table(rows: Sequence[Row], plain: str) -> None:
@@ -139,7 +168,16 @@ def _print_table(rows: Sequence[Row], plain: str) -> None:
     Console().print(table)
 
 
-def _plot(history: Mapping[str, list[tuple[int, float]]], path: Path) -> None:
+def _plot(
+    history: Mapping[str, list[tuple[int, float]]],
+    path: Path,
+    units: Mapping[str, str | None],
+) -> None:
+    _figure(history, units).savefig(path, dpi=100)
+
+
+def _figure(history: Mapping[str, list[tuple[int, float]]], units: Mapping[str, str | None]) -> Any:
+    """One panel per metric against the training step, the y axis labelled with its unit."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
     names = sorted(history)
@@ -151,11 +189,13 @@ def _plot(history: Mapping[str, list[tuple[int, float]]], path: Path) -> None:
         steps, values = zip(*history[name], strict=True)
         axis.plot(steps, values, linewidth=1)
         axis.set_title(name, fontsize=9)
+        unit = units.get(name)
+        axis.set_ylabel("value" if unit is None else f"value ({unit})", fontsize=8)
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(names) :]:
         axis.set_visible(False)
     for axis in axes.flat:
         axis.tick_params(labelbottom=True)
-        axis.set_xlabel("step", fontsize=8)
+        axis.set_xlabel("training step (optimizer steps)", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    return figure

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mi_losses.apps.cli import DEMO_CONFIG, main, run, with_default_config
+from mi_losses import SubBatchMutualInformation
+from mi_losses.apps.cli import DEMO_CONFIG, main, run, short_config_error, with_default_config
 from mi_losses.apps.progress import StepProgressBar, short_metrics
 
 if sys.version_info >= (3, 11):
@@ -133,14 +134,80 @@ def test_callback_help_shows_the_docstrings(capsys: pytest.CaptureFixture[str]) 
         (["--model.alpha", "1.5"], "ObfuscationTask: alpha must lie in [0, 1], got 1.5"),
         (["--data.batch_size", "63"], "batch_size must be even and at least 2"),
         (["--model.init_std", "5.0"], "0 < min_std <= init_std <= max_std"),
-        (["--num_threads", "0"], "num_threads must be a positive integer or null, got 0"),
+        (["--num_threads", "0"], "--num_threads must be a positive integer or null, got 0"),
+        (["--trainer.max_steps=-5"], "`max_steps` must be a non-negative integer or -1"),
+        (["--trainer.max_steps=abc"], "--trainer.max_steps: expected int, got abc"),
+        (
+            ["--model.mi_loss=torch.nn.Identity"],
+            "--model.mi_loss: Import path does not correspond to a subclass of "
+            "MutualInformationLoss (got torch.nn.Identity)",
+        ),
+        (
+            ["--model.mi_loss.init_args.granularity=foo"],
+            "--model.mi_loss.init_args.granularity: expected Literal['sequence', 'token'], got foo",
+        ),
+        (["--model.foo=1"], "unrecognized arguments: --model.foo=1"),
     ],
 )
-def test_bad_values_fail_at_construction(override: list[str], message: str) -> None:
+def test_config_errors_are_two_lines_naming_the_option(
+    override: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad value, whether the parser or a class rejects it: the error, then --help; no usage
+    dump, no traceback."""
     config = str(ROOT / "configs" / "demo.yaml")
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", config, *override, *QUIET])
-    assert message in str(error.value)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "Seed set" not in line]
+    assert lines == [
+        f"mi-losses fit: error: {message}" if message.startswith("--") else lines[0],
+        "mi-losses fit: every option and its type: mi-losses fit --help",
+    ]
+    assert lines[0].startswith("mi-losses fit: error: ") and message in lines[0]
+
+
+def test_short_config_error_keeps_the_option_and_the_innermost_reason() -> None:
+    nested = """Parser key "model.mi_loss":
+  Does not validate against any of the Union subtypes
+  Subtypes: [<class 'mi_losses.losses.base.MutualInformationLoss'>, <class 'NoneType'>]
+  Errors:
+    - Problem with given class_path 'mi_losses.SubBatchMutualInformation':
+        Parser key "units":
+          Expected a typing.Literal['nats', 'bits']. Got value: nat
+    - Expected a <class 'NoneType'>
+  Given value type: <class 'jsonargparse._util.NestedArg'>
+  Given value: NestedArg(key='units', val='nat')
+"""
+    assert short_config_error(nested) == (
+        "--model.mi_loss.init_args.units: expected Literal['nats', 'bits'], got nat"
+    )
+    assert short_config_error('Parser key "config": File does not exist: x.yaml') == (
+        "--config: File does not exist: x.yaml"
+    )
+    assert short_config_error("unrecognized arguments: --x=1") == "unrecognized arguments: --x=1"
+
+
+def test_a_normal_call_warns_nothing(
+    monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder, tmp_path: Path
+) -> None:
+    """The console script passes the command line on as ``args``: Lightning's warning about
+    ``args`` given next to ``sys.argv`` is not for it."""
+    args = ["fit", "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["mi-losses", *args, *QUIET])
+    main()
+    assert not [str(w.message) for w in recwarn if "args parameter" in str(w.message)]
+
+
+class MyEstimator(SubBatchMutualInformation):
+    """A user's own loss module (what ``configs/swap_loss.yaml`` says ``model.mi_loss`` takes)."""
+
+
+def test_the_swap_config_takes_a_subclass_of_the_loss_base_class() -> None:
+    config = str(ROOT / "configs" / "swap_loss.yaml")
+    assert "any subclass of mi_losses.MutualInformationLoss" in Path(config).read_text()
+    override = f"--model.mi_loss={__name__}.MyEstimator"
+    cli = run(["fit", "--config", config, override, "--trainer.fast_dev_run", "1", *QUIET])
+    assert type(cli.model.mi_loss) is MyEstimator
 
 
 def test_bad_loss_option_is_rejected_when_parsing(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -67,14 +68,69 @@ def test_readme_quickstart_runs(tmp_path: Path) -> None:
     assert "mutual_information_loss" in result.stdout
 
 
-@pytest.mark.skipif(
+RAW_MATH = re.compile(
+    r"\.\. math::|:math:|\$\$|\\(?:frac|sum|log|exp|sigma|mu|mathcal|left|right|operatorname"
+    r"|lvert|rvert|begin|end|cdot|le|ge|in|sqrt|text|varepsilon|odot|mid|qquad)(?![a-zA-Z])"
+)
+"""LaTeX that was not typeset: a reST math directive or role, ``$$``, or a TeX command."""
+
+_HIDDEN = {"code", "pre", "script", "style", "kbd", "samp"}
+_VOID = {"br", "hr", "img", "input", "link", "meta", "source", "wbr", "area", "base", "col"}
+
+
+class _VisibleText(HTMLParser):
+    """The text of a page outside code, scripts and arithmatex's wrappers (MathJax's input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[bool] = []  # per open element: is it (or a parent) hidden?
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _VOID:
+            return
+        classes = (dict(attrs).get("class") or "").split()
+        hidden = tag in _HIDDEN or "arithmatex" in classes
+        self.stack.append(hidden or (bool(self.stack) and self.stack[-1]))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in _VOID and self.stack:
+            self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        if not (self.stack and self.stack[-1]):
+            self.text.append(data)
+
+
+def raw_math(html: str) -> list[str]:
+    """Every piece of untypeset LaTeX in ``html`` (with a little context)."""
+    parser = _VisibleText()
+    parser.feed(html)
+    text = " ".join(parser.text)
+    return [text[max(0, m.start() - 30) : m.end() + 30] for m in RAW_MATH.finditer(text)]
+
+
+def test_raw_math_finds_untypeset_latex_only() -> None:
+    assert raw_math(r"<p>x = \frac{a}{b}</p>") and raw_math("<p>.. math:: x</p>")
+    assert raw_math(r"<p>$$ x $$</p>") and raw_math(r"<p>the <em>i</em> \sum_j</p>")
+    typeset = r'<p>a <span class="arithmatex">\(\frac{a}{b}\)</span> b</p>'
+    typeset += r'<div class="arithmatex">\[\sum_j e^{x_j}\]</div><pre><code>\log</code></pre>'
+    assert raw_math(typeset) == []
+
+
+needs_mkdocs = pytest.mark.skipif(
     importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
     reason="needs the optional extra: pip install -e '.[docs]' (mkdocs-material, mkdocstrings)",
 )
-def test_site_builds_without_warnings(tmp_path: Path) -> None:
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built once with warnings as errors (no network: MathJax is only linked)."""
+    out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -82,11 +138,37 @@ def test_site_builds_without_warnings(tmp_path: Path) -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    api = (tmp_path / "api" / "index.html").read_text()
+    return out
+
+
+@pytest.mark.slow
+@needs_mkdocs
+def test_site_builds_without_warnings(site: Path) -> None:
+    api = (site / "api" / "index.html").read_text()
     for name in (
         "mutual_information_sub_batch",
         "SubBatchMutualInformation",
         "ComponentLossLogger",
     ):
         assert name in api, f"{name} is missing from the API reference"
-    assert 'id="mutual-information"' in (tmp_path / "math" / "index.html").read_text()
+    assert 'id="mutual-information"' in (site / "math" / "index.html").read_text()
+    assert 'id="tensors"' in (site / "vocabulary" / "index.html").read_text()
+
+
+@pytest.mark.slow
+@needs_mkdocs
+def test_math_is_typeset_on_every_page(site: Path) -> None:
+    """Formulas reach MathJax inside arithmatex's wrappers; no raw LaTeX anywhere else."""
+    pages = sorted(site.rglob("*.html"))
+    found = {str(page.relative_to(site)): raw_math(page.read_text()) for page in pages}
+    assert not {page: hits for page, hits in found.items() if hits}
+    math_page = (site / "math" / "index.html").read_text()
+    assert math_page.count('class="arithmatex"') > 50
+    assert "mathjax@3" in math_page and "javascripts/mathjax.js" in math_page
+
+
+@pytest.mark.slow
+@needs_mkdocs
+def test_defaults_are_shown_as_values(site: Path) -> None:
+    api = (site / "api" / "index.html").read_text()
+    assert "DEFAULT_MAX_BLOCK_BYTES" not in api and "DEFAULT_VOCAB_CHUNK_SIZE" not in api
