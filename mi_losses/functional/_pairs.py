@@ -1,5 +1,5 @@
-"""Preparation shared by the mixture estimators: samples per granularity, the kernel's plan,
-checks of the values at active positions, and the estimate of each direction."""
+"""Estimator-side steps around the pairwise kernel (:mod:`mi_losses.kernels`): samples per
+granularity, checks of the values at active positions, and the estimate of each direction."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 from mi_losses import keys
 from mi_losses._validation import check_finite_at_active, check_positive_at_active
 from mi_losses.functional._mixture import query_mean
-from mi_losses.functional._streaming import DEFAULT_MAX_BLOCK_BYTES, Plan, Stream
+from mi_losses.kernels import Stream
+from mi_losses.options import DEFAULT_MAX_BLOCK_BYTES
 from mi_losses.types import Estimate, Granularity
 
 __all__ = ["DEFAULT_MAX_BLOCK_BYTES"]
@@ -28,17 +29,6 @@ def check_block_bytes(max_block_bytes: object) -> int:
     if max_block_bytes < 1:
         raise ValueError(f"max_block_bytes must be >= 1, got {max_block_bytes}")
     return max_block_bytes
-
-
-def make_plan(
-    directions: list[tuple[int, int, int, int]],
-    with_own: bool,
-    max_block_bytes: int,
-    dtype: torch.dtype,
-    accuracy_check: bool,
-) -> Plan:
-    """The kernel's plan (Python values only)."""
-    return Plan(tuple(directions), with_own, max_block_bytes, dtype, accuracy_check)
 
 
 def check_active_values(

@@ -27,9 +27,9 @@ from mi_losses.functional._pairs import (
     check_active_values,
     check_block_bytes,
     direction_estimates,
-    make_plan,
 )
-from mi_losses.functional._streaming import stream
+from mi_losses.kernels import make_plan, stream
+from mi_losses.options import KernelOptions
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity
 
 if TYPE_CHECKING:
@@ -211,7 +211,8 @@ def gaussian_mixture_entropy_estimate(
     )
     span = (0, tensors[0].shape[0], 0, tensors[1].shape[0])
     dtype = compute_dtype(*named.values())
-    plan = make_plan([span], False, max_block_bytes, dtype, accuracy_check)
+    options = KernelOptions(max_block_bytes=max_block_bytes, accuracy_check=accuracy_check)
+    plan = make_plan([span], False, dtype, options)
     if validate_args:
         query_active, component_active = active_positions(tensors[4], tensors[5], [span])
         check_active_values(
@@ -233,7 +234,7 @@ def gaussian_mixture_entropy_estimate(
             max_gathered_components=max_gathered_components,
             dtype=dtype,
         )
-        plan = make_plan([span], False, max_block_bytes, dtype, accuracy_check)
+        plan = make_plan([span], False, dtype, options)
     noisy, clean, means_, stds_, query_mask_, component_mask_ = tensors
     result = stream(noisy, clean, means_, stds_, query_mask_, component_mask_, plan)
     (estimate,) = direction_estimates(result, [span[1]], False, with_components)

@@ -23,9 +23,9 @@ from mi_losses.functional._pairs import (
     check_active_values,
     check_block_bytes,
     direction_estimates,
-    make_plan,
 )
-from mi_losses.functional._streaming import Plan, Stream, stream
+from mi_losses.kernels import Plan, Stream, make_plan, stream
+from mi_losses.options import KernelOptions
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity
 
 if TYPE_CHECKING:
@@ -331,9 +331,8 @@ def prepare_mutual_information(
             max_gathered_components=max_gathered_components,
             dtype=compute_dtype(*inputs.values()),
         )
-    plan = make_plan(
-        directions, True, max_block_bytes, compute_dtype(*inputs.values()), accuracy_check
-    )
+    options = KernelOptions(max_block_bytes=max_block_bytes, accuracy_check=accuracy_check)
+    plan = make_plan(directions, True, compute_dtype(*inputs.values()), options)
     return PreparedMutualInformation(
         tensors,
         plan,
