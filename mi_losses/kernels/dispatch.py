@@ -11,7 +11,7 @@ import torch
 
 from mi_losses.kernels.accuracy import accurate
 from mi_losses.kernels.reference import Result, reference
-from mi_losses.kernels.streaming import StreamingLogSumExp, TorchBlocks
+from mi_losses.kernels.streaming import Blocks, StreamingLogSumExp, TorchBlocks
 from mi_losses.options import KernelOptions
 
 
@@ -124,7 +124,7 @@ def stream(
         if path == "triton":
             from mi_losses.kernels.triton import TritonBlocks
 
-            blocks = TritonBlocks()
+            blocks: Blocks = TritonBlocks()
         else:
             blocks = TorchBlocks()
         return Result(*StreamingLogSumExp.apply(*inputs, plan, blocks, check))  # type: ignore[no-untyped-call]
