@@ -105,46 +105,54 @@ def sides(
     a: torch.Tensor,
     b: torch.Tensor,
     dtype: torch.dtype,
+    check: bool = True,
 ) -> Sides:
     """Factors of queries ``y`` ``(m, S, E)`` and components ``c = x + mu``, ``sigma``
     ``(n, S, E)`` with effective bool masks ``a`` ``(m, S)``, ``b`` ``(n, S)``; ``own`` is the
-    queries' ``(x, mu, sigma)`` (mutual information) or ``None``. Differentiable to any order."""
+    queries' ``(x, mu, sigma)`` (mutual information) or ``None``. Differentiable to any order;
+    ``check=False`` leaves out what only the rounding check needs."""
     e = queries.shape[-1]
-    rows, cols = a.unsqueeze(-1), b.unsqueeze(-1)
-    y, x, sigma = queries.to(dtype), clean.to(dtype), stds.to(dtype)
-    with torch.no_grad():  # reference r: mean active centre; scale t: largest active std
-        centres = x if means is None else x + means.to(dtype)
-        count = cols.sum(0).clamp_min(1)
-        reference = torch.where(cols, centres, 0.0).sum(0) / count
-        scale = torch.where(cols, sigma, 0.0).amax(0) if sigma.shape[0] else reference + 1.0
-        scale = torch.where((scale > 0) & torch.isfinite(scale), scale, 1.0)
-        inverse = scale.reciprocal()
-    scaled_y = torch.where(rows, y - reference, 0.0) * inverse
-    # (x - r) + mu, not (x + mu) - r: x + mu rounds mu away when the data sit far from 0.
-    centred = x - reference if means is None else (x - reference) + means.to(dtype)
-    scaled_c = torch.where(cols, centred, 0.0) * inverse
-    sigma_c = torch.where(cols, sigma, scale)  # t / sigma = 1 where inactive
-    precision = torch.where(cols, (sigma_c * inverse).pow(-2), 0.0)
-    weighted = precision * scaled_c
+    off_rows, off_cols = (~a).unsqueeze(-1), (~b).unsqueeze(-1)
     a_, b_ = a.to(dtype), b.to(dtype)
-    p = (sigma_c.log().sum(-1) + e * HALF_LOG_TWO_PI) * b_
-    h = 0.5 * torch.linalg.vecdot(weighted, scaled_c)
+    y, x, sigma = queries.to(dtype), clean.to(dtype), stds.to(dtype)
+    mu = None if means is None else means.to(dtype)
+    with torch.no_grad():  # reference r: mean active centre; scale t: largest active std
+        centres = (x if mu is None else x + mu).masked_fill(off_cols, 0.0)
+        reference = centres.sum(0) / off_cols.logical_not().sum(0).clamp_min(1)
+        scale = sigma.masked_fill(off_cols, 0.0).amax(0) if sigma.shape[0] else reference + 1
+        scale = torch.where(scale > 0, scale, 1.0)
+        inverse = scale.reciprocal()
+        half_mask = -0.5 * b_.unsqueeze(-1)
+        constant = scale.log().sum(-1) + e * HALF_LOG_TWO_PI  # sum_e log t + E/2 log 2 pi
+    # Differences before masks (their derivatives are constants), masks before any product.
+    scaled_y = (y - reference).masked_fill(off_rows, 0.0) * inverse
+    # (x - r) + mu, not (x + mu) - r: x + mu rounds mu away when the data sit far from 0.
+    centred = x - reference if mu is None else (x - reference) + mu
+    scaled_c = centred.masked_fill(off_cols, 0.0) * inverse
+    ratio = (sigma * inverse).masked_fill(off_cols, 1.0)  # sigma / t, 1 where inactive
+    half_precision = ratio.pow(-2) * half_mask  # -w / 2
+    weighted = -2.0 * half_precision * scaled_c
+    p = ratio.log().sum(-1) + b_ * constant
+    h = torch.linalg.vecdot(half_precision, scaled_c.square())  # -h
     left = [scaled_y.square().flatten(1), scaled_y.flatten(1), a_]
-    right = [-0.5 * precision.flatten(1), weighted.flatten(1), -(h + p)]
+    right = [half_precision.flatten(1), weighted.flatten(1), h - p]
     q = None
     if own is not None:
         own_x, own_mu, own_sigma = (t.to(dtype) for t in own)
-        sigma_i = torch.where(rows, own_sigma, 1.0)
+        sigma_i = own_sigma.masked_fill(off_rows, 1.0)
         # (y - x) - mu, not y - (x + mu), for the same reason.
-        residual = torch.where(rows, (y - own_x) - own_mu, 0.0) / sigma_i
-        per_position = 0.5 * torch.linalg.vecdot(residual, residual) + sigma_i.log().sum(-1)
-        q = -(per_position + e * HALF_LOG_TWO_PI) * a_
+        residual = ((y - own_x) - own_mu).masked_fill(off_rows, 0.0) / sigma_i
+        per_position = torch.linalg.vecdot(residual, 0.5 * residual) + sigma_i.log().sum(-1)
+        q = (per_position + e * HALF_LOG_TWO_PI) * -a_
         left.append(q)
         right.append(-b_)
-    with torch.no_grad():
-        squares = scaled_y.flatten(1).square().sum(-1)
-        largest = precision.flatten(1).amax(-1) if precision[0:1].numel() else h.sum(-1)
-    return Sides(torch.cat(left, 1), torch.cat(right, 1), a_, q, b_, p, h, squares, largest)
+    squares = largest = h
+    if check:
+        with torch.no_grad():
+            squares = scaled_y.flatten(1).square().sum(-1)
+            flat = half_precision.flatten(1)
+            largest = -2.0 * flat.amin(-1) if flat[0:1].numel() else h.sum(-1)
+    return Sides(torch.cat(left, 1), torch.cat(right, 1), a_, q, b_, p, -h, squares, largest)
 
 
 class Scores(NamedTuple):

@@ -56,9 +56,9 @@ def _masks(rows: int, n: int, s: int, pattern: str, seed: int):
     return query_mask, component_mask
 
 
-def _problem(granularity, with_own, symmetric, pattern, extra, dtype=torch.float64, seed=0):
+def _problem(granularity, with_own, symmetric, pattern, extra, dtype=torch.float64, size=(8, 3, 4)):
     """Token granularity: every token a sample (masks on ``(rows, 1)``)."""
-    rows, s, e = 8, 3, 4
+    (rows, s, e), seed = size, 0
     if granularity == "token":
         rows, s, extra = rows * s, 1, extra * s
     tensors = _inputs(rows, s, e, extra, seed, dtype)
@@ -126,8 +126,14 @@ def test_streaming_equals_reference(
         torch.testing.assert_close(value, want)
 
 
-@pytest.mark.parametrize("kernel", ["reference", "streaming"])
-@pytest.mark.parametrize(("granularity", "with_own"), [("sequence", True), ("token", False)])
+@pytest.mark.parametrize(
+    ("kernel", "granularity", "with_own"),
+    [
+        ("reference", "sequence", True),
+        ("reference", "token", False),
+        pytest.param("streaming", "sequence", True, marks=pytest.mark.slow),
+    ],
+)
 def test_gradcheck_and_gradgradcheck(kernel, granularity, with_own) -> None:
     tensors, masks, directions = _problem(granularity, with_own, True, "random", 0)
     plan = make_plan(
