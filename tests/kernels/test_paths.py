@@ -92,14 +92,14 @@ def _naive(tensors, masks, directions, with_own):
     for q0, q1, c0, c1 in directions:
         a, b = query_mask[q0:q1, None, :], component_mask[None, c0:c1, :]
         pair = (a & b).unsqueeze(-1)  # (m, n, S, 1)
-        y = noisy[q0:q1, None]
-        c, sigma = clean[None, c0:c1] + means[None, c0:c1], stds[None, c0:c1]
-        terms = 0.5 * ((y - c) / sigma) ** 2 + sigma.log() + 0.5 * math.log(2 * math.pi)
+        y, sigma = noisy[q0:q1, None], stds[None, c0:c1]
+        # (y - x) - mu: y - (x + mu) would round mu away far from the origin, even in float64.
+        difference = (y - clean[None, c0:c1]) - means[None, c0:c1]
+        terms = 0.5 * (difference / sigma) ** 2 + sigma.log() + 0.5 * math.log(2 * math.pi)
         if with_own:
-            own_c, own_s = clean[q0:q1, None] + means[q0:q1, None], stds[q0:q1, None]
-            terms = (
-                terms - 0.5 * ((y - own_c) / own_s) ** 2 - own_s.log() - 0.5 * math.log(2 * math.pi)
-            )
+            own = (y - clean[q0:q1, None]) - means[q0:q1, None]
+            own_s = stds[q0:q1, None]
+            terms = terms - 0.5 * (own / own_s) ** 2 - own_s.log() - 0.5 * math.log(2 * math.pi)
         z = -torch.where(pair, terms, 0.0).sum((-1, -2))
         valid = pair.any(-1).any(-1)
         out.append(torch.logsumexp(torch.where(valid, z, -math.inf), -1))
@@ -237,3 +237,18 @@ def test_triton_under_the_interpreter() -> None:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(cases)]
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+@pytest.mark.parametrize("kernel", ["reference", "streaming"])
+@pytest.mark.parametrize("offset", [1e10, 1e20, 1e30])
+def test_mixture_entropy_far_from_the_origin(kernel, offset) -> None:
+    """Queries and components of a mixture entropy (no own term) at a common ``offset`` in
+    float32 give the float64 evaluation of the same (rounded) inputs."""
+    tensors = _inputs(8, 3, 4, 0, seed=11, dtype=torch.float64)
+    noisy, clean, means, stds = (t.detach() for t in tensors)
+    tensors = [t.float().requires_grad_() for t in (noisy + offset, clean + offset, means, stds)]
+    masks = _masks(8, 8, 3, "random", 12)
+    options = KernelOptions(kernel=kernel, max_block_bytes=300)
+    (lse, *_), _ = _run(tensors, masks, [(0, 8, 0, 8)], False, options)
+    expected = _naive(tensors, masks, [(0, 8, 0, 8)], False)
+    torch.testing.assert_close(lse.double(), expected, rtol=1e-5, atol=1e-4)
