@@ -1,5 +1,5 @@
-"""Preparation shared by the mixture estimators: samples per granularity, the kernel's plan,
-checks of the values at active positions, and the estimate of each direction."""
+"""Estimator-side steps around the pairwise kernel (:mod:`mi_losses.kernels`): samples per
+granularity, checks of the values at active positions, and the estimate of each direction."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import torch
 from mi_losses import keys
 from mi_losses._validation import check_finite_at_active, check_positive_at_active
 from mi_losses.functional._mixture import query_mean
-from mi_losses.functional._streaming import Plan, Stream
-from mi_losses.options import KernelOptions
+from mi_losses.kernels import Stream
 from mi_losses.types import Estimate, Granularity
 
 
@@ -18,20 +17,6 @@ def as_samples(tensor: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     if granularity == "token":
         return tensor.reshape(tensor.shape[0] * tensor.shape[1], 1, *tensor.shape[2:])
     return tensor
-
-
-def make_plan(
-    directions: list[tuple[int, int, int, int]],
-    with_own: bool,
-    dtype: torch.dtype,
-    options: KernelOptions,
-) -> Plan:
-    """The kernel's plan (Python values only)."""
-    if options.kernel not in ("auto", "streaming"):
-        raise ValueError(
-            f"kernel={options.kernel!r} is not available yet; use 'auto' or 'streaming'"
-        )
-    return Plan(tuple(directions), with_own, options.max_block_bytes, dtype, options.accuracy_check)
 
 
 def check_active_values(

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from mi_losses.functional._vocabulary_scores import best_rows
 from mi_losses.functional.vocabulary import DEFAULT_VOCAB_CHUNK_SIZE, prepare_vocabulary_inputs
+from mi_losses.kernels.vocabulary import best_rows
 
 __all__ = ["bayes_token_attack", "fano_error_floor"]
 

@@ -10,8 +10,8 @@ from mi_losses import keys
 from mi_losses._validation import check_bool, check_losses
 from mi_losses.functional._mixture import average_estimates, query_mean, to_result
 from mi_losses.functional._pairs import direction_estimates
-from mi_losses.functional._streaming import Stream
 from mi_losses.functional.mutual_information import prepare_mutual_information
+from mi_losses.kernels import Stream
 from mi_losses.options import GatherOptions, KernelOptions
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Kernel
 

@@ -17,10 +17,8 @@ from mi_losses._validation import (
     check_same_dtype,
     compute_dtype,
 )
-from mi_losses.functional._accuracy import TOLERANCES
-from mi_losses.functional._pair_terms import component_side, query_side, scaling
 from mi_losses.functional._pairs import check_active_values
-from mi_losses.functional._stream_passes import effective_masks
+from mi_losses.kernels.factors import effective_masks, scores, sides
 from mi_losses.options import KernelOptions
 from mi_losses.types import Kernel
 
@@ -181,20 +179,11 @@ def _expanded(
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``D`` by matrix products, and per pair the rounding error beyond the tolerance."""
-    scale = scaling(centres, None, stds, b, dtype)
-    query = query_side(queries, a, None, scale, dtype)
-    comp = component_side(centres, None, stds, b, scale, dtype, False)
-    squares = query.square.flatten(1) @ comp.precision.flatten(1).T
-    cross = query.scaled.flatten(1) @ comp.weighted.flatten(1).T
-    half_u = -comp.extra - comp.constants  # 0.5 sum_e w c'^2 per position
-    magnitude = 0.5 * squares + query.active @ half_u.T
-    distance = (magnitude - cross).clamp_min(0.0)
-    eps = torch.finfo(dtype).eps
-    relative, absolute = TOLERANCES[dtype]
-    excess = eps * magnitude - relative * distance - absolute
-    excess = torch.nan_to_num(excess.detach(), nan=torch.inf)
-    valid = (query.active @ comp.active.T) > 0
-    return torch.where(valid, distance, 0.0), torch.where(valid, excess, -torch.inf)
+    s = sides(queries, None, centres, None, stds, a, b, dtype)
+    block = scores(s, True)
+    assert block.excess is not None
+    distance = (-(s.left @ s.right.T) - s.a @ s.p.T).clamp_min(0.0)  # z = -(D + sum_P p)
+    return torch.where(block.valid, distance, 0.0), block.excess
 
 
 def _direct(

@@ -22,9 +22,8 @@ from mi_losses.functional._pairs import (
     as_samples,
     check_active_values,
     direction_estimates,
-    make_plan,
 )
-from mi_losses.functional._streaming import Plan, Stream, stream
+from mi_losses.kernels import Plan, Stream, make_plan, stream
 from mi_losses.options import GatherOptions, KernelOptions
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Kernel
 

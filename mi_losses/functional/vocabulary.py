@@ -21,7 +21,7 @@ from mi_losses._validation import (
     compute_dtype,
 )
 from mi_losses.functional._mixture import query_mean, to_result, value_with_losses
-from mi_losses.functional._vocabulary_scores import Vocabulary, known_prior_terms
+from mi_losses.kernels.vocabulary import Vocabulary, known_prior_terms
 from mi_losses.types import ComponentLossesDict, Estimate
 
 __all__ = ["vocabulary_mutual_information", "vocabulary_mutual_information_estimate"]

@@ -10,7 +10,6 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from mi_losses.functional import (
-    _stream_gradients,
     gaussian_mixture_entropy,
     mutual_information_sub_batch,
     pairwise_square_mahalanobis_distance,
@@ -18,20 +17,9 @@ from mi_losses.functional import (
 )
 from mi_losses.options import KernelOptions
 
-# Blocks of one row, blocks that divide nothing, one block for everything (then all pairs in
-# one block over chunks of positions).
+# Blocks of one component, blocks that divide nothing, one block for everything (then the
+# reference path: all scores fit).
 BLOCK_BYTES = [1, 700, 5_000, 2**30]
-
-# Elementwise chunks of one row or position, chunks that divide nothing, the default.
-CHUNK_BYTES = {"chunks=1": 1, "chunks=100": 100, "chunks=default": None}
-
-
-@pytest.fixture(params=list(CHUNK_BYTES.values()), ids=list(CHUNK_BYTES))
-def chunk_bytes(request, monkeypatch):
-    """The kernel's elementwise chunk size (``_stream_gradients.CHUNK_BYTES``) for one test."""
-    if request.param is not None:
-        monkeypatch.setattr(_stream_gradients, "CHUNK_BYTES", request.param)
-    return request.param
 
 
 def _mi_inputs(b: int, s: int, e: int, seed: int, dtype: torch.dtype = torch.float64):
@@ -60,9 +48,7 @@ def _value_and_grads(fn, inputs):
 
 @pytest.mark.parametrize("granularity", ["sequence", "token"])
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_mutual_information_does_not_depend_on_block_size(
-    granularity, symmetric, chunk_bytes
-) -> None:
+def test_mutual_information_does_not_depend_on_block_size(granularity, symmetric) -> None:
     b, s, e = 8, 5, 3
     inputs = _mi_inputs(b, s, e, seed=1)
     mask = _mask(b, s, seed=2)
@@ -91,7 +77,7 @@ def test_mutual_information_does_not_depend_on_block_size(
 
 
 @pytest.mark.parametrize("granularity", ["sequence", "token"])
-def test_mixture_entropy_does_not_depend_on_block_size(granularity, chunk_bytes) -> None:
+def test_mixture_entropy_does_not_depend_on_block_size(granularity) -> None:
     inputs = _mi_inputs(6, 4, 3, seed=3)
     means, stds, clean, _ = inputs
     queries = torch.randn(7, 4, 3, dtype=torch.float64, requires_grad=True)
@@ -305,33 +291,3 @@ def test_compile_fullgraph_without_validation() -> None:
     ):
         torch.testing.assert_close(got, want)
     torch._dynamo.reset()
-
-
-@pytest.mark.parametrize("functional", [False, True])
-def test_accumulator_sums_blocks_of_rows_and_positions(functional) -> None:
-    """The kernel's gradient buffers: pieces copied where first written, added afterwards,
-    zero where nothing was written (in place); whole positions only out of place."""
-    from mi_losses.functional._accumulators import Accumulator
-
-    g = torch.Generator().manual_seed(0)
-    for trial in range(300):
-        n, s = (
-            int(torch.randint(0, 9, (1,), generator=g)),
-            int(torch.randint(1, 5, (1,), generator=g)),
-        )
-        cuts = sorted({0, s, *torch.randint(1, s, (2,), generator=g).tolist()}) if s > 1 else [0, s]
-        chunks = list(itertools.pairwise(cuts))
-        if functional:
-            chunks = [(0, s)]
-        accumulator = Accumulator(torch.zeros(n, s, 2), torch.float64, functional)
-        expected = torch.zeros(n, s, 2, dtype=torch.float64)
-        for _ in range(int(torch.randint(0, 6, (1,), generator=g))):
-            start = int(torch.randint(0, n + 1, (1,), generator=g))
-            stop = int(torch.randint(start, n + 1, (1,), generator=g))
-            p0, p1 = chunks[int(torch.randint(0, len(chunks), (1,), generator=g))]
-            piece = torch.randn(stop - start, p1 - p0, 2, generator=g, dtype=torch.float64)
-            accumulator.add(start, piece, None if functional else (p0, p1))
-            expected[start:stop, p0:p1] += piece
-        torch.testing.assert_close(
-            accumulator.result(), expected, rtol=0, atol=1e-12, msg=str(trial)
-        )

@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
+from mi_losses.kernels.factors import HALF_LOG_TWO_PI, exp_normal
+from mi_losses.kernels.factors import ranges as chunk_bounds
 
 
 class Vocabulary(NamedTuple):
@@ -81,19 +82,6 @@ def chunk_scores(
     return features @ right.T + (log_weight - 0.5 * (weighted * centres).sum(-1))
 
 
-def exp_normal(shifted: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
-    """``exp`` of ``shifted <= 0`` with results below the smallest normal number set to ``0``.
-
-    Most entries of a chunk are far below its maximum; their ``exp`` underflows to subnormal
-    numbers, which CPUs compute many times slower. Dropping them changes nothing visible (they
-    are below ``torch.finfo(dtype).tiny`` relative to the largest term).
-    """
-    cutoff = math.log(torch.finfo(shifted.dtype).tiny)
-    if inplace:
-        return shifted.masked_fill_(shifted < cutoff, -math.inf).exp_()
-    return shifted.masked_fill(shifted < cutoff, -math.inf).exp()
-
-
 def chunk_log_sum_exp(scores: torch.Tensor) -> torch.Tensor:
     """``logsumexp`` over the rows of a chunk's ``(N, C)`` scores, in place (no autograd)."""
     peak = scores.amax(1, keepdim=True)
@@ -112,11 +100,6 @@ def centre_of(queries: torch.Tensor) -> torch.Tensor:
         if queries.shape[0] == 0:
             return queries.new_zeros(queries.shape[1:])
         return queries.mean(0)
-
-
-def chunk_bounds(size: int, chunk_size: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` of every chunk of ``range(size)``."""
-    return [(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)]
 
 
 def known_prior_terms(

@@ -1,0 +1,15 @@
+"""The pairwise kernel: a per-query log-sum-exp of quadratic pair scores, three ways to run it.
+
+- :mod:`~mi_losses.kernels.factors`: the scores as one matrix product of per-sample factors.
+- :mod:`~mi_losses.kernels.reference`: plain PyTorch, all scores at once, autograd throughout.
+- :mod:`~mi_losses.kernels.streaming`: blocks with a running log-sum-exp, linear memory.
+- :mod:`~mi_losses.kernels.triton`: the same blocks as fused Triton kernels (CUDA).
+- :mod:`~mi_losses.kernels.accuracy`: the float64 fallback around any of them.
+- :mod:`~mi_losses.kernels.dispatch`: which path runs a call (``KernelOptions.kernel``).
+- :mod:`~mi_losses.kernels.vocabulary`: the chunked scores against a vocabulary table.
+"""
+
+from mi_losses.kernels.dispatch import Plan, Stream, choose, make_plan, stream
+from mi_losses.kernels.factors import HALF_LOG_TWO_PI
+
+__all__ = ["HALF_LOG_TWO_PI", "Plan", "Stream", "choose", "make_plan", "stream"]

@@ -1,0 +1,134 @@
+"""The kernel's entry: a plan per call, the choice of path, the results per query."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from typing import NamedTuple
+
+import torch
+
+from mi_losses.kernels.accuracy import accurate
+from mi_losses.kernels.reference import Result, reference
+from mi_losses.kernels.streaming import Blocks, StreamingLogSumExp, TorchBlocks
+from mi_losses.options import KernelOptions
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What to compute, fixed for one call (Python values only).
+
+    Attributes:
+        directions: ``(q0, q1, c0, c1)`` per direction: queries are rows ``[q0, q1)`` of the
+            query tensors, components rows ``[c0, c1)`` of the component tensors.
+        with_own: queries carry their own term (mutual information); rows ``[q0, q1)`` of the
+            component tensors are then the queries' own clean embeddings, means and stds.
+        dtype: compute dtype.
+        options: the path, the block budget and the rounding check.
+    """
+
+    directions: tuple[tuple[int, int, int, int], ...]
+    with_own: bool
+    dtype: torch.dtype
+    options: KernelOptions
+
+
+def make_plan(
+    directions: list[tuple[int, int, int, int]],
+    with_own: bool,
+    dtype: torch.dtype,
+    options: KernelOptions,
+) -> Plan:
+    """The kernel's plan for one call."""
+    return Plan(tuple(directions), with_own, dtype, options)
+
+
+class Stream(NamedTuple):
+    """Per-query results of the kernel (all directions concatenated).
+
+    Attributes:
+        log_sum_exp: ``logsumexp_{j in V_i} z_ij``, ``-inf`` where ``V_i`` is empty; with grad.
+        weighted_score: ``sum_j w_ij z_ij`` (``w`` the softmax over ``V_i``), detached.
+        weighted_own: ``sum_j w_ij sum_{s in P(i,j)} q_is``, detached.
+        weighted_constants: ``sum_j w_ij sum_{s in P(i,j)} p_js``, detached.
+        num_valid: ``|V_i|`` in the compute dtype, detached.
+    """
+
+    log_sum_exp: torch.Tensor
+    weighted_score: torch.Tensor
+    weighted_own: torch.Tensor
+    weighted_constants: torch.Tensor
+    num_valid: torch.Tensor
+
+
+def _transformed(tensors: tuple[torch.Tensor, ...]) -> bool:
+    """Whether a ``torch.func`` transform wraps any of ``tensors`` (not asked under compile)."""
+    if torch.compiler.is_compiling():
+        return False
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+def triton_unavailable(device: torch.device) -> str | None:
+    """Why the Triton path cannot run on ``device`` (``None`` when it can)."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"its kernels need CUDA tensors (got {device.type}; TRITON_INTERPRET=1 runs them on the CPU)"
+    return None
+
+
+def choose(plan: Plan, tensors: tuple[torch.Tensor, ...]) -> str:
+    """The path of one call: ``"reference"``, ``"streaming"`` or ``"triton"``.
+
+    ``"auto"`` takes the reference path when all scores (about four ``(M, N)`` matrices) fit
+    the block budget or under ``torch.func``; else Triton on CUDA when it imports; else
+    streaming. An explicit choice that cannot run raises ``ValueError``.
+    """
+    kernel, device = plan.options.kernel, tensors[0].device
+    if kernel == "auto":
+        pairs = sum((q1 - q0) * (c1 - c0) for q0, q1, c0, c1 in plan.directions)
+        itemsize = torch.finfo(plan.dtype).bits // 8
+        if _transformed(tensors) or 4 * pairs * itemsize <= plan.options.max_block_bytes:
+            return "reference"
+        if device.type == "cuda" and triton_unavailable(device) is None:
+            return "triton"
+        return "streaming"
+    if kernel != "reference" and _transformed(tensors):
+        raise ValueError(
+            f"kernel={kernel!r} cannot run under torch.func transforms (its backward pass is a "
+            "custom autograd.Function); use kernel='reference' or 'auto'"
+        )
+    if kernel == "triton" and (why := triton_unavailable(device)) is not None:
+        raise ValueError(f"kernel='triton' cannot run: {why}")
+    return kernel
+
+
+def stream(
+    queries: torch.Tensor,
+    clean: torch.Tensor,
+    means: torch.Tensor,
+    stds: torch.Tensor,
+    query_mask: torch.Tensor,
+    component_mask: torch.Tensor,
+    plan: Plan,
+) -> Stream:
+    """Run the kernel; inputs ``(rows, S, E)`` in any float dtype, masks ``(rows, S)`` bool."""
+    inputs = (queries, clean, means, stds, query_mask, component_mask)
+    path = choose(plan, inputs)
+    check = plan.options.accuracy_check and not torch.compiler.is_compiling()
+
+    def run(check: bool) -> Result:
+        if path == "reference":
+            return reference(inputs, plan.directions, plan.with_own, plan.dtype, check)
+        if path == "triton":
+            from mi_losses.kernels.triton import TritonBlocks
+
+            blocks: Blocks = TritonBlocks()
+        else:
+            blocks = TorchBlocks()
+        return Result(*StreamingLogSumExp.apply(*inputs, plan, blocks, check))  # type: ignore[no-untyped-call]
+
+    result = accurate(run, inputs, plan.directions, plan.with_own, check)
+    log_sum_exp, stats = result.log_sum_exp.to(plan.dtype), result.stats.to(plan.dtype)
+    return Stream(log_sum_exp, stats[0], stats[1], stats[2], stats[3])

@@ -1,0 +1,254 @@
+"""Every path of the kernel equals the reference path, and the reference path equals a direct
+float64 evaluation: values, statistics and every gradient, on every mask and flag.
+
+The Triton path's cases are in ``triton_cases.py``: :func:`test_triton_under_the_interpreter`
+runs them in a subprocess with ``TRITON_INTERPRET=1`` (read when ``triton`` is first imported).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+from mi_losses.kernels import Plan, make_plan, stream
+from mi_losses.kernels.dispatch import choose
+from mi_losses.options import KernelOptions
+
+# (granularity, own term, two directions, masks, gathered component rows)
+MATRIX = list(
+    itertools.product(
+        ["sequence", "token"], [True, False], [False, True], ["none", "random"], [0, 3]
+    )
+)
+
+
+def _inputs(rows: int, s: int, e: int, extra: int, seed: int, dtype: torch.dtype, scale=1.0):
+    """Queries ``(rows, S, E)``; components (and own terms) ``(rows + extra, S, E)``."""
+    g = torch.Generator().manual_seed(seed)
+    n = rows + extra
+    clean = (torch.randn(n, s, e, generator=g, dtype=torch.float64) + 2.0) * scale
+    means = 0.1 * torch.randn(n, s, e, generator=g, dtype=torch.float64) * scale
+    stds = (0.5 + torch.rand(n, s, e, generator=g, dtype=torch.float64)) * scale
+    noisy = (
+        clean[:rows]
+        + means[:rows]
+        + stds[:rows] * torch.randn(rows, s, e, generator=g, dtype=torch.float64)
+    )
+    return [t.to(dtype).requires_grad_() for t in (noisy, clean, means, stds)]
+
+
+def _masks(rows: int, n: int, s: int, pattern: str, seed: int):
+    if pattern == "none":
+        return torch.ones(rows, s, dtype=torch.bool), torch.ones(n, s, dtype=torch.bool)
+    g = torch.Generator().manual_seed(seed)
+    query_mask = torch.rand(rows, s, generator=g) < 0.6
+    component_mask = torch.rand(n, s, generator=g) < 0.6
+    query_mask[0] = False  # a query without positions
+    component_mask[-1] = False  # a component without positions
+    return query_mask, component_mask
+
+
+def _problem(granularity, with_own, symmetric, pattern, extra, dtype=torch.float64, size=(8, 3, 4)):
+    """Token granularity: every token a sample (masks on ``(rows, 1)``)."""
+    (rows, s, e), seed = size, 0
+    if granularity == "token":
+        rows, s, extra = rows * s, 1, extra * s
+    tensors = _inputs(rows, s, e, extra, seed, dtype)
+    masks = _masks(rows, rows + extra, s, pattern, seed + 1)
+    half = rows // 2
+    directions = [(0, half, half, rows + extra)]
+    if symmetric:
+        directions.append((half, rows, 0, half))
+    return tensors, masks, directions
+
+
+def _run(tensors, masks, directions, with_own, options: KernelOptions, dtype=None):
+    dtype = dtype or torch.promote_types(tensors[0].dtype, torch.float32)
+    plan = make_plan(directions, with_own, dtype, options)
+    result = stream(*tensors, *masks, plan)
+    lse = result.log_sum_exp
+    # A weighted sum of the finite values: every query's gradient is tested.
+    weights = torch.linspace(0.5, 1.5, lse.shape[0], dtype=lse.dtype)
+    total = torch.where(torch.isfinite(lse), lse, 0.0) @ weights
+    grads = torch.autograd.grad(total, tensors, allow_unused=True)
+    return [t.detach() for t in result], [
+        torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors, strict=True)
+    ]
+
+
+def _naive(tensors, masks, directions, with_own):
+    """``logsumexp_{j in V_i} z_ij`` in float64 by broadcasting (docs/math.md, slow, obvious)."""
+    noisy, clean, means, stds = (t.detach().double() for t in tensors)
+    query_mask, component_mask = masks
+    out = []
+    for q0, q1, c0, c1 in directions:
+        a, b = query_mask[q0:q1, None, :], component_mask[None, c0:c1, :]
+        pair = (a & b).unsqueeze(-1)  # (m, n, S, 1)
+        y, sigma = noisy[q0:q1, None], stds[None, c0:c1]
+        # (y - x) - mu: y - (x + mu) would round mu away far from the origin, even in float64.
+        difference = (y - clean[None, c0:c1]) - means[None, c0:c1]
+        terms = 0.5 * (difference / sigma) ** 2 + sigma.log() + 0.5 * math.log(2 * math.pi)
+        if with_own:
+            own = (y - clean[q0:q1, None]) - means[q0:q1, None]
+            own_s = stds[q0:q1, None]
+            terms = terms - 0.5 * (own / own_s) ** 2 - own_s.log() - 0.5 * math.log(2 * math.pi)
+        z = -torch.where(pair, terms, 0.0).sum((-1, -2))
+        valid = pair.any(-1).any(-1)
+        out.append(torch.logsumexp(torch.where(valid, z, -math.inf), -1))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize(("granularity", "with_own", "symmetric", "pattern", "extra"), MATRIX)
+def test_reference_equals_direct_float64(granularity, with_own, symmetric, pattern, extra) -> None:
+    tensors, masks, directions = _problem(granularity, with_own, symmetric, pattern, extra)
+    (lse, *_), _ = _run(tensors, masks, directions, with_own, KernelOptions(kernel="reference"))
+    torch.testing.assert_close(lse, _naive(tensors, masks, directions, with_own))
+
+
+@pytest.mark.parametrize("budget", [1, 700, 2**30])
+@pytest.mark.parametrize(("granularity", "with_own", "symmetric", "pattern", "extra"), MATRIX)
+def test_streaming_equals_reference(
+    granularity, with_own, symmetric, pattern, extra, budget
+) -> None:
+    tensors, masks, directions = _problem(granularity, with_own, symmetric, pattern, extra)
+    expected = _run(tensors, masks, directions, with_own, KernelOptions(kernel="reference"))
+    options = KernelOptions(kernel="streaming", max_block_bytes=budget)
+    got = _run(tensors, masks, directions, with_own, options)
+    for value, want in zip([*got[0], *got[1]], [*expected[0], *expected[1]], strict=True):
+        torch.testing.assert_close(value, want)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "granularity", "with_own"),
+    [
+        ("reference", "sequence", True),
+        ("reference", "token", False),
+        pytest.param("streaming", "sequence", True, marks=pytest.mark.slow),
+    ],
+)
+def test_gradcheck_and_gradgradcheck(kernel, granularity, with_own) -> None:
+    tensors, masks, directions = _problem(granularity, with_own, True, "random", 0)
+    plan = make_plan(
+        directions, with_own, torch.float64, KernelOptions(kernel=kernel, max_block_bytes=500)
+    )
+
+    def fn(*tensors):
+        lse = stream(*tensors, *masks, plan).log_sum_exp
+        return torch.where(torch.isfinite(lse), lse, 0.0)
+
+    assert gradcheck(fn, tuple(tensors))
+    assert gradgradcheck(fn, tuple(tensors))
+
+
+@pytest.mark.parametrize("kernel", ["reference", "streaming"])
+@pytest.mark.parametrize("offset", [1e4, 1e8])
+def test_rounding_check_falls_back_to_float64(kernel, offset) -> None:
+    """Data ``offset`` stds from the origin and near-duplicates: float32 inputs, exact result."""
+    tensors = _inputs(8, 3, 4, 0, seed=7, dtype=torch.float64)
+    noisy, clean, means, stds = (t.detach() for t in tensors)
+    clean = clean + offset
+    noisy = clean + means + 1e-3 * stds  # near-duplicates of their own centres
+    noisy[1] = clean[5] + means[5]  # and of another component
+    tensors = [t.float().requires_grad_() for t in (noisy, clean, means, stds)]
+    masks = _masks(8, 8, 3, "random", 3)
+    options = KernelOptions(kernel=kernel, max_block_bytes=300)
+    (lse, *_), _ = _run(tensors, masks, [(0, 4, 4, 8), (4, 8, 0, 4)], True, options)
+    expected = _naive(tensors, masks, [(0, 4, 4, 8), (4, 8, 0, 4)], True)
+    torch.testing.assert_close(lse.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_padding_never_read_on_every_path() -> None:
+    tensors, masks, directions = _problem("sequence", True, True, "random", 0)
+    for kernel in ["reference", "streaming"]:
+        options = KernelOptions(kernel=kernel, max_block_bytes=500)
+        clean_run = _run(tensors, masks, directions, True, options)
+        poisoned = []
+        for t in tensors:
+            t = t.detach().clone()
+            inactive = ~(masks[0] | masks[1]) if t.shape[0] == masks[1].shape[0] else ~masks[0]
+            t[inactive] = math.nan
+            poisoned.append(t.requires_grad_())
+        dirty_run = _run(poisoned, masks, directions, True, options)
+        for value, want in zip(
+            [*dirty_run[0], *dirty_run[1]], [*clean_run[0], *clean_run[1]], strict=True
+        ):
+            torch.testing.assert_close(value, want)
+
+
+def test_empty_axes() -> None:
+    for rows, s, e in [(0, 3, 4), (8, 0, 4), (8, 3, 0)]:
+        tensors = [
+            torch.ones(rows, s, e, dtype=torch.float64, requires_grad=True) for _ in range(4)
+        ]
+        masks = (torch.ones(rows, s, dtype=torch.bool), torch.ones(rows, s, dtype=torch.bool))
+        half = rows // 2
+        for kernel in ["reference", "streaming"]:
+            result, grads = _run(
+                tensors, masks, [(0, half, half, rows)], True, KernelOptions(kernel=kernel)
+            )
+            assert result[0].shape == (half,)
+            assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
+def test_choice_of_path(monkeypatch) -> None:
+    tensors, masks, directions = _problem("token", True, False, "none", 0)
+    inputs = (*tensors, *masks)
+
+    def plan(kernel, budget=2**20) -> Plan:
+        return make_plan(
+            directions, True, torch.float64, KernelOptions(kernel=kernel, max_block_bytes=budget)
+        )
+
+    assert choose(plan("auto"), inputs) == "reference"
+    assert choose(plan("auto", budget=100), inputs) == "streaming"  # scores over the budget, CPU
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match=r"kernel='triton' cannot run: .*CUDA"):
+        choose(plan("triton"), inputs)
+
+    def under_transform(kernel):
+        def fn(noisy):
+            return stream(noisy, *tensors[1:], *masks, plan(kernel, budget=100)).log_sum_exp.sum()
+
+        return torch.func.grad(fn)(tensors[0].detach())
+
+    reference = stream(*tensors, *masks, plan("reference")).log_sum_exp.sum()
+    torch.testing.assert_close(
+        under_transform("auto"), torch.autograd.grad(reference, tensors[0])[0]
+    )
+    with pytest.raises(ValueError, match=r"torch\.func"):
+        under_transform("streaming")
+
+
+@pytest.mark.slow
+def test_triton_under_the_interpreter() -> None:
+    """The Triton path equals the reference path (``triton_cases.py``, kernels interpreted)."""
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    cases = Path(__file__).with_name("triton_cases.py")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(cases)]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+@pytest.mark.parametrize("kernel", ["reference", "streaming"])
+@pytest.mark.parametrize("offset", [1e10, 1e20, 1e30])
+def test_mixture_entropy_far_from_the_origin(kernel, offset) -> None:
+    """Queries and components of a mixture entropy (no own term) at a common ``offset`` in
+    float32 give the float64 evaluation of the same (rounded) inputs."""
+    tensors = _inputs(8, 3, 4, 0, seed=11, dtype=torch.float64)
+    noisy, clean, means, stds = (t.detach() for t in tensors)
+    tensors = [t.float().requires_grad_() for t in (noisy + offset, clean + offset, means, stds)]
+    masks = _masks(8, 8, 3, "random", 12)
+    options = KernelOptions(kernel=kernel, max_block_bytes=300)
+    (lse, *_), _ = _run(tensors, masks, [(0, 8, 0, 8)], False, options)
+    expected = _naive(tensors, masks, [(0, 8, 0, 8)], False)
+    torch.testing.assert_close(lse.double(), expected, rtol=1e-5, atol=1e-4)
