@@ -42,7 +42,7 @@ def test_readme_is_short_and_gives_the_ci_command_first() -> None:
     ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     commands = [line.strip() for line in text.splitlines()[:15] if line.startswith("    ")]
     assert commands[1] == ci_command, "the README's test command must be what .ci/run runs"
-    assert "mi-losses-minilm fit --config configs/minilm/fit.yaml" in commands[0]
+    assert "mi-losses-hf fit --config configs/hf/minilm.yaml" in commands[0]
     assert not re.search(r"\bcommit [0-9a-f]{7}", text), "no development history in the README"
 
 
