@@ -26,6 +26,8 @@ from mi_losses.functional._distributed import gather_components
 from tests import reference
 from tests.distributed_worker import CASES, NAMES, make_inputs, worker
 
+pytestmark = pytest.mark.slow  # a real model, or several processes
+
 TIMEOUT_S = 120.0
 
 
