@@ -36,6 +36,7 @@ def _read_csv(path: Path) -> tuple[str, list[dict[str, str]]]:
     return lines[0], list(csv.DictReader(lines[1:]))
 
 
+@pytest.mark.slow
 def test_tiny_grid_writes_tables_and_naive_agrees_with_library(
     bench: ModuleType, tmp_path: Path
 ) -> None:
@@ -70,6 +71,7 @@ def test_tiny_grid_writes_tables_and_naive_agrees_with_library(
     assert markdown.count("\n| sequence ") == 2 and markdown.count("\n| token ") == 2
 
 
+@pytest.mark.slow
 def test_naive_is_skipped_over_budget_and_the_row_says_so(
     bench: ModuleType, tmp_path: Path
 ) -> None:
@@ -87,6 +89,7 @@ def test_naive_is_skipped_over_budget_and_the_row_says_so(
     assert "naive skipped: would need" in (tmp_path / "results_cpu.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_failing_compile_is_reported_in_the_row(
     bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from mi_losses.apps.calibrate import (
@@ -43,6 +44,7 @@ def test_exact_1d_integral_of_two_far_points_is_the_prior_entropy() -> None:
     assert math.isclose(exact, float(-(prior * prior.log()).sum()), rel_tol=1e-6)
 
 
+@pytest.mark.slow
 def test_tiny_grid_writes_table_csv_and_plot(tmp_path, capsys) -> None:
     summary = calibrate(
         out=tmp_path,

@@ -40,6 +40,7 @@ def test_the_configs_are_there() -> None:
     assert {p.name for p in CONFIGS} >= {"demo.yaml", "swap_loss.yaml"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_runs_with_fast_dev_run(config: Path, tmp_path: Path) -> None:
     cli = run(
@@ -76,6 +77,7 @@ def test_swap_config_swaps_the_loss_options() -> None:
     )
 
 
+@pytest.mark.slow
 def test_demo_logs_every_component_per_step_and_writes_summary(tmp_path: Path) -> None:
     cli = run(
         [
@@ -128,6 +130,7 @@ def test_callback_help_shows_the_docstrings(capsys: pytest.CaptureFixture[str]) 
     assert "attribute path of the loss module" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -276,6 +279,7 @@ def _bar(cli: object) -> StepProgressBar:
     return bars[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("rich") is None, reason="needs the optional extra 'cli' (rich)"
 )
@@ -300,6 +304,7 @@ def test_progress_bar_counts_steps_of_max_steps_with_short_values(tmp_path: Path
     assert all(isinstance(value, float) for value in shown.values())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("rich") is None, reason="needs the optional extra 'cli' (rich)"
 )

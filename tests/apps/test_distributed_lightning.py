@@ -28,6 +28,8 @@ from mi_losses.apps.cli import run
 from mi_losses.apps.demo.task import ObfuscationTask
 from mi_losses.callbacks import ComponentLossLogger
 
+pytestmark = pytest.mark.slow  # a real model, or several processes
+
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 3
 TIMEOUT_S = 240

@@ -29,6 +29,8 @@ from mi_losses.apps.minilm.model import MiniLMEncoder, load_tokenizer  # noqa: E
 from mi_losses.apps.minilm.report import COLUMNS  # noqa: E402
 from mi_losses.functional import token_prior  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a real model, or several processes
+
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "minilm" / "fit.yaml"
 TEXTS = [
     "The if statement is used for conditional execution.",

@@ -98,6 +98,7 @@ def test_upper_is_the_sub_batch_estimate_and_losses_get_both(granularity, symmet
     assert bounds.lower <= bounds.upper
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("granularity", ["sequence", "token"])
 def test_second_derivatives(granularity) -> None:
     inputs = _inputs(4, 2, 2, seed=5)

@@ -27,6 +27,8 @@ from mi_losses.options import GatherOptions
 from tests import reference
 from tests.distributed_worker import CASES, NAMES, make_inputs, worker
 
+pytestmark = pytest.mark.slow  # a real model, or several processes
+
 TIMEOUT_S = 120.0
 
 

@@ -78,6 +78,7 @@ def test_second_derivatives_match_float64_reference(
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("entry", "variant"), entry_variants())
 def test_gradgradcheck(entry: Entry, variant: Variant, device: torch.device) -> None:
     """Second derivatives against finite differences of the first (float64). ``fast_mode``

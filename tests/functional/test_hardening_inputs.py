@@ -137,6 +137,7 @@ def test_non_positive_stds_at_active_positions(
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fresh_dynamo")
 @pytest.mark.parametrize("entry", entries())
 def test_compile_fullgraph(entry: Entry, device: torch.device) -> None:

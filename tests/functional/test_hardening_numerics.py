@@ -60,7 +60,13 @@ def _padding_params() -> list:  # type: ignore[type-arg]
     return params
 
 
-@pytest.mark.parametrize("fill", list(FILLS))
+FAST_FILLS = ("nan", "1e30")
+"""Fills of the quick run (``-m "not slow"``): NaN spreads through any read, 1e30 overflows."""
+
+
+@pytest.mark.parametrize(
+    "fill", [pytest.param(f, marks=() if f in FAST_FILLS else pytest.mark.slow) for f in FILLS]
+)
 @pytest.mark.parametrize(("entry", "variant", "name"), _padding_params())
 def test_padding_is_never_read(
     entry: Entry,

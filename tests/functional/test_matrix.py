@@ -121,6 +121,7 @@ def test_module_equals_functional(
     torch.testing.assert_close(entry.module(case), entry.evaluate(case)["value"], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("entry", "variant"), entry_variants())
 def test_gradcheck(entry: Entry, variant: Variant, device: torch.device) -> None:
     """First derivatives against finite differences (float64)."""
@@ -157,6 +158,7 @@ def test_half_precision(
         assert bool(torch.isfinite(grad).all()), f"gradient of {name} is not finite"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fresh_dynamo")
 @pytest.mark.parametrize(
     ("entry", "variant"), entry_variants(lambda e, v: v.id == e.key_variants[0])
@@ -171,6 +173,7 @@ def test_compile_matches_eager(entry: Entry, variant: Variant, device: torch.dev
     )
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fresh_dynamo")
 def test_inductor_forward_matches_eager() -> None:
     """One case through the default (inductor) backend, forward only (it compiles C++)."""

@@ -143,6 +143,7 @@ def test_gaussian_channel_grid_brackets_the_empirical_channel_mi(dim, snr, batch
     assert float(bounds.upper) <= math.log(batch) + 1e-9
 
 
+@pytest.mark.slow
 def test_gradcheck_and_gradgradcheck() -> None:
     inputs = make_inputs(4, 2, 2, seed=5, requires_grad=True)
     mask = make_mask("random", 4, 2, seed=2)

@@ -99,6 +99,7 @@ def test_prior_gradient_matches_brute_force() -> None:
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_gradcheck_and_gradgradcheck() -> None:
     c = make_channel(2, v=5, e=2, b=2, s=3, zero_rows=(1,))
     positive = make_channel(2, v=5, e=2, b=2, s=3, zero_rows=())["prior"]

@@ -46,6 +46,7 @@ def _value_and_grads(fn, inputs):
     return value.detach(), [None if g is None else g.detach() for g in grads]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("granularity", ["sequence", "token"])
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_mutual_information_does_not_depend_on_block_size(granularity, symmetric) -> None:
@@ -76,6 +77,7 @@ def test_mutual_information_does_not_depend_on_block_size(granularity, symmetric
             torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("granularity", ["sequence", "token"])
 def test_mixture_entropy_does_not_depend_on_block_size(granularity) -> None:
     inputs = _mi_inputs(6, 4, 3, seed=3)
@@ -107,6 +109,7 @@ def test_mixture_entropy_does_not_depend_on_block_size(granularity) -> None:
 MI_FLAGS = list(itertools.product(["sequence", "token"], [False, True], [False, True]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("granularity", "combine", "symmetric"), MI_FLAGS)
 def test_mutual_information_second_derivatives(granularity, combine, symmetric) -> None:
     inputs = _mi_inputs(4, 2, 2, seed=6)
@@ -132,6 +135,7 @@ def test_mutual_information_second_derivatives(granularity, combine, symmetric) 
     assert gradgradcheck(fn, inputs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("granularity", ["sequence", "token"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_mixture_entropy_second_derivatives(granularity, masked) -> None:
@@ -270,6 +274,7 @@ def test_mixture_entropy_without_components_is_zero() -> None:
     assert torch.equal(grad, torch.zeros_like(queries))
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_without_validation() -> None:
     torch._dynamo.reset()
     means, stds, clean, noisy = _mi_inputs(4, 3, 2, seed=19, dtype=torch.float32)

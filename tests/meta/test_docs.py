@@ -52,6 +52,7 @@ def test_readme_links_point_to_files() -> None:
             assert (ROOT / target).exists(), f"README links to a missing file: {target}"
 
 
+@pytest.mark.slow
 def test_readme_quickstart_runs(tmp_path: Path) -> None:
     (code,) = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
     script = tmp_path / "quickstart.py"

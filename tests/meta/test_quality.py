@@ -38,5 +38,6 @@ def test_ruff_format() -> None:
     _run("ruff", "format", "--check", ".")
 
 
+@pytest.mark.slow
 def test_mypy_strict_on_the_library() -> None:
     _run("mypy")

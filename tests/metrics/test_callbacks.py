@@ -350,6 +350,7 @@ needs_rich = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 @needs_rich
 @pytest.mark.parametrize("bar_kind", ["StepProgressBar", "RichProgressBar"])
 def test_the_live_bar_stops_before_the_summary_is_printed(
@@ -386,6 +387,7 @@ def test_the_live_bar_stops_before_the_summary_is_printed(
     assert live_when_printed == [False]
 
 
+@pytest.mark.slow
 def test_every_plot_has_axis_labels_with_units(tmp_path: Path) -> None:
     from mi_losses.callbacks.summary import _figure
 
@@ -415,6 +417,7 @@ def test_every_plot_has_axis_labels_with_units(tmp_path: Path) -> None:
         assert axis.get_ylabel().startswith("value (") and axis.get_ylabel().endswith(")")
 
 
+@pytest.mark.slow
 @needs_rich
 def test_example_bar_counts_epochs_from_one_with_readable_labels(
     monkeypatch: pytest.MonkeyPatch,

@@ -148,6 +148,7 @@ def _distributed_worker(rank: int, world_size: int, init_file: str, queue) -> No
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_distributed_sync_gives_the_global_weighted_mean(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # Rank 0 sees steps 0 and 2, rank 1 sees step 1: different numbers of valid queries per rank.
