@@ -4,7 +4,7 @@ In the spirit of torchmetrics' ``MetricTester`` and kornia's ``BaseTester``: eve
 function of ``mi_losses.functional`` is described ONCE by an :class:`Entry` in
 ``tests/registry/`` (how to build its inputs, how to call it and its module, its float64
 reference from ``tests/reference.py``, which positions of which input are never read, its flags
-and masks). ``tests/test_matrix.py`` and ``tests/test_hardening*.py`` apply every check to every
+and masks). ``tests/functional/test_matrix.py`` and ``tests/functional/test_hardening*.py`` apply every check to every
 entry of ``tests.registry.REGISTRY``, on every device of ``tests/conftest.py``.
 
 To register a new function: add an ``Entry`` (one per public function) in a module of

@@ -8,7 +8,7 @@ this same matrix. Checks: values and components against the float64 reference of
 against the reference's autograd, module == functional, ``gradcheck``, ``torch.compile``
 equivalence (values and gradients), half precision (float16/bfloat16 computed in float32,
 returned in the input dtype), mixed devices rejected. The hardening checks of issue 9 (second
-derivatives, padding, scales, bad input...) are in ``tests/test_hardening_*.py``.
+derivatives, padding, scales, bad input...) are in ``tests/functional/test_hardening_*.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Numerics of MATH.md: the hard float32 regime, far-apart components, finiteness.
 
-gradcheck and half precision of every function are in ``tests/test_matrix.py``; scales,
-near-duplicates and padding in ``tests/test_hardening_numerics.py``.
+gradcheck and half precision of every function are in ``tests/functional/test_matrix.py``; scales,
+near-duplicates and padding in ``tests/functional/test_hardening_numerics.py``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Checks that apply to every public function (mask values, list masks, flags, NaN/inf and
 non-positive stds at active positions, mixed devices) live in the matrix
-(``tests/test_hardening_inputs.py``, ``tests/test_matrix.py``); this file keeps the
+(``tests/functional/test_hardening_inputs.py``, ``tests/functional/test_matrix.py``); this file keeps the
 function-specific ones (shapes, batch size, dtypes, granularity) and the checks of
 ``mi_losses._validation`` itself.
 """

@@ -1,9 +1,9 @@
 """The registry: one :class:`tests.harness.Entry` per public function of ``mi_losses.functional``.
 
-Every test of ``tests/test_matrix.py`` and ``tests/test_hardening*.py`` runs over
+Every test of ``tests/functional/test_matrix.py`` and ``tests/functional/test_hardening*.py`` runs over
 :data:`REGISTRY`. To register a new public function, write its ``Entry`` in a module of this
 package (see ``distances.py`` for the smallest example) and add it to ``REGISTRY`` below; the
-whole matrix then applies to it. ``tests/test_matrix.py::test_registry_covers_the_public_api``
+whole matrix then applies to it. ``tests/functional/test_matrix.py::test_registry_covers_the_public_api``
 fails while a public function is missing.
 """
 
