@@ -14,11 +14,13 @@ import torch
 
 from mi_losses.kernels.factors import (
     direct_scores,
-    direction,
     exp_normal,
     scores,
     sides,
     statistics,
+)
+from mi_losses.kernels.factors import (
+    directions as all_directions,
 )
 
 
@@ -44,8 +46,7 @@ def reference(
     """
     log_sum_exps, all_stats = [], []
     excess = inputs[0].new_full((), -math.inf, dtype=dtype)
-    for span in directions:
-        d = direction(inputs, span, with_own)
+    for d in all_directions(inputs, directions, with_own):
         s = sides(*d, dtype)
         block = scores(s, check or direct)
         if block.excess is not None and block.excess.numel():
