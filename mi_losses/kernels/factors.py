@@ -17,7 +17,9 @@ before any arithmetic whose derivative depends on them: they are never read.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -224,13 +226,40 @@ def direct_scores(
     return block.z.index_put((rows, cols), -(distance + constants))
 
 
-def direction(
-    inputs: tuple[torch.Tensor, ...], span: tuple[int, int, int, int], with_own: bool
-) -> Direction:
-    """The rows of one direction: queries ``[q0, q1)``, components ``[c0, c1)``; with an own
-    term, rows ``[q0, q1)`` of the component tensors are the queries' own ``(x, mu, sigma)``."""
+def directions(
+    inputs: tuple[torch.Tensor, ...], spans: tuple[tuple[int, int, int, int], ...], with_own: bool
+) -> list[Direction]:
+    """The rows of each direction: queries ``[q0, q1)``, components ``[c0, c1)``; with an own
+    term, rows ``[q0, q1)`` of the component tensors are the queries' own ``(x, mu, sigma)``.
+
+    Each input is split once at every boundary (one gradient buffer per input in the backward
+    pass, where slices would each allocate a full one)."""
     queries, clean, means, stds, query_mask, component_mask = inputs
-    q0, q1, c0, c1 = span
-    a, b = effective_masks(query_mask[q0:q1], component_mask[c0:c1])
-    own = (clean[q0:q1], means[q0:q1], stds[q0:q1]) if with_own else None
-    return queries[q0:q1], own, clean[c0:c1], means[c0:c1], stds[c0:c1], a, b
+    query_cuts = {q for span in spans for q in span[:2]}
+    component_cuts = {c for span in spans for c in span[2:]} | (query_cuts if with_own else set())
+    take_query = _rows(queries, query_cuts)
+    take_clean, take_means, take_stds = (_rows(t, component_cuts) for t in (clean, means, stds))
+    out: list[Direction] = []
+    for q0, q1, c0, c1 in spans:
+        a, b = effective_masks(query_mask[q0:q1], component_mask[c0:c1])
+        own = (take_clean(q0, q1), take_means(q0, q1), take_stds(q0, q1)) if with_own else None
+        comps = take_clean(c0, c1), take_means(c0, c1), take_stds(c0, c1)
+        out.append((take_query(q0, q1), own, *comps, a, b))
+    return out
+
+
+def _rows(tensor: torch.Tensor, cuts: set[int]) -> Callable[[int, int], torch.Tensor]:
+    bounds = sorted(cuts | {0, tensor.shape[0]})
+    pieces = (
+        torch.split(tensor, [b - a for a, b in itertools.pairwise(bounds)])
+        if len(bounds) > 2
+        else (tensor,)
+    )
+
+    def take(start: int, stop: int) -> torch.Tensor:
+        parts = [p for first, p in zip(bounds, pieces, strict=False) if start <= first < stop]
+        if stop <= start or not parts:
+            return tensor[start:stop]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    return take

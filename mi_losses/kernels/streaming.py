@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from mi_losses.kernels.factors import Sides, block_rows, direction, exp_normal, scores, sides
+from mi_losses.kernels.factors import Sides, block_rows, directions, exp_normal, scores, sides
 from mi_losses.kernels.reference import Result, reference
 
 
@@ -98,10 +98,8 @@ class StreamingLogSumExp(torch.autograd.Function):
         inputs = (queries, clean, means, stds, query_mask, component_mask)
         budget = plan.options.max_block_bytes
         results = [
-            blocks.forward(
-                sides(*direction(inputs, span, plan.with_own), plan.dtype), budget, check
-            )
-            for span in plan.directions
+            blocks.forward(sides(*d, plan.dtype), budget, check)
+            for d in directions(inputs, plan.directions, plan.with_own)
         ]
         excess = torch.stack([r.excess for r in results]).amax() if results else None
         return (
@@ -139,8 +137,9 @@ class StreamingLogSumExp(torch.autograd.Function):
                 ]
                 tensors = (*leaves, *inputs[4:])
                 factors, grad_factors, offset = [], [], 0
-                for span in plan.directions:
-                    s = sides(*direction(tensors, span, plan.with_own), plan.dtype)
+                parts = directions(tensors, plan.directions, plan.with_own)
+                for span, d in zip(plan.directions, parts, strict=True):
+                    s = sides(*d, plan.dtype, check=False)
                     m = span[1] - span[0]
                     rows = slice(offset, offset + m)
                     offset += m
