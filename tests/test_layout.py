@@ -20,7 +20,6 @@ OLD_NAMES = [
     ("mi_losses.losses._base", "MutualInformationLoss"),
     ("mi_losses.losses._base", "ComponentLossModule"),
     ("mi_losses.functional._validation", "as_bool_mask"),
-    ("mi_losses.minilm.attack", "nearest_token_ids"),
     ("mi_losses.callbacks", "TrainingSummary"),
     ("mi_losses.callbacks", "ComponentLossLogger"),
 ]
@@ -37,9 +36,9 @@ def test_old_paths_import_the_same_object(module: str, name: str) -> None:
 
 
 def test_old_package_path_is_the_new_module() -> None:
-    import mi_losses.minilm.attack as old
+    import mi_losses.minilm.evaluate as old
 
-    import mi_losses.apps.minilm.attack as new
+    import mi_losses.apps.minilm.evaluate as new
 
     assert old is new
 
