@@ -21,7 +21,7 @@ from mi_losses.losses import (
     SubBatchMutualInformation,
     VocabularyMutualInformation,
 )
-from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings
+from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings, SequenceGaussianNoiseLayer
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Reduction, Units
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ __all__ = [
     "NoisyEmbeddings",
     "ObfuscationTask",
     "Reduction",
+    "SequenceGaussianNoiseLayer",
     "SubBatchMutualInformation",
     "SyntheticEmbeddingDataModule",
     "TrainingSummary",

@@ -127,7 +127,7 @@ def test_callback_help_shows_the_docstrings(capsys: pytest.CaptureFixture[str]) 
     [
         (["--model.alpha", "1.5"], "ObfuscationTask: alpha must lie in [0, 1], got 1.5"),
         (["--data.batch_size", "63"], "batch_size must be even and at least 2"),
-        (["--model.init_std", "5.0"], "init_std must lie strictly between"),
+        (["--model.init_std", "5.0"], "0 < min_std <= init_std <= max_std"),
         (["--num_threads", "0"], "num_threads must be a positive integer or null, got 0"),
     ],
 )

@@ -266,8 +266,8 @@ def test_bad_inputs_name_the_argument(change, message: str) -> None:
 def test_noise_parameters_of_a_layer() -> None:
     torch.manual_seed(0)
     layer = GaussianNoiseLayer(embedding_dim=E, hidden_dim=8, init_std=0.3).double()
-    torch.nn.init.normal_(layer.mean_head.weight, std=0.5)
-    torch.nn.init.normal_(layer.std_head.weight, std=0.5)
+    torch.nn.init.normal_(layer.head.mean_head.weight, std=0.5)
+    torch.nn.init.normal_(layer.head.std_head.weight, std=0.5)
     table = torch.randn(V, E, dtype=torch.float64)
     state = torch.get_rng_state()
     means, stds = vocabulary_noise_parameters(layer, table, chunk_size=3)

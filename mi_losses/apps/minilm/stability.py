@@ -1,8 +1,9 @@
 """Why the learned mean was bistable: the shift's size under Adam, old head against the new one.
 
 Trains, from one seed and on the same batches, the sub-batch objective ``alpha * I + (1 - alpha)
-* (1 - cos)`` with (a) :class:`mi_losses.noise.GaussianNoiseLayer`, whose mean head is a
-zero-initialised ``Linear`` in absolute embedding units (the layer that collapsed), and (b)
+* (1 - cos)`` with (a) :class:`LinearMeanNoiseLayer`, the library's first ``GaussianNoiseLayer``, whose mean
+head is a zero-initialised ``Linear`` in absolute embedding units (the layer that collapsed; the
+library layer is now bounded), and (b)
 :class:`~mi_losses.apps.minilm.layer.LearnedTokenNoise`, whose mean is ``mean_scale * tanh(.)``.
 Prints, per block of ten steps, the utility loss, the mean std and ``|mu| / |x|``, the size of
 the shift relative to the token's own embedding.
@@ -22,7 +23,44 @@ from mi_losses.apps.minilm.layer import LearnedTokenNoise
 from mi_losses.apps.minilm.model import MiniLMEncoder
 from mi_losses.apps.minilm.task import utility_loss
 from mi_losses.losses import SubBatchMutualInformation
-from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings
+from mi_losses.noise import NoisyEmbeddings
+
+
+class LinearMeanNoiseLayer(torch.nn.Module):
+    """The library's first noise layer, kept here as the measured counterexample.
+
+    ``h = GELU(Linear(x))``, ``mu = Linear(h)`` (unbounded, zero-initialised) and
+    ``sigma = min_std + (max_std - min_std) * sigmoid(Linear(h))`` started at ``init_std``.
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        hidden_dim: int = 128,
+        min_std: float = 1e-3,
+        max_std: float = 2.0,
+        init_std: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.min_std, self.max_std = min_std, max_std
+        self.hidden = torch.nn.Sequential(
+            torch.nn.Linear(embedding_dim, hidden_dim), torch.nn.GELU()
+        )
+        self.mean_head = torch.nn.Linear(hidden_dim, embedding_dim)
+        self.std_head = torch.nn.Linear(hidden_dim, embedding_dim)
+        torch.nn.init.zeros_(self.mean_head.weight)
+        torch.nn.init.zeros_(self.mean_head.bias)
+        torch.nn.init.zeros_(self.std_head.weight)
+        fraction = (init_std - min_std) / (max_std - min_std)
+        torch.nn.init.constant_(self.std_head.bias, float(torch.logit(torch.tensor(fraction))))
+
+    def forward(self, embeddings: torch.Tensor, noise_mask: torch.Tensor) -> NoisyEmbeddings:
+        hidden = self.hidden(embeddings)
+        means = self.mean_head(hidden)
+        stds = self.min_std + (self.max_std - self.min_std) * torch.sigmoid(self.std_head(hidden))
+        noisy = embeddings + means + stds * torch.randn_like(embeddings)
+        noisy = torch.where(noise_mask.bool().unsqueeze(-1), noisy, embeddings)
+        return NoisyEmbeddings(noisy=noisy, means=means, stds=stds)
 
 
 def trajectory(
@@ -43,7 +81,7 @@ def trajectory(
     sizes = {"min_std": 1e-3, "max_std": 0.5, "init_std": 0.02}
     layer: torch.nn.Module
     if layer_kind == "linear":
-        layer = GaussianNoiseLayer(table.shape[1], hidden_dim=128, **sizes)
+        layer = LinearMeanNoiseLayer(table.shape[1], hidden_dim=128, **sizes)
     else:
         layer = LearnedTokenNoise(table.shape[1], hidden_dim=128, mean_scale=mean_scale, **sizes)  # type: ignore[arg-type]
     estimator = SubBatchMutualInformation(granularity="token")

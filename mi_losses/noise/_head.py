@@ -1,0 +1,112 @@
+"""The bounded Gaussian head both noise layers share, its option checks and the noise draw.
+
+``mu = mean_scale * tanh(Linear(h))`` and ``sigma = exp(clamp(log init_std + Linear(h), log
+min_std, log max_std))``, both linear maps zero-initialised (``mu = 0``, ``sigma = init_std`` at the
+start). This is the shape the MiniLM case study arrived at (docs/minilm.md, "Why the learned mean
+was bistable"): Adam moves a parameter by about the learning rate per step whatever its gradient,
+so an unbounded linear mean grows by ``lr`` per coordinate per step until the shift is as long as
+the token; ``tanh`` caps it at ``mean_scale`` per coordinate. A log-parametrised std changes by a
+ratio per step, so large stds stay reachable from a small ``init_std``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mi_losses.noise.output import NoisyEmbeddings
+
+
+def check_positive_int(owner: str, name: str, value: object) -> None:
+    """``ValueError`` naming ``owner.name`` unless ``value`` is an int ``>= 1``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+
+
+def check_head_options(
+    owner: str, min_std: float, max_std: float, init_std: float, mean_scale: float
+) -> None:
+    """The bounds of the head: ``0 < min_std <= init_std <= max_std``, finite ``mean_scale >= 0``."""
+    values = {
+        "min_std": min_std,
+        "max_std": max_std,
+        "init_std": init_std,
+        "mean_scale": mean_scale,
+    }
+    for name, value in values.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
+    if not 0 < min_std <= init_std <= max_std:
+        raise ValueError(
+            f"{owner}: the stds must satisfy 0 < min_std <= init_std <= max_std, got "
+            f"min_std={min_std}, init_std={init_std}, max_std={max_std}"
+        )
+    if mean_scale < 0:
+        raise ValueError(f"{owner}: mean_scale must be >= 0, got {mean_scale}")
+
+
+def check_inputs(
+    owner: str, embedding_dim: int, embeddings: torch.Tensor, mask: torch.Tensor | None, name: str
+) -> None:
+    """``embeddings`` ``(B, S, E)`` floating point, ``mask`` ``(B, S)`` or ``None``."""
+    if embeddings.ndim != 3 or embeddings.shape[-1] != embedding_dim:
+        raise ValueError(
+            f"{owner}: embeddings must have shape (B, S, {embedding_dim}), "
+            f"got {tuple(embeddings.shape)}"
+        )
+    if not embeddings.is_floating_point():
+        raise ValueError(f"{owner}: embeddings must be floating point, got {embeddings.dtype}")
+    if mask is not None and mask.shape != embeddings.shape[:2]:
+        raise ValueError(
+            f"{owner}: {name} must have shape {tuple(embeddings.shape[:2])} (B, S) like the "
+            f"embeddings, got {tuple(mask.shape)}"
+        )
+
+
+class GaussianHead(nn.Module):
+    """Features ``h`` ``(..., H)`` to a bounded mean shift and std, each ``(..., E)``."""
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        embedding_dim: int,
+        *,
+        min_std: float,
+        max_std: float,
+        init_std: float,
+        mean_scale: float,
+    ) -> None:
+        super().__init__()
+        self.mean_scale = float(mean_scale)
+        self.log_min, self.log_max = math.log(min_std), math.log(max_std)
+        self.log_init = math.log(init_std)
+        self.mean_head = nn.Linear(hidden_dim, embedding_dim)
+        self.std_head = nn.Linear(hidden_dim, embedding_dim)
+        for head in (self.mean_head, self.std_head):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        self.mean_head.requires_grad_(mean_scale > 0)
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        means = self.mean_scale * torch.tanh(self.mean_head(hidden))
+        log_stds = torch.clamp(self.log_init + self.std_head(hidden), self.log_min, self.log_max)
+        return means, torch.exp(log_stds)
+
+
+def draw_noise(
+    clean: torch.Tensor,
+    means: torch.Tensor,
+    stds: torch.Tensor,
+    noise_mask: torch.Tensor | None,
+) -> NoisyEmbeddings:
+    """``y = x + mu + sigma * eps`` where ``noise_mask`` ``(B, S)`` is true, ``x`` elsewhere."""
+    noisy = clean + means + stds * torch.randn_like(clean)
+    if noise_mask is not None:
+        noisy = torch.where(noise_mask.bool().unsqueeze(-1), noisy, clean)
+    return NoisyEmbeddings(noisy=noisy, means=means, stds=stds)
