@@ -130,14 +130,18 @@ class GaussianTokenChannel(StudyChannel):
     def bayes_guesses(
         self, draws: list[Draw], batches: list[dict[str, torch.Tensor]], top_k: int = 5
     ) -> torch.Tensor:
-        noisy = torch.cat([d.embeddings[b["noise_mask"]] for d, b in zip(draws, batches)])
+        noisy = torch.cat(
+            [d.embeddings[b["noise_mask"]] for d, b in zip(draws, batches, strict=True)]
+        )
         common = (self.table, self.prior, self.means, self.stds)
         return bayes_token_attack(noisy.unsqueeze(0), *common, top_k=top_k)[0]
 
     def exact_mutual_information(
         self, draws: list[Draw], batches: list[dict[str, torch.Tensor]]
     ) -> float:
-        noisy = torch.cat([d.embeddings[b["noise_mask"]] for d, b in zip(draws, batches)])
+        noisy = torch.cat(
+            [d.embeddings[b["noise_mask"]] for d, b in zip(draws, batches, strict=True)]
+        )
         ids = torch.cat([b["input_ids"][b["noise_mask"]] for b in batches])
         common = (self.table, self.prior, self.means, self.stds)
         estimate = vocabulary_mutual_information_estimate(

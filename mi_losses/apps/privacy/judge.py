@@ -167,8 +167,15 @@ def judge(
     eval_seed: int = 0,
     inversion: InversionSettings | None = None,
     batch_size: int = 32,
+    skip_inversion_below: float = 0.01,
 ) -> dict[str, Any]:
-    """One point of the frontier (see the module docstring); ``inversion=None`` skips that attack."""
+    """One point of the frontier (see the module docstring).
+
+    ``inversion=None`` skips the learned attack; so does a layer whose nearest-neighbour or
+    Bayes failure is already below ``skip_inversion_below`` (the strongest failure can only be
+    lower, and the layer is broken either way): ``inversion_failure`` is then ``None`` and
+    ``inversion_skipped`` says why.
+    """
     start = time.perf_counter()
     batches = sequence_batches(data.val, batch_size)
     draws = shared_draws(channel, batches, eval_seed)
@@ -182,7 +189,7 @@ def judge(
     }
     point.update(utility(encoder, draws, batches, data.clean_sentences))
     ids = torch.cat([batch["input_ids"][batch["noise_mask"]] for batch in batches])
-    noisy = torch.cat([d.embeddings[b["noise_mask"]] for d, b in zip(draws, batches)])
+    noisy = torch.cat([d.embeddings[b["noise_mask"]] for d, b in zip(draws, batches, strict=True)])
     point["tokens_attacked"] = int(ids.shape[0])
     nn = {
         metric: 1.0 - float((nearest_token_ids(noisy, data.table, metric) == ids).float().mean())
@@ -197,7 +204,13 @@ def judge(
         point["bayes_attack_failure"], point["bayes_top5_failure"] = failures(bayes, ids)
     point["exact_mi_nats_per_token"] = channel.exact_mutual_information(draws, batches)
     point["inversion_failure"] = point["inversion_top5_failure"] = None
-    if inversion is not None:
+    one_token = [point["nn_failure"], point["bayes_attack_failure"]]
+    broken = min(f for f in one_token if f is not None) < skip_inversion_below
+    if inversion is not None and broken:
+        point["inversion_skipped"] = (
+            f"a one-token attacker already fails on fewer than {skip_inversion_below:g} of tokens"
+        )
+    elif inversion is not None:
         fit_start = time.perf_counter()
         val_batches = [
             {**batch, "embeddings": draw.embeddings}
