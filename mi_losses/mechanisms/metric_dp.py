@@ -64,7 +64,7 @@ def sample_multivariate_laplace(
     direction = torch.randn(num_samples, dim, generator=generator, dtype=torch.float64)
     direction = direction / direction.norm(dim=-1, keepdim=True)
     uniform = torch.rand(num_samples, dim, generator=generator, dtype=torch.float64)
-    radius = -torch.log1p(-uniform).sum(-1, keepdim=True) / epsilon
+    radius: torch.Tensor = torch.log1p(-uniform).sum(-1, keepdim=True) / (-epsilon)
     return (direction * radius).to(dtype)
 
 

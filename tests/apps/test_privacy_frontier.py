@@ -14,6 +14,7 @@ from mi_losses.apps.minilm.layer import FrequencyRuleNoise, IsotropicNoise
 from mi_losses.apps.privacy.channels import GaussianTokenChannel, ReleaseChannel, SequenceChannel
 from mi_losses.apps.privacy.data import StudyData
 from mi_losses.apps.privacy.frontier import (
+    BASELINES,
     REQUIRED_KEYS,
     TABLE_END,
     TABLE_START,
@@ -158,3 +159,15 @@ def test_combine_writes_json_figures_and_the_page_table(tmp_path: Path) -> None:
     text = page.read_text()
     assert "old" not in text and "0.600 ± 0.141" in text and text.endswith("outro\n")
     assert "| santext | none | epsilon 1 | 0,1 |" in format_table(points)
+
+
+def test_committed_frontier_json_has_the_schema() -> None:
+    path = Path(__file__).resolve().parents[2] / "docs" / "privacy_frontier.json"
+    points = json.loads(path.read_text())
+    check_points(points)
+    layers = {point["layer"] for point in points}
+    assert set(BASELINES) <= layers
+    for point in points:
+        context_free = point["layer"] != "learned_sequence"
+        assert (point["bayes_attack_failure"] is not None) == context_free, point["layer"]
+        assert 0.0 <= point["retrieval_at_1"] <= 1.0
