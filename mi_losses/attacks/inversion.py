@@ -167,7 +167,7 @@ class InversionAttack(pl.LightningModule):
         hidden = self.encoder(
             hidden + self.position(positions), src_key_padding_mask=~attention_mask.bool()
         )
-        logits = self.head(self.output_norm(hidden))
+        logits: torch.Tensor = self.head(self.output_norm(hidden))
         if log_posterior is not None:
             logits = logits + log_posterior.float()
         return logits
@@ -288,7 +288,7 @@ def train_inversion_attack(
     )
     from torch.utils.data import DataLoader
 
-    val_loader = DataLoader(val_batches, batch_size=None)  # type: ignore[arg-type]  # ready batches
+    val_loader: DataLoader[Any] = DataLoader(val_batches, batch_size=None)  # type: ignore[arg-type]
     trainer.validate(attack, dataloaders=val_loader, verbose=False)
     trainer.fit(attack, train_dataloaders=train_batches, val_dataloaders=val_loader)
     return attack.restore_best()

@@ -65,7 +65,8 @@ def sample_multivariate_laplace(
     direction = direction / direction.norm(dim=-1, keepdim=True)
     uniform = torch.rand(num_samples, dim, generator=generator, dtype=torch.float64)
     radius: torch.Tensor = torch.log1p(-uniform).sum(-1, keepdim=True) / (-epsilon)
-    return (direction * radius).to(dtype)
+    sample: torch.Tensor = (direction * radius).to(dtype)
+    return sample
 
 
 def laplace_release(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,7 +75,7 @@ class StudyData:
 
 
 def load_study_data(
-    encoder: torch.nn.Module,
+    encoder: Any,
     cache_dir: str | None = None,
     *,
     num_val: int = 192,
@@ -101,13 +102,13 @@ def load_study_data(
     datamodule = PydocTextDataModule(max_length=max_length, num_val=num_val, seed=seed)
     datamodule.setup()
     assert datamodule.train_sequences is not None and datamodule.val_sequences is not None
-    table = encoder.word_embedding_table.detach().clone()  # type: ignore[union-attr]
+    table = encoder.word_embedding_table.detach().clone()
     data = StudyData(
         datamodule.train_sequences,
         datamodule.val_sequences,
         table,
         datamodule.train_token_counts(table.shape[0]),
-        clean_sentence_embeddings(encoder, datamodule.val_dataloader()),  # type: ignore[arg-type]
+        clean_sentence_embeddings(encoder, datamodule.val_dataloader()),
     )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mi_losses.apps.minilm.data import SequenceDataset
-from mi_losses.apps.minilm.layer import FrequencyRuleNoise, IsotropicNoise
+from mi_losses.apps.minilm.layer import FrequencyRuleNoise, IsotropicNoise, TokenNoise
 from mi_losses.apps.privacy.channels import (
     GaussianTokenChannel,
     ReleaseChannel,
@@ -72,8 +73,18 @@ TABLE_START = "<!-- frontier-table -->"
 TABLE_END = "<!-- /frontier-table -->"
 
 
+def _gaussian_channel(layer: TokenNoise, data: StudyData, seed: int) -> StudyChannel:
+    """A fixed context-free layer (``seed`` only seeds the attacker)."""
+    return GaussianTokenChannel(layer, data.table, data.prior, data.candidates)
+
+
+def _release(mechanism: str, epsilon: float, data: StudyData, seed: int) -> StudyChannel:
+    """A metric-DP mechanism (``seed`` also seeds the Laplace channel's Monte Carlo estimate)."""
+    return ReleaseChannel(mechanism, epsilon, data.table, data.prior, data.candidates, seed=seed)
+
+
 def _learned_token_channel(
-    data: StudyData, alpha: float, seed: int, steps: int, log_dir: Path
+    data: StudyData, alpha: float, steps: int, log_dir: Path, seed: int
 ) -> StudyChannel:
     """The MiniLM study's learned context-free layer, trained by its own code."""
     from mi_losses.apps.minilm.data import PydocTextDataModule
@@ -103,8 +114,8 @@ def _learned_sequence_channel(
     data: StudyData,
     objective: str,
     alpha: float,
-    seed: int,
     steps: int,
+    seed: int,
 ) -> StudyChannel:
     """A :class:`~mi_losses.noise.SequenceGaussianNoiseLayer` trained on ``objective``."""
     from mi_losses.apps.privacy.sequence import SequenceObfuscation
@@ -173,60 +184,22 @@ def run(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     log_dir = out_path.parent / "logs"
     jobs: list[tuple[str, str, str, float, Callable[[int], StudyChannel]]] = []
-    common = (data.table, data.prior, data.candidates)
+    build: Callable[[int], StudyChannel]
     for std in isotropic_stds or []:
-        jobs.append(
-            (
-                "isotropic",
-                "none",
-                "std",
-                std,
-                lambda _s, std=std: GaussianTokenChannel(IsotropicNoise(std), *common),
-            )
-        )
+        build = partial(_gaussian_channel, IsotropicNoise(std), data)
+        jobs.append(("isotropic", "none", "std", std, build))
     for k in frequency_ks or []:
-        jobs.append(
-            (
-                "frequency_rule",
-                "none",
-                "k",
-                k,
-                lambda _s, k=k: GaussianTokenChannel(FrequencyRuleNoise(data.counts, k), *common),
-            )
-        )
+        build = partial(_gaussian_channel, FrequencyRuleNoise(data.counts, k), data)
+        jobs.append(("frequency_rule", "none", "k", k, build))
     for name, epsilons in (("laplace_dp", laplace_epsilons), ("santext", santext_epsilons)):
         for epsilon in epsilons or []:
-            jobs.append(
-                (
-                    name,
-                    "none",
-                    "epsilon",
-                    epsilon,
-                    lambda s, n=name, e=epsilon: ReleaseChannel(n, e, *common, seed=s),
-                )
-            )
+            jobs.append((name, "none", "epsilon", epsilon, partial(_release, name, epsilon, data)))
     for alpha in learned_token_alphas or []:
-        jobs.append(
-            (
-                "learned_token",
-                "exact_vocabulary_mi",
-                "alpha",
-                alpha,
-                lambda s, a=alpha: _learned_token_channel(data, a, s, learned_steps, log_dir),
-            )
-        )
+        build = partial(_learned_token_channel, data, alpha, learned_steps, log_dir)
+        jobs.append(("learned_token", "exact_vocabulary_mi", "alpha", alpha, build))
     for objective, alpha in zip(sequence_objectives or [], sequence_alphas or [], strict=True):
-        jobs.append(
-            (
-                "learned_sequence",
-                objective,
-                "alpha",
-                alpha,
-                lambda s, o=objective, a=alpha: _learned_sequence_channel(
-                    encoder, data, o, a, s, learned_steps
-                ),
-            )
-        )
+        build = partial(_learned_sequence_channel, encoder, data, objective, alpha, learned_steps)
+        jobs.append(("learned_sequence", objective, "alpha", alpha, build))
     points: list[dict[str, Any]] = []
     for layer, objective, parameter, value, build in jobs:
         for seed in seeds or [0]:

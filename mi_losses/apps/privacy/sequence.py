@@ -15,7 +15,7 @@ of the estimators that need only samples, at token granularity:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -47,7 +47,7 @@ class SequenceObfuscation(pl.LightningModule):
 
     def __init__(
         self,
-        encoder: torch.nn.Module,
+        encoder: Any,
         alpha: float = 0.001,
         objective: SequenceObjective = "sub_batch",
         utility: Utility = "retrieval",
@@ -64,8 +64,8 @@ class SequenceObfuscation(pl.LightningModule):
         if objective not in ("sub_batch", "infonce"):
             raise ValueError(f"objective must be 'sub_batch' or 'infonce', got {objective!r}")
         self.save_hyperparameters(ignore=["encoder"])
-        self.encoder = encoder
-        table = encoder.word_embedding_table  # type: ignore[union-attr]
+        self.encoder: Any = encoder
+        table = encoder.word_embedding_table
         self.noise_layer = SequenceGaussianNoiseLayer(
             embedding_dim=int(table.shape[1]),
             hidden_dim=hidden_dim,
@@ -83,7 +83,7 @@ class SequenceObfuscation(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         noise_mask = batch["noise_mask"].bool()
         attention_mask = batch["attention_mask"].bool()
-        table = self.encoder.word_embedding_table  # type: ignore[union-attr]
+        table = self.encoder.word_embedding_table
         clean = table[batch["input_ids"]].detach()
         out = self.noise_layer(clean, noise_mask, attention_mask=attention_mask)
         arguments = (out.means, out.stds, noise_mask, clean, out.noisy)
@@ -93,8 +93,8 @@ class SequenceObfuscation(pl.LightningModule):
             privacy = mutual_information_bounds(*arguments, granularity="token").lower
         encoder = self.encoder
         with torch.no_grad():
-            clean_sentence = encoder.sentence_embedding(clean, attention_mask)  # type: ignore[operator]
-        noisy_sentence = encoder.sentence_embedding(out.noisy, attention_mask)  # type: ignore[operator]
+            clean_sentence = encoder.sentence_embedding(clean, attention_mask)
+        noisy_sentence = encoder.sentence_embedding(out.noisy, attention_mask)
         utility = utility_loss(clean_sentence, noisy_sentence, self.utility)
         loss = self.alpha * privacy + (1.0 - self.alpha) * utility
         self.log_dict(
