@@ -141,8 +141,12 @@ def test_schema_check_rejects_missing_keys_and_a_wrong_strongest() -> None:
 def test_combine_writes_json_figures_and_the_page_table(tmp_path: Path) -> None:
     run = tmp_path / "run.json"
     points = [
-        _point(seed=0, inversion_curve=[{"step": 0.0, "failure": 0.6, "top5_failure": 0.3}]),
-        _point(seed=1, retrieval_at_1=0.7),
+        _point(
+            seed=0,
+            inversion_curve=[{"step": 0.0, "failure": 0.6, "top5_failure": 0.3}],
+            inversion_settings={"max_epochs": 4},
+        ),
+        _point(seed=1, retrieval_at_1=0.7, inversion_settings={"max_epochs": 4}),
     ]
     run.write_text(json.dumps(points))
     page = tmp_path / "frontier.md"
@@ -159,6 +163,7 @@ def test_combine_writes_json_figures_and_the_page_table(tmp_path: Path) -> None:
     text = page.read_text()
     assert "old" not in text and "0.600 ± 0.141" in text and text.endswith("outro\n")
     assert "| santext | none | epsilon 1 | 0,1 |" in format_table(points)
+    assert "| 0.500 ± 0.000 (4) |" in format_table(points)  # the attack's epoch cap
 
 
 def test_committed_frontier_json_has_the_schema() -> None:

@@ -248,11 +248,23 @@ def _mean_spread(values: list[float | None]) -> str:
     return f"{statistics.mean(present):.3f} ± {statistics.stdev(present):.3f}"
 
 
+def _epoch_cap(point: dict[str, Any]) -> str:
+    """The inversion attack's epoch cap of a point, ``"-"`` where it was not run."""
+    settings = point.get("inversion_settings")
+    return "-" if not settings else str(settings["max_epochs"])
+
+
 def format_table(points: list[dict[str, Any]]) -> str:
-    """One Markdown row per (layer, objective, value): mean ± standard deviation over seeds."""
-    groups: dict[tuple[str, str, str, float], list[dict[str, Any]]] = {}
+    """One Markdown row per (layer, objective, value, attack epoch cap): mean ± std over seeds."""
+    groups: dict[tuple[str, str, str, float, str], list[dict[str, Any]]] = {}
     for point in points:
-        key = (point["layer"], point["objective"], point["parameter"], point["value"])
+        key = (
+            point["layer"],
+            point["objective"],
+            point["parameter"],
+            point["value"],
+            _epoch_cap(point),
+        )
         groups.setdefault(key, []).append(point)
     columns = (
         "retrieval_at_1",
@@ -265,15 +277,17 @@ def format_table(points: list[dict[str, Any]]) -> str:
     )
     lines = [
         "| layer | objective | parameter | seeds | retrieval@1 | sent. cosine | NN fail | "
-        "Bayes fail | inversion fail | strongest fail | exact MI nats/token |",
+        "Bayes fail | inversion fail (epoch cap) | strongest fail | exact MI nats/token |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = list(STYLES)
-    for key in sorted(groups, key=lambda k: (order.index(k[0]), k[1], k[3])):
-        layer, objective, parameter, value = key
+    for key in sorted(groups, key=lambda k: (order.index(k[0]), k[1], k[3], k[4])):
+        layer, objective, parameter, value, cap = key
         group = groups[key]
         seeds = ",".join(str(p["seed"]) for p in group)
         cells = [_mean_spread([p[c] for p in group]) for c in columns]
+        if cap != "-":
+            cells[4] = f"{cells[4]} ({cap})"
         lines.append(
             f"| {layer} | {objective} | {parameter} {value:g} | {seeds} | "
             + " | ".join(cells)
