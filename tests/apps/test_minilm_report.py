@@ -167,7 +167,7 @@ def test_token_layers_are_context_free() -> None:
 def test_frontier_json_schema() -> None:
     from mi_losses.apps.minilm.sweep import REQUIRED_KEYS
 
-    points = json.loads((ROOT / "docs" / "privacy_frontier.json").read_text())
+    points = json.loads((ROOT / "docs" / "minilm_sweep_frontier.json").read_text())
     assert isinstance(points, list) and points
     objectives = {point["objective"] for point in points}
     assert {"isotropic", "frequency_rule", "vocabulary", "sub_batch"} <= objectives

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mi_losses.apps.minilm.attack import nearest_token_ids
+from mi_losses.attacks.nearest import nearest_token_ids
 from mi_losses.functional import (
     bayes_token_attack,
     fano_error_floor,

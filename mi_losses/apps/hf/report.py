@@ -17,7 +17,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from mi_losses.apps.minilm.attack import nearest_token_ids
 from mi_losses.apps.minilm.evaluate import Batch, _mutual_information_bounds, _utility
 from mi_losses.apps.minilm.report import (
     Evaluation,
@@ -26,6 +25,7 @@ from mi_losses.apps.minilm.report import (
     format_table,
     write_report,
 )
+from mi_losses.attacks import nearest_token_ids
 from mi_losses.functional import mutual_information_sub_batch_estimate
 from mi_losses.huggingface import NoisyInputEmbeddingsModel
 from mi_losses.losses.distillation import mean_pool

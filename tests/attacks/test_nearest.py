@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mi_losses.apps.minilm.attack import nearest_token_ids, recovery_rate
+from mi_losses.attacks.nearest import nearest_token_ids, recovery_rate
 
 
 def brute_force(embeddings: torch.Tensor, table: torch.Tensor, metric: str) -> torch.Tensor:

@@ -1,0 +1,436 @@
+"""The privacy frontier against every attacker: baselines, learned layers, metric-DP mechanisms.
+
+``run`` judges (:func:`~mi_losses.apps.privacy.judge.judge`) every requested layer and writes its
+points to ``output``; ``combine`` joins several runs into ``docs/privacy_frontier.json``, draws
+``docs/privacy_frontier.png`` and ``docs/privacy_inversion_curves.png``, and rewrites the table
+between the markers of ``docs/frontier.md``:
+
+    PYTHONPATH=. python -m mi_losses.apps.privacy.frontier run --output runs/a.json \\
+        --frequency_ks '[20, 25]' --santext_epsilons '[13]' --seeds '[0, 1]'
+    PYTHONPATH=. python -m mi_losses.apps.privacy.frontier combine --inputs '[runs/a.json]'
+
+Layers (``layer``, ``objective``, ``parameter``): ``isotropic`` (std), ``frequency_rule`` (``k``
+most frequent training tokens at std 2.0, the rest at 0.02), ``learned_token`` (the MiniLM
+study's context-free layer trained on the exact vocabulary MI, ``alpha``), ``laplace_dp`` and
+``santext`` (``epsilon``), ``learned_sequence`` (a sequence-dependent layer trained on the
+sub-batch MI or its InfoNCE lower bound, ``alpha``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from mi_losses.apps.minilm.data import SequenceDataset
+from mi_losses.apps.minilm.layer import FrequencyRuleNoise, IsotropicNoise, TokenNoise
+from mi_losses.apps.privacy.channels import (
+    GaussianTokenChannel,
+    ReleaseChannel,
+    SequenceChannel,
+    StudyChannel,
+)
+from mi_losses.apps.privacy.data import StudyData, load_study_data
+from mi_losses.apps.privacy.judge import InversionSettings, judge
+
+REQUIRED_KEYS = (
+    "layer",
+    "objective",
+    "parameter",
+    "seed",
+    "retrieval_at_1",
+    "sentence_cosine",
+    "nn_failure",
+    "bayes_attack_failure",
+    "inversion_failure",
+    "strongest_attack_failure",
+    "exact_mi_nats_per_token",
+)
+"""Keys every point of ``privacy_frontier.json`` has (``null`` where an attacker does not apply)."""
+
+BASELINES = ("isotropic", "frequency_rule", "laplace_dp", "santext")
+"""The ``layer`` values of the baselines."""
+
+STYLES = {
+    "isotropic": ("tab:gray", "o", "isotropic noise (std)"),
+    "frequency_rule": ("tab:green", "D", "frequency rule (k)"),
+    "laplace_dp": ("tab:purple", "v", "multivariate Laplace + projection (epsilon)"),
+    "santext": ("tab:red", "P", "SanText (epsilon)"),
+    "learned_token": ("tab:blue", "s", "learned, context-free, exact MI (alpha)"),
+    "learned_sequence": ("tab:orange", "^", "learned, sequence-dependent (alpha)"),
+}
+
+TABLE_START = "<!-- frontier-table -->"
+TABLE_END = "<!-- /frontier-table -->"
+
+
+def _gaussian_channel(layer: TokenNoise, data: StudyData, seed: int) -> StudyChannel:
+    """A fixed context-free layer (``seed`` only seeds the attacker)."""
+    return GaussianTokenChannel(layer, data.table, data.prior, data.candidates)
+
+
+def _release(mechanism: str, epsilon: float, data: StudyData, seed: int) -> StudyChannel:
+    """A metric-DP mechanism (``seed`` also seeds the Laplace channel's Monte Carlo estimate)."""
+    return ReleaseChannel(mechanism, epsilon, data.table, data.prior, data.candidates, seed=seed)
+
+
+def _learned_token_channel(
+    data: StudyData, alpha: float, steps: int, log_dir: Path, seed: int
+) -> StudyChannel:
+    """The MiniLM study's learned context-free layer, trained by its own code."""
+    from mi_losses.apps.minilm.data import PydocTextDataModule
+    from mi_losses.apps.minilm.sweep import train_layer
+
+    datamodule = PydocTextDataModule(seed=0, num_val=len(data.val))
+    datamodule.setup()
+    task, _ = train_layer(
+        datamodule,
+        "vocabulary",
+        alpha,
+        max_steps=steps,
+        seed=seed,
+        log_dir=log_dir,
+        learning_rate=1e-2,
+        mean_scale=0.05,
+        max_std=4.0,
+        init_std=0.15,
+        utility="retrieval",
+        warm_start_k=20,
+    )
+    return GaussianTokenChannel(task.noise_layer, data.table, data.prior, data.candidates)
+
+
+def _learned_sequence_channel(
+    encoder: torch.nn.Module,
+    data: StudyData,
+    objective: str,
+    alpha: float,
+    steps: int,
+    seed: int,
+) -> StudyChannel:
+    """A :class:`~mi_losses.noise.SequenceGaussianNoiseLayer` trained on ``objective``."""
+    from mi_losses.apps.privacy.sequence import SequenceObfuscation
+
+    pl.seed_everything(seed, verbose=False)
+    task = SequenceObfuscation(encoder, alpha=alpha, objective=objective)  # type: ignore[arg-type]
+    loader = DataLoader(
+        SequenceDataset(data.train),
+        batch_size=16,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(task, train_dataloaders=loader)
+    return SequenceChannel(task.noise_layer, data.table, data.prior, data.candidates)
+
+
+def run(
+    output: str,
+    isotropic_stds: list[float] | None = None,
+    frequency_ks: list[int] | None = None,
+    santext_epsilons: list[float] | None = None,
+    laplace_epsilons: list[float] | None = None,
+    learned_token_alphas: list[float] | None = None,
+    sequence_objectives: list[str] | None = None,
+    sequence_alphas: list[float] | None = None,
+    seeds: list[int] | None = None,
+    learned_steps: int = 60,
+    cache_dir: str = "/tmp/mi_losses_privacy_cache",
+    inversion: InversionSettings | None = None,
+    skip_inversion: bool = False,
+    num_threads: int | None = 1,
+) -> list[dict[str, Any]]:
+    """Judge every requested layer for every seed; write the points to ``output`` after each.
+
+    Args:
+        output: JSON file of this run's points.
+        isotropic_stds, frequency_ks, santext_epsilons, laplace_epsilons: the baselines' grids.
+        learned_token_alphas: ``alpha`` of the context-free layer trained on the exact MI.
+        sequence_objectives: ``"sub_batch"`` and/or ``"infonce"`` for the sequence layer.
+        sequence_alphas: ``alpha`` per entry of ``sequence_objectives``.
+        seeds: seeds of the layer's and the inversion attack's training (the validation
+            noise is always drawn from seed 0, shared by every attacker of a point).
+        learned_steps: training steps of the learned layers.
+        cache_dir: where the study's data are cached.
+        inversion: the inversion attack's settings (defaults of :class:`InversionSettings`).
+        skip_inversion: judge by nearest neighbour and Bayes only.
+        num_threads: torch CPU threads.
+    """
+    from mi_losses.apps.minilm.model import MiniLMEncoder
+
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    settings = None if skip_inversion else (inversion or InversionSettings())
+    encoder = MiniLMEncoder()
+    data = load_study_data(encoder, cache_dir)
+    out_path = Path(output)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = out_path.parent / "logs"
+    jobs: list[tuple[str, str, str, float, Callable[[int], StudyChannel]]] = []
+    build: Callable[[int], StudyChannel]
+    for std in isotropic_stds or []:
+        build = partial(_gaussian_channel, IsotropicNoise(std), data)
+        jobs.append(("isotropic", "none", "std", std, build))
+    for k in frequency_ks or []:
+        build = partial(_gaussian_channel, FrequencyRuleNoise(data.counts, k), data)
+        jobs.append(("frequency_rule", "none", "k", k, build))
+    for name, epsilons in (("laplace_dp", laplace_epsilons), ("santext", santext_epsilons)):
+        for epsilon in epsilons or []:
+            jobs.append((name, "none", "epsilon", epsilon, partial(_release, name, epsilon, data)))
+    for alpha in learned_token_alphas or []:
+        build = partial(_learned_token_channel, data, alpha, learned_steps, log_dir)
+        jobs.append(("learned_token", "exact_vocabulary_mi", "alpha", alpha, build))
+    for objective, alpha in zip(sequence_objectives or [], sequence_alphas or [], strict=True):
+        build = partial(_learned_sequence_channel, encoder, data, objective, alpha, learned_steps)
+        jobs.append(("learned_sequence", objective, "alpha", alpha, build))
+    points: list[dict[str, Any]] = []
+    for layer, objective, parameter, value, build in jobs:
+        for seed in seeds or [0]:
+            start = time.perf_counter()
+            channel = build(seed)
+            build_seconds = time.perf_counter() - start
+            point = judge(
+                channel,
+                encoder,
+                data,
+                layer=layer,
+                objective=objective,
+                parameter=parameter,
+                value=value,
+                seed=seed,
+                inversion=settings,
+            )
+            point["build_seconds"] = build_seconds
+            points.append(point)
+            out_path.write_text(json.dumps(points, indent=1) + "\n")
+            print(summary(point), flush=True)
+    return points
+
+
+def summary(point: dict[str, Any]) -> str:
+    """One line per point."""
+
+    def cell(key: str) -> str:
+        value = point.get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return (
+        f"{point['layer']} {point['objective']} {point['parameter']}={point['value']:g} "
+        f"seed {point['seed']}: retrieval@1 {cell('retrieval_at_1')} NN {cell('nn_failure')} "
+        f"Bayes {cell('bayes_attack_failure')} inversion {cell('inversion_failure')} "
+        f"strongest {cell('strongest_attack_failure')} MI {cell('exact_mi_nats_per_token')}"
+    )
+
+
+def _mean_spread(values: list[float | None]) -> str:
+    present = [v for v in values if v is not None]
+    if not present:
+        return "n/a"
+    if len(present) == 1:
+        return f"{present[0]:.3f}"
+    return f"{statistics.mean(present):.3f} ± {statistics.stdev(present):.3f}"
+
+
+def _epoch_cap(point: dict[str, Any]) -> str:
+    """The inversion attack's epoch cap of a point, ``"-"`` where it was not run."""
+    settings = point.get("inversion_settings")
+    return "-" if not settings else str(settings["max_epochs"])
+
+
+def format_table(points: list[dict[str, Any]]) -> str:
+    """One Markdown row per (layer, objective, value, attack epoch cap): mean ± std over seeds."""
+    groups: dict[tuple[str, str, str, float, str], list[dict[str, Any]]] = {}
+    for point in points:
+        key = (
+            point["layer"],
+            point["objective"],
+            point["parameter"],
+            point["value"],
+            _epoch_cap(point),
+        )
+        groups.setdefault(key, []).append(point)
+    columns = (
+        "retrieval_at_1",
+        "sentence_cosine",
+        "nn_failure",
+        "bayes_attack_failure",
+        "inversion_failure",
+        "strongest_attack_failure",
+        "exact_mi_nats_per_token",
+    )
+    lines = [
+        "| layer | objective | parameter | seeds | retrieval@1 | sent. cosine | NN fail | "
+        "Bayes fail | inversion fail (epoch cap) | strongest fail | exact MI nats/token |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = list(STYLES)
+    for key in sorted(groups, key=lambda k: (order.index(k[0]), k[1], k[3], k[4])):
+        layer, objective, parameter, value, cap = key
+        group = groups[key]
+        seeds = ",".join(str(p["seed"]) for p in group)
+        cells = [_mean_spread([p[c] for p in group]) for c in columns]
+        if cap != "-":
+            cells[4] = f"{cells[4]} ({cap})"
+        lines.append(
+            f"| {layer} | {objective} | {parameter} {value:g} | {seeds} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def plot(points: list[dict[str, Any]], path: str | Path) -> Path:
+    """Strongest-attack failure and each attacker's failure against retrieval@1, to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    for layer, (color, marker, label) in STYLES.items():
+        series = [p for p in points if p["layer"] == layer]
+        if not series:
+            continue
+        axes[0].scatter(
+            [p["retrieval_at_1"] for p in series],
+            [p["strongest_attack_failure"] for p in series],
+            color=color,
+            marker=marker,
+            label=label,
+        )
+        for key, style in (("bayes_attack_failure", "x"), ("inversion_failure", "+")):
+            kept = [p for p in series if p[key] is not None]
+            axes[1].scatter(
+                [p["retrieval_at_1"] for p in kept],
+                [p[key] for p in kept],
+                color=color,
+                marker=style,
+                s=50,
+            )
+    axes[1].scatter([], [], color="black", marker="x", label="Bayes (one token)")
+    axes[1].scatter([], [], color="black", marker="+", label="learned inversion (context)")
+    for axis in axes:
+        axis.axvline(0.95, color="black", linestyle=":", linewidth=1)
+        axis.axhline(0.5, color="black", linestyle=":", linewidth=1)
+        axis.set_xlabel("utility: sentence retrieval@1 (fraction of 192 validation sentences)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    axes[0].set_ylabel("strongest-attack failure (fraction of noised tokens missed)")
+    axes[1].set_ylabel("attacker failure (fraction of noised tokens missed)")
+    axes[0].set_title("privacy = failure of the strongest attacker", fontsize=10)
+    axes[1].set_title("Bayes vs learned inversion, same draw", fontsize=10)
+    figure.suptitle(
+        "all-MiniLM-L6-v2, held-out pydoc text (dotted: the goal, retrieval@1 >= 0.95 and "
+        "failure >= 0.5)",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_curves(points: list[dict[str, Any]], path: str | Path) -> Path:
+    """The inversion attack's validation failure against training steps, one line per point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for point in points:
+        curve = point.get("inversion_curve")
+        if not curve:
+            continue
+        color = STYLES[point["layer"]][0]
+        axis.plot(
+            [c["step"] for c in curve],
+            [c["failure"] for c in curve],
+            color=color,
+            alpha=0.7,
+            linewidth=1,
+        )
+    for color, _, label in STYLES.values():
+        axis.plot([], [], color=color, label=label)
+    axis.set_xlabel("inversion training step (batches of 32 sequences)")
+    axis.set_ylabel("validation failure over candidates (fraction of noised tokens)")
+    axis.set_title("learned inversion attack: validation failure while training", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def check_points(points: list[dict[str, Any]]) -> None:
+    """Raise ``ValueError`` if a point lacks a required key or a failure is not in ``[0, 1]``."""
+    for point in points:
+        missing = [key for key in REQUIRED_KEYS if key not in point]
+        if missing:
+            raise ValueError(f"point {point.get('layer')} lacks {missing}")
+        for key in REQUIRED_KEYS:
+            value = point[key]
+            if key.endswith("failure") and value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{key} must lie in [0, 1], got {value}")
+        applicable = [
+            point[k]
+            for k in ("nn_failure", "bayes_attack_failure", "inversion_failure")
+            if point[k] is not None
+        ]
+        if not math.isclose(point["strongest_attack_failure"], min(applicable)):
+            raise ValueError("strongest_attack_failure must be the lowest failure")
+
+
+def combine(
+    inputs: list[str],
+    output_json: str = "docs/privacy_frontier.json",
+    figure: str = "docs/privacy_frontier.png",
+    curves: str = "docs/privacy_inversion_curves.png",
+    page: str | None = "docs/frontier.md",
+) -> list[dict[str, Any]]:
+    """Join runs; write the JSON, both figures and the table of ``page`` (between its markers)."""
+    points = [point for name in inputs for point in json.loads(Path(name).read_text())]
+    check_points(points)
+    Path(output_json).write_text(json.dumps(points, indent=1) + "\n")
+    plot(points, figure)
+    plot_curves(points, curves)
+    table = format_table(points)
+    if page is not None and Path(page).is_file():
+        text = Path(page).read_text()
+        if TABLE_START in text and TABLE_END in text:
+            head, rest = text.split(TABLE_START, 1)
+            _, tail = rest.split(TABLE_END, 1)
+            Path(page).write_text(f"{head}{TABLE_START}\n{table}\n{TABLE_END}{tail}")
+    print(table)
+    return points
+
+
+def main(args: list[str] | None = None) -> None:
+    """Command line: ``run`` and ``combine`` with their arguments as ``--name value``."""
+    from jsonargparse import CLI
+
+    CLI([run, combine], args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The privacy study on tiny random data: every channel judged, the frontier JSON's schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from mi_losses.apps.minilm.data import TokenizedSequences
+from mi_losses.apps.minilm.layer import FrequencyRuleNoise, IsotropicNoise
+from mi_losses.apps.privacy.channels import GaussianTokenChannel, ReleaseChannel, SequenceChannel
+from mi_losses.apps.privacy.data import StudyData
+from mi_losses.apps.privacy.frontier import (
+    BASELINES,
+    REQUIRED_KEYS,
+    TABLE_END,
+    TABLE_START,
+    check_points,
+    combine,
+    format_table,
+)
+from mi_losses.apps.privacy.judge import InversionSettings, judge
+from mi_losses.noise import SequenceGaussianNoiseLayer
+
+V, E, S = 12, 6, 5
+
+
+class MeanPoolEncoder(nn.Module):
+    """A stand-in for the frozen encoder: the sentence embedding is the masked mean."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.word_embedding_table = table
+
+    def sentence_embedding(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.float().unsqueeze(-1)
+        return (embeddings * weights).sum(1) / weights.sum(1)
+
+
+def sequences(n: int, seed: int) -> TokenizedSequences:
+    ids = torch.randint(0, V - 2, (n, S), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones(n, S, dtype=torch.bool)
+    mask[:, 0] = False  # a clean first position, like [CLS]
+    return TokenizedSequences(ids, torch.ones(n, S, dtype=torch.bool), mask)
+
+
+@pytest.fixture
+def study() -> tuple[StudyData, MeanPoolEncoder]:
+    table = torch.randn(V, E, generator=torch.Generator().manual_seed(0))
+    train, val = sequences(64, 1), sequences(16, 2)
+    val.input_ids[0, 1] = V - 1  # one validation token never seen in training
+    counts = torch.bincount(train.input_ids[train.noise_mask], minlength=V).double()
+    encoder = MeanPoolEncoder(table)
+    clean = encoder.sentence_embedding(table[val.input_ids], val.attention_mask)
+    return StudyData(train, val, table, counts, clean), encoder
+
+
+def channels(data: StudyData) -> dict[str, object]:
+    common = (data.table, data.prior, data.candidates)
+    return {
+        "isotropic": GaussianTokenChannel(IsotropicNoise(0.3), *common),
+        "frequency_rule": GaussianTokenChannel(FrequencyRuleNoise(data.counts, 3), *common),
+        "santext": ReleaseChannel("santext", 2.0, *common),
+        "laplace_dp": ReleaseChannel("laplace_dp", 5.0, *common, num_samples=32),
+        "learned_sequence": SequenceChannel(
+            SequenceGaussianNoiseLayer(embedding_dim=E, hidden_dim=8, num_heads=2), *common
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "layer", ["isotropic", "frequency_rule", "santext", "laplace_dp", "learned_sequence"]
+)
+def test_every_channel_is_judged_by_the_attackers_that_apply(study, layer: str) -> None:  # type: ignore[no-untyped-def]
+    data, encoder = study
+    channel = channels(data)[layer]
+    point = judge(
+        channel, encoder, data, layer=layer, objective="none", parameter="p", value=1.0, seed=0,
+        batch_size=8,
+    )  # fmt: skip
+    check_points([point])
+    assert point["tokens_attacked"] == int(data.val.noise_mask.sum())
+    context_free = layer != "learned_sequence"
+    assert (point["bayes_attack_failure"] is not None) == context_free
+    assert (point["exact_mi_nats_per_token"] is not None) == (
+        layer in {"isotropic", "frequency_rule", "santext"}
+    )
+    assert point["strongest_attack_failure"] == min(
+        point["nn_failure"], point["bayes_attack_failure"] or 1.0
+    )
+    # One shared draw: judging twice gives the same numbers.
+    again = judge(
+        channel, encoder, data, layer=layer, objective="none", parameter="p", value=1.0, seed=0,
+        batch_size=8,
+    )  # fmt: skip
+    assert again["nn_failure"] == point["nn_failure"]
+    assert again["retrieval_at_1"] == point["retrieval_at_1"]
+
+
+@pytest.mark.slow
+def test_inversion_enters_the_strongest_failure(study) -> None:  # type: ignore[no-untyped-def]
+    data, encoder = study
+    channel = GaussianTokenChannel(IsotropicNoise(1.5), data.table, data.prior, data.candidates)
+    settings = InversionSettings(d_model=16, num_heads=2, batch_size=16, max_epochs=2)
+    point = judge(
+        channel, encoder, data, layer="isotropic", objective="none", parameter="std", value=1.5,
+        seed=0, inversion=settings, batch_size=8,
+    )  # fmt: skip
+    check_points([point])
+    assert point["inversion_failure"] is not None and point["inversion_curve"]
+    assert point["inversion_bayes_fallback_tokens"] >= 0
+    assert point["strongest_attack_failure"] == min(
+        point["nn_failure"], point["bayes_attack_failure"], point["inversion_failure"]
+    )
+
+
+def _point(**overrides: object) -> dict[str, object]:
+    point: dict[str, object] = {key: 0.5 for key in REQUIRED_KEYS}
+    point.update(layer="santext", objective="none", parameter="epsilon", value=1.0, seed=0)
+    point.update(exact_mi_nats_per_token=1.0, strongest_attack_failure=0.5)
+    point.update(overrides)
+    return point
+
+
+def test_schema_check_rejects_missing_keys_and_a_wrong_strongest() -> None:
+    check_points([_point(), _point(bayes_attack_failure=None, exact_mi_nats_per_token=None)])
+    bad = _point()
+    del bad["inversion_failure"]
+    with pytest.raises(ValueError, match="lacks"):
+        check_points([bad])
+    with pytest.raises(ValueError, match="lowest"):
+        check_points([_point(inversion_failure=0.2)])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        check_points([_point(nn_failure=1.5)])
+
+
+@pytest.mark.slow
+def test_combine_writes_json_figures_and_the_page_table(tmp_path: Path) -> None:
+    run = tmp_path / "run.json"
+    points = [
+        _point(
+            seed=0,
+            inversion_curve=[{"step": 0.0, "failure": 0.6, "top5_failure": 0.3}],
+            inversion_settings={"max_epochs": 4},
+        ),
+        _point(seed=1, retrieval_at_1=0.7, inversion_settings={"max_epochs": 4}),
+    ]
+    run.write_text(json.dumps(points))
+    page = tmp_path / "frontier.md"
+    page.write_text(f"intro\n{TABLE_START}\nold\n{TABLE_END}\noutro\n")
+    combine(
+        [str(run)],
+        output_json=str(tmp_path / "frontier.json"),
+        figure=str(tmp_path / "frontier.png"),
+        curves=str(tmp_path / "curves.png"),
+        page=str(page),
+    )
+    assert json.loads((tmp_path / "frontier.json").read_text()) == points
+    assert (tmp_path / "frontier.png").stat().st_size > 0
+    text = page.read_text()
+    assert "old" not in text and "0.600 ± 0.141" in text and text.endswith("outro\n")
+    assert "| santext | none | epsilon 1 | 0,1 |" in format_table(points)
+    assert "| 0.500 ± 0.000 (4) |" in format_table(points)  # the attack's epoch cap
+
+
+def test_committed_frontier_json_has_the_schema() -> None:
+    path = Path(__file__).resolve().parents[2] / "docs" / "privacy_frontier.json"
+    points = json.loads(path.read_text())
+    check_points(points)
+    layers = {point["layer"] for point in points}
+    assert set(BASELINES) <= layers
+    for point in points:
+        context_free = point["layer"] != "learned_sequence"
+        assert (point["bayes_attack_failure"] is not None) == context_free, point["layer"]
+        assert 0.0 <= point["retrieval_at_1"] <= 1.0
