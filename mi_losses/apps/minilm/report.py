@@ -144,7 +144,11 @@ def compare(
 
 
 def _cell(value: Any, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+    """``value`` with ``digits`` decimals; a value that rounds to zero prints ``0``, never ``-0``."""
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -162,9 +166,10 @@ def format_table(report: dict[str, Any]) -> str:
     for method, metrics in report["results"].items():
         for bucket, values in metrics.get("buckets", {}).items():
             lines.append(
-                f"| {method} | {bucket} | {values['token_share']:.3f} | "
-                f"{values['self_information_nats']:.2f} | {values['exact_mi_nats_per_token']:.2f} | "
-                f"{values['hidden_fraction']:.3f} | {values['bayes_attack_failure']:.3f} |"
+                f"| {method} | {bucket} | {_cell(values['token_share'], 3)} | "
+                f"{_cell(values['self_information_nats'], 2)} | "
+                f"{_cell(values['exact_mi_nats_per_token'], 2)} | "
+                f"{_cell(values['hidden_fraction'], 3)} | {_cell(values['bayes_attack_failure'], 3)} |"
             )
     return "\n".join(lines)
 
