@@ -129,8 +129,8 @@ def test_streaming_equals_reference(
 @pytest.mark.parametrize(
     ("kernel", "granularity", "with_own"),
     [
-        ("reference", "sequence", True),
-        ("reference", "token", False),
+        pytest.param("reference", "sequence", True, marks=pytest.mark.slow),
+        pytest.param("reference", "token", False, marks=pytest.mark.slow),
         pytest.param("streaming", "sequence", True, marks=pytest.mark.slow),
     ],
 )
