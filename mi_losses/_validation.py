@@ -11,7 +11,6 @@ from typing import get_args
 
 import torch
 
-from mi_losses.options import GatherOptions, KernelOptions, as_kernel_options
 from mi_losses.types import Granularity
 
 
@@ -117,13 +116,6 @@ def check_losses(losses: object) -> None:
         raise ValueError(
             f"losses must be a dict (str -> tensor) or None, got {type(losses).__name__}"
         )
-
-
-def check_options(kernel: object, gather: object) -> tuple[KernelOptions, GatherOptions | None]:
-    """``kernel`` as :class:`~mi_losses.options.KernelOptions` and ``gather`` checked."""
-    if gather is not None and not isinstance(gather, GatherOptions):
-        raise ValueError(f"gather must be a GatherOptions or None, got {type(gather).__name__}")
-    return as_kernel_options(kernel), gather
 
 
 def check_finite_at_active(name: str, tensor: torch.Tensor, active: torch.Tensor | None) -> None:
@@ -248,6 +240,17 @@ def check_bool(owner: str, option: str, value: object) -> None:
     if not isinstance(value, bool):
         prefix = f"{owner}: " if owner else ""
         raise ValueError(f"{prefix}{option} must be a bool (true or false), got {value!r}")
+
+
+def check_positive_int(owner: str, option: str, value: object, *, optional: bool = False) -> None:
+    """Raise ``ValueError`` naming ``owner: option`` unless ``value`` is an int >= 1 (or
+    ``None`` when ``optional``); ``owner`` as in :func:`check_choice`."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        prefix = f"{owner}: " if owner else ""
+        expected = "None or an int >= 1" if optional else "a positive integer"
+        raise ValueError(f"{prefix}{option} must be {expected}, got {value!r}")
 
 
 def check_granularity(granularity: object) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, get_args
 
+from mi_losses._validation import check_bool, check_choice, check_positive_int
 from mi_losses.types import Kernel
 
 if TYPE_CHECKING:
@@ -17,15 +18,6 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
 """Default memory budget of the kernel's blocks: 256 MiB."""
-
-
-def check_positive_int(owner: str, name: str, value: object, *, optional: bool = False) -> None:
-    """Raise ``ValueError`` naming ``owner: name`` unless ``value`` is an int >= 1 (or None)."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        expected = "None or an int >= 1" if optional else "an int >= 1"
-        raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +43,9 @@ class KernelOptions:
     accuracy_check: bool = True
 
     def __post_init__(self) -> None:
-        if self.kernel not in get_args(Kernel):
-            allowed = ", ".join(repr(k) for k in get_args(Kernel))
-            raise ValueError(f"KernelOptions: kernel must be one of {allowed}, got {self.kernel!r}")
+        check_choice("KernelOptions", "kernel", self.kernel, get_args(Kernel))
         check_positive_int("KernelOptions", "max_block_bytes", self.max_block_bytes)
-        if not isinstance(self.accuracy_check, bool):
-            raise ValueError(
-                f"KernelOptions: accuracy_check must be a bool, got {self.accuracy_check!r}"
-            )
+        check_bool("KernelOptions", "accuracy_check", self.accuracy_check)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +69,15 @@ class GatherOptions:
         check_positive_int("GatherOptions", "max_components", self.max_components, optional=True)
 
 
-def as_kernel_options(kernel: object) -> KernelOptions:
-    """``kernel`` as :class:`KernelOptions`: a kernel name is shorthand for its default options."""
+def check_options(kernel: object, gather: object) -> tuple[KernelOptions, GatherOptions | None]:
+    """An estimator's ``kernel`` as :class:`KernelOptions` (a kernel name is shorthand for its
+    default options) and its ``gather``, checked."""
+    if gather is not None and not isinstance(gather, GatherOptions):
+        raise ValueError(f"gather must be a GatherOptions or None, got {type(gather).__name__}")
     if isinstance(kernel, KernelOptions):
-        return kernel
+        return kernel, gather
     if isinstance(kernel, str):
-        return KernelOptions(kernel=kernel)  # type: ignore[arg-type]
+        return KernelOptions(kernel=kernel), gather  # type: ignore[arg-type]
     raise ValueError(
         f"kernel must be one of {', '.join(repr(k) for k in get_args(Kernel))} or a "
         f"KernelOptions, got {type(kernel).__name__}"

@@ -11,7 +11,6 @@ from mi_losses._validation import (
     check_embeddings,
     check_finite_at_active,
     check_floating,
-    check_options,
     check_positive_at_active,
     check_same_device,
     check_same_dtype,
@@ -19,7 +18,7 @@ from mi_losses._validation import (
 )
 from mi_losses.functional._pairs import check_active_values
 from mi_losses.kernels.factors import effective_masks, scores, sides
-from mi_losses.options import KernelOptions
+from mi_losses.options import KernelOptions, check_options
 from mi_losses.types import Kernel
 
 __all__ = ["pairwise_square_mahalanobis_distance", "square_mahalanobis_distance"]

@@ -12,7 +12,6 @@ from mi_losses._validation import (
     check_embeddings,
     check_granularity,
     check_losses,
-    check_options,
     compute_dtype,
 )
 from mi_losses.functional import _distributed
@@ -24,7 +23,7 @@ from mi_losses.functional._pairs import (
     direction_estimates,
 )
 from mi_losses.kernels import Plan, Stream, make_plan, stream
-from mi_losses.options import GatherOptions, KernelOptions
+from mi_losses.options import GatherOptions, KernelOptions, check_options
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Kernel
 
 __all__ = ["mutual_information_sub_batch", "mutual_information_sub_batch_estimate"]

@@ -15,6 +15,7 @@ from mi_losses._validation import (
     check_losses,
     check_ndim,
     check_positive,
+    check_positive_int,
     check_same_device,
     check_same_dtype,
     check_same_shape,
@@ -177,12 +178,7 @@ def prepare_vocabulary_inputs(
             f"token_prior must have shape ({table.shape[0]},) like the rows of embedding_table, "
             f"got {_shape(prior.shape)}"
         )
-    if (
-        isinstance(vocab_chunk_size, bool)
-        or not isinstance(vocab_chunk_size, int)
-        or vocab_chunk_size < 1
-    ):
-        raise ValueError(f"vocab_chunk_size must be a positive integer, got {vocab_chunk_size!r}")
+    check_positive_int("", "vocab_chunk_size", vocab_chunk_size)
     check_bool("", "validate_args", validate_args)
     check_same_device(**named)
     check_same_dtype(**named)

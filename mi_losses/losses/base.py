@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, get_args
 import torch
 from torch import nn
 
-from mi_losses._validation import check_bool, check_choice
-from mi_losses.options import GatherOptions, KernelOptions, check_positive_int
+from mi_losses._validation import check_bool, check_choice, check_positive_int
+from mi_losses.options import GatherOptions, KernelOptions
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Kernel, Reduction, Units
 
 if TYPE_CHECKING:

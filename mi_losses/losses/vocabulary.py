@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from mi_losses._validation import check_positive_int
 from mi_losses.functional.vocabulary import (
     DEFAULT_VOCAB_CHUNK_SIZE,
     vocabulary_mutual_information_estimate,
@@ -44,15 +45,7 @@ class VocabularyMutualInformation(ComponentLossModule):
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__(units=units, reduction=reduction)
-        if (
-            isinstance(vocab_chunk_size, bool)
-            or not isinstance(vocab_chunk_size, int)
-            or vocab_chunk_size < 1
-        ):
-            raise ValueError(
-                f"{type(self).__name__}: vocab_chunk_size must be a positive integer, got "
-                f"{vocab_chunk_size!r}"
-            )
+        check_positive_int(type(self).__name__, "vocab_chunk_size", vocab_chunk_size)
         self.vocab_chunk_size = vocab_chunk_size
 
     def forward(

@@ -19,12 +19,6 @@ from torch import nn
 from mi_losses.noise.output import NoisyEmbeddings
 
 
-def check_positive_int(owner: str, name: str, value: object) -> None:
-    """``ValueError`` naming ``owner.name`` unless ``value`` is an int ``>= 1``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-
-
 def check_head_options(
     owner: str, min_std: float, max_std: float, init_std: float, mean_scale: float
 ) -> None:

@@ -7,11 +7,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from mi_losses._validation import check_positive_int
 from mi_losses.noise._head import (
     GaussianHead,
     check_head_options,
     check_inputs,
-    check_positive_int,
     draw_noise,
 )
 from mi_losses.noise.output import NoisyEmbeddings
