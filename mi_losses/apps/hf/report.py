@@ -22,8 +22,7 @@ from mi_losses.apps.minilm.report import (
     Evaluation,
     ObfuscationReport,
     compare,
-    format_table,
-    write_report,
+    finish_report,
 )
 from mi_losses.attacks import nearest_token_ids
 from mi_losses.functional import mutual_information_sub_batch_estimate
@@ -169,17 +168,14 @@ class HFObfuscationReport(ObfuscationReport):
                 "evaluation_seconds": time.perf_counter() - start,
             }
         report["context_free"] = layer is not None
-        report["training"] = {
-            "hyperparameters": {k: _plain(v) for k, v in dict(pl_module.hparams).items()},
-            "global_step": trainer.global_step,
-            "fit_seconds": fit_seconds,
-        }
-        report["data"] = {
-            "train_sequences": len(datamodule.train_sequences),
-            "val_sequences": len(datamodule.val_sequences),
-            "max_length": datamodule.max_length,
-            "prior_smoothing": self.smoothing,
-        }
         self.report = report
-        path = write_report(report, self.report_path)
-        print(f"\nObfuscation report ({path}):\n{format_table(report)}\n")
+        hyperparameters = {k: _plain(v) for k, v in dict(pl_module.hparams).items()}
+        finish_report(
+            report,
+            hyperparameters,
+            trainer,
+            datamodule,
+            fit_seconds,
+            self.smoothing,
+            self.report_path,
+        )

@@ -182,6 +182,32 @@ def write_report(report: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def finish_report(
+    report: dict[str, Any],
+    hyperparameters: dict[str, Any],
+    trainer: pl.Trainer,
+    datamodule: Any,
+    fit_seconds: float,
+    smoothing: float,
+    path: str | Path,
+) -> Path:
+    """Add the training and data sections to ``report``, write it and print its tables."""
+    report["training"] = {
+        "hyperparameters": hyperparameters,
+        "global_step": trainer.global_step,
+        "fit_seconds": fit_seconds,
+    }
+    report["data"] = {
+        "train_sequences": len(datamodule.train_sequences),
+        "val_sequences": len(datamodule.val_sequences),
+        "max_length": datamodule.max_length,
+        "prior_smoothing": smoothing,
+    }
+    written = write_report(report, path)
+    print(f"\nObfuscation report ({written}):\n{format_table(report)}\n")
+    return written
+
+
 class ObfuscationReport(pl.Callback):
     """At the end of ``fit``: evaluate on the validation data, write the JSON report, print it.
 
@@ -228,17 +254,14 @@ class ObfuscationReport(pl.Callback):
         counts = datamodule.train_token_counts(encoder.word_embedding_table.shape[0])
         evaluation = Evaluation(encoder, batches, counts, smoothing=self.smoothing, seed=self.seed)
         report = compare(evaluation, module.noise_layer, frequency_k=self.frequency_k)
-        report["training"] = {
-            "hyperparameters": dict(pl_module.hparams),
-            "global_step": trainer.global_step,
-            "fit_seconds": fit_seconds,
-        }
-        report["data"] = {
-            "train_sequences": len(datamodule.train_sequences),
-            "val_sequences": len(datamodule.val_sequences),
-            "max_length": datamodule.max_length,
-            "prior_smoothing": self.smoothing,
-        }
         self.report = report
-        path = write_report(report, self.report_path)
-        print(f"\nObfuscation report ({path}):\n{format_table(report)}\n")
+        hyperparameters = dict(pl_module.hparams)
+        finish_report(
+            report,
+            hyperparameters,
+            trainer,
+            datamodule,
+            fit_seconds,
+            self.smoothing,
+            self.report_path,
+        )
