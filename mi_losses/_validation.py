@@ -107,7 +107,7 @@ def check_same_dtype(**tensors: torch.Tensor) -> None:
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the estimators compute in: float32 or better (half precision is promoted)."""
-    return torch.promote_types(dtype, torch.float32)
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def check_losses(losses: object) -> None:

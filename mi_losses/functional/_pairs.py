@@ -3,10 +3,13 @@ granularity, checks of the values at active positions, and the estimate of each 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 
 from mi_losses import keys
-from mi_losses._validation import check_finite_at_active, check_positive_at_active
+from mi_losses._validation import check_finite_at_active, check_positive_at_active, compute_dtype
 from mi_losses.functional._mixture import query_mean
 from mi_losses.kernels import Stream
 from mi_losses.types import Estimate, Granularity
@@ -20,18 +23,31 @@ def as_samples(tensor: torch.Tensor, granularity: Granularity) -> torch.Tensor:
 
 
 def check_active_values(
-    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], positive: tuple[str, ...]
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor | Callable[[], torch.Tensor]]],
+    positive: tuple[str, ...],
 ) -> None:
     """Raise ``ValueError`` naming the first input with a bad value at an active position.
 
-    ``tensors`` maps a name to ``(tensor (rows, S, E), active (rows, S) bool)``; names in
-    ``positive`` must be finite and ``> 0`` there, the others finite.
+    ``tensors`` maps a name to ``(tensor (rows, S, E), active)``, ``active`` the ``(rows, S)``
+    bool positions that are read or a function that makes them; names in ``positive`` must be
+    finite and ``> 0`` there, the others finite. The common case costs one reduction per tensor
+    and one host sync: when every value is good (the sums and the sum of the logs of the
+    positive ones are finite) no position is looked at; else each input is checked at its
+    active positions, which are only then made.
     """
+    with torch.no_grad():
+        sums = [
+            (t.log() if name in positive else t).sum(dtype=compute_dtype(t.dtype))
+            for name, (t, _) in tensors.items()
+        ]
+        if math.isfinite(torch.stack(sums).sum().item()):
+            return
     for name, (tensor, active) in tensors.items():
+        where = active() if callable(active) else active
         if name in positive:
-            check_positive_at_active(name, tensor, active)
+            check_positive_at_active(name, tensor, where)
         else:
-            check_finite_at_active(name, tensor, active)
+            check_finite_at_active(name, tensor, where)
 
 
 def active_positions(
@@ -67,7 +83,7 @@ def direction_estimates(
     """
     estimates, offset = [], 0
     for size in sizes:
-        part = Stream(*(t[offset : offset + size] for t in stream))
+        part = Stream(*(t if t is None else t[offset : offset + size] for t in stream))  # type: ignore[arg-type]
         offset += size
         valid = part.num_valid > 0
         log_count = part.num_valid.clamp_min(1.0).log()
@@ -75,6 +91,8 @@ def direction_estimates(
         value = query_mean(per_query, valid)
         components = {}
         if with_components:
+            assert part.weighted_score is not None and part.weighted_own is not None
+            assert part.weighted_constants is not None
             lse = torch.where(valid, part.log_sum_exp.detach(), 0.0)
             mahalanobis = -part.weighted_score - part.weighted_own - part.weighted_constants
             log_constants = part.weighted_constants + log_count - lse + part.weighted_score

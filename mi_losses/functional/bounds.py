@@ -117,7 +117,7 @@ def bounds_estimates(
         kernel=kernel,
         gather=gather,
     )
-    result = prepared.run()
+    result = prepared.run(with_components)
     uppers = direction_estimates(result, prepared.sizes, True, with_components)
     lowers = _lower_estimates(result, prepared.sizes)
     return (

@@ -181,8 +181,9 @@ def _expanded(
     s = sides(queries, None, centres, None, stds, a, b, dtype)
     block = scores(s, True)
     assert block.excess is not None
-    distance = (-(s.left @ s.right.T) - s.a @ s.p.T).clamp_min(0.0)  # z = -(D + sum_P p)
-    return torch.where(block.valid, distance, 0.0), block.excess
+    assert s.p is not None
+    distance = torch.where(block.valid, block.z + s.a @ s.p.T, 0.0)  # z = -(D + sum_P p)
+    return (-distance).clamp_min(0.0), block.excess
 
 
 def _direct(

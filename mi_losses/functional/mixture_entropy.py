@@ -164,15 +164,20 @@ def _entropy_estimate(
     masks = (as_samples(query_mask, granularity), as_samples(component_mask, granularity))
     span = (0, masks[0].shape[0], 0, masks[1].shape[0])
     if validate_args:
-        query_active, component_active = active_positions(*masks, [span])
-        query_active = query_active.view_as(query_mask)
-        component_active = component_active.view_as(component_mask)
+        shapes = query_mask.shape, component_mask.shape
+
+        def queries() -> torch.Tensor:
+            return active_positions(*masks, [span])[0].view(shapes[0])
+
+        def components() -> torch.Tensor:
+            return active_positions(*masks, [span])[1].view(shapes[1])
+
         check_active_values(
             {
-                noisy_name: (noisy_input_embeddings, query_active),
-                clean_name: (clean_input_embeddings, component_active),
-                means_name: (means_tensor, component_active),
-                stds_name: (stds_tensor, component_active),
+                noisy_name: (noisy_input_embeddings, queries),
+                clean_name: (clean_input_embeddings, components),
+                means_name: (means_tensor, components),
+                stds_name: (stds_tensor, components),
             },
             positive=(stds_name,),
         )
@@ -193,7 +198,7 @@ def _entropy_estimate(
             max_gathered_components=gather.max_components,
             dtype=compute_dtype(dtype),
         )
-    plan = make_plan([span], False, compute_dtype(dtype), options)
+    plan = make_plan([span], False, compute_dtype(dtype), options, with_components)
     noisy, clean, means, stds, query_mask, component_mask = tensors
     result = stream(noisy, clean, means, stds, query_mask, component_mask, plan)
     (estimate,) = direction_estimates(result, [span[1]], False, with_components)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -128,7 +129,8 @@ def mutual_information_sub_batch_estimate(
         kernel=kernel,
         gather=gather,
     )
-    estimates = direction_estimates(prepared.run(), prepared.sizes, True, with_components)
+    result = prepared.run(with_components)
+    estimates = direction_estimates(result, prepared.sizes, True, with_components)
     return to_result(average_estimates(estimates), prepared.result_dtype)
 
 
@@ -140,10 +142,11 @@ class PreparedMutualInformation(NamedTuple):
     sizes: list[int]  # queries per direction
     result_dtype: torch.dtype
 
-    def run(self) -> Stream:
-        """The kernel's per-query results."""
+    def run(self, with_statistics: bool = True) -> Stream:
+        """The kernel's per-query results (the statistics of the components when asked)."""
         noisy, clean, means, stds, query_mask, component_mask = self.tensors
-        return stream(noisy, clean, means, stds, query_mask, component_mask, self.plan)
+        plan = dataclasses.replace(self.plan, with_statistics=with_statistics)
+        return stream(noisy, clean, means, stds, query_mask, component_mask, plan)
 
 
 def prepare_mutual_information(
@@ -200,11 +203,17 @@ def prepare_mutual_information(
         directions.append((rows, 2 * rows, 0, rows))
     masks = (as_samples(query_mask, granularity), as_samples(component_mask, granularity))
     if validate_args:
-        query_active, component_active = active_positions(*masks, directions)
-        read = (query_active | component_active).reshape(batch_size, length)
+
+        def queries() -> torch.Tensor:
+            return active_positions(*masks, directions)[0].view(batch_size, length)
+
+        def read() -> torch.Tensor:
+            query_active, component_active = active_positions(*masks, directions)
+            return (query_active | component_active).view(batch_size, length)
+
         check_active_values(
             {
-                "noisy_input_embeddings": (noisy_input_embeddings, query_active.view_as(read)),
+                "noisy_input_embeddings": (noisy_input_embeddings, queries),
                 "clean_input_embeddings": (clean_input_embeddings, read),
                 "means_tensor": (means_tensor, read),
                 "stds_tensor": (stds_tensor, read),

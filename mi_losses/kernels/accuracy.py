@@ -11,6 +11,7 @@ defeats the expansion (near-duplicates far from the batch mean, offsets of ``1e3
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -18,14 +19,16 @@ from mi_losses.kernels.reference import Result, reference
 
 
 def accurate(
-    run: Callable[[bool], Result],
-    inputs: tuple[torch.Tensor, ...],
-    directions: tuple[tuple[int, int, int, int], ...],
-    with_own: bool,
-    check: bool,
+    run: Callable[[bool], Result], inputs: tuple[torch.Tensor, ...], plan: Any, check: bool
 ) -> Result:
-    """``run(check)``; with ``check``, the float64 re-evaluation where the rounding is too large."""
+    """``run(check)``; with ``check``, the float64 re-evaluation where the rounding is too
+    large (``plan`` a :class:`~mi_losses.kernels.dispatch.Plan`), cast back to its dtype."""
     result = run(check)
-    if check and bool(result.excess > 0):
-        return reference(inputs, directions, with_own, torch.float64, True, direct=True)
-    return result
+    if not (check and bool(result.excess > 0)):
+        return result
+    exact = reference(
+        inputs, plan.directions, plan.with_own, torch.float64, True, plan.with_statistics, True
+    )
+    stats = None if exact.stats is None else exact.stats.to(plan.dtype)
+    lse, num_valid = exact.log_sum_exp.to(plan.dtype), exact.num_valid.to(plan.dtype)
+    return Result(lse, num_valid, stats, exact.excess)

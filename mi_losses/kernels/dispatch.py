@@ -26,12 +26,14 @@ class Plan:
             component tensors are then the queries' own clean embeddings, means and stds.
         dtype: compute dtype.
         options: the path, the block budget and the rounding check.
+        with_statistics: compute the softmax-weighted statistics (the components).
     """
 
     directions: tuple[tuple[int, int, int, int], ...]
     with_own: bool
     dtype: torch.dtype
     options: KernelOptions
+    with_statistics: bool = True
 
 
 def make_plan(
@@ -39,9 +41,10 @@ def make_plan(
     with_own: bool,
     dtype: torch.dtype,
     options: KernelOptions,
+    with_statistics: bool = True,
 ) -> Plan:
     """The kernel's plan for one call."""
-    return Plan(tuple(directions), with_own, dtype, options)
+    return Plan(tuple(directions), with_own, dtype, options, with_statistics)
 
 
 class Stream(NamedTuple):
@@ -49,17 +52,18 @@ class Stream(NamedTuple):
 
     Attributes:
         log_sum_exp: ``logsumexp_{j in V_i} z_ij``, ``-inf`` where ``V_i`` is empty; with grad.
-        weighted_score: ``sum_j w_ij z_ij`` (``w`` the softmax over ``V_i``), detached.
+        num_valid: ``|V_i|`` in the compute dtype, detached.
+        weighted_score: ``sum_j w_ij z_ij`` (``w`` the softmax over ``V_i``), detached;
+            ``None`` (as the two below) unless the plan asks for statistics.
         weighted_own: ``sum_j w_ij sum_{s in P(i,j)} q_is``, detached.
         weighted_constants: ``sum_j w_ij sum_{s in P(i,j)} p_js``, detached.
-        num_valid: ``|V_i|`` in the compute dtype, detached.
     """
 
     log_sum_exp: torch.Tensor
-    weighted_score: torch.Tensor
-    weighted_own: torch.Tensor
-    weighted_constants: torch.Tensor
     num_valid: torch.Tensor
+    weighted_score: torch.Tensor | None = None
+    weighted_own: torch.Tensor | None = None
+    weighted_constants: torch.Tensor | None = None
 
 
 def _transformed(tensors: tuple[torch.Tensor, ...]) -> bool:
@@ -81,15 +85,15 @@ def triton_unavailable(device: torch.device) -> str | None:
 def choose(plan: Plan, tensors: tuple[torch.Tensor, ...]) -> str:
     """The path of one call: ``"reference"``, ``"streaming"`` or ``"triton"``.
 
-    ``"auto"`` takes the reference path when all scores (about four ``(M, N)`` matrices) fit
-    the block budget or under ``torch.func``; else Triton on CUDA when it imports; else
-    streaming. An explicit choice that cannot run raises ``ValueError``.
+    ``"auto"`` takes the reference path under ``torch.func`` transforms and
+    ``torch.compile`` (autograd all through); else Triton on CUDA when it imports; else
+    streaming (one block when all scores fit the budget; its written-out first derivatives
+    make fewer and cheaper passes than autograd through the factors). An explicit choice that
+    cannot run raises ``ValueError``.
     """
     kernel, device = plan.options.kernel, tensors[0].device
     if kernel == "auto":
-        pairs = sum((q1 - q0) * (c1 - c0) for q0, q1, c0, c1 in plan.directions)
-        itemsize = torch.finfo(plan.dtype).bits // 8
-        if _transformed(tensors) or 4 * pairs * itemsize <= plan.options.max_block_bytes:
+        if _transformed(tensors) or torch.compiler.is_compiling():
             return "reference"
         if device.type == "cuda" and triton_unavailable(device) is None:
             return "triton"
@@ -120,15 +124,19 @@ def stream(
 
     def run(check: bool) -> Result:
         if path == "reference":
-            return reference(inputs, plan.directions, plan.with_own, plan.dtype, check)
+            return reference(
+                inputs, plan.directions, plan.with_own, plan.dtype, check, plan.with_statistics
+            )
         if path == "triton":
             from mi_losses.kernels.triton import TritonBlocks
 
             blocks: Blocks = TritonBlocks()
         else:
             blocks = TorchBlocks()
-        return Result(*StreamingLogSumExp.apply(*inputs, plan, blocks, check))  # type: ignore[no-untyped-call]
+        lse, count, *stats, excess = StreamingLogSumExp.apply(*inputs, plan, blocks, check)  # type: ignore[no-untyped-call]
+        return Result(lse, count, stats[0] if stats else None, excess)
 
-    result = accurate(run, inputs, plan.directions, plan.with_own, check)
-    log_sum_exp, stats = result.log_sum_exp.to(plan.dtype), result.stats.to(plan.dtype)
-    return Stream(log_sum_exp, stats[0], stats[1], stats[2], stats[3])
+    result = accurate(run, inputs, plan, check)
+    if result.stats is None:
+        return Stream(result.log_sum_exp, result.num_valid)
+    return Stream(result.log_sum_exp, result.num_valid, *result.stats)

@@ -74,28 +74,96 @@ Direction = tuple[
 effective masks ``a``, ``b`` (the arguments of :func:`sides`)."""
 
 
-class Sides(NamedTuple):
-    """The factors of one direction (``m`` queries, ``n`` components, ``S`` positions)."""
+class Frame(NamedTuple):
+    """The detached per-feature frame of a direction, ``(S, E)``: features are centred on
+    ``reference`` (the mean active component centre) and divided by the scale ``t`` (the largest
+    active component std); ``constant`` ``(S,)`` is ``sum_e log t + E/2 log 2 pi``."""
 
-    left: torch.Tensor  # L, (m, F)
-    right: torch.Tensor  # R, (n, F)
+    reference: torch.Tensor
+    inverse: torch.Tensor  # 1 / t
+    constant: torch.Tensor
+
+
+class Sides(NamedTuple):
+    """The factors of one direction (``m`` queries, ``n`` components, ``S`` positions,
+    ``F = S E`` features); the scores are ``z = -y2 w^T / 2 + y wc^T + a k^T - q b^T``.
+    Without ``values`` (the backward pass) ``q``, ``k``, ``p``, ``h`` and the rounding check's
+    ``squares`` and ``largest`` are ``None``."""
+
+    y: torch.Tensor  # y', (m, F)
+    y2: torch.Tensor  # y'^2, (m, F)
     a: torch.Tensor  # query mask as 0/1, (m, S)
-    q: torch.Tensor | None  # a q, (m, S); None without an own term
+    w: torch.Tensor  # w = (t / sigma)^2, 0 where inactive, (n, F)
+    wc: torch.Tensor  # w c', (n, F)
+    c: torch.Tensor  # c', (n, F)
     b: torch.Tensor  # component mask as 0/1, (n, S)
-    p: torch.Tensor  # b p, (n, S)
-    h: torch.Tensor  # h, (n, S)
-    squares: torch.Tensor  # |y'|^2, (m,): the rounding check's magnitude
-    largest: torch.Tensor  # max_k w, (n,)
+    frame: Frame
+    own: tuple[torch.Tensor, torch.Tensor] | None  # residual r and sigma_i, (m, S, E); or None
+    q: torch.Tensor | None = None  # a q (the own term), (m, S)
+    k: torch.Tensor | None = None  # -(h + b p), (n, S)
+    p: torch.Tensor | None = None  # b p, (n, S)
+    h: torch.Tensor | None = None  # h, (n, S)
+    squares: torch.Tensor | None = None  # |y'|^2, (m,)
+    largest: torch.Tensor | None = None  # max_k w, (n,)
 
     def columns(self, start: int, stop: int) -> Sides:
         """The same factors restricted to components ``[start, stop)``."""
+        if start == 0 and stop == self.w.shape[0]:
+            return self
+        cut = slice(start, stop)
+
+        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[cut]
+
         return self._replace(
-            right=self.right[start:stop],
-            b=self.b[start:stop],
-            p=self.p[start:stop],
-            h=self.h[start:stop],
-            largest=self.largest[start:stop],
-        )
+            w=self.w[cut], wc=self.wc[cut], c=self.c[cut], b=self.b[cut], k=rows(self.k),
+            p=rows(self.p), h=rows(self.h), largest=rows(self.largest),
+        )  # fmt: skip
+
+    @property
+    def left(self) -> torch.Tensor:
+        """``L = [y'^2, y', a, a q]`` ``(m, 2F + 2S)``: ``z = L R^T`` (the Triton kernels' form)."""
+        q = self.q if self.q is not None else torch.zeros_like(self.a)
+        return torch.cat([self.y2, self.y, self.a, q], 1)
+
+    @property
+    def right(self) -> torch.Tensor:
+        """``R = [-w/2, w c', -(h + b p), -b]`` ``(n, 2F + 2S)``."""
+        assert self.k is not None
+        return torch.cat([-0.5 * self.w, self.wc, self.k, -self.b], 1)
+
+
+class Grads(NamedTuple):
+    """Gradients of a loss with respect to the factors ``y, q, wc, k`` of :class:`Sides`
+    (``q`` ``None`` without an own term); for ``y2`` and ``w`` (which enter the scores as
+    ``-y2 w^T / 2``) ``-2`` times the gradients, the products ``G w`` and ``G^T y2``."""
+
+    y: torch.Tensor
+    y2: torch.Tensor
+    q: torch.Tensor | None
+    w: torch.Tensor
+    wc: torch.Tensor
+    k: torch.Tensor
+
+
+def frame(
+    clean: torch.Tensor, means: torch.Tensor | None, stds: torch.Tensor, b: torch.Tensor,
+    dtype: torch.dtype,
+) -> Frame:  # fmt: skip
+    """The :class:`Frame` of components ``x + mu``, ``sigma`` ``(n, S, E)`` active at ``b``."""
+    off = (~b).unsqueeze(-1)
+    with torch.no_grad():
+        x = clean.to(dtype)
+        centres = (x if means is None else x + means.to(dtype)).masked_fill(off, 0.0)
+        count = b.sum(0, dtype=dtype).clamp_min(1.0)
+        reference = centres.sum(0) / count.unsqueeze(-1)
+        if clean.shape[0]:
+            scale = stds.to(dtype).masked_fill(off, 0.0).amax(0)
+        else:
+            scale = torch.ones_like(reference)
+        scale = scale.masked_fill(scale <= 0, 1.0)
+        constant = scale.log().sum(-1) + clean.shape[-1] * HALF_LOG_TWO_PI
+        return Frame(reference, scale.reciprocal(), constant)
 
 
 def sides(
@@ -108,53 +176,53 @@ def sides(
     b: torch.Tensor,
     dtype: torch.dtype,
     check: bool = True,
+    values: bool = True,
+    frame_: Frame | None = None,
 ) -> Sides:
     """Factors of queries ``y`` ``(m, S, E)`` and components ``c = x + mu``, ``sigma``
     ``(n, S, E)`` with effective bool masks ``a`` ``(m, S)``, ``b`` ``(n, S)``; ``own`` is the
-    queries' ``(x, mu, sigma)`` (mutual information) or ``None``. Differentiable to any order;
-    ``check=False`` leaves out what only the rounding check needs."""
+    queries' ``(x, mu, sigma)`` (mutual information) or ``None``. Differentiable to any order.
+    ``check=False`` leaves out what only the rounding check needs, ``values=False`` all that
+    only the scores' values need (the backward pass); ``frame_`` a :class:`Frame` made before."""
     e = queries.shape[-1]
     off_rows, off_cols = (~a).unsqueeze(-1), (~b).unsqueeze(-1)
     a_, b_ = a.to(dtype), b.to(dtype)
     y, x, sigma = queries.to(dtype), clean.to(dtype), stds.to(dtype)
-    mu = None if means is None else means.to(dtype)
-    with torch.no_grad():  # reference r: mean active centre; scale t: largest active std
-        centres = (x if mu is None else x + mu).masked_fill(off_cols, 0.0)
-        reference = centres.sum(0) / off_cols.logical_not().sum(0).clamp_min(1)
-        scale = sigma.masked_fill(off_cols, 0.0).amax(0) if sigma.shape[0] else reference + 1
-        scale = torch.where(scale > 0, scale, 1.0)
-        inverse = scale.reciprocal()
-        half_mask = -0.5 * b_.unsqueeze(-1)
-        constant = scale.log().sum(-1) + e * HALF_LOG_TWO_PI  # sum_e log t + E/2 log 2 pi
+    f = frame_ if frame_ is not None else frame(clean, means, stds, b, dtype)
     # Differences before masks (their derivatives are constants), masks before any product.
-    scaled_y = (y - reference).masked_fill(off_rows, 0.0) * inverse
+    scaled_y = ((y - f.reference).masked_fill(off_rows, 0.0) * f.inverse).flatten(1)
     # (x - r) + mu, not (x + mu) - r: x + mu rounds mu away when the data sit far from 0.
-    centred = x - reference if mu is None else (x - reference) + mu
-    scaled_c = centred.masked_fill(off_cols, 0.0) * inverse
-    ratio = (sigma * inverse).masked_fill(off_cols, 1.0)  # sigma / t, 1 where inactive
-    half_precision = ratio.pow(-2) * half_mask  # -w / 2
-    weighted = -2.0 * half_precision * scaled_c
-    p = ratio.log().sum(-1) + b_ * constant
-    h = torch.linalg.vecdot(half_precision, scaled_c.square())  # -h
-    left = [scaled_y.square().flatten(1), scaled_y.flatten(1), a_]
-    right = [half_precision.flatten(1), weighted.flatten(1), h - p]
-    q = None
+    centred = x - f.reference if means is None else (x - f.reference) + means.to(dtype)
+    scaled_c = centred.masked_fill(off_cols, 0.0) * f.inverse
+    ratio = (sigma * f.inverse).masked_fill(off_cols, math.inf)  # sigma / t, inf where inactive
+    precision = ratio.pow(-2)  # w, 0 where inactive
+    weighted = precision * scaled_c
+    residual = None
     if own is not None:
         own_x, own_mu, own_sigma = (t.to(dtype) for t in own)
         sigma_i = own_sigma.masked_fill(off_rows, 1.0)
         # (y - x) - mu, not y - (x + mu), for the same reason.
-        residual = ((y - own_x) - own_mu).masked_fill(off_rows, 0.0) / sigma_i
-        per_position = torch.linalg.vecdot(residual, 0.5 * residual) + sigma_i.log().sum(-1)
+        residual = (((y - own_x) - own_mu).masked_fill(off_rows, 0.0) / sigma_i, sigma_i)
+    s = Sides(
+        scaled_y, scaled_y.square(), a_, precision.flatten(1), weighted.flatten(1),
+        scaled_c.flatten(1), b_, f, residual,
+    )  # fmt: skip
+    if not values:
+        return s
+    h = 0.5 * torch.linalg.vecdot(weighted, scaled_c)
+    # log(sigma / t) summed over E: inf where inactive, replaced by 0 (then b p).
+    p = ratio.log().sum(-1).masked_fill(~b, 0.0) + b_ * f.constant
+    q = None
+    if residual is not None:
+        r, sigma_i = residual
+        per_position = torch.linalg.vecdot(r, 0.5 * r) + sigma_i.log().sum(-1)
         q = (per_position + e * HALF_LOG_TWO_PI) * -a_
-        left.append(q)
-        right.append(-b_)
-    squares = largest = h
+    squares = largest = None
     if check:
         with torch.no_grad():
-            squares = scaled_y.flatten(1).square().sum(-1)
-            flat = half_precision.flatten(1)
-            largest = -2.0 * flat.amin(-1) if flat[0:1].numel() else h.sum(-1)
-    return Sides(torch.cat(left, 1), torch.cat(right, 1), a_, q, b_, p, -h, squares, largest)
+            squares = s.y2.sum(-1)
+            largest = s.w.amax(-1) if s.w[0:1].numel() else h.sum(-1)
+    return s._replace(q=q, k=-(h + p), p=p, h=h, squares=squares, largest=largest)
 
 
 class Scores(NamedTuple):
@@ -162,42 +230,130 @@ class Scores(NamedTuple):
 
     z: torch.Tensor  # z_ij, -inf where the pair is not valid
     valid: torch.Tensor  # bool
-    constants: torch.Tensor  # sum_P p_js (detached)
-    own: torch.Tensor  # sum_P q_is (detached; 0 without an own term)
+    constants: torch.Tensor | None  # sum_P p_js (detached; None unless asked)
+    own: torch.Tensor | None  # sum_P q_is (detached; None without an own term)
     excess: torch.Tensor | None  # rounding error beyond the tolerance, -inf where not valid
 
 
-def scores(s: Sides, check: bool) -> Scores:
-    """The scores of every pair of ``s`` (with a graph when the factors have one)."""
-    z = s.left @ s.right.T
+class Sums(NamedTuple):
+    """Sums over positions of every pair of a block, ``(m, n)``: additive over chunks of
+    positions (``largest``: a maximum). ``z`` has a graph when the factors have one; the rest
+    is detached, ``None`` where not asked."""
+
+    z: torch.Tensor  # z_ij before the masks
+    positions: torch.Tensor  # |P(i, j)|
+    constants: torch.Tensor | None  # sum_P p_js
+    own: torch.Tensor | None  # sum_P q_is
+    halves: torch.Tensor | None  # sum_P h_js (rounding check)
+    squares: torch.Tensor | None  # |y'_i|^2, (m,) (rounding check)
+    largest: torch.Tensor | None  # max w_j, (n,) (rounding check)
+
+
+def pair_sums(s: Sides, check: bool, constants: bool = False) -> Sums:
+    """The :class:`Sums` of the pairs of ``s``; ``constants`` (implied by ``check``) also the
+    pair sums of ``p``."""
+    assert s.k is not None and s.p is not None
+    z = torch.addmm(torch.addmm(s.a @ s.k.T, s.y2, s.w.T, alpha=-0.5), s.y, s.wc.T)
+    own = None
+    if s.q is not None:
+        own_sum = s.q @ s.b.T
+        z = z - own_sum
+        own = own_sum.detach()
     with torch.no_grad():
-        valid = (s.a @ s.b.T) > 0
-        constants = s.a @ s.p.T
-        own = s.q.detach() @ s.b.T if s.q is not None else torch.zeros_like(constants)
+        count = s.a @ s.b.T
+        sums = s.a @ s.p.T if check or constants else None
+        if not check:
+            return Sums(z, count, sums, own, None, None, None)
+        assert s.h is not None
+        return Sums(z, count, sums, own, s.a @ s.h.T, s.squares, s.largest)
+
+
+def add_sums(total: Sums | None, part: Sums) -> Sums:
+    """``total`` and ``part`` (of another chunk of positions) together."""
+    if total is None:
+        return part
+
+    def plus(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+        return a if a is None or b is None else a + b
+
+    largest = total.largest
+    if largest is not None and part.largest is not None:
+        largest = torch.maximum(largest, part.largest)
+    return Sums(
+        total.z + part.z, total.positions + part.positions, plus(total.constants, part.constants),
+        plus(total.own, part.own), plus(total.halves, part.halves),
+        plus(total.squares, part.squares), largest,
+    )  # fmt: skip
+
+
+def finish(t: Sums, check: bool) -> Scores:
+    """The :class:`Scores` of a block from its sums over all positions."""
+    with torch.no_grad():
+        valid = t.positions > 0
         excess = None
         if check:
-            dtype = z.dtype
-            magnitude = 0.5 * (s.squares.unsqueeze(-1) * s.largest + s.a @ s.h.T)
-            distance = (z + constants + own).abs()
+            assert t.constants is not None and t.squares is not None
+            assert t.largest is not None and t.halves is not None
+            dtype = t.z.dtype
+            magnitude = 0.5 * (t.squares.unsqueeze(-1) * t.largest + t.halves)
+            distance = t.z + t.constants if t.own is None else (t.z + t.constants) + t.own
             relative, absolute = TOLERANCES[dtype]
-            error = torch.finfo(dtype).eps * magnitude - relative * distance - absolute
-            excess = torch.where(valid, torch.nan_to_num(error, nan=math.inf), -math.inf)
-    z = torch.where(valid, z, -math.inf)
-    return Scores(z, valid, constants, own, excess)
+            error = torch.finfo(dtype).eps * magnitude - relative * distance.abs() - absolute
+            excess = torch.nan_to_num(error, nan=math.inf).masked_fill(~valid, -math.inf)
+    return Scores(t.z.masked_fill(~valid, -math.inf), valid, t.constants, t.own, excess)
+
+
+def scores(s: Sides, check: bool, constants: bool = False) -> Scores:
+    """The scores of every pair of ``s`` (with a graph when the factors have one);
+    ``constants`` (implied by ``check``) also gives the pair sums of ``p``."""
+    return finish(pair_sums(s, check, constants), check)
 
 
 def statistics(block: Scores) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Softmax-weighted ``(sum_j w z, sum_j w own, sum_j w constants)`` per query (detached;
     normalised by the sum of the weights, not by a rounded ``logsumexp``)."""
+    assert block.constants is not None
     with torch.no_grad():
         peak = block.z.amax(-1, keepdim=True) if block.z.shape[-1] else block.z.sum(-1, True)
         e = exp_normal(block.z - torch.where(torch.isfinite(peak), peak, 0.0))
         total = e.sum(-1).clamp_min(torch.finfo(e.dtype).tiny)
         z = torch.where(block.valid, block.z, 0.0)
-        sums = torch.stack(
-            [(e * z).sum(-1), (e * block.own).sum(-1), (e * block.constants).sum(-1)]
-        )
+        own = (e * block.own).sum(-1) if block.own is not None else torch.zeros_like(total)
+        sums = torch.stack([(e * z).sum(-1), own, (e * block.constants).sum(-1)])
         return tuple(sums / total)
+
+
+def chain(
+    inputs: Direction, s: Sides, d: Grads
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...]]:
+    """The chain rule from the factors' gradients ``d`` back to one direction's inputs, written
+    out (first order, no graph): ``(d queries, d own (x, mu, sigma) or None, d (x, mu, sigma))``
+    in the compute dtype. Inactive positions get exact zeros (their values are never read)."""
+    queries = inputs[0]
+    shape_m, shape_n = (s.y.shape[0], *queries.shape[1:]), (s.w.shape[0], *queries.shape[1:])
+    with torch.no_grad():
+        inverse = s.frame.inverse
+        w, c, d_wc = s.w.view(shape_n), s.c.view(shape_n), d.wc.view(shape_n)
+        d_k = d.k.unsqueeze(-1)
+        # d w: directly, from w c', from h = sum w c'^2 / 2 (k = -(h + b p)).
+        d_w = d_wc * c - 0.5 * (d.w.view(shape_n) + d_k * c.square())
+        d_c = w * (d_wc - d_k * c)  # 0 where inactive (w = 0 there)
+        # w = (t / sigma)^2 and p = sum log(sigma / t): d sigma = -(2 w d_w + d_p) / sigma,
+        # with t / sigma = sqrt(w) (0 where inactive).
+        d_sigma = -(2.0 * w * d_w + d_k) * w.sqrt() * inverse
+        d_x = d_c * inverse
+        d_y = (d.y - s.y * d.y2).view(shape_m) * inverse
+        d_y = d_y * s.a.unsqueeze(-1)
+        d_own = None
+        if s.own is not None:
+            assert d.q is not None
+            residual, sigma_i = s.own
+            # q = -a (|r|^2 / 2 + sum log sigma_i + ...), r = (y - x - mu) / sigma_i.
+            d_q = (d.q * -s.a).unsqueeze(-1)
+            d_residual = d_q * residual / sigma_i
+            d_y = d_y + d_residual
+            d_own = (-d_residual, -d_residual, d_q / sigma_i - d_residual * residual)
+    return d_y, d_own, (d_x, d_x, d_sigma)
 
 
 def direct_scores(
@@ -220,6 +376,7 @@ def direct_scores(
     )
     sigma = torch.where(active, stds[cols].to(dtype), 1.0)
     distance = 0.5 * (difference / sigma).square().sum((-1, -2))
+    assert s.p is not None
     constants = (s.a[rows] * s.p[cols]).sum(-1)
     if s.q is not None:
         constants = constants + (s.q[rows] * s.b[cols]).sum(-1)

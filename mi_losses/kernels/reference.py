@@ -1,8 +1,8 @@
 """The reference path: all pair scores at once in plain PyTorch, autograd for every derivative.
 
-It is the oracle of the other paths, and the path ``kernel="auto"`` takes whenever all scores
-fit the block budget, under ``torch.func`` transforms and for second derivatives of the others
-(their backward passes call it when a graph is being built).
+It is the oracle of the other paths, and the path ``kernel="auto"`` takes under ``torch.func``
+transforms and ``torch.compile``; the other paths' backward passes differentiate it when a graph
+is being built (second derivatives), and the float64 fallback runs it.
 """
 
 from __future__ import annotations
@@ -12,24 +12,29 @@ from typing import NamedTuple
 
 import torch
 
-from mi_losses.kernels.factors import (
-    direct_scores,
-    exp_normal,
-    scores,
-    sides,
-    statistics,
-)
-from mi_losses.kernels.factors import (
-    directions as all_directions,
-)
+from mi_losses.kernels.factors import direct_scores, exp_normal, scores, sides, statistics
+from mi_losses.kernels.factors import directions as all_directions
 
 
 class Result(NamedTuple):
     """What a path computes, all directions concatenated (``Q`` queries)."""
 
     log_sum_exp: torch.Tensor  # (Q,), -inf where a query has no valid pair; with grad
-    stats: torch.Tensor  # (4, Q) detached: sum w z, sum w own, sum w constants, |V_i|
+    num_valid: torch.Tensor  # (Q,) |V_i| in the compute dtype
+    stats: torch.Tensor | None  # (3, Q) detached: sum w z, sum w own, sum w constants
     excess: torch.Tensor  # largest rounding error beyond the tolerance (0-d; -inf: none)
+    scores: torch.Tensor | None = None  # (m, n) z of a direction held in one block, else None
+
+
+def log_sum_exp(z: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` over the last axis, ``-inf`` for the rows without a finite score (``has``
+    false); terms below the smallest normal number are dropped (subnormals are many times
+    slower on CPU). Differentiable to any order."""
+    with torch.no_grad():
+        peak = z.amax(-1) if z.shape[-1] else z.sum(-1)
+        peak = peak.masked_fill(~has, 0.0)
+    total = exp_normal(z - peak.unsqueeze(-1)).sum(-1)
+    return (total.clamp_min(1.0).log() + peak).masked_fill(~has, -math.inf)
 
 
 def reference(
@@ -38,29 +43,25 @@ def reference(
     with_own: bool,
     dtype: torch.dtype,
     check: bool,
+    with_statistics: bool = True,
     direct: bool = False,
 ) -> Result:
-    """Per-query ``logsumexp`` of the valid pair scores, the statistics and the rounding excess.
-
-    ``direct``: pairs the rounding check flags are evaluated from their differences instead.
-    """
-    log_sum_exps, all_stats = [], []
+    """Per-query ``logsumexp`` of the valid pair scores, the statistics (when asked) and the
+    rounding excess. ``direct``: pairs the rounding check flags are evaluated from their
+    differences instead."""
+    log_sum_exps, counts, all_stats = [], [], []
     excess = inputs[0].new_full((), -math.inf, dtype=dtype)
     for d in all_directions(inputs, directions, with_own):
-        s = sides(*d, dtype)
-        block = scores(s, check or direct)
+        s = sides(*d, dtype, check=check or direct)
+        block = scores(s, check or direct, constants=with_statistics)
         if block.excess is not None and block.excess.numel():
             excess = torch.maximum(excess, block.excess.amax())
             if direct and bool(excess > 0):
                 block = block._replace(z=direct_scores(block, block.excess > 0, d, s, dtype))
-        with torch.no_grad():
-            peak = block.z.amax(-1, keepdim=True) if block.z.shape[-1] else block.z.sum(-1, True)
-            has = torch.isfinite(peak)
-            peak = torch.where(has, peak, 0.0)
-        # logsumexp without subnormal terms (many times slower on CPU), differentiable twice.
-        total = exp_normal(block.z - peak).sum(-1, keepdim=True)
-        lse = torch.where(has, total.clamp_min(1.0).log() + peak, -math.inf).squeeze(-1)
-        count = block.valid.sum(-1).to(dtype)
-        all_stats.append(torch.stack([*statistics(block._replace(z=block.z.detach())), count]))
-        log_sum_exps.append(lse)
-    return Result(torch.cat(log_sum_exps), torch.cat(all_stats, 1), excess)
+        count = block.valid.sum(-1)
+        log_sum_exps.append(log_sum_exp(block.z, count > 0))
+        counts.append(count.to(dtype))
+        if with_statistics:
+            all_stats.append(torch.stack(statistics(block._replace(z=block.z.detach()))))
+    stats = torch.cat(all_stats, 1) if with_statistics else None
+    return Result(torch.cat(log_sum_exps), torch.cat(counts), stats, excess)

@@ -2,12 +2,17 @@
 
 As in flash attention, the forward pass keeps a running maximum and sum per query (and the
 softmax-weighted sums of the statistics); no ``(M, N)`` matrix outlives a block. The backward
-pass recomputes each block's scores, takes the weights ``g_i exp(z_ij - logsumexp_i)`` and
-multiplies them into the factors (``dL = W R``, ``dR = W^T L``); autograd carries ``dL``, ``dR``
-back through the factors, so no chain rule is written by hand. When a graph is being built
-(``create_graph=True``) the backward pass differentiates the reference path instead: second
-derivatives are exact. The Triton path (:mod:`mi_losses.kernels.triton`) runs inside the same
-:class:`StreamingLogSumExp` with fused block kernels.
+pass takes the weights ``G = g_i exp(z_ij - logsumexp_i)`` of each block and multiplies them
+into the factors of :func:`~mi_losses.kernels.factors.sides` (``d y' = G wc``,
+``d wn = G^T y'^2``, ...); :func:`~mi_losses.kernels.factors.chain` carries them back to the
+inputs in a few elementwise passes. When all scores of a direction fit one block (the common
+case) they are kept for the backward pass, and the factors are made and used one cache-sized
+chunk of positions at a time, in both passes: the elementwise work then stays in the CPU's
+caches instead of streaming whole ``(rows, S, E)`` tensors through memory some forty times.
+When a graph is being built (``create_graph=True``) the backward pass differentiates the
+reference path instead: second derivatives are exact. The Triton path
+(:mod:`mi_losses.kernels.triton`) runs inside the same :class:`StreamingLogSumExp` with fused
+block kernels.
 """
 
 from __future__ import annotations
@@ -17,74 +22,223 @@ from typing import Any, Protocol
 
 import torch
 
-from mi_losses.kernels.factors import Sides, block_rows, directions, exp_normal, scores, sides
-from mi_losses.kernels.reference import Result, reference
+from mi_losses.kernels.factors import (
+    Direction,
+    Grads,
+    Sides,
+    Sums,
+    add_sums,
+    block_rows,
+    chain,
+    directions,
+    exp_normal,
+    finish,
+    pair_sums,
+    ranges,
+    scores,
+    sides,
+    statistics,
+)
+from mi_losses.kernels.reference import Result, log_sum_exp, reference
+
+# Positions per chunk: the factors of a chunk (queries and components) take about this much.
+CHUNK_BYTES = 1 << 20
+
+InputGrads = tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...]]
+"""Gradients of one direction: queries, own ``(x, mu, sigma)`` or ``None``, components'."""
+
+Outputs = tuple[torch.Tensor | None, ...]
+"""Where one direction's gradients are added (rows of the inputs' gradient buffers, ``None``
+where not wanted): queries, own ``x, mu, sigma`` (``None`` without), components' ``x, mu, sigma``."""
+
+
+def deposit(out: Outputs, grads: InputGrads, start: int, stop: int) -> None:
+    """Add ``grads`` (positions ``[start, stop)``) into ``out``."""
+    d_queries, d_own, d_components = grads
+    values = (d_queries, *(d_own or (None, None, None)), *d_components)
+    for target, value in zip(out, values, strict=True):
+        if target is not None and value is not None:
+            if start == 0 and stop == target.shape[1]:
+                target += value
+            else:
+                target[:, start:stop] += value
 
 
 class Blocks(Protocol):
-    """How a path goes through the blocks of one direction (torch ops, or Triton kernels)."""
+    """How a path goes through one direction (torch ops, or Triton kernels): the forward pass
+    returns its :class:`Result` and what its backward pass needs."""
 
-    def forward(self, s: Sides, budget: int, check: bool) -> Result: ...
+    def forward(
+        self, d: Direction, dtype: torch.dtype, budget: int, check: bool, with_statistics: bool
+    ) -> tuple[Result, Any]: ...
 
     def backward(
-        self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+        self,
+        d: Direction,
+        saved: Any,
+        log_sum_exp: torch.Tensor,
+        grad: torch.Tensor,
+        budget: int,
+        dtype: torch.dtype,
+        out: Outputs,
+    ) -> None: ...
 
 
 def _columns(s: Sides, budget: int) -> list[tuple[int, int]]:
     """Blocks of components whose ``(m, block)`` scores and weights (about eight matrices)
     fit the budget."""
-    return block_rows(s.right.shape[0], 8 * s.left.shape[0] * s.left.element_size(), budget)
+    return block_rows(s.w.shape[0], 8 * s.y.shape[0] * s.y.element_size(), budget)
+
+
+def _one_block(d: Direction, dtype: torch.dtype, budget: int) -> bool:
+    m, n = d[0].shape[0], d[2].shape[0]
+    return 8 * m * n * torch.finfo(dtype).bits // 8 <= budget or n <= 1
+
+
+def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
+    """Chunks of positions whose factors take about :data:`CHUNK_BYTES`."""
+    m, s, e = d[0].shape
+    per_position = (m + d[2].shape[0]) * max(e, 1) * torch.finfo(dtype).bits // 8
+    return ranges(s, max(1, CHUNK_BYTES // max(per_position, 1))) or [(0, s)]
+
+
+def _at(d: Direction, start: int, stop: int) -> Direction:
+    """The direction restricted to positions ``[start, stop)``."""
+    if start == 0 and stop == d[0].shape[1]:
+        return d
+    cut = (slice(None), slice(start, stop))
+    queries, own, clean, means, stds, a, b = d
+    own_cut = None if own is None else (own[0][cut], own[1][cut], own[2][cut])
+    return queries[cut], own_cut, clean[cut], means[cut], stds[cut], a[cut], b[cut]
+
+
+def _accumulate(
+    total: torch.Tensor | None, weights: torch.Tensor, factor: torch.Tensor
+) -> torch.Tensor:
+    return weights @ factor if total is None else total.addmm_(weights, factor)
+
+
+def _factor_grads(s: Sides, weights: torch.Tensor) -> Grads:
+    """The factors' gradients from the weights of all their pairs."""
+    transposed = weights.T
+    d_q = -(weights @ s.b) if s.own is not None else None
+    return Grads(
+        weights @ s.wc, weights @ s.w, d_q, transposed @ s.y2, transposed @ s.y, transposed @ s.a
+    )
 
 
 class TorchBlocks:
     """Blocks evaluated with torch operations (any device)."""
 
-    def forward(self, s: Sides, budget: int, check: bool) -> Result:
-        m, dtype = s.left.shape[0], s.left.dtype
-        peak = s.left.new_full((m,), -math.inf)
-        total, score, own, constants, count = s.left.new_zeros((5, m))
-        excess = s.left.new_full((), -math.inf)
+    def forward(
+        self, d: Direction, dtype: torch.dtype, budget: int, check: bool, with_statistics: bool
+    ) -> tuple[Result, Any]:
+        if not _one_block(d, dtype, budget):
+            s = sides(*d, dtype, check)
+            return self._stream(s, budget, check, with_statistics), s
+        total: Sums | None = None
+        chunks = _positions(d, dtype)
+        frames = []
+        for start, stop in chunks:
+            s = sides(*_at(d, start, stop), dtype, check)
+            total = add_sums(total, pair_sums(s, check, with_statistics))
+            frames.append(s.frame)
+        assert total is not None
+        block = finish(total, check)
+        count = block.valid.sum(-1).to(dtype)
+        lse = log_sum_exp(block.z, count > 0)
+        stats = torch.stack(statistics(block)) if with_statistics else None
+        excess = lse.new_full((), -math.inf)
+        if block.excess is not None and block.excess.numel():
+            excess = block.excess.amax()
+        # One chunk: its factors are kept too; several are made again, chunk by chunk.
+        return Result(lse, count, stats, excess), (block.z, s if len(chunks) == 1 else frames)
+
+    def _stream(self, s: Sides, budget: int, check: bool, with_statistics: bool) -> Result:
+        m = s.y.shape[0]
+        peak = s.y.new_full((m,), -math.inf)
+        total, score, own, constants, count = s.y.new_zeros((5, m))
+        excess = s.y.new_full((), -math.inf)
         for c0, c1 in _columns(s, budget):
-            block = scores(s.columns(c0, c1), check)
+            block = scores(s.columns(c0, c1), check, constants=with_statistics)
             new = torch.maximum(peak, block.z.amax(-1))
-            shift = torch.where(torch.isfinite(new), new, 0.0)
+            shift = new.masked_fill(new == -math.inf, 0.0)
             e = exp_normal(block.z - shift.unsqueeze(-1))
             alpha = (peak - shift).exp()
             total = total * alpha + e.sum(-1)
-            score = score * alpha + (e * torch.where(block.valid, block.z, 0.0)).sum(-1)
-            own = own * alpha + (e * block.own).sum(-1)
-            constants = constants * alpha + (e * block.constants).sum(-1)
-            count = count + block.valid.sum(-1).to(dtype)
+            if with_statistics:
+                assert block.constants is not None
+                score = score * alpha + (e * block.z.masked_fill(~block.valid, 0.0)).sum(-1)
+                if block.own is not None:
+                    own = own * alpha + (e * block.own).sum(-1)
+                constants = constants * alpha + (e * block.constants).sum(-1)
+            count = count + block.valid.sum(-1)
             peak = new
             if block.excess is not None and block.excess.numel():
                 excess = torch.maximum(excess, block.excess.amax())
         has = count > 0
         total = torch.where(has, total, 1.0)
-        lse = torch.where(has, torch.where(has, peak, 0.0) + total.log(), -math.inf)
-        return Result(
-            lse, torch.stack([score / total, own / total, constants / total, count]), excess
-        )
+        lse = (peak.masked_fill(~has, 0.0) + total.log()).masked_fill(~has, -math.inf)
+        stats = torch.stack([score, own, constants]) / total if with_statistics else None
+        return Result(lse, count, stats, excess)
 
     def backward(
+        self,
+        d: Direction,
+        saved: Any,
+        log_sum_exp: torch.Tensor,
+        grad: torch.Tensor,
+        budget: int,
+        dtype: torch.dtype,
+        out: Outputs,
+    ) -> None:
+        if isinstance(saved, Sides):
+            grads = chain(d, saved, self._stream_grads(saved, log_sum_exp, grad, budget))
+            deposit(out, grads, 0, d[0].shape[1])
+            return
+        z, kept = saved
+        weights = exp_normal(z - log_sum_exp.unsqueeze(-1)) * grad.unsqueeze(-1)
+        if isinstance(kept, Sides):
+            deposit(out, chain(d, kept, _factor_grads(kept, weights)), 0, d[0].shape[1])
+            return
+        for (start, stop), frame in zip(_positions(d, dtype), kept, strict=True):
+            part = _at(d, start, stop)
+            s = sides(*part, dtype, False, values=False, frame_=frame)
+            deposit(out, chain(part, s, _factor_grads(s, weights)), start, stop)
+
+    def _stream_grads(
         self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        grad_left = torch.zeros_like(s.left)
-        grad_right = []
+    ) -> Grads:
+        d_y = d_y2 = d_q = None
+        d_w, d_wc, d_k = [], [], []
         for c0, c1 in _columns(s, budget):
-            block = scores(s.columns(c0, c1), False)
-            weights = exp_normal(block.z - log_sum_exp.unsqueeze(-1)) * grad.unsqueeze(-1)
-            grad_left.addmm_(weights, s.right[c0:c1])
-            grad_right.append(weights.T @ s.left)
-        return grad_left, torch.cat(grad_right) if grad_right else torch.zeros_like(s.right)
+            t = s.columns(c0, c1)
+            weights = exp_normal(scores(t, False).z - log_sum_exp.unsqueeze(-1))
+            weights = weights * grad.unsqueeze(-1)
+            d_y = _accumulate(d_y, weights, t.wc)
+            d_y2 = _accumulate(d_y2, weights, t.w)
+            if s.own is not None:
+                d_q = _accumulate(d_q, weights, -t.b)
+            transposed = weights.T
+            d_w.append(transposed @ s.y2)
+            d_wc.append(transposed @ s.y)
+            d_k.append(transposed @ s.a)
+        assert d_y is not None and d_y2 is not None  # several blocks: there are components
+        return Grads(d_y, d_y2, d_q, join(d_w), join(d_wc), join(d_k))
+
+
+def join(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """``torch.cat(parts, dim)`` without a copy for a single part."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
 
 class StreamingLogSumExp(torch.autograd.Function):
-    """``logsumexp_{j in V_i} z_ij`` per query through ``blocks``; the statistics and the
+    """``logsumexp_{j in V_i} z_ij`` per query through ``blocks``; the counts, statistics and
     rounding excess are outputs without gradient."""
 
     @staticmethod
     def forward(
+        ctx: Any,
         queries: torch.Tensor,
         clean: torch.Tensor,
         means: torch.Tensor,
@@ -94,68 +248,74 @@ class StreamingLogSumExp(torch.autograd.Function):
         plan: Any,
         blocks: Blocks,
         check: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         inputs = (queries, clean, means, stds, query_mask, component_mask)
-        budget = plan.options.max_block_bytes
-        results = [
-            blocks.forward(sides(*d, plan.dtype), budget, check)
-            for d in directions(inputs, plan.directions, plan.with_own)
-        ]
-        excess = torch.stack([r.excess for r in results]).amax() if results else None
-        return (
-            torch.cat([r.log_sum_exp for r in results]),
-            torch.cat([r.stats for r in results], 1),
-            excess if excess is not None else queries.new_full((), -math.inf),
-        )
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        *tensors, plan, blocks, _ = inputs
-        ctx.save_for_backward(*tensors, output[0])
-        ctx.plan, ctx.blocks = plan, blocks
-        ctx.mark_non_differentiable(output[1], output[2])
+        budget, stats = plan.options.max_block_bytes, plan.with_statistics
+        parts = directions(inputs, plan.directions, plan.with_own)
+        runs = [blocks.forward(d, plan.dtype, budget, check, stats) for d in parts]
+        results = [result for result, _ in runs]
+        excess = torch.stack([r.excess for r in results]).amax() if len(results) > 1 else None
+        lse = join([r.log_sum_exp for r in results])
+        num_valid = join([r.num_valid for r in results])
+        ctx.save_for_backward(*inputs, lse, num_valid)
+        ctx.parts, ctx.saved, ctx.plan, ctx.blocks = parts, [s for _, s in runs], plan, blocks
+        outputs = [lse, num_valid]
+        if stats:
+            outputs.append(join([r.stats for r in results if r.stats is not None], 1))
+        if excess is None:
+            excess = results[0].excess if results else queries.new_full((), -math.inf)
+        ctx.mark_non_differentiable(*outputs[1:], excess)
+        return (*outputs, excess)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
-        *inputs, log_sum_exp = ctx.saved_tensors
+        *inputs, lse, num_valid = ctx.saved_tensors
         plan, needs = ctx.plan, ctx.needs_input_grad[:4]
-        wanted = [t for t, need in zip(inputs[:4], needs, strict=True) if need]
         if torch.is_grad_enabled():
             # A graph is being built (second derivatives): differentiate the reference path.
-            exact = reference(tuple(inputs), plan.directions, plan.with_own, plan.dtype, False)
-            grads = torch.autograd.grad(
-                exact.log_sum_exp, wanted, grad, create_graph=True, allow_unused=True
+            wanted = [t for t, need in zip(inputs[:4], needs, strict=True) if need]
+            exact = reference(
+                tuple(inputs), plan.directions, plan.with_own, plan.dtype, False, False
             )
-        else:
-            finite = torch.isfinite(log_sum_exp)
-            log_sum_exp = torch.where(finite, log_sum_exp, 0.0)
-            grad = torch.where(finite, grad, 0.0)
-            with torch.enable_grad():
-                leaves = [
-                    t.detach().requires_grad_(need)
-                    for t, need in zip(inputs[:4], needs, strict=True)
-                ]
-                tensors = (*leaves, *inputs[4:])
-                factors, grad_factors, offset = [], [], 0
-                parts = directions(tensors, plan.directions, plan.with_own)
-                for span, d in zip(plan.directions, parts, strict=True):
-                    s = sides(*d, plan.dtype, check=False)
-                    m = span[1] - span[0]
-                    rows = slice(offset, offset + m)
-                    offset += m
-                    with torch.no_grad():
-                        detached = Sides(*(t if t is None else t.detach() for t in s))  # type: ignore[arg-type]
-                        pair = ctx.blocks.backward(
-                            detached, log_sum_exp[rows], grad[rows], plan.options.max_block_bytes
-                        )
-                    factors += [s.left, s.right]
-                    grad_factors += pair
-                grads = torch.autograd.grad(
-                    factors, [t for t in leaves if t.requires_grad], grad_factors, allow_unused=True
+            grads = iter(
+                torch.autograd.grad(
+                    exact.log_sum_exp, wanted, grad, create_graph=True, allow_unused=True
                 )
-        out = iter(grads)
-        result = []
-        for tensor, need in zip(inputs[:4], needs, strict=True):
-            value = next(out) if need else None
-            result.append(torch.zeros_like(tensor) if need and value is None else value)
-        return (*result, None, None, None, None, None)
+            )
+            result = []
+            for tensor, need in zip(inputs[:4], needs, strict=True):
+                value = next(grads) if need else None
+                result.append(torch.zeros_like(tensor) if need and value is None else value)
+            return (*result, None, None, None, None, None)
+        empty = num_valid == 0  # logsumexp -inf, no gradient
+        lse = lse.masked_fill(empty, 0.0)
+        grad = grad.masked_fill(empty, 0.0)
+        buffers = [
+            torch.zeros(t.shape, dtype=plan.dtype, device=t.device) if need else None
+            for t, need in zip(inputs[:4], needs, strict=True)
+        ]
+        queries, clean, means, stds = buffers
+        offset = 0
+        for (q0, q1, c0, c1), d, saved in zip(plan.directions, ctx.parts, ctx.saved, strict=True):
+            rows = slice(offset, offset + q1 - q0)
+            offset += q1 - q0
+            own = (_rows(clean, q0, q1), _rows(means, q0, q1), _rows(stds, q0, q1))
+            out = (
+                _rows(queries, q0, q1),
+                *(own if plan.with_own else (None, None, None)),
+                _rows(clean, c0, c1), _rows(means, c0, c1), _rows(stds, c0, c1),
+            )  # fmt: skip
+            ctx.blocks.backward(
+                d, saved, lse[rows], grad[rows], plan.options.max_block_bytes, plan.dtype, out
+            )
+        found: list[torch.Tensor | None] = []
+        for buffer, tensor in zip(buffers, inputs[:4], strict=True):
+            found.append(None if buffer is None else buffer.to(tensor.dtype))
+        return (*found, None, None, None, None, None)
+
+
+def _rows(t: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+    """Rows ``[start, stop)`` of ``t`` (a view), ``t`` itself when that is all of it."""
+    if t is None or (start == 0 and stop == t.shape[0]):
+        return t
+    return t[start:stop]

@@ -8,21 +8,23 @@ constants dots over the positions; then the running maximum and sum, the softmax
 statistics and the rounding check, all in registers. One launch per direction writes the
 per-query ``logsumexp``, statistics and largest rounding excess. The backward kernel
 recomputes a block of scores and writes the weights ``g_i exp(z_ij - logsumexp_i)``; two matrix
-products per block (``dL = W R``, ``dR = W^T L``) and autograd through the factors finish the
-chain rule (:class:`mi_losses.kernels.streaming.StreamingLogSumExp`). Dots run in the factors'
+products per block (``dL = W R``, ``dR = W^T L``) give the factors' gradients, and the written-out
+chain rule of :func:`mi_losses.kernels.factors.chain` finishes it. Dots run in the factors'
 dtype (float32 for float32, bfloat16 and float16 inputs) with IEEE precision (no TF32).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from mi_losses.kernels.factors import TOLERANCES, Sides, block_rows
+from mi_losses.kernels.factors import TOLERANCES, Direction, Grads, Sides, block_rows, chain, sides
 from mi_losses.kernels.reference import Result
+from mi_losses.kernels.streaming import Outputs, deposit
 
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 
@@ -192,54 +194,92 @@ def _weights_kernel(
     tl.store(out + rows[:, None] * n + cols[None, :], weights, row_ok[:, None] & col_ok[None, :])
 
 
-def _contiguous(s: Sides) -> Sides:
-    """Row-major factors (the kernels index them as such); ``q`` stands in for itself when absent."""
-    q = s.q if s.q is not None else s.a
-    left, right, a, q, b, p, h = (t.contiguous() for t in (s.left, s.right, s.a, q, s.b, s.p, s.h))
-    return Sides(left, right, a, q, b, p, h, s.squares.contiguous(), s.largest.contiguous())
+class _Flat(NamedTuple):
+    """The factors as the kernels read them: row-major ``L``, ``R`` and the per-position sums."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+    a: torch.Tensor
+    q: torch.Tensor  # a stands in for q without an own term
+    b: torch.Tensor
+    p: torch.Tensor
+    h: torch.Tensor
+    squares: torch.Tensor
+    largest: torch.Tensor
+
+
+def _flat(s: Sides) -> _Flat:
+    def given(t: torch.Tensor | None) -> torch.Tensor:  # s.a stands in for what is not read
+        return s.a if t is None else t
+
+    tensors = (
+        s.left, s.right, s.a, given(s.q), s.b, given(s.p), given(s.h), given(s.squares),
+        given(s.largest),
+    )  # fmt: skip
+    return _Flat(*(t.contiguous() for t in tensors))
 
 
 class TritonBlocks:
     """The blocks of :class:`~mi_losses.kernels.streaming.StreamingLogSumExp` as Triton kernels."""
 
-    def forward(self, s: Sides, budget: int, check: bool) -> Result:
+    def forward(
+        self, d: Direction, dtype: torch.dtype, budget: int, check: bool, with_statistics: bool
+    ) -> tuple[Result, Sides]:
+        s = sides(*d, dtype, check)
+        return self._forward(s, check, with_statistics), s
+
+    def _forward(self, s: Sides, check: bool, with_statistics: bool) -> Result:
         has_own = s.q is not None
-        s = _contiguous(s)
-        m, n, f = s.left.shape[0], s.right.shape[0], s.left.shape[1]
-        dtype = s.left.dtype
-        lse = s.left.new_empty(m)
-        stats = s.left.new_empty((4, m))
-        excess = s.left.new_full((m,), -math.inf)
+        f_ = _flat(s)
+        m, n, f = f_.left.shape[0], f_.right.shape[0], f_.left.shape[1]
+        dtype = f_.left.dtype
+        lse = f_.left.new_empty(m)
+        stats = f_.left.new_empty((4, m))
+        excess = f_.left.new_full((m,), -math.inf)
         relative, absolute = TOLERANCES[dtype]
         if m:
             _forward_kernel[(triton.cdiv(m, BLOCK_M),)](
-                s.left, s.right, s.a, s.q, s.b, s.p, s.h,
-                s.squares, s.largest,
-                lse, stats, excess, m, n, f, s.a.shape[1],
+                f_.left, f_.right, f_.a, f_.q, f_.b, f_.p, f_.h,
+                f_.squares, f_.largest,
+                lse, stats, excess, m, n, f, f_.a.shape[1],
                 torch.finfo(dtype).eps, relative, absolute,
                 HAS_OWN=has_own, CHECK=check,
                 BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
             )  # fmt: skip
-        largest = excess.amax() if m else s.left.new_full((), -math.inf)
-        return Result(lse, stats, largest)
+        largest = excess.amax() if m else f_.left.new_full((), -math.inf)
+        return Result(lse, stats[3], stats[:3] if with_statistics else None, largest)
 
     def backward(
-        self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        s = _contiguous(s)
-        m, n, f = s.left.shape[0], s.right.shape[0], s.left.shape[1]
-        grad_left = torch.zeros_like(s.left)
-        grad_right = torch.zeros_like(s.right)
-        lse, grad = log_sum_exp.contiguous(), grad.to(s.left.dtype).contiguous()
-        for c0, c1 in block_rows(n, 4 * m * s.left.element_size(), budget):
-            weights = s.left.new_empty((m, c1 - c0))
+        self,
+        d: Direction,
+        s: Sides,
+        log_sum_exp: torch.Tensor,
+        grad: torch.Tensor,
+        budget: int,
+        dtype: torch.dtype,
+        out: Outputs,
+    ) -> None:
+        deposit(out, chain(d, s, self._grads(s, log_sum_exp, grad, budget)), 0, d[0].shape[1])
+
+    def _grads(self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int) -> Grads:
+        f_ = _flat(s)
+        m, n, f = f_.left.shape[0], f_.right.shape[0], f_.left.shape[1]
+        grad_left = torch.zeros_like(f_.left)
+        grad_right = torch.zeros_like(f_.right)
+        lse, grad = log_sum_exp.contiguous(), grad.to(f_.left.dtype).contiguous()
+        for c0, c1 in block_rows(n, 4 * m * f_.left.element_size(), budget):
+            weights = f_.left.new_empty((m, c1 - c0))
             grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(c1 - c0, BLOCK_N))
             if m:
                 _weights_kernel[grid](
-                    s.left, s.right[c0:c1], s.a, s.b[c0:c1], lse, grad, weights,
-                    m, c1 - c0, f, s.a.shape[1],
+                    f_.left, f_.right[c0:c1], f_.a, f_.b[c0:c1], lse, grad, weights,
+                    m, c1 - c0, f, f_.a.shape[1],
                     BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
                 )  # fmt: skip
-            grad_left.addmm_(weights, s.right[c0:c1])
-            grad_right[c0:c1] = weights.T @ s.left
-        return grad_left, grad_right
+            grad_left.addmm_(weights, f_.right[c0:c1])
+            grad_right[c0:c1] = weights.T @ f_.left
+        # L = [y'^2, y', a, q], R = [wn, wc, k, -b]: split the columns back into the factors.
+        width, positions = s.y.shape[1], s.a.shape[1]
+        d_y2, d_y, _, d_q = torch.split(grad_left, [width, width, positions, positions], 1)
+        d_wn, d_wc, d_k, _ = torch.split(grad_right, [width, width, positions, positions], 1)
+        return Grads(d_y, -2.0 * d_y2, d_q if s.q is not None else None, d_wn, d_wc, d_k)

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mi_losses.functional import mutual_information_sub_batch
 
-BOUND = 360
+BOUND = 270
 
 
 class _Count(TorchDispatchMode):

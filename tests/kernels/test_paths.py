@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-from mi_losses.kernels import Plan, make_plan, stream
+from mi_losses.kernels import Plan, make_plan, stream, streaming
 from mi_losses.kernels.dispatch import choose
 from mi_losses.options import KernelOptions
 
@@ -113,11 +113,15 @@ def test_reference_equals_direct_float64(granularity, with_own, symmetric, patte
     torch.testing.assert_close(lse, _naive(tensors, masks, directions, with_own))
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, streaming.CHUNK_BYTES])
 @pytest.mark.parametrize("budget", [1, 700, 2**30])
 @pytest.mark.parametrize(("granularity", "with_own", "symmetric", "pattern", "extra"), MATRIX)
 def test_streaming_equals_reference(
-    granularity, with_own, symmetric, pattern, extra, budget
+    granularity, with_own, symmetric, pattern, extra, budget, chunk_bytes, monkeypatch
 ) -> None:
+    """Blocks of one component, of a few, one block for all scores (then the factors are made
+    a chunk of positions at a time: one position per chunk with ``chunk_bytes=1``)."""
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)
     tensors, masks, directions = _problem(granularity, with_own, symmetric, pattern, extra)
     expected = _run(tensors, masks, directions, with_own, KernelOptions(kernel="reference"))
     options = KernelOptions(kernel="streaming", max_block_bytes=budget)
@@ -127,17 +131,20 @@ def test_streaming_equals_reference(
 
 
 @pytest.mark.parametrize(
-    ("kernel", "granularity", "with_own"),
+    ("kernel", "granularity", "with_own", "budget"),
     [
-        pytest.param("reference", "sequence", True, marks=pytest.mark.slow),
-        pytest.param("reference", "token", False, marks=pytest.mark.slow),
-        pytest.param("streaming", "sequence", True, marks=pytest.mark.slow),
+        pytest.param("reference", "sequence", True, 500, marks=pytest.mark.slow),
+        pytest.param("reference", "token", False, 500, marks=pytest.mark.slow),
+        pytest.param("streaming", "sequence", True, 500, marks=pytest.mark.slow),
+        pytest.param("streaming", "sequence", True, 2**30, marks=pytest.mark.slow),
     ],
 )
-def test_gradcheck_and_gradgradcheck(kernel, granularity, with_own) -> None:
+def test_gradcheck_and_gradgradcheck(kernel, granularity, with_own, budget, monkeypatch) -> None:
+    """Several blocks of components (``budget=500``), or one block with one position per chunk."""
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 1)
     tensors, masks, directions = _problem(granularity, with_own, True, "random", 0)
     plan = make_plan(
-        directions, with_own, torch.float64, KernelOptions(kernel=kernel, max_block_bytes=500)
+        directions, with_own, torch.float64, KernelOptions(kernel=kernel, max_block_bytes=budget)
     )
 
     def fn(*tensors):
@@ -207,8 +214,9 @@ def test_choice_of_path(monkeypatch) -> None:
             directions, True, torch.float64, KernelOptions(kernel=kernel, max_block_bytes=budget)
         )
 
-    assert choose(plan("auto"), inputs) == "reference"
-    assert choose(plan("auto", budget=100), inputs) == "streaming"  # scores over the budget, CPU
+    # CPU, outside torch.func and torch.compile: the streaming path, whatever the budget.
+    assert choose(plan("auto"), inputs) == "streaming"
+    assert choose(plan("auto", budget=100), inputs) == "streaming"
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match=r"kernel='triton' cannot run: .*CUDA"):
         choose(plan("triton"), inputs)
