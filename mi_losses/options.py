@@ -25,10 +25,12 @@ class KernelOptions:
     """How the pair terms are evaluated; results do not depend on it beyond rounding.
 
     Attributes:
-        kernel: ``"auto"`` (picks per call), ``"reference"`` (plain PyTorch, all scores at once,
+        kernel: ``"auto"`` (Triton on CUDA, streaming elsewhere, reference under ``torch.func``
+            and ``torch.compile``), ``"reference"`` (plain PyTorch, all scores at once,
             autograd for every derivative), ``"streaming"`` (blocks with a running
-            log-sum-exp: memory linear in the number of samples) or ``"triton"`` (fused
-            kernels, CUDA tensors only). An explicit choice that cannot run raises.
+            log-sum-exp, written-out first derivatives: memory linear in the number of
+            samples) or ``"triton"`` (fused kernels, CUDA tensors only). An explicit choice
+            that cannot run raises.
         max_block_bytes: memory budget of one block of pair scores (default 256 MiB).
         accuracy_check: check the rounding of the expanded squares and re-evaluate flagged
             pairs in float64 from their differences (one host synchronisation per call).
