@@ -215,7 +215,7 @@ def sides(
     q = None
     if residual is not None:
         r, sigma_i = residual
-        per_position = torch.linalg.vecdot(r, 0.5 * r) + sigma_i.log().sum(-1)
+        per_position = 0.5 * torch.linalg.vecdot(r, r) + sigma_i.log().sum(-1)
         q = (per_position + e * HALF_LOG_TWO_PI) * -a_
     squares = largest = None
     if check:
@@ -290,17 +290,19 @@ def finish(t: Sums, check: bool) -> Scores:
     """The :class:`Scores` of a block from its sums over all positions."""
     with torch.no_grad():
         valid = t.positions > 0
+        invalid = ~valid
         excess = None
         if check:
             assert t.constants is not None and t.squares is not None
             assert t.largest is not None and t.halves is not None
             dtype = t.z.dtype
-            magnitude = 0.5 * (t.squares.unsqueeze(-1) * t.largest + t.halves)
-            distance = t.z + t.constants if t.own is None else (t.z + t.constants) + t.own
             relative, absolute = TOLERANCES[dtype]
-            error = torch.finfo(dtype).eps * magnitude - relative * distance.abs() - absolute
-            excess = torch.nan_to_num(error, nan=math.inf).masked_fill(~valid, -math.inf)
-    return Scores(t.z.masked_fill(~valid, -math.inf), valid, t.constants, t.own, excess)
+            # eps |magnitude| / 2 - relative |distance| - absolute, in place.
+            distance = t.z + t.constants if t.own is None else (t.z + t.constants).add_(t.own)
+            error = torch.addcmul(t.halves, t.squares.unsqueeze(-1), t.largest)
+            error.mul_(0.5 * torch.finfo(dtype).eps).sub_(distance.abs_(), alpha=relative)
+            excess = error.sub_(absolute).nan_to_num_(nan=math.inf).masked_fill_(invalid, -math.inf)
+    return Scores(t.z.masked_fill(invalid, -math.inf), valid, t.constants, t.own, excess)
 
 
 def scores(s: Sides, check: bool, constants: bool = False) -> Scores:
@@ -327,33 +329,35 @@ def chain(
     inputs: Direction, s: Sides, d: Grads
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...]]:
     """The chain rule from the factors' gradients ``d`` back to one direction's inputs, written
-    out (first order, no graph): ``(d queries, d own (x, mu, sigma) or None, d (x, mu, sigma))``
-    in the compute dtype. Inactive positions get exact zeros (their values are never read)."""
+    out (first order, no graph, fused multiply-adds in place): ``(d queries, own, components)``
+    in the compute dtype, ``components = (d x, d sigma)`` (``d mu = d x``) and
+    ``own = (-d x, d sigma)`` of the queries' own terms (``None`` without). Inactive positions
+    get exact zeros (their values are never read)."""
     queries = inputs[0]
     shape_m, shape_n = (s.y.shape[0], *queries.shape[1:]), (s.w.shape[0], *queries.shape[1:])
     with torch.no_grad():
         inverse = s.frame.inverse
         w, c, d_wc = s.w.view(shape_n), s.c.view(shape_n), d.wc.view(shape_n)
         d_k = d.k.unsqueeze(-1)
-        # d w: directly, from w c', from h = sum w c'^2 / 2 (k = -(h + b p)).
-        d_w = d_wc * c - 0.5 * (d.w.view(shape_n) + d_k * c.square())
-        d_c = w * (d_wc - d_k * c)  # 0 where inactive (w = 0 there)
+        # d w: from -y'^2 w / 2, from w c', from h = sum w c'^2 / 2 (k = -(h + b p)):
+        # d_wc c - (d.w + d_k c^2) / 2 = c (d_wc - d_k c / 2) - d.w / 2.
+        d_w = torch.addcmul(d_wc, d_k, c, value=-0.5).mul_(c).add_(d.w.view(shape_n), alpha=-0.5)
+        d_x = torch.addcmul(d_wc, d_k, c, value=-1.0).mul_(w).mul_(inverse)  # 0 where inactive
         # w = (t / sigma)^2 and p = sum log(sigma / t): d sigma = -(2 w d_w + d_p) / sigma,
         # with t / sigma = sqrt(w) (0 where inactive).
-        d_sigma = -(2.0 * w * d_w + d_k) * w.sqrt() * inverse
-        d_x = d_c * inverse
-        d_y = (d.y - s.y * d.y2).view(shape_m) * inverse
-        d_y = d_y * s.a.unsqueeze(-1)
+        d_sigma = torch.addcmul(d_k, w, d_w, value=2.0).mul_(w.sqrt()).mul_(-inverse)
+        d_y = torch.addcmul(d.y, s.y, d.y2, value=-1.0).view(shape_m).mul_(inverse)
+        d_y.mul_(s.a.unsqueeze(-1))
         d_own = None
         if s.own is not None:
             assert d.q is not None
             residual, sigma_i = s.own
             # q = -a (|r|^2 / 2 + sum log sigma_i + ...), r = (y - x - mu) / sigma_i.
             d_q = (d.q * -s.a).unsqueeze(-1)
-            d_residual = d_q * residual / sigma_i
-            d_y = d_y + d_residual
-            d_own = (-d_residual, -d_residual, d_q / sigma_i - d_residual * residual)
-    return d_y, d_own, (d_x, d_x, d_sigma)
+            d_residual = (d_q * residual).div_(sigma_i)
+            d_y += d_residual
+            d_own = (d_residual, torch.addcmul(d_q / sigma_i, d_residual, residual, value=-1.0))
+    return d_y, d_own, (d_x, d_sigma)
 
 
 def direct_scores(

@@ -45,7 +45,7 @@ from mi_losses.kernels.reference import Result, log_sum_exp, reference
 CHUNK_BYTES = 1 << 20
 
 InputGrads = tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...]]
-"""Gradients of one direction: queries, own ``(x, mu, sigma)`` or ``None``, components'."""
+"""Gradients of one direction (:func:`~mi_losses.kernels.factors.chain`)."""
 
 Outputs = tuple[torch.Tensor | None, ...]
 """Where one direction's gradients are added (rows of the inputs' gradient buffers, ``None``
@@ -53,15 +53,17 @@ where not wanted): queries, own ``x, mu, sigma`` (``None`` without), components'
 
 
 def deposit(out: Outputs, grads: InputGrads, start: int, stop: int) -> None:
-    """Add ``grads`` (positions ``[start, stop)``) into ``out``."""
-    d_queries, d_own, d_components = grads
-    values = (d_queries, *(d_own or (None, None, None)), *d_components)
-    for target, value in zip(out, values, strict=True):
+    """Add ``grads`` (:func:`~mi_losses.kernels.factors.chain`'s, positions ``[start, stop)``)
+    into ``out``."""
+    d_queries, d_own, (d_x, d_sigma) = grads
+    own = (None, None, None) if d_own is None else (d_own[0], d_own[0], d_own[1])
+    values = (d_queries, *own, d_x, d_x, d_sigma)
+    signs = (1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0)  # chain gives -d x of the own terms
+    for target, value, sign in zip(out, values, signs, strict=True):
         if target is not None and value is not None:
-            if start == 0 and stop == target.shape[1]:
-                target += value
-            else:
-                target[:, start:stop] += value
+            if start != 0 or stop != target.shape[1]:
+                target = target[:, start:stop]
+            target.add_(value, alpha=sign)
 
 
 class Blocks(Protocol):

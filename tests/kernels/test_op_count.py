@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mi_losses.functional import mutual_information_sub_batch
 
-BOUND = 270
+BOUND = 250
 
 
 class _Count(TorchDispatchMode):
