@@ -1,6 +1,6 @@
 """The pairwise kernel: a per-query log-sum-exp of quadratic pair scores, three ways to run it.
 
-- :mod:`~mi_losses.kernels.factors`: the scores as one matrix product of per-sample factors.
+- :mod:`~mi_losses.kernels.factors`: the scores as products of per-sample factors, their chain rule.
 - :mod:`~mi_losses.kernels.reference`: plain PyTorch, all scores at once, autograd throughout.
 - :mod:`~mi_losses.kernels.streaming`: blocks with a running log-sum-exp, linear memory.
 - :mod:`~mi_losses.kernels.triton`: the same blocks as fused Triton kernels (CUDA).

@@ -1,4 +1,5 @@
-"""The pair scores as one matrix product of per-sample factors; helpers every path shares.
+"""The pair scores as matrix products of per-sample factors, their chain rule; helpers every
+path shares.
 
 Every mixture estimator reduces, per query ``i``, the pair scores (docs/math.md)
 
@@ -6,14 +7,15 @@ Every mixture estimator reduces, per query ``i``, the pair scores (docs/math.md)
 
 with ``q`` the query's own term (minus its log-density, mutual information; 0 for the mixture
 entropy) and ``p_js = sum_e log sigma_jse + E/2 log 2 pi``. Features are centred on a detached
-reference ``r`` and divided by a detached scale ``t`` (the score does not depend on them):
-``y' = a (y - r) / t``, ``c' = (c - r) / t``, ``w = b (t / sigma)^2``. Then ``z = L R^T`` with
+reference ``r`` and divided by a detached scale ``t`` (the :class:`Frame`; the score does not
+depend on them): ``y' = a (y - r) / t``, ``c' = (c - r) / t``, ``w = b (t / sigma)^2``. Then
 
-    L = [y'^2, y', a, a q]            R = [-w / 2, w c', -(h + b p), -b],   h = sum_e w c'^2 / 2
+    z = -y'^2 w^T / 2 + y' (w c')^T + a k^T - (a q) b^T,        k = -(h + b p),  h = sum_e w c'^2 / 2
 
-over ``2 S E + 2 S`` columns. Inactive positions are replaced (``y, c -> 0``, ``sigma -> 1``)
-before any arithmetic whose derivative depends on them: they are never read.
-"""
+(:func:`pair_sums`; the Triton kernels read the same as one product ``L R^T`` of
+concatenated factors). :func:`chain` carries the factors' gradients back to the inputs.
+Inactive positions are replaced (``y, c -> 0``, ``sigma -> inf``) before any arithmetic whose
+derivative depends on them: they are never read."""
 
 from __future__ import annotations
 

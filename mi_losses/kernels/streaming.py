@@ -24,6 +24,7 @@ import torch
 
 from mi_losses.kernels.factors import (
     Direction,
+    Frame,
     Grads,
     Sides,
     Sums,
@@ -41,7 +42,11 @@ from mi_losses.kernels.factors import (
 )
 from mi_losses.kernels.reference import Result, log_sum_exp, reference
 
-# Positions per chunk: the factors of a chunk (queries and components) take about this much.
+# Directions whose factors (queries and components, all positions) take more than
+# CHUNK_ABOVE are made CHUNK_BYTES at a time. Measured on a 2-core EPYC (1 MiB L2 per core,
+# 32 MiB L3), one thread: chunking halves `sequence B=32 S=512 E=1024` (67 MiB of factors)
+# and slows `sequence B=128 S=128 E=768` (50 MiB) by a quarter (benchmarks/bench_versions.py).
+CHUNK_ABOVE = 64 << 20
 CHUNK_BYTES = 1 << 20
 
 InputGrads = tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...]]
@@ -98,10 +103,13 @@ def _one_block(d: Direction, dtype: torch.dtype, budget: int) -> bool:
 
 
 def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
-    """Chunks of positions whose factors take about :data:`CHUNK_BYTES`."""
+    """Chunks of positions: all at once, or (above :data:`CHUNK_ABOVE`) chunks whose factors
+    take about :data:`CHUNK_BYTES`."""
     m, s, e = d[0].shape
     per_position = (m + d[2].shape[0]) * max(e, 1) * torch.finfo(dtype).bits // 8
-    return ranges(s, max(1, CHUNK_BYTES // max(per_position, 1))) or [(0, s)]
+    if per_position * s <= CHUNK_ABOVE:
+        return [(0, s)]
+    return ranges(s, max(1, CHUNK_BYTES // max(per_position, 1)))
 
 
 def _at(d: Direction, start: int, stop: int) -> Direction:
@@ -137,7 +145,8 @@ class TorchBlocks:
     ) -> tuple[Result, Any]:
         if not _one_block(d, dtype, budget):
             s = sides(*d, dtype, check)
-            return self._stream(s, budget, check, with_statistics), s
+            # Only the frame is kept: the backward pass makes the factors again (linear memory).
+            return self._stream(s, budget, check, with_statistics), s.frame
         total: Sums | None = None
         chunks = _positions(d, dtype)
         frames = []
@@ -194,9 +203,11 @@ class TorchBlocks:
         dtype: torch.dtype,
         out: Outputs,
     ) -> None:
-        if isinstance(saved, Sides):
-            grads = chain(d, saved, self._stream_grads(saved, log_sum_exp, grad, budget))
-            deposit(out, grads, 0, d[0].shape[1])
+        if isinstance(saved, Frame):
+            s = sides(*d, dtype, False, frame_=saved)
+            deposit(
+                out, chain(d, s, self._stream_grads(s, log_sum_exp, grad, budget)), 0, d[0].shape[1]
+            )
             return
         z, kept = saved
         weights = exp_normal(z - log_sum_exp.unsqueeze(-1)) * grad.unsqueeze(-1)

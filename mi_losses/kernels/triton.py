@@ -22,7 +22,16 @@ import torch
 import triton
 import triton.language as tl
 
-from mi_losses.kernels.factors import TOLERANCES, Direction, Grads, Sides, block_rows, chain, sides
+from mi_losses.kernels.factors import (
+    TOLERANCES,
+    Direction,
+    Frame,
+    Grads,
+    Sides,
+    block_rows,
+    chain,
+    sides,
+)
 from mi_losses.kernels.reference import Result
 from mi_losses.kernels.streaming import Outputs, deposit
 
@@ -224,9 +233,9 @@ class TritonBlocks:
 
     def forward(
         self, d: Direction, dtype: torch.dtype, budget: int, check: bool, with_statistics: bool
-    ) -> tuple[Result, Sides]:
+    ) -> tuple[Result, Frame]:
         s = sides(*d, dtype, check)
-        return self._forward(s, check, with_statistics), s
+        return self._forward(s, check, with_statistics), s.frame  # factors made again later
 
     def _forward(self, s: Sides, check: bool, with_statistics: bool) -> Result:
         has_own = s.q is not None
@@ -252,13 +261,14 @@ class TritonBlocks:
     def backward(
         self,
         d: Direction,
-        s: Sides,
+        saved: Frame,
         log_sum_exp: torch.Tensor,
         grad: torch.Tensor,
         budget: int,
         dtype: torch.dtype,
         out: Outputs,
     ) -> None:
+        s = sides(*d, dtype, False, frame_=saved)
         deposit(out, chain(d, s, self._grads(s, log_sum_exp, grad, budget)), 0, d[0].shape[1])
 
     def _grads(self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int) -> Grads:

@@ -121,6 +121,7 @@ def test_streaming_equals_reference(
 ) -> None:
     """Blocks of one component, of a few, one block for all scores (then the factors are made
     a chunk of positions at a time: one position per chunk with ``chunk_bytes=1``)."""
+    monkeypatch.setattr(streaming, "CHUNK_ABOVE", 0)
     monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)
     tensors, masks, directions = _problem(granularity, with_own, symmetric, pattern, extra)
     expected = _run(tensors, masks, directions, with_own, KernelOptions(kernel="reference"))
@@ -141,6 +142,7 @@ def test_streaming_equals_reference(
 )
 def test_gradcheck_and_gradgradcheck(kernel, granularity, with_own, budget, monkeypatch) -> None:
     """Several blocks of components (``budget=500``), or one block with one position per chunk."""
+    monkeypatch.setattr(streaming, "CHUNK_ABOVE", 0)
     monkeypatch.setattr(streaming, "CHUNK_BYTES", 1)
     tensors, masks, directions = _problem(granularity, with_own, True, "random", 0)
     plan = make_plan(
