@@ -42,11 +42,11 @@ from mi_losses.kernels.factors import (
 )
 from mi_losses.kernels.reference import Result, log_sum_exp, reference
 
-# Directions whose factors (queries and components, all positions) take more than
-# CHUNK_ABOVE are made CHUNK_BYTES at a time. Measured on a 2-core EPYC (1 MiB L2 per core,
-# 32 MiB L3), one thread: chunking halves `sequence B=32 S=512 E=1024` (67 MiB of factors)
-# and slows `sequence B=128 S=128 E=768` (50 MiB) by a quarter (benchmarks/bench_versions.py).
-CHUNK_ABOVE = 64 << 20
+# Directions whose factors (queries and components, all positions, one copy) take more than
+# CHUNK_ABOVE are made CHUNK_BYTES at a time. Set from two shapes measured on a 2-core EPYC
+# (1 MiB L2 per core, 32 MiB L3), one thread: chunking halves the time of `sequence B=32
+# S=512 E=1024` (64 MiB) and slows `sequence B=128 S=128 E=768` (48 MiB) by a quarter.
+CHUNK_ABOVE = 56 << 20
 CHUNK_BYTES = 1 << 20
 
 InputGrads = tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...]]
