@@ -42,11 +42,9 @@ from mi_losses.kernels.factors import (
 )
 from mi_losses.kernels.reference import Result, log_sum_exp, reference
 
-# Directions whose factors (queries and components, all positions, one copy) take more than
-# CHUNK_ABOVE are made CHUNK_BYTES at a time. Set from two shapes measured on a 2-core EPYC
-# (1 MiB L2 per core, 32 MiB L3), one thread: chunking halves the time of `sequence B=32
-# S=512 E=1024` (64 MiB) and slows `sequence B=128 S=128 E=768` (48 MiB) by a quarter.
-CHUNK_ABOVE = 56 << 20
+# The factors of a direction (queries and components) are made CHUNK_BYTES at a time: small
+# temporaries stay in the CPU caches and are reused by the allocator, where whole-tensor
+# temporaries of tens of MiB are fresh memory (page faults) at every operation.
 CHUNK_BYTES = 1 << 20
 
 InputGrads = tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...]]
@@ -103,13 +101,16 @@ def _one_block(d: Direction, dtype: torch.dtype, budget: int) -> bool:
 
 
 def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
-    """Chunks of positions: all at once, or (above :data:`CHUNK_ABOVE`) chunks whose factors
-    take about :data:`CHUNK_BYTES`."""
+    """Chunks of positions whose factors take about :data:`CHUNK_BYTES`."""
     m, s, e = d[0].shape
     per_position = (m + d[2].shape[0]) * max(e, 1) * torch.finfo(dtype).bits // 8
-    if per_position * s <= CHUNK_ABOVE:
-        return [(0, s)]
-    return ranges(s, max(1, CHUNK_BYTES // max(per_position, 1)))
+    return ranges(s, max(1, CHUNK_BYTES // max(per_position, 1))) or [(0, s)]
+
+
+def _factor_bytes(d: Direction, dtype: torch.dtype) -> int:
+    """About what the factors of a direction hold (``y', y'^2``, own terms; ``w, w c', c'``)."""
+    m, s, e = d[0].shape
+    return (4 * m + 3 * d[2].shape[0]) * s * e * torch.finfo(dtype).bits // 8
 
 
 def _at(d: Direction, start: int, stop: int) -> Direction:
@@ -148,12 +149,12 @@ class TorchBlocks:
             # Only the frame is kept: the backward pass makes the factors again (linear memory).
             return self._stream(s, budget, check, with_statistics), s.frame
         total: Sums | None = None
-        chunks = _positions(d, dtype)
-        frames = []
-        for start, stop in chunks:
+        keep = _factor_bytes(d, dtype) <= budget  # else made again in the backward pass
+        kept: list[Sides | Frame] = []
+        for start, stop in _positions(d, dtype):
             s = sides(*_at(d, start, stop), dtype, check)
             total = add_sums(total, pair_sums(s, check, with_statistics))
-            frames.append(s.frame)
+            kept.append(s if keep else s.frame)
         assert total is not None
         block = finish(total, check)
         count = block.valid.sum(-1).to(dtype)
@@ -162,8 +163,7 @@ class TorchBlocks:
         excess = lse.new_full((), -math.inf)
         if block.excess is not None and block.excess.numel():
             excess = block.excess.amax()
-        # One chunk: its factors are kept too; several are made again, chunk by chunk.
-        return Result(lse, count, stats, excess), (block.z, s if len(chunks) == 1 else frames)
+        return Result(lse, count, stats, excess), (block.z, kept)
 
     def _stream(self, s: Sides, budget: int, check: bool, with_statistics: bool) -> Result:
         m = s.y.shape[0]
@@ -211,13 +211,11 @@ class TorchBlocks:
             return
         z, kept = saved
         weights = exp_normal(z - log_sum_exp.unsqueeze(-1)) * grad.unsqueeze(-1)
-        if isinstance(kept, Sides):
-            deposit(out, chain(d, kept, _factor_grads(kept, weights)), 0, d[0].shape[1])
-            return
-        for (start, stop), frame in zip(_positions(d, dtype), kept, strict=True):
+        for (start, stop), factors in zip(_positions(d, dtype), kept, strict=True):
             part = _at(d, start, stop)
-            s = sides(*part, dtype, False, values=False, frame_=frame)
-            deposit(out, chain(part, s, _factor_grads(s, weights)), start, stop)
+            if isinstance(factors, Frame):
+                factors = sides(*part, dtype, False, values=False, frame_=factors)
+            deposit(out, chain(part, factors, _factor_grads(factors, weights)), start, stop)
 
     def _stream_grads(
         self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int

@@ -114,14 +114,15 @@ def test_reference_equals_direct_float64(granularity, with_own, symmetric, patte
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, streaming.CHUNK_BYTES])
-@pytest.mark.parametrize("budget", [1, 700, 2**30])
+@pytest.mark.parametrize("budget", [1, 700, 2000, 2**30])
 @pytest.mark.parametrize(("granularity", "with_own", "symmetric", "pattern", "extra"), MATRIX)
 def test_streaming_equals_reference(
     granularity, with_own, symmetric, pattern, extra, budget, chunk_bytes, monkeypatch
 ) -> None:
     """Blocks of one component, of a few, one block for all scores (then the factors are made
-    a chunk of positions at a time: one position per chunk with ``chunk_bytes=1``)."""
-    monkeypatch.setattr(streaming, "CHUNK_ABOVE", 0)
+    a chunk of positions at a time: one position per chunk with ``chunk_bytes=1``; with
+    ``budget=2000`` the sequence problems' scores fit one block, their factors do not, and the
+    backward pass makes them again)."""
     monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)
     tensors, masks, directions = _problem(granularity, with_own, symmetric, pattern, extra)
     expected = _run(tensors, masks, directions, with_own, KernelOptions(kernel="reference"))
@@ -142,7 +143,6 @@ def test_streaming_equals_reference(
 )
 def test_gradcheck_and_gradgradcheck(kernel, granularity, with_own, budget, monkeypatch) -> None:
     """Several blocks of components (``budget=500``), or one block with one position per chunk."""
-    monkeypatch.setattr(streaming, "CHUNK_ABOVE", 0)
     monkeypatch.setattr(streaming, "CHUNK_BYTES", 1)
     tensors, masks, directions = _problem(granularity, with_own, True, "random", 0)
     plan = make_plan(
