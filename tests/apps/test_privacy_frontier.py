@@ -163,7 +163,14 @@ def test_combine_writes_json_figures_and_the_page_table(tmp_path: Path) -> None:
     text = page.read_text()
     assert "old" not in text and "0.600 ± 0.141" in text and text.endswith("outro\n")
     assert "| santext | none | epsilon 1 | 0,1 |" in format_table(points)
-    assert "| 0.500 ± 0.000 (4) |" in format_table(points)  # the attack's epoch cap
+    assert "| 0.500 ± 0.000 (cap 4) |" in format_table(points)  # the attack's epoch cap
+    ended = [
+        _point(inversion_settings={"max_epochs": 40}, inversion_stopped_early=True)
+        | {"inversion_epochs": 17.25},
+        _point(seed=1, inversion_settings={"max_epochs": 40}, inversion_stopped_early=False)
+        | {"inversion_epochs": 40.0},
+    ]
+    assert "(cap 40, stopped at epoch 17.2; reached) |" in format_table(ended)
 
 
 def test_committed_frontier_json_has_the_schema() -> None:

@@ -254,8 +254,26 @@ def _epoch_cap(point: dict[str, Any]) -> str:
     return "-" if not settings else str(settings["max_epochs"])
 
 
+def _attack_end(group: list[dict[str, Any]]) -> str:
+    """How the inversion attacks of a group ended: ``", stopped at epoch 17.3"`` (early
+    stopping) or ``", reached"`` (the cap) per seed; ``""`` for points that did not record it."""
+    if not all("inversion_stopped_early" in point for point in group):
+        return ""
+    ends = [
+        f"stopped at epoch {point['inversion_epochs']:.1f}"
+        if point["inversion_stopped_early"]
+        else "reached"
+        for point in group
+    ]
+    return ", " + "; ".join(ends)
+
+
 def format_table(points: list[dict[str, Any]]) -> str:
-    """One Markdown row per (layer, objective, value, attack epoch cap): mean ± std over seeds."""
+    """One Markdown row per (layer, objective, value, attack epoch cap): mean ± std over seeds.
+
+    The inversion cell says the attack's epoch cap and, where the points record it, whether
+    early stopping ended training (and at which epoch) or the cap did.
+    """
     groups: dict[tuple[str, str, str, float, str], list[dict[str, Any]]] = {}
     for point in points:
         key = (
@@ -277,7 +295,7 @@ def format_table(points: list[dict[str, Any]]) -> str:
     )
     lines = [
         "| layer | objective | parameter | seeds | retrieval@1 | sent. cosine | NN fail | "
-        "Bayes fail | inversion fail (epoch cap) | strongest fail | exact MI nats/token |",
+        "Bayes fail | inversion fail (epoch cap, end) | strongest fail | exact MI nats/token |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = list(STYLES)
@@ -287,7 +305,7 @@ def format_table(points: list[dict[str, Any]]) -> str:
         seeds = ",".join(str(p["seed"]) for p in group)
         cells = [_mean_spread([p[c] for p in group]) for c in columns]
         if cap != "-":
-            cells[4] = f"{cells[4]} ({cap})"
+            cells[4] = f"{cells[4]} (cap {cap}{_attack_end(group)})"
         lines.append(
             f"| {layer} | {objective} | {parameter} {value:g} | {seeds} | "
             + " | ".join(cells)
