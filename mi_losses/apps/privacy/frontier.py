@@ -121,7 +121,13 @@ def _learned_sequence_channel(
     from mi_losses.apps.privacy.sequence import SequenceObfuscation
 
     pl.seed_everything(seed, verbose=False)
-    task = SequenceObfuscation(encoder, alpha=alpha, objective=objective)  # type: ignore[arg-type]
+    task = SequenceObfuscation(
+        encoder,
+        alpha=alpha,
+        objective=objective,  # type: ignore[arg-type]
+        candidates=data.candidates if objective == "adversarial" else None,
+        max_length=int(data.train.input_ids.shape[1]),
+    )
     loader = DataLoader(
         SequenceDataset(data.train),
         batch_size=16,
@@ -129,9 +135,11 @@ def _learned_sequence_channel(
         drop_last=True,
         generator=torch.Generator().manual_seed(seed),
     )
+    # Lightning counts every optimizer's steps: the adversary's too.
+    optimizers = 1 + (task.attack_steps if task.attack is not None else 0)
     trainer = pl.Trainer(
         accelerator="cpu",
-        max_steps=steps,
+        max_steps=steps * optimizers,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -163,7 +171,8 @@ def run(
         output: JSON file of this run's points.
         isotropic_stds, frequency_ks, santext_epsilons, laplace_epsilons: the baselines' grids.
         learned_token_alphas: ``alpha`` of the context-free layer trained on the exact MI.
-        sequence_objectives: ``"sub_batch"`` and/or ``"infonce"`` for the sequence layer.
+        sequence_objectives: ``"sub_batch"``, ``"infonce"`` and/or ``"adversarial"`` (against
+            an inversion attack trained alongside) for the sequence layer.
         sequence_alphas: ``alpha`` per entry of ``sequence_objectives``.
         seeds: seeds of the layer's and the inversion attack's training (the validation
             noise is always drawn from seed 0, shared by every attacker of a point).
