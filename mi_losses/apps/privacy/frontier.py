@@ -308,7 +308,13 @@ def format_table(points: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = list(STYLES)
-    for key in sorted(groups, key=lambda k: (order.index(k[0]), k[1], k[3], k[4])):
+
+    def rank(key: tuple[str, str, str, float, str]) -> tuple[int, str, float, int]:
+        """Layer order, objective, value, then the largest epoch cap first."""
+        cap = -int(key[4]) if key[4].isdigit() else 0
+        return order.index(key[0]), key[1], key[3], cap
+
+    for key in sorted(groups, key=rank):
         layer, objective, parameter, value, cap = key
         group = groups[key]
         seeds = ",".join(str(p["seed"]) for p in group)
