@@ -278,7 +278,9 @@ def train_inversion_attack(
         max_steps: upper bound on training steps (``-1``: none).
         patience: validation runs without a fall of ``min_delta`` before stopping.
         min_delta: the smallest fall in failure that counts as one.
-        val_check_interval: training steps between validation runs (``None``: once per epoch).
+        val_check_interval: validate after every ``val_check_interval`` training steps of an
+            epoch (Lightning counts them within the epoch, so an epoch shorter than twice the
+            interval validates once); ``None``: once per epoch.
         logger: a Lightning logger, or ``False``.
     """
     from pytorch_lightning.callbacks import EarlyStopping

@@ -122,7 +122,8 @@ class HFObfuscationReport(ObfuscationReport):
             context-free layer (:func:`~mi_losses.apps.minilm.report.add_inversion`); ``0``
             leaves it out. A layer that reads context gets no inversion column.
         inversion_patience: validation runs without a fall before the attack stops.
-        inversion_val_check_interval: the attack's training steps between validation runs.
+        inversion_val_check_interval: the attack's training steps between validation runs,
+            counted within an epoch (the MiniLM text's epochs of 39 steps validate once).
         inversion_max_steps: step cap of the attack (``-1``: none; for quick tests).
     """
 

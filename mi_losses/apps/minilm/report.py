@@ -330,7 +330,8 @@ class ObfuscationReport(pl.Callback):
         inversion_max_epochs: epoch cap of the learned inversion attack run on every row
             (:func:`add_inversion`); ``0`` leaves it out.
         inversion_patience: validation runs without a fall before the attack stops.
-        inversion_val_check_interval: the attack's training steps between validation runs.
+        inversion_val_check_interval: the attack's training steps between validation runs,
+            counted within an epoch (the MiniLM text's epochs of 39 steps validate once).
         inversion_max_steps: step cap of the attack (``-1``: none; for quick tests).
     """
 

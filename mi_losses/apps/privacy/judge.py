@@ -53,7 +53,9 @@ class InversionSettings:
         max_epochs: upper bound on epochs over the training split.
         patience: validation runs without a fall before stopping.
         min_delta: smallest fall in validation failure that counts.
-        val_check_interval: training steps between validation runs (``None``: once per epoch).
+        val_check_interval: training steps of an epoch between validation runs (counted within
+            the epoch, see :func:`~mi_losses.attacks.inversion.train_inversion_attack`;
+            ``None``: once per epoch).
         use_posterior: add the one-token Bayes posterior where the layer has one.
         max_steps: upper bound on training steps (``-1``: none).
     """
