@@ -173,6 +173,16 @@ def test_combine_writes_json_figures_and_the_page_table(tmp_path: Path) -> None:
     assert "(cap 40, stopped at epoch 17.2; reached) |" in format_table(ended)
 
 
+def test_largest_budget_keeps_the_strongest_attack_of_each_point() -> None:
+    from mi_losses.apps.privacy.frontier import largest_budget
+
+    capped = [_point(inversion_settings={"max_epochs": cap}) for cap in (4, 40, 12)]
+    other_seed = _point(seed=1, inversion_settings={"max_epochs": 4})
+    no_attack = _point(layer="isotropic")
+    kept = largest_budget([*capped, other_seed, no_attack])
+    assert kept == [capped[1], other_seed, no_attack]
+
+
 def test_committed_frontier_json_has_the_schema() -> None:
     path = Path(__file__).resolve().parents[2] / "docs" / "privacy_frontier.json"
     points = json.loads(path.read_text())
