@@ -126,6 +126,8 @@ class InversionAttack(pl.LightningModule):
         self.validation_curve: list[dict[str, float]] = []
         self._best_state: dict[str, torch.Tensor] | None = None
         self._best_failure = math.inf
+        self.best_step: int | None = None
+        self.training_end: dict[str, Any] = {}
 
     def attach(self, channel: Channel) -> InversionAttack:
         """Attack ``channel`` (the frozen layer); returns ``self``."""
@@ -215,6 +217,7 @@ class InversionAttack(pl.LightningModule):
         if failure < self._best_failure:
             self._best_failure = failure
             self._best_state = copy.deepcopy(self.state_dict())
+            self.best_step = int(self.global_step)
 
     def restore_best(self) -> InversionAttack:
         """Load the weights with the lowest validation failure seen (if any); returns ``self``."""
@@ -253,6 +256,7 @@ def train_inversion_attack(
     val_batches: list[dict[str, torch.Tensor]],
     *,
     max_epochs: int = 20,
+    max_steps: int = -1,
     patience: int = 3,
     min_delta: float = 0.002,
     val_check_interval: int | None = None,
@@ -260,15 +264,23 @@ def train_inversion_attack(
 ) -> InversionAttack:
     """Train ``attack`` until ``val/failure`` stops falling; returns it at its best weights.
 
+    How training ended is recorded in ``attack.training_end``: ``steps`` (optimizer steps
+    taken), ``epochs`` (steps over the steps of one epoch), ``stopped_early`` (``True`` when
+    early stopping ended it, ``False`` when ``max_epochs`` did) and ``best_step`` (the step of
+    the weights kept).
+
     Args:
         attack: an :class:`InversionAttack` with its channel attached.
         train_batches: a dataloader of training batches (``input_ids``, ``attention_mask``,
             ``noise_mask``).
         val_batches: validation batches with the fixed draw (``embeddings``, ...).
         max_epochs: upper bound on training epochs.
+        max_steps: upper bound on training steps (``-1``: none).
         patience: validation runs without a fall of ``min_delta`` before stopping.
         min_delta: the smallest fall in failure that counts as one.
-        val_check_interval: training steps between validation runs (``None``: once per epoch).
+        val_check_interval: validate after every ``val_check_interval`` training steps of an
+            epoch (Lightning counts them within the epoch, so an epoch shorter than twice the
+            interval validates once); ``None``: once per epoch.
         logger: a Lightning logger, or ``False``.
     """
     from pytorch_lightning.callbacks import EarlyStopping
@@ -278,6 +290,7 @@ def train_inversion_attack(
         accelerator="cpu",
         devices=1,
         max_epochs=max_epochs,
+        max_steps=max_steps,
         val_check_interval=val_check_interval,
         num_sanity_val_steps=0,
         enable_checkpointing=False,
@@ -291,4 +304,12 @@ def train_inversion_attack(
     val_loader: DataLoader[Any] = DataLoader(val_batches, batch_size=None)  # type: ignore[arg-type]
     trainer.validate(attack, dataloaders=val_loader, verbose=False)
     trainer.fit(attack, train_dataloaders=train_batches, val_dataloaders=val_loader)
+    steps = int(trainer.global_step)
+    per_epoch = trainer.num_training_batches
+    attack.training_end = {
+        "steps": steps,
+        "epochs": steps / per_epoch if per_epoch and math.isfinite(per_epoch) else None,
+        "stopped_early": bool(stopper.wait_count >= stopper.patience),
+        "best_step": attack.best_step,
+    }
     return attack.restore_best()

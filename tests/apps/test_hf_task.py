@@ -12,6 +12,7 @@ import torch
 from mi_losses.apps.hf.data import HFTextDataModule, file_texts
 from mi_losses.apps.hf.report import HFObfuscationReport
 from mi_losses.apps.hf.task import HFObfuscation, LayerTokenNoise, token_noise
+from mi_losses.apps.minilm.report import ROW_ATTACKS, format_table
 from mi_losses.losses import (
     GaussianMixtureEntropy,
     HiddenStateDistillation,
@@ -55,7 +56,12 @@ def test_vocabulary_objective_with_a_library_layer_trains_and_reports(
     )
     data = HFTextDataModule(folder, num_val=16, batch_size=8, eval_batch_size=8)
     before = [p.detach().clone() for p in task.noise_layer.parameters()]
-    report = HFObfuscationReport(str(tmp_path / "report.json"), baselines=False)
+    report = HFObfuscationReport(
+        str(tmp_path / "report.json"),
+        baselines=False,
+        inversion_max_steps=2,  # two steps of the inversion attack: the columns, not its strength
+        inversion_val_check_interval=1,
+    )
     _trainer(2, [report]).fit(task, data)
     assert task.support.numel() > 0  # the training prior was set in setup()
     after = list(task.noise_layer.parameters())
@@ -66,6 +72,16 @@ def test_vocabulary_objective_with_a_library_layer_trains_and_reports(
     assert learned["exact_mi_nats_per_token"] <= learned["prior_entropy_nats"] + 1e-6
     assert 0.0 <= learned["bayes_attack_failure"] <= 1.0
     assert {"nn_failure_cosine", "nn_failure_l2", "fano_floor"} <= set(learned)
+    # The learned inversion attack ran on the report's own draw (add_inversion checks it) and
+    # the strongest attack is the lowest failure of the row's attackers.
+    assert 0.0 <= learned["inversion_failure"] <= 1.0
+    assert learned["inversion_stopped_early"] is False  # the step cap ended it
+    attacks = [learned[key] for key in ROW_ATTACKS if learned.get(key) is not None]
+    assert "inversion_failure" in ROW_ATTACKS and len(attacks) == len(ROW_ATTACKS)
+    assert learned["strongest_attack_failure"] == min(attacks)
+    assert report.report["inversion_settings"]["max_steps"] == 2
+    table = format_table(report.report)
+    assert "| inversion fail | strongest fail |" in table
 
 
 def test_the_token_view_of_a_context_free_layer() -> None:

@@ -26,7 +26,7 @@ from mi_losses.apps.minilm.data import PydocTextDataModule, split_texts, tokeniz
 from mi_losses.apps.minilm.evaluate import evaluate_layer, frequency_buckets  # noqa: E402
 from mi_losses.apps.minilm.layer import IsotropicNoise  # noqa: E402
 from mi_losses.apps.minilm.model import MiniLMEncoder, load_tokenizer  # noqa: E402
-from mi_losses.apps.minilm.report import COLUMNS  # noqa: E402
+from mi_losses.apps.minilm.report import COLUMNS, ROW_ATTACKS  # noqa: E402
 from mi_losses.functional import token_prior  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a real model, or several processes
@@ -179,6 +179,8 @@ def test_whole_pipeline_writes_report_and_logs_component_losses(tmp_path: Path) 
             "--trainer.enable_model_summary=false",
             f"--trainer.logger.init_args.save_dir={tmp_path}",
             f"--trainer.callbacks.init_args.report_path={report_path}",
+            "--trainer.callbacks.init_args.inversion_max_steps=2",
+            "--trainer.callbacks.init_args.inversion_val_check_interval=1",
             "--data.batch_size=4",
             "--data.num_val=16",
             "--data.eval_batch_size=8",
@@ -195,6 +197,11 @@ def test_whole_pipeline_writes_report_and_logs_component_losses(tmp_path: Path) 
         results["learned"]["sentence_cosine"], abs=0.02
     )
     assert report["baselines"]["frequency_rule"] == {"k": 20, "large_std": 2.0, "small_std": 0.02}
+    assert report["inversion_settings"]["max_steps"] == 2
+    for metrics in results.values():  # the inversion attack ran on every row, or was skipped
+        assert metrics["inversion_failure"] is not None or metrics["inversion_skipped"]
+        attacks = [metrics[key] for key in ROW_ATTACKS if metrics.get(key) is not None]
+        assert metrics["strongest_attack_failure"] == min(attacks)
     assert report["training"]["global_step"] == 4
     assert report["data"]["val_sequences"] == 16
 

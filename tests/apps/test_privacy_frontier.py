@@ -163,7 +163,24 @@ def test_combine_writes_json_figures_and_the_page_table(tmp_path: Path) -> None:
     text = page.read_text()
     assert "old" not in text and "0.600 ± 0.141" in text and text.endswith("outro\n")
     assert "| santext | none | epsilon 1 | 0,1 |" in format_table(points)
-    assert "| 0.500 ± 0.000 (4) |" in format_table(points)  # the attack's epoch cap
+    assert "| 0.500 ± 0.000 (cap 4) |" in format_table(points)  # the attack's epoch cap
+    ended = [
+        _point(inversion_settings={"max_epochs": 40}, inversion_stopped_early=True)
+        | {"inversion_epochs": 17.25},
+        _point(seed=1, inversion_settings={"max_epochs": 40}, inversion_stopped_early=False)
+        | {"inversion_epochs": 40.0},
+    ]
+    assert "(cap 40, stopped at epoch 17.2; reached) |" in format_table(ended)
+
+
+def test_largest_budget_keeps_the_strongest_attack_of_each_point() -> None:
+    from mi_losses.apps.privacy.frontier import largest_budget
+
+    capped = [_point(inversion_settings={"max_epochs": cap}) for cap in (4, 40, 12)]
+    other_seed = _point(seed=1, inversion_settings={"max_epochs": 4})
+    no_attack = _point(layer="isotropic")
+    kept = largest_budget([*capped, other_seed, no_attack])
+    assert kept == [capped[1], other_seed, no_attack]
 
 
 def test_committed_frontier_json_has_the_schema() -> None:
@@ -176,3 +193,42 @@ def test_committed_frontier_json_has_the_schema() -> None:
         context_free = point["layer"] != "learned_sequence"
         assert (point["bayes_attack_failure"] is not None) == context_free, point["layer"]
         assert 0.0 <= point["retrieval_at_1"] <= 1.0
+
+
+def test_adversarial_objective_trains_layer_and_adversary_and_raises_the_noise(study) -> None:  # type: ignore[no-untyped-def]
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from mi_losses.apps.minilm.data import SequenceDataset
+    from mi_losses.apps.privacy.sequence import SequenceObfuscation
+
+    data, encoder = study
+    with pytest.raises(ValueError, match="candidates"):
+        SequenceObfuscation(encoder, objective="adversarial")
+    pl.seed_everything(0, verbose=False)
+    task = SequenceObfuscation(
+        encoder, alpha=1.0, objective="adversarial", hidden_dim=8, candidates=data.candidates,
+        max_length=S, init_std=0.3,
+    )  # fmt: skip
+    assert task.attack is not None
+    clean, mask = data.table[data.train.input_ids], data.train.noise_mask
+
+    def mean_std() -> float:
+        task.noise_layer.eval()
+        with torch.no_grad():
+            return float(task.noise_layer(clean, mask).stds[mask].mean())
+
+    std_before = mean_std()
+    attack_before = [p.detach().clone() for p in task.attack.parameters()]
+    loader = DataLoader(SequenceDataset(data.train), batch_size=16)
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=8, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(task, train_dataloaders=loader)
+    assert trainer.global_step == 8  # Lightning counts the layer's 4 steps and the adversary's 4
+    assert any(
+        not torch.equal(a, b) for a, b in zip(attack_before, task.attack.parameters(), strict=True)
+    )
+    # alpha 1: the layer only maximises the adversary's cross-entropy, so its noise grows.
+    assert mean_std() > std_before * 1.05

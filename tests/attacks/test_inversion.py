@@ -140,3 +140,27 @@ def test_labels_and_shapes() -> None:
         InversionAttack(torch.tensor([1, 2]), torch.randn(3, E))
     with pytest.raises(RuntimeError, match="attach"):
         attack.training_step(sequences(2, 0, False), 0)
+
+
+def test_training_end_says_whether_early_stopping_or_the_cap_ended_training() -> None:
+    channel = IsotropicChannel(1e3)  # nothing to learn: the validation failure cannot fall
+    val = validation_batches(channel, context=False)
+    train_set = sequences(128, 1, context=False)
+    loader = DataLoader(
+        [{key: value[i] for key, value in train_set.items()} for i in range(128)], batch_size=32
+    )
+
+    def fit(max_epochs: int, patience: int) -> InversionAttack:
+        torch.manual_seed(0)
+        attack = InversionAttack(
+            torch.arange(V), TABLE, d_model=16, num_heads=2, max_length=S, learning_rate=0.0
+        ).attach(channel)
+        return train_inversion_attack(
+            attack, loader, val, max_epochs=max_epochs, patience=patience, val_check_interval=2
+        )
+
+    # lr 0: every validation run (every 2 steps) equals the first one, so two more end it
+    stopped = fit(max_epochs=50, patience=2).training_end
+    assert stopped == {"steps": 6, "epochs": 1.5, "stopped_early": True, "best_step": 0}
+    capped = fit(max_epochs=2, patience=50).training_end
+    assert capped == {"steps": 8, "epochs": 2.0, "stopped_early": False, "best_step": 0}

@@ -118,6 +118,13 @@ class HFObfuscationReport(ObfuscationReport):
         frequency_k: tokens at the large std in the frequency-rule baseline.
         baselines: also evaluate the isotropic and frequency-rule baselines (context-free
             layers only; ``False``: the learned layer alone).
+        inversion_max_epochs: epoch cap of the learned inversion attack run on every row of a
+            context-free layer (:func:`~mi_losses.apps.minilm.report.add_inversion`); ``0``
+            leaves it out. A layer that reads context gets no inversion column.
+        inversion_patience: validation runs without a fall before the attack stops.
+        inversion_val_check_interval: the attack's training steps between validation runs,
+            counted within an epoch (the MiniLM text's epochs of 39 steps validate once).
+        inversion_max_steps: step cap of the attack (``-1``: none; for quick tests).
     """
 
     def __init__(
@@ -127,8 +134,21 @@ class HFObfuscationReport(ObfuscationReport):
         smoothing: float = 0.5,
         frequency_k: int = 20,
         baselines: bool = True,
+        inversion_max_epochs: int = 12,
+        inversion_patience: int = 3,
+        inversion_val_check_interval: int = 20,
+        inversion_max_steps: int = -1,
     ) -> None:
-        super().__init__(report_path, seed, smoothing, frequency_k)
+        super().__init__(
+            report_path,
+            seed,
+            smoothing,
+            frequency_k,
+            inversion_max_epochs,
+            inversion_patience,
+            inversion_val_check_interval,
+            inversion_max_steps,
+        )
         self.baselines = baselines
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -167,6 +187,8 @@ class HFObfuscationReport(ObfuscationReport):
                 "seed": self.seed,
                 "evaluation_seconds": time.perf_counter() - start,
             }
+        if layer is not None:
+            self.add_inversion(report, evaluation, layer, datamodule)
         report["context_free"] = layer is not None
         self.report = report
         hyperparameters = {k: _plain(v) for k, v in dict(pl_module.hparams).items()}

@@ -8,6 +8,11 @@ text, one noise seed):
   equals the learned layer's;
 - ``frequency_rule``: the ``k`` most frequent training tokens at ``large_std``, the rest at
   ``small_std`` (defaults: 20, 2.0, 0.02).
+
+:func:`add_inversion` then judges every row by the learned inversion attack that reads the whole
+sequence (:func:`mi_losses.apps.privacy.judge.judge`, on the same noise draw) and adds
+``inversion_failure`` and ``strongest_attack_failure`` (the lowest failure of every attacker of
+the row) to it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ COLUMNS = (
     ("nn_failure_cosine", "NN fail cos", 3),
     ("nn_failure_l2", "NN fail L2", 3),
     ("nn_failure_l2_shift_aware", "NN fail shift-aware", 3),
+    ("inversion_failure", "inversion fail", 3),
+    ("strongest_attack_failure", "strongest fail", 3),
     ("fano_floor", "Fano floor", 3),
     ("sub_batch_mi_lower", "sub-batch lower", 1),
     ("sub_batch_mi_upper", "sub-batch upper", 1),
@@ -143,6 +150,106 @@ def compare(
     }
 
 
+ROW_ATTACKS = (
+    "nn_failure_cosine",
+    "nn_failure_l2",
+    "nn_failure_l2_shift_aware",
+    "bayes_attack_failure",
+    "inversion_failure",
+)
+"""The failures of a report row's attackers; ``strongest_attack_failure`` is their minimum."""
+
+
+def report_layers(
+    report: dict[str, Any], learned: TokenNoise, counts: torch.Tensor
+) -> dict[str, TokenNoise]:
+    """The layer of every row of a :func:`compare` report (``learned`` alone without baselines)."""
+    layers = {"learned": learned}
+    baselines = report.get("baselines", {})
+    if "isotropic_equal_utility" in baselines:
+        layers["isotropic_equal_utility"] = IsotropicNoise(
+            baselines["isotropic_equal_utility"]["std"]
+        )
+    if "frequency_rule" in baselines:
+        rule = baselines["frequency_rule"]
+        layers["frequency_rule"] = FrequencyRuleNoise(
+            counts, rule["k"], rule["large_std"], rule["small_std"]
+        )
+    return layers
+
+
+def add_inversion(
+    report: dict[str, Any],
+    evaluation: Evaluation,
+    layers: dict[str, TokenNoise],
+    datamodule: Any,
+    settings: Any,
+) -> None:
+    """Add the learned inversion attack and the strongest attack to every row of ``report``.
+
+    Each row's layer is judged by :func:`mi_losses.apps.privacy.judge.judge` on the noise draw
+    of the report (same seed, same batches; checked: the Bayes failure and the retrieval must
+    agree with the row's), the attack trained on ``datamodule.train_sequences``. Rows gain
+    ``inversion_failure``, ``inversion_top5_failure``, ``inversion_epochs``,
+    ``inversion_stopped_early`` (``False``: the epoch cap ended training, so the failure is an
+    upper bound on a converged attack's) and ``strongest_attack_failure`` (the minimum over
+    :data:`ROW_ATTACKS`); ``report["inversion_settings"]`` records ``settings``.
+
+    Args:
+        report: a :func:`compare` report (or one with the ``learned`` row only).
+        evaluation: the evaluation that produced it.
+        layers: the layer of every row (:func:`report_layers`).
+        datamodule: has ``train_sequences`` and ``val_sequences`` (the validation sequences of
+            ``evaluation.batches``, in order).
+        settings: a :class:`~mi_losses.apps.privacy.judge.InversionSettings`.
+    """
+    from dataclasses import asdict
+
+    from mi_losses.apps.privacy.channels import GaussianTokenChannel
+    from mi_losses.apps.privacy.data import StudyData
+    from mi_losses.apps.privacy.judge import judge
+
+    start = time.perf_counter()
+    table = evaluation.encoder.word_embedding_table.detach()
+    data = StudyData(
+        datamodule.train_sequences,
+        datamodule.val_sequences,
+        table,
+        evaluation.counts,
+        evaluation.clean_sentences,
+    )
+    batch_size = int(evaluation.batches[0]["input_ids"].shape[0])
+    for name, layer in layers.items():
+        row = report["results"][name]
+        channel = GaussianTokenChannel(layer, table, evaluation.prior, data.candidates)
+        point = judge(
+            channel,
+            evaluation.encoder,
+            data,
+            layer=name,
+            objective="report",
+            parameter="",
+            value=0.0,
+            seed=evaluation.seed,
+            eval_seed=evaluation.seed,
+            inversion=settings,
+            batch_size=batch_size,
+        )
+        for key in ("bayes_attack_failure", "retrieval_at_1"):
+            if not math.isclose(point[key], row[key], abs_tol=1e-9):
+                raise RuntimeError(
+                    f"the inversion attack of row {name!r} saw another noise draw: {key} "
+                    f"{point[key]} there, {row[key]} in the report"
+                )
+        for key in ("failure", "top5_failure", "epochs", "stopped_early", "skipped"):
+            row[f"inversion_{key}"] = point.get(f"inversion_{key}")
+        row["strongest_attack_failure"] = min(
+            row[key] for key in ROW_ATTACKS if row.get(key) is not None
+        )
+    report["inversion_settings"] = asdict(settings)
+    report["inversion_seconds"] = time.perf_counter() - start
+
+
 def _cell(value: Any, digits: int) -> str:
     """``value`` with ``digits`` decimals; a value that rounds to zero prints ``0``, never ``-0``."""
     if value is None:
@@ -220,6 +327,12 @@ class ObfuscationReport(pl.Callback):
         seed: seed of the evaluation noise.
         smoothing: pseudo-count of the attacker's prior.
         frequency_k: tokens at the large std in the frequency-rule baseline.
+        inversion_max_epochs: epoch cap of the learned inversion attack run on every row
+            (:func:`add_inversion`); ``0`` leaves it out.
+        inversion_patience: validation runs without a fall before the attack stops.
+        inversion_val_check_interval: the attack's training steps between validation runs,
+            counted within an epoch (the MiniLM text's epochs of 39 steps validate once).
+        inversion_max_steps: step cap of the attack (``-1``: none; for quick tests).
     """
 
     def __init__(
@@ -228,16 +341,45 @@ class ObfuscationReport(pl.Callback):
         seed: int = 0,
         smoothing: float = 0.5,
         frequency_k: int = 20,
+        inversion_max_epochs: int = 12,
+        inversion_patience: int = 3,
+        inversion_val_check_interval: int = 20,
+        inversion_max_steps: int = -1,
     ) -> None:
         self.report_path = report_path
         self.seed = seed
         self.smoothing = smoothing
         self.frequency_k = frequency_k
+        self.inversion_max_epochs = inversion_max_epochs
+        self.inversion_patience = inversion_patience
+        self.inversion_val_check_interval = inversion_val_check_interval
+        self.inversion_max_steps = inversion_max_steps
         self.report: dict[str, Any] | None = None
         self._fit_start = 0.0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()
+
+    def add_inversion(
+        self,
+        report: dict[str, Any],
+        evaluation: Evaluation,
+        learned: TokenNoise,
+        datamodule: Any,
+    ) -> None:
+        """:func:`add_inversion` on every row, unless ``inversion_max_epochs`` is 0."""
+        if self.inversion_max_epochs <= 0:
+            return
+        from mi_losses.apps.privacy.judge import InversionSettings
+
+        settings = InversionSettings(
+            max_epochs=self.inversion_max_epochs,
+            patience=self.inversion_patience,
+            val_check_interval=self.inversion_val_check_interval,
+            max_steps=self.inversion_max_steps,
+        )
+        layers = report_layers(report, learned, evaluation.counts)
+        add_inversion(report, evaluation, layers, datamodule, settings)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         fit_seconds = time.perf_counter() - self._fit_start
@@ -254,6 +396,7 @@ class ObfuscationReport(pl.Callback):
         counts = datamodule.train_token_counts(encoder.word_embedding_table.shape[0])
         evaluation = Evaluation(encoder, batches, counts, smoothing=self.smoothing, seed=self.seed)
         report = compare(evaluation, module.noise_layer, frequency_k=self.frequency_k)
+        self.add_inversion(report, evaluation, module.noise_layer, datamodule)
         self.report = report
         hyperparameters = dict(pl_module.hparams)
         finish_report(

@@ -121,7 +121,13 @@ def _learned_sequence_channel(
     from mi_losses.apps.privacy.sequence import SequenceObfuscation
 
     pl.seed_everything(seed, verbose=False)
-    task = SequenceObfuscation(encoder, alpha=alpha, objective=objective)  # type: ignore[arg-type]
+    task = SequenceObfuscation(
+        encoder,
+        alpha=alpha,
+        objective=objective,  # type: ignore[arg-type]
+        candidates=data.candidates if objective == "adversarial" else None,
+        max_length=int(data.train.input_ids.shape[1]),
+    )
     loader = DataLoader(
         SequenceDataset(data.train),
         batch_size=16,
@@ -129,9 +135,11 @@ def _learned_sequence_channel(
         drop_last=True,
         generator=torch.Generator().manual_seed(seed),
     )
+    # Lightning counts every optimizer's steps: the adversary's too.
+    optimizers = 1 + (task.attack_steps if task.attack is not None else 0)
     trainer = pl.Trainer(
         accelerator="cpu",
-        max_steps=steps,
+        max_steps=steps * optimizers,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -163,7 +171,8 @@ def run(
         output: JSON file of this run's points.
         isotropic_stds, frequency_ks, santext_epsilons, laplace_epsilons: the baselines' grids.
         learned_token_alphas: ``alpha`` of the context-free layer trained on the exact MI.
-        sequence_objectives: ``"sub_batch"`` and/or ``"infonce"`` for the sequence layer.
+        sequence_objectives: ``"sub_batch"``, ``"infonce"`` and/or ``"adversarial"`` (against
+            an inversion attack trained alongside) for the sequence layer.
         sequence_alphas: ``alpha`` per entry of ``sequence_objectives``.
         seeds: seeds of the layer's and the inversion attack's training (the validation
             noise is always drawn from seed 0, shared by every attacker of a point).
@@ -254,8 +263,26 @@ def _epoch_cap(point: dict[str, Any]) -> str:
     return "-" if not settings else str(settings["max_epochs"])
 
 
+def _attack_end(group: list[dict[str, Any]]) -> str:
+    """How the inversion attacks of a group ended: ``", stopped at epoch 17.3"`` (early
+    stopping) or ``", reached"`` (the cap) per seed; ``""`` for points that did not record it."""
+    if not all("inversion_stopped_early" in point for point in group):
+        return ""
+    ends = [
+        f"stopped at epoch {point['inversion_epochs']:.1f}"
+        if point["inversion_stopped_early"]
+        else "reached"
+        for point in group
+    ]
+    return ", " + "; ".join(ends)
+
+
 def format_table(points: list[dict[str, Any]]) -> str:
-    """One Markdown row per (layer, objective, value, attack epoch cap): mean ± std over seeds."""
+    """One Markdown row per (layer, objective, value, attack epoch cap): mean ± std over seeds.
+
+    The inversion cell says the attack's epoch cap and, where the points record it, whether
+    early stopping ended training (and at which epoch) or the cap did.
+    """
     groups: dict[tuple[str, str, str, float, str], list[dict[str, Any]]] = {}
     for point in points:
         key = (
@@ -277,17 +304,23 @@ def format_table(points: list[dict[str, Any]]) -> str:
     )
     lines = [
         "| layer | objective | parameter | seeds | retrieval@1 | sent. cosine | NN fail | "
-        "Bayes fail | inversion fail (epoch cap) | strongest fail | exact MI nats/token |",
+        "Bayes fail | inversion fail (epoch cap, end) | strongest fail | exact MI nats/token |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = list(STYLES)
-    for key in sorted(groups, key=lambda k: (order.index(k[0]), k[1], k[3], k[4])):
+
+    def rank(key: tuple[str, str, str, float, str]) -> tuple[int, str, float, int]:
+        """Layer order, objective, value, then the largest epoch cap first."""
+        cap = -int(key[4]) if key[4].isdigit() else 0
+        return order.index(key[0]), key[1], key[3], cap
+
+    for key in sorted(groups, key=rank):
         layer, objective, parameter, value, cap = key
         group = groups[key]
         seeds = ",".join(str(p["seed"]) for p in group)
         cells = [_mean_spread([p[c] for p in group]) for c in columns]
         if cap != "-":
-            cells[4] = f"{cells[4]} ({cap})"
+            cells[4] = f"{cells[4]} (cap {cap}{_attack_end(group)})"
         lines.append(
             f"| {layer} | {objective} | {parameter} {value:g} | {seeds} | "
             + " | ".join(cells)
@@ -296,12 +329,39 @@ def format_table(points: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def largest_budget(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (layer, objective, value, seed), only the points with the largest inversion epoch cap.
+
+    A point judged by attacks of several budgets keeps the strongest one (its privacy figure);
+    a point without an inversion attack is kept as it is.
+    """
+
+    def cap(point: dict[str, Any]) -> int:
+        settings = point.get("inversion_settings")
+        return int(settings["max_epochs"]) if settings else -1
+
+    best: dict[tuple[Any, ...], int] = {}
+    for point in points:
+        key = (point["layer"], point["objective"], point["value"], point["seed"])
+        best[key] = max(best.get(key, -1), cap(point))
+    return [
+        point
+        for point in points
+        if cap(point) == best[(point["layer"], point["objective"], point["value"], point["seed"])]
+    ]
+
+
 def plot(points: list[dict[str, Any]], path: str | Path) -> Path:
-    """Strongest-attack failure and each attacker's failure against retrieval@1, to a PNG."""
+    """Strongest-attack failure and each attacker's failure against retrieval@1, to a PNG.
+
+    Each point is drawn with its largest inversion budget only (:func:`largest_budget`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    points = largest_budget(points)
 
     figure, axes = plt.subplots(1, 2, figsize=(14, 5.5))
     for layer, (color, marker, label) in STYLES.items():
@@ -335,7 +395,9 @@ def plot(points: list[dict[str, Any]], path: str | Path) -> Path:
     axes[0].set_ylabel("strongest-attack failure (fraction of noised tokens missed)")
     axes[1].set_ylabel("attacker failure (fraction of noised tokens missed)")
     axes[0].set_title("privacy = failure of the strongest attacker", fontsize=10)
-    axes[1].set_title("Bayes vs learned inversion, same draw", fontsize=10)
+    axes[1].set_title(
+        "Bayes vs learned inversion, same draw (largest attack budget per point)", fontsize=10
+    )
     figure.suptitle(
         "all-MiniLM-L6-v2, held-out pydoc text (dotted: the goal, retrieval@1 >= 0.95 and "
         "failure >= 0.5)",

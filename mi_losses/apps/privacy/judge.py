@@ -53,8 +53,11 @@ class InversionSettings:
         max_epochs: upper bound on epochs over the training split.
         patience: validation runs without a fall before stopping.
         min_delta: smallest fall in validation failure that counts.
-        val_check_interval: training steps between validation runs (``None``: once per epoch).
+        val_check_interval: training steps of an epoch between validation runs (counted within
+            the epoch, see :func:`~mi_losses.attacks.inversion.train_inversion_attack`;
+            ``None``: once per epoch).
         use_posterior: add the one-token Bayes posterior where the layer has one.
+        max_steps: upper bound on training steps (``-1``: none).
     """
 
     d_model: int = 128
@@ -67,6 +70,7 @@ class InversionSettings:
     min_delta: float = 0.002
     val_check_interval: int | None = None
     use_posterior: bool = True
+    max_steps: int = -1
 
 
 def sequence_batches(sequences: TokenizedSequences, batch_size: int) -> list[Batch]:
@@ -148,6 +152,7 @@ def train_inversion(
         loader,
         val_batches,
         max_epochs=settings.max_epochs,
+        max_steps=settings.max_steps,
         patience=settings.patience,
         min_delta=settings.min_delta,
         val_check_interval=settings.val_check_interval,
@@ -225,6 +230,11 @@ def judge(
             point["inversion_bayes_fallback_tokens"] = int(outside.sum())
         point["inversion_failure"], point["inversion_top5_failure"] = failures(guesses, ids)
         point["inversion_curve"] = attack.validation_curve
+        end = attack.training_end
+        point["inversion_steps"] = end["steps"]
+        point["inversion_epochs"] = end["epochs"]
+        point["inversion_stopped_early"] = end["stopped_early"]
+        point["inversion_best_step"] = end["best_step"]
         point["inversion_settings"] = asdict(inversion)
         point["inversion_seconds"] = time.perf_counter() - fit_start
     applicable = [
