@@ -6,9 +6,10 @@ pass takes the weights ``G = g_i exp(z_ij - logsumexp_i)`` of each block and mul
 into the factors of :func:`~mi_losses.kernels.factors.sides` (``d y' = G wc``,
 ``d wn = G^T y'^2``, ...); :func:`~mi_losses.kernels.factors.chain` carries them back to the
 inputs in a few elementwise passes. When all scores of a direction fit one block (the common
-case) they are kept for the backward pass, and the factors are made and used one cache-sized
-chunk of positions at a time, in both passes: the elementwise work then stays in the CPU's
-caches instead of streaming whole ``(rows, S, E)`` tensors through memory some forty times.
+case) they are kept for the backward pass, and the factors are made one cache-sized chunk of
+positions at a time (kept for the backward pass within the block budget, else made again
+there): the elementwise work then stays in the CPU's caches instead of streaming whole
+``(rows, S, E)`` tensors through memory some sixty times.
 When a graph is being built (``create_graph=True``) the backward pass differentiates the
 reference path instead: second derivatives are exact. The Triton path
 (:mod:`mi_losses.kernels.triton`) runs inside the same :class:`StreamingLogSumExp` with fused
