@@ -31,7 +31,9 @@ class KernelOptions:
             log-sum-exp, written-out first derivatives: memory linear in the number of
             samples) or ``"triton"`` (fused kernels, CUDA tensors only). An explicit choice
             that cannot run raises.
-        max_block_bytes: memory budget of one block of pair scores (default 256 MiB).
+        max_block_bytes: memory budget of one block of pair scores (default 256 MiB), and of
+            the factors the streaming path keeps between its forward and backward passes
+            (beyond it they are made again in the backward pass).
         accuracy_check: check the rounding of the expanded squares and re-evaluate flagged
             pairs in float64 from their differences (one host synchronisation per call).
 
