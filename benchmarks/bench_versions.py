@@ -9,7 +9,8 @@ alternately, so each library is measured against a floor timed in the same proce
 same minutes; the table gives the candidate/baseline ratio of the times and of those two
 ratios (the floor of small, memory-bound shapes varies between processes on a busy machine).
 The two subprocesses of a shape run one after the other, ``--rounds`` times (the table keeps
-each one's fastest round). One torch thread by default.
+each one's fastest round). One torch thread by default. ``--memory`` adds a table of the peak
+memory of one call above the inputs (``torch.profiler`` allocations, in the same subprocesses).
 
 Run from the repository root, e.g. against the commit before a change::
 
@@ -32,8 +33,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(library: str, case: list[str], repeats: int, threads: int) -> dict[str, float]:
-    """Fastest library and floor times of one shape, measured in this process."""
+def measure(
+    library: str, case: list[str], repeats: int, threads: int, memory: bool = False
+) -> dict[str, float]:
+    """Fastest library and floor times of one shape, measured in this process; with ``memory``
+    also the peak bytes of one call above the inputs (``torch.profiler`` allocations)."""
     sys.path.insert(0, str(Path(library).resolve()))
     sys.path.insert(1, str(ROOT))
     torch.set_num_threads(threads)
@@ -66,7 +70,17 @@ def measure(library: str, case: list[str], repeats: int, threads: int) -> dict[s
         floor_step(operands)
         library_times.append(middle - start)
         floor_times.append(time.perf_counter() - middle)
-    return {"library": min(library_times), "floor": min(floor_times)}
+    result = {"library": min(library_times), "floor": min(floor_times)}
+    if memory:
+        from benchmarks.memory import MemoryMeter
+
+        peak: dict[str, int] = {}
+        for leaf in leaves:
+            leaf.grad = None
+        with MemoryMeter(torch.device("cpu"), "profiler").measure(peak):
+            mutual_information_sub_batch(*inputs, granularity=granularity).backward()
+        result["peak_mib"] = peak["peak"] / 2**20
+    return result
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per subprocess")
     parser.add_argument("--rounds", type=int, default=1, help="subprocesses per library and shape")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--memory", action="store_true", help="also the peak memory of one call (MiB)"
+    )
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # library, shape (internal)
     return parser
 
@@ -102,7 +119,7 @@ def _best(args: argparse.Namespace, shape: str) -> dict[str, dict[str, float]]:
         for name, library in (("baseline", args.baseline), ("candidate", args.candidate)):
             command = [sys.executable, __file__, "--baseline", args.baseline]
             command += ["--measure", library, shape, "--repeats", str(args.repeats)]
-            command += ["--threads", str(args.threads)]
+            command += ["--threads", str(args.threads)] + (["--memory"] if args.memory else [])
             environment = {**os.environ, "PYTHONPATH": ""}
             output = subprocess.run(
                 command, check=True, capture_output=True, text=True, env=environment
@@ -117,7 +134,8 @@ def main() -> None:
     args = _parser().parse_args()
     if args.measure:
         library, shape = args.measure
-        print(json.dumps(measure(library, shape.split(","), args.repeats, args.threads)))
+        result = measure(library, shape.split(","), args.repeats, args.threads, args.memory)
+        print(json.dumps(result))
         return
     print(f"baseline {args.baseline}, candidate {args.candidate}; {args.threads} torch threads;")
     print(f"load average at start {os.getloadavg()[0]:.1f}; torch {torch.__version__}\n")
@@ -126,8 +144,11 @@ def main() -> None:
         "candidate/floor | candidate/baseline (times) | candidate/baseline (over floors) |"
     )
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    peaks = []
     for shape in args.shapes:
         best = _best(args, shape)
+        if args.memory:
+            peaks.append((shape, best["baseline"]["peak_mib"], best["candidate"]["peak_mib"]))
         base, cand = best["baseline"], best["candidate"]
         base_ratio = base["library"] / base["floor"]
         cand_ratio = cand["library"] / cand["floor"]
@@ -139,6 +160,12 @@ def main() -> None:
             flush=True,
         )
     print(f"\nload average at end {os.getloadavg()[0]:.1f}")
+    if peaks:
+        print("\n| shape | baseline peak MiB | candidate peak MiB | candidate/baseline |")
+        print("|---|--:|--:|--:|")
+        for shape, base_mib, cand_mib in peaks:
+            ratio = cand_mib / base_mib if base_mib else float("nan")
+            print(f"| {shape.replace(',', ' ')} | {base_mib:.1f} | {cand_mib:.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
