@@ -23,27 +23,29 @@ def as_samples(tensor: torch.Tensor, granularity: Granularity) -> torch.Tensor:
 
 
 def check_active_values(
-    tensors: dict[str, tuple[torch.Tensor, torch.Tensor | Callable[[], torch.Tensor]]],
+    tensors: dict[str, torch.Tensor],
     positive: tuple[str, ...],
+    active: Callable[[], dict[str, torch.Tensor]],
 ) -> None:
     """Raise ``ValueError`` naming the first input with a bad value at an active position.
 
-    ``tensors`` maps a name to ``(tensor (rows, S, E), active)``, ``active`` the ``(rows, S)``
-    bool positions that are read or a function that makes them; names in ``positive`` must be
-    finite and ``> 0`` there, the others finite. The common case costs one reduction per tensor
-    and one host sync: when every value is good (the sums and the sum of the logs of the
-    positive ones are finite) no position is looked at; else each input is checked at its
-    active positions, which are only then made.
+    ``tensors`` maps a name to a ``(rows, S, E)`` tensor; ``active()`` makes, for every name,
+    the ``(rows, S)`` bool positions that are read; names in ``positive`` must be finite and
+    ``> 0`` there, the others finite. The common case costs one reduction per tensor and one
+    host sync: when every value is good (the sums and the sum of the logs of the positive ones
+    are finite) no position is looked at; else ``active()`` is called, once, and each input is
+    checked at its active positions.
     """
     with torch.no_grad():
         sums = [
             (t.log() if name in positive else t).sum(dtype=compute_dtype(t.dtype))
-            for name, (t, _) in tensors.items()
+            for name, t in tensors.items()
         ]
         if math.isfinite(torch.stack(sums).sum().item()):
             return
-    for name, (tensor, active) in tensors.items():
-        where = active() if callable(active) else active
+    positions = active()
+    for name, tensor in tensors.items():
+        where = positions[name]
         if name in positive:
             check_positive_at_active(name, tensor, where)
         else:

@@ -131,8 +131,9 @@ def pairwise_square_mahalanobis_distance(
     b = as_bool_mask("y_mask", y_mask, y.shape[:2], y.device, validate_values=validate_args)
     if validate_args:
         check_active_values(
-            {"x": (x, a), "y": (y, b), "stds": (stds, b)},
-            positive=("stds",),
+            {"x": x, "y": y, "stds": stds},
+            ("stds",),
+            lambda: {"x": a, "y": b, "stds": b},
         )
     distance = pairwise_mahalanobis(x, y, stds, a, b, compute_dtype(dtype), options.accuracy_check)
     return distance.to(dtype)

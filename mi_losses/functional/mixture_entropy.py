@@ -166,20 +166,25 @@ def _entropy_estimate(
     if validate_args:
         shapes = query_mask.shape, component_mask.shape
 
-        def queries() -> torch.Tensor:
-            return active_positions(*masks, [span])[0].view(shapes[0])
-
-        def components() -> torch.Tensor:
-            return active_positions(*masks, [span])[1].view(shapes[1])
+        def active() -> dict[str, torch.Tensor]:
+            queries, components = active_positions(*masks, [span])
+            queries, components = queries.view(shapes[0]), components.view(shapes[1])
+            return {
+                noisy_name: queries,
+                clean_name: components,
+                means_name: components,
+                stds_name: components,
+            }
 
         check_active_values(
             {
-                noisy_name: (noisy_input_embeddings, queries),
-                clean_name: (clean_input_embeddings, components),
-                means_name: (means_tensor, components),
-                stds_name: (stds_tensor, components),
+                noisy_name: noisy_input_embeddings,
+                clean_name: clean_input_embeddings,
+                means_name: means_tensor,
+                stds_name: stds_tensor,
             },
-            positive=(stds_name,),
+            (stds_name,),
+            active,
         )
     tensors = (
         tuple(

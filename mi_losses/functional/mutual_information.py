@@ -204,21 +204,26 @@ def prepare_mutual_information(
     masks = (as_samples(query_mask, granularity), as_samples(component_mask, granularity))
     if validate_args:
 
-        def queries() -> torch.Tensor:
-            return active_positions(*masks, directions)[0].view(batch_size, length)
-
-        def read() -> torch.Tensor:
-            query_active, component_active = active_positions(*masks, directions)
-            return (query_active | component_active).view(batch_size, length)
+        def active() -> dict[str, torch.Tensor]:
+            # Rows of clean, means and stds are read as own terms and as components.
+            queries, components = active_positions(*masks, directions)
+            read = (queries | components).view(batch_size, length)
+            return {
+                "noisy_input_embeddings": queries.view(batch_size, length),
+                "clean_input_embeddings": read,
+                "means_tensor": read,
+                "stds_tensor": read,
+            }
 
         check_active_values(
             {
-                "noisy_input_embeddings": (noisy_input_embeddings, queries),
-                "clean_input_embeddings": (clean_input_embeddings, read),
-                "means_tensor": (means_tensor, read),
-                "stds_tensor": (stds_tensor, read),
+                "noisy_input_embeddings": noisy_input_embeddings,
+                "clean_input_embeddings": clean_input_embeddings,
+                "means_tensor": means_tensor,
+                "stds_tensor": stds_tensor,
             },
-            positive=("stds_tensor",),
+            ("stds_tensor",),
+            active,
         )
     tensors = (
         tuple(
