@@ -90,15 +90,10 @@ class Blocks(Protocol):
     ) -> None: ...
 
 
-def _columns(s: Sides, budget: int) -> list[tuple[int, int]]:
-    """Blocks of components whose ``(m, block)`` scores and weights (about eight matrices)
-    fit the budget."""
-    return block_rows(s.w.shape[0], 8 * s.y.shape[0] * s.y.element_size(), budget)
-
-
-def _one_block(d: Direction, dtype: torch.dtype, budget: int) -> bool:
-    m, n = d[0].shape[0], d[2].shape[0]
-    return 8 * m * n * torch.finfo(dtype).bits // 8 <= budget or n <= 1
+def _columns(m: int, n: int, dtype: torch.dtype, budget: int) -> list[tuple[int, int]]:
+    """Blocks of the ``n`` components whose ``(m, block)`` scores and weights (about eight
+    matrices) fit the budget."""
+    return block_rows(n, 8 * m * torch.finfo(dtype).bits // 8, budget)
 
 
 def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
@@ -145,7 +140,7 @@ class TorchBlocks:
     def forward(
         self, d: Direction, dtype: torch.dtype, budget: int, check: bool, with_statistics: bool
     ) -> tuple[Result, Any]:
-        if not _one_block(d, dtype, budget):
+        if len(_columns(d[0].shape[0], d[2].shape[0], dtype, budget)) > 1:
             s = sides(*d, dtype, check)
             # Only the frame is kept: the backward pass makes the factors again (linear memory).
             return self._stream(s, budget, check, with_statistics), s.frame
@@ -171,7 +166,7 @@ class TorchBlocks:
         peak = s.y.new_full((m,), -math.inf)
         total, score, own, constants, count = s.y.new_zeros((5, m))
         excess = s.y.new_full((), -math.inf)
-        for c0, c1 in _columns(s, budget):
+        for c0, c1 in _columns(s.y.shape[0], s.w.shape[0], s.y.dtype, budget):
             block = scores(s.columns(c0, c1), check, constants=with_statistics)
             new = torch.maximum(peak, block.z.amax(-1))
             shift = new.masked_fill(new == -math.inf, 0.0)
@@ -223,7 +218,7 @@ class TorchBlocks:
     ) -> Grads:
         d_y = d_y2 = d_q = None
         d_w, d_wc, d_k = [], [], []
-        for c0, c1 in _columns(s, budget):
+        for c0, c1 in _columns(s.y.shape[0], s.w.shape[0], s.y.dtype, budget):
             t = s.columns(c0, c1)
             weights = exp_normal(scores(t, False).z - log_sum_exp.unsqueeze(-1))
             weights = weights * grad.unsqueeze(-1)
