@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import argparse
 import collections
+import sys
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+if __package__ in (None, ""):  # run as `python benchmarks/op_count.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.grids import Case, make_inputs
 from mi_losses.functional import mutual_information_sub_batch
 from mi_losses.options import KernelOptions
 
@@ -38,23 +44,11 @@ class OperationCount(TorchDispatchMode):
 
 
 def count(granularity: str, batch: int, seq: int, emb: int, **options: object) -> int:
-    """Operations of one forward + backward call (gradients for all four inputs)."""
-    g = torch.Generator().manual_seed(0)
-    clean = torch.randn(batch, seq, emb, generator=g)
-    means = torch.zeros_like(clean).requires_grad_()
-    stds = torch.full_like(clean, 0.5).requires_grad_()
-    noisy = (clean + 0.5 * torch.randn(batch, seq, emb, generator=g)).requires_grad_()
-    clean.requires_grad_()
+    """Operations of one forward + backward call (gradients for all four inputs) on the
+    benchmarks' inputs (:func:`benchmarks.grids.make_inputs`: padded sequences)."""
+    inputs = make_inputs(Case(granularity, batch, seq, emb), torch.device("cpu"))
     with OperationCount() as counter:
-        value = mutual_information_sub_batch(
-            means,
-            stds,
-            None,
-            clean,
-            noisy,
-            granularity=granularity,
-            **options,  # type: ignore[arg-type]
-        )
+        value = mutual_information_sub_batch(*inputs, granularity=granularity, **options)  # type: ignore[arg-type]
         value.backward()
     return sum(counter.ops.values())
 
