@@ -119,19 +119,18 @@ def _at(d: Direction, start: int, stop: int) -> Direction:
     return queries[cut], own_cut, clean[cut], means[cut], stds[cut], a[cut], b[cut]
 
 
-def _accumulate(
-    total: torch.Tensor | None, weights: torch.Tensor, factor: torch.Tensor
-) -> torch.Tensor:
-    return weights @ factor if total is None else total.addmm_(weights, factor)
-
-
-def _factor_grads(s: Sides, weights: torch.Tensor) -> Grads:
-    """The factors' gradients from the weights of all their pairs."""
+def _factor_grads(s: Sides, weights: torch.Tensor, total: Grads | None = None) -> Grads:
+    """The factors' gradients from the weights of the pairs of ``s``. With ``total`` (those of
+    earlier blocks of components) the queries' gradients are added into it, in place; the
+    components' are always those of ``s``."""
     transposed = weights.T
-    d_q = -(weights @ s.b) if s.own is not None else None
-    return Grads(
-        weights @ s.wc, weights @ s.w, d_q, transposed @ s.y2, transposed @ s.y, transposed @ s.a
-    )
+    if total is None:
+        d_y, d_y2 = weights @ s.wc, weights @ s.w
+        d_q = -(weights @ s.b) if s.own is not None else None
+    else:
+        d_y, d_y2 = total.y.addmm_(weights, s.wc), total.y2.addmm_(weights, s.w)
+        d_q = None if total.q is None else total.q.addmm_(weights, s.b, alpha=-1.0)
+    return Grads(d_y, d_y2, d_q, transposed @ s.y2, transposed @ s.y, transposed @ s.a)
 
 
 class TorchBlocks:
@@ -216,22 +215,17 @@ class TorchBlocks:
     def _stream_grads(
         self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int
     ) -> Grads:
-        d_y = d_y2 = d_q = None
+        total = None
         d_w, d_wc, d_k = [], [], []
         for c0, c1 in _columns(s.y.shape[0], s.w.shape[0], s.y.dtype, budget):
             t = s.columns(c0, c1)
             weights = exp_normal(scores(t, False).z - log_sum_exp.unsqueeze(-1))
-            weights = weights * grad.unsqueeze(-1)
-            d_y = _accumulate(d_y, weights, t.wc)
-            d_y2 = _accumulate(d_y2, weights, t.w)
-            if s.own is not None:
-                d_q = _accumulate(d_q, weights, -t.b)
-            transposed = weights.T
-            d_w.append(transposed @ s.y2)
-            d_wc.append(transposed @ s.y)
-            d_k.append(transposed @ s.a)
-        assert d_y is not None and d_y2 is not None  # several blocks: there are components
-        return Grads(d_y, d_y2, d_q, join(d_w), join(d_wc), join(d_k))
+            total = _factor_grads(t, weights * grad.unsqueeze(-1), total)
+            d_w.append(total.w)
+            d_wc.append(total.wc)
+            d_k.append(total.k)
+        assert total is not None  # several blocks: there are components
+        return total._replace(w=join(d_w), wc=join(d_wc), k=join(d_k))
 
 
 def join(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
