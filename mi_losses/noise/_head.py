@@ -87,10 +87,15 @@ class GaussianHead(nn.Module):
             nn.init.zeros_(head.bias)
         self.mean_head.requires_grad_(mean_scale > 0)
 
-    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, hidden: torch.Tensor, log_std_offset: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(means, stds)``; ``log_std_offset`` ``(..., 1)`` is added to ``log sigma`` before the clamp."""
         means = self.mean_scale * torch.tanh(self.mean_head(hidden))
-        log_stds = torch.clamp(self.log_init + self.std_head(hidden), self.log_min, self.log_max)
-        return means, torch.exp(log_stds)
+        log_stds = self.log_init + self.std_head(hidden)
+        if log_std_offset is not None:
+            log_stds = log_stds + log_std_offset
+        return means, torch.exp(torch.clamp(log_stds, self.log_min, self.log_max))
 
 
 def draw_noise(

@@ -25,7 +25,7 @@ def test_generic_minilm_config_matches_the_case_study() -> None:
     assert new["data"] == old["data"]
     model, layer = new["model"], new["model"]["noise_layer"]
     assert model["model_name_or_path"] is None and model["head"] == "base"
-    assert layer["class_path"] == "mi_losses.apps.minilm.layer.LearnedTokenNoise"
+    assert layer["class_path"] == "mi_losses.noise.LearnedTokenNoise"
     for key in ("hidden_dim", "min_std", "max_std", "init_std", "mean_scale"):
         assert layer["init_args"][key] == old["model"][key], key
     assert layer["init_args"]["vocab_size"] == 30522 and old["model"]["warm_start_k"] > 0

@@ -11,7 +11,7 @@ import torch
 
 from mi_losses.apps.hf.data import HFTextDataModule, file_texts
 from mi_losses.apps.hf.report import HFObfuscationReport
-from mi_losses.apps.hf.task import HFObfuscation, LayerTokenNoise, token_noise
+from mi_losses.apps.hf.task import HFObfuscation
 from mi_losses.apps.minilm.report import ROW_ATTACKS, format_table
 from mi_losses.losses import (
     GaussianMixtureEntropy,
@@ -19,7 +19,12 @@ from mi_losses.losses import (
     LogitDistillation,
     VocabularyMutualInformation,
 )
-from mi_losses.noise import GaussianNoiseLayer, SequenceGaussianNoiseLayer
+from mi_losses.noise import (
+    GaussianNoiseLayer,
+    SequenceGaussianNoiseLayer,
+    TokenNoise,
+    as_token_noise,
+)
 
 pytest.importorskip("transformers")
 
@@ -86,14 +91,14 @@ def test_vocabulary_objective_with_a_library_layer_trains_and_reports(
 
 def test_the_token_view_of_a_context_free_layer() -> None:
     layer = GaussianNoiseLayer(embedding_dim=6, hidden_dim=8)
-    view = token_noise(layer)
-    assert isinstance(view, LayerTokenNoise)
+    view = as_token_noise(layer)
+    assert isinstance(view, TokenNoise)
     table = torch.randn(9, 6)
     ids = torch.tensor([[3, 1, 3]])
     mask = torch.ones(1, 3, dtype=torch.bool)
     out = view(ids, table, mask)
     torch.testing.assert_close(out.stds, layer(table[ids]).stds)
-    assert token_noise(SequenceGaussianNoiseLayer(embedding_dim=8, num_heads=2)) is None
+    assert as_token_noise(SequenceGaussianNoiseLayer(embedding_dim=8, num_heads=2)) is None
 
 
 def test_bad_combinations_fail_at_construction(tiny_checkpoints: dict[str, Path]) -> None:

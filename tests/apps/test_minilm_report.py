@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mi_losses.apps.minilm.evaluate import _token_privacy, bucket_names, frequency_buckets
-from mi_losses.apps.minilm.layer import FrequencyRuleNoise, IsotropicNoise, LearnedTokenNoise
+from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, LearnedTokenNoise
 
 ROOT = Path(__file__).resolve().parents[2]
 

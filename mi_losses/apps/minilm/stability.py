@@ -4,7 +4,7 @@ Trains, from one seed and on the same batches, the sub-batch objective ``alpha *
 * (1 - cos)`` with (a) :class:`LinearMeanNoiseLayer`, the library's first ``GaussianNoiseLayer``, whose mean
 head is a zero-initialised ``Linear`` in absolute embedding units (the layer that collapsed; the
 library layer is now bounded), and (b)
-:class:`~mi_losses.apps.minilm.layer.LearnedTokenNoise`, whose mean is ``mean_scale * tanh(.)``.
+:class:`~mi_losses.noise.LearnedTokenNoise`, whose mean is ``mean_scale * tanh(.)``.
 Prints, per block of ten steps, the utility loss, the mean std and ``|mu| / |x|``, the size of
 the shift relative to the token's own embedding.
 
@@ -19,11 +19,10 @@ import pytorch_lightning as pl
 import torch
 
 from mi_losses.apps.minilm.data import PydocTextDataModule
-from mi_losses.apps.minilm.layer import LearnedTokenNoise
 from mi_losses.apps.minilm.model import MiniLMEncoder
 from mi_losses.apps.minilm.task import utility_loss
 from mi_losses.losses import SubBatchMutualInformation
-from mi_losses.noise import NoisyEmbeddings
+from mi_losses.noise import LearnedTokenNoise, NoisyEmbeddings
 
 
 class LinearMeanNoiseLayer(torch.nn.Module):

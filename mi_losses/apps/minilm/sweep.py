@@ -1,7 +1,7 @@
 """The privacy-utility frontier: an ``alpha`` sweep per objective against the two baselines.
 
 For each objective (``vocabulary``: exact known-prior MI; ``sub_batch``: the reference API's
-estimate) a :class:`~mi_losses.apps.minilm.layer.LearnedTokenNoise` layer is trained per
+estimate) a :class:`~mi_losses.noise.LearnedTokenNoise` layer is trained per
 ``alpha`` from one seed; isotropic noise is evaluated over a grid of stds and the frequency rule
 over a grid of ``k``. Every point is evaluated by
 :func:`~mi_losses.apps.minilm.evaluate.evaluate_layer` on the validation text. Writes
@@ -27,11 +27,11 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from mi_losses.apps.minilm.data import PydocTextDataModule
-from mi_losses.apps.minilm.layer import FrequencyRuleNoise, IsotropicNoise
 from mi_losses.apps.minilm.model import MiniLMEncoder
 from mi_losses.apps.minilm.report import Evaluation
 from mi_losses.apps.minilm.task import MiniLMObfuscation, Objective, Utility
 from mi_losses.callbacks import ComponentLossLogger
+from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise
 
 REQUIRED_KEYS = (
     "objective",

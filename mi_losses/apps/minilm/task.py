@@ -31,10 +31,9 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
-from mi_losses.apps.minilm.layer import LearnedTokenNoise, TokenNoise, draw_noise
 from mi_losses.apps.minilm.model import MiniLMEncoder
 from mi_losses.losses import SubBatchMutualInformation, VocabularyMutualInformation
-from mi_losses.noise import NoisyEmbeddings
+from mi_losses.noise import LearnedTokenNoise, NoisyEmbeddings, TokenNoise, draw_noise
 
 Objective = Literal["vocabulary", "sub_batch"]
 

@@ -21,7 +21,6 @@ from typing import Any, NamedTuple
 
 import torch
 
-from mi_losses.apps.minilm.layer import TokenNoise
 from mi_losses.attacks.inversion import AttackInputs
 from mi_losses.attacks.posterior import gaussian_token_log_posterior
 from mi_losses.functional import bayes_token_attack, vocabulary_mutual_information_estimate
@@ -32,6 +31,7 @@ from mi_losses.mechanisms import (
     santext_log_probabilities,
     santext_release,
 )
+from mi_losses.noise import TokenNoise
 
 
 class Draw(NamedTuple):
@@ -93,7 +93,7 @@ class StudyChannel:
 
 
 class GaussianTokenChannel(StudyChannel):
-    """A context-free Gaussian layer (:class:`~mi_losses.apps.minilm.layer.TokenNoise`).
+    """A context-free Gaussian layer (:class:`~mi_losses.noise.TokenNoise`).
 
     Bayes attacker and exact MI over the whole vocabulary with the smoothed training prior, as
     in the MiniLM study; the attacker's posterior feature over the candidates.

@@ -32,7 +32,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from mi_losses.apps.minilm.data import SequenceDataset
-from mi_losses.apps.minilm.layer import FrequencyRuleNoise, IsotropicNoise, TokenNoise
 from mi_losses.apps.privacy.channels import (
     GaussianTokenChannel,
     ReleaseChannel,
@@ -41,6 +40,7 @@ from mi_losses.apps.privacy.channels import (
 )
 from mi_losses.apps.privacy.data import StudyData, load_study_data
 from mi_losses.apps.privacy.judge import InversionSettings, judge
+from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, TokenNoise
 
 REQUIRED_KEYS = (
     "layer",

@@ -9,18 +9,23 @@ known for every token, the exact known-prior mutual information and the Bayes-op
 - :class:`IsotropicNoise`: one std for every token and feature, no shift (baseline).
 - :class:`FrequencyRuleNoise`: the ``k`` most frequent training tokens get ``large_std``, every
   other token ``small_std``, no shift (baseline).
-- :class:`LearnedTokenNoise`: an MLP of the token's clean embedding gives a bounded mean shift
-  and a log-parametrised std (the learned layer; see its docstring for why it is shaped so).
+- :class:`LearnedTokenNoise`: :class:`~mi_losses.noise.GaussianNoiseLayer`'s MLP and bounded
+  head on the token's clean embedding, plus an optional learned per-token offset of ``log sigma``.
+- :func:`as_token_noise`: a context-free embedding layer (``GaussianNoiseLayer``) seen as a
+  token layer.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
-from mi_losses.noise import NoisyEmbeddings
+from mi_losses._validation import check_positive_int
+from mi_losses.noise._head import GaussianHead, check_head_options, draw_noise
+from mi_losses.noise.output import NoisyEmbeddings
 
 
 class TokenNoise(nn.Module):
@@ -46,19 +51,6 @@ class TokenNoise(nn.Module):
         return draw_noise(table[input_ids], means[inverse], stds[inverse], noise_mask)
 
 
-def draw_noise(
-    clean: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, noise_mask: torch.Tensor
-) -> NoisyEmbeddings:
-    """``y = x + mu + sigma * eps`` where ``noise_mask`` ``(B, S)`` is true, ``x`` elsewhere.
-
-    ``clean``, ``means`` and ``stds`` are ``(B, S, E)`` and are returned as given (the estimators
-    never read unmasked positions).
-    """
-    noisy = clean + means + stds * torch.randn_like(clean)
-    noisy = torch.where(noise_mask.bool().unsqueeze(-1), noisy, clean)
-    return NoisyEmbeddings(noisy=noisy, means=means, stds=stds)
-
-
 class IsotropicNoise(TokenNoise):
     """``y = x + std * eps``: the same std for every token and feature, no shift.
 
@@ -69,7 +61,7 @@ class IsotropicNoise(TokenNoise):
     def __init__(self, std: float) -> None:
         super().__init__()
         if not std > 0:
-            raise ValueError(f"std must be positive, got {std}")
+            raise ValueError(f"IsotropicNoise: std must be positive, got {std}")
         self.std = float(std)
 
     def vocabulary_parameters(
@@ -95,9 +87,12 @@ class FrequencyRuleNoise(TokenNoise):
     ) -> None:
         super().__init__()
         if not 0 <= k <= counts.shape[0]:
-            raise ValueError(f"k must lie in [0, {counts.shape[0]}], got {k}")
+            raise ValueError(f"FrequencyRuleNoise: k must lie in [0, {counts.shape[0]}], got {k}")
         if not (large_std > 0 and small_std > 0):
-            raise ValueError(f"stds must be positive, got {large_std} and {small_std}")
+            raise ValueError(
+                f"FrequencyRuleNoise: large_std and small_std must be positive, got "
+                f"{large_std} and {small_std}"
+            )
         self.k = k
         token_stds = torch.full(counts.shape, float(small_std))
         token_stds[torch.argsort(counts, descending=True, stable=True)[:k]] = float(large_std)
@@ -113,23 +108,12 @@ class FrequencyRuleNoise(TokenNoise):
 
 
 class LearnedTokenNoise(TokenNoise):
-    """An MLP of the token's clean embedding gives its mean shift and std.
+    """:class:`~mi_losses.noise.GaussianNoiseLayer`'s MLP on the token's clean embedding.
 
     ``h = GELU(Linear(LayerNorm(x)))``, ``mu = mean_scale * tanh(Linear(h))`` and
-    ``sigma = exp(clamp(log(init_std) + Linear(h), log(min_std), log(max_std)))``, both heads
-    zero-initialised (``mu = 0``, ``sigma = init_std`` at the start).
-
-    Why this shape: Adam moves every parameter by about the learning rate per step whatever the
-    size of its gradient. With a plain linear mean head, that is ``lr`` per coordinate of ``mu`` in
-    embedding units, coherent over all tokens through the bias: at ``lr = 3e-3`` the shift grows
-    by 5 % of the word embeddings' element std (0.055) per step, and after 70-100 steps it is as
-    long as the token itself; the frozen model then sees mostly the shift and the run can end
-    with the sentences erased (docs/minilm.md has the measurement). Here ``|mu| <= mean_scale``
-    per coordinate whatever the optimiser does, so the shift stays bounded in the embedding's
-    own units (``0.02``: at most a third of a token's norm). The std is log-parametrised, so a
-    step changes it by a ratio (a sigmoid between ``min_std`` and ``max_std`` is nearly flat near
-    a small ``init_std`` and makes large stds unreachable), and ``LayerNorm`` puts the hidden
-    layer's input on unit scale.
+    ``sigma = exp(clamp(log(init_std) + Linear(h) + offset[t], log(min_std), log(max_std)))``,
+    both heads zero-initialised (``mu = 0``, ``sigma = init_std`` at the start). Why bounded and
+    log-parametrised: docs/minilm.md, "Why the learned mean was bistable".
 
     Args:
         embedding_dim: ``E``.
@@ -154,25 +138,23 @@ class LearnedTokenNoise(TokenNoise):
         vocab_size: int = 0,
     ) -> None:
         super().__init__()
-        if not 0 < min_std <= init_std <= max_std:
-            raise ValueError(
-                f"stds must satisfy 0 < min_std <= init_std <= max_std, got "
-                f"{min_std}, {init_std}, {max_std}"
-            )
-        if mean_scale < 0:
-            raise ValueError(f"mean_scale must be >= 0, got {mean_scale}")
-        self.log_min, self.log_max = math.log(min_std), math.log(max_std)
-        self.log_init = math.log(init_std)
-        self.mean_scale = float(mean_scale)
+        owner = type(self).__name__
+        check_positive_int(owner, "embedding_dim", embedding_dim)
+        check_positive_int(owner, "hidden_dim", hidden_dim)
+        check_head_options(owner, min_std, max_std, init_std, mean_scale)
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 0:
+            raise ValueError(f"{owner}: vocab_size must be an int >= 0, got {vocab_size!r}")
         self.hidden = nn.Sequential(
             nn.LayerNorm(embedding_dim), nn.Linear(embedding_dim, hidden_dim), nn.GELU()
         )
-        self.mean_head = nn.Linear(hidden_dim, embedding_dim)
-        self.std_head = nn.Linear(hidden_dim, embedding_dim)
-        for head in (self.mean_head, self.std_head):
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
-        self.mean_head.requires_grad_(mean_scale > 0)
+        self.head = GaussianHead(
+            hidden_dim,
+            embedding_dim,
+            min_std=min_std,
+            max_std=max_std,
+            init_std=init_std,
+            mean_scale=mean_scale,
+        )
         self.log_std_offset = nn.Parameter(torch.zeros(vocab_size), requires_grad=vocab_size > 0)
 
     @torch.no_grad()
@@ -185,16 +167,45 @@ class LearnedTokenNoise(TokenNoise):
         offset of ``log sigma`` so that training starts from such an allocation.
         """
         if self.log_std_offset.numel() == 0:
-            raise ValueError("warm_start needs a layer built with vocab_size > 0")
-        self.log_std_offset[token_ids] = math.log(std) - self.log_init
+            raise ValueError("LearnedTokenNoise.warm_start needs a layer built with vocab_size > 0")
+        self.log_std_offset[token_ids] = math.log(std) - self.head.log_init
 
     def vocabulary_parameters(
         self, table: torch.Tensor, rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.hidden(table if rows is None else table[rows])
-        means = self.mean_scale * torch.tanh(self.mean_head(hidden))
-        log_stds = self.log_init + self.std_head(hidden)
+        offset = None
         if self.log_std_offset.numel():
             offset = self.log_std_offset if rows is None else self.log_std_offset[rows]
-            log_stds = log_stds + offset.unsqueeze(-1)
-        return means, torch.exp(torch.clamp(log_stds, self.log_min, self.log_max))
+            offset = offset.unsqueeze(-1)
+        return self.head(hidden, offset)  # type: ignore[no-any-return]
+
+
+class _EmbeddingLayerAsTokenNoise(TokenNoise):
+    """A context-free embedding layer (``vocabulary_parameters`` on table rows) as a token layer."""
+
+    layer: Any
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def vocabulary_parameters(
+        self, table: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layer.vocabulary_parameters(table, rows)  # type: ignore[no-any-return]
+
+
+def as_token_noise(layer: nn.Module) -> TokenNoise | None:
+    """``layer`` as a :class:`TokenNoise` if it is context-free, else ``None``.
+
+    A :class:`TokenNoise` comes back as is; a layer with ``context_free = True`` and
+    ``vocabulary_parameters`` (:class:`~mi_losses.noise.GaussianNoiseLayer`) is wrapped, so
+    the known-prior MI and the Bayes attack can judge it; a layer that reads context
+    (:class:`~mi_losses.noise.SequenceGaussianNoiseLayer`) gives ``None``.
+    """
+    if isinstance(layer, TokenNoise):
+        return layer
+    if getattr(layer, "context_free", False) and hasattr(layer, "vocabulary_parameters"):
+        return _EmbeddingLayerAsTokenNoise(layer)
+    return None
