@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -114,18 +115,17 @@ class PretrainedMixin(nn.Module):
                 f"{owner}: {directory} {state}; expected a directory written by "
                 f"save_pretrained ({CONFIG_NAME}, {WEIGHTS_NAME})"
             )
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(
-                    f"{owner}: {directory} has no {name}; expected a directory written by "
-                    f"save_pretrained ({CONFIG_NAME}, {WEIGHTS_NAME})"
-                )
-        config = _read_config(owner, directory / CONFIG_NAME)
+        config = _read_config(owner, _required(owner, directory, CONFIG_NAME))
         layer_class = _layer_class(owner, cls, config["class"], directory / CONFIG_NAME)
         arguments = dict(config["arguments"])
         if config["tensor_arguments"]:
-            stored = load_file(directory / TENSOR_ARGUMENTS_NAME)
+            file = _required(owner, directory, TENSOR_ARGUMENTS_NAME)
+            stored = _load_tensors(owner, file, "cpu")
+            missing = sorted(set(config["tensor_arguments"]) - set(stored))
+            if missing:
+                raise ValueError(f"{owner}: {file} lacks the tensor arguments {missing}")
             arguments.update({name: stored[name] for name in config["tensor_arguments"]})
+        weights = _load_tensors(owner, _required(owner, directory, WEIGHTS_NAME), device)
         try:
             layer = layer_class(**arguments)
         except (TypeError, ValueError) as error:
@@ -133,7 +133,6 @@ class PretrainedMixin(nn.Module):
                 f"{owner}: the arguments in {directory / CONFIG_NAME} do not build a "
                 f"{layer_class.__name__}: {error}"
             ) from error
-        weights = load_file(directory / WEIGHTS_NAME, device=str(torch.device(device)))
         try:
             layer.load_state_dict(weights, strict=True, assign=True)
         except RuntimeError as error:
@@ -174,6 +173,24 @@ def _recording(owner: type, init: Callable[..., None]) -> Callable[..., None]:
             self.__dict__[_ARGUMENTS] = arguments
 
     return __init__
+
+
+def _required(owner: str, directory: Path, name: str) -> Path:
+    """``directory / name``, or a ``FileNotFoundError`` naming both."""
+    if not (directory / name).is_file():
+        raise FileNotFoundError(
+            f"{owner}: {directory} has no {name}; expected a directory written by "
+            f"save_pretrained ({CONFIG_NAME}, {WEIGHTS_NAME})"
+        )
+    return directory / name
+
+
+def _load_tensors(owner: str, file: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors ``file`` on ``device``, or a ``ValueError`` naming it."""
+    try:
+        return load_file(file, device=str(torch.device(device)))
+    except SafetensorError as error:
+        raise ValueError(f"{owner}: {file} is not a readable safetensors file: {error}") from error
 
 
 def _split_arguments(

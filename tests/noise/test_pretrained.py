@@ -243,6 +243,16 @@ def test_loading_errors_name_the_path_and_what_was_expected(tmp_path: Path) -> N
     with pytest.raises(ValueError, match=r"do not build a GaussianNoiseLayer: .*min_std <= init"):
         GaussianNoiseLayer.from_pretrained(folder)
 
+    folder = _saved(tmp_path / "corrupt")
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match=r"model.safetensors is not a readable safetensors file"):
+        GaussianNoiseLayer.from_pretrained(folder)
+
+    folder = _CountedNoise(torch.ones(3)).save_pretrained(tmp_path / "counted")
+    (folder / "arguments.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{folder} has no arguments.safetensors"):
+        _CountedNoise.from_pretrained(folder)
+
     folder = _saved(tmp_path / "shape")
     _edit_config(folder, lambda c: c["arguments"].update({"hidden_dim": 8}))
     with pytest.raises(ValueError, match=r"model.safetensors does not hold the weights of the Ga"):
