@@ -118,8 +118,13 @@ def draw_noise(
     stds: torch.Tensor,
     noise_mask: torch.Tensor | None,
 ) -> NoisyEmbeddings:
-    """``y = x + mu + sigma * eps`` where ``noise_mask`` ``(B, S)`` (bool) is true, ``x`` elsewhere."""
+    """``y = x + mu + sigma * eps`` where ``noise_mask`` ``(B, S)`` is true, ``x`` elsewhere.
+
+    ``noise_mask`` is bool or holds only 0 and 1 (``0.5`` is a ``ValueError``); ``None``: all.
+    """
     noisy = clean + means + stds * torch.randn_like(clean)
     if noise_mask is not None:
-        noisy = torch.where(noise_mask.unsqueeze(-1), noisy, clean)
+        shape, device = clean.shape[:2], clean.device
+        mask = as_bool_mask("noise_mask", noise_mask, shape, device, validate_values=True)
+        noisy = torch.where(mask.unsqueeze(-1), noisy, clean)
     return NoisyEmbeddings(noisy=noisy, means=means, stds=stds)

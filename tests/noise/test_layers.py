@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from mi_losses.functional import vocabulary_noise_parameters
-from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings, SequenceGaussianNoiseLayer
+from mi_losses.noise import (
+    GaussianNoiseLayer,
+    IsotropicNoise,
+    NoisyEmbeddings,
+    SequenceGaussianNoiseLayer,
+    draw_noise,
+)
 
 E = 8
 LAYERS: dict[str, Any] = {
@@ -260,3 +266,24 @@ def test_padding_is_never_read(kind: str, by: str) -> None:
             assert torch.equal(a, b)
         for a, b in zip(results[0][3], other[3], strict=True):
             torch.testing.assert_close(a, b)
+
+
+def test_draw_noise_and_the_token_layers_take_the_same_masks() -> None:
+    """``draw_noise`` (public, and the token layers' draw) checks the mask as the layers do."""
+    torch.manual_seed(0)
+    clean, means, stds = torch.randn(2, 3, E), torch.zeros(2, 3, E), torch.ones(2, 3, E)
+    mask = torch.tensor([[1, 0, 1], [0, 1, 1]], dtype=torch.bool)
+    torch.manual_seed(1)
+    expected = draw_noise(clean, means, stds, mask).noisy
+    torch.manual_seed(1)
+    assert torch.equal(draw_noise(clean, means, stds, mask.long()).noisy, expected)
+    assert torch.equal(expected[~mask], clean[~mask]) and bool(
+        (expected[mask] != clean[mask]).all()
+    )
+    with pytest.raises(ValueError, match=r"noise_mask must be bool or hold only 0 and 1, .* 0.5"):
+        draw_noise(clean, means, stds, mask * 0.5)
+    with pytest.raises(ValueError, match=r"noise_mask must have shape \(2, 3\), got \(3, 2\)"):
+        draw_noise(clean, means, stds, mask.T)
+    ids, table = torch.tensor([[1, 2, 3], [3, 0, 1]]), torch.randn(4, E)
+    with pytest.raises(ValueError, match=r"noise_mask must be bool or hold only 0 and 1"):
+        IsotropicNoise(0.5)(ids, table, mask * 0.5)
