@@ -78,8 +78,8 @@ class NoisyInputEmbeddingsModel(nn.Module):
         noise_layer: called as ``noise_layer(x, noise_mask)`` (and ``attention_mask=`` if its
             ``forward`` takes it), returning :class:`~mi_losses.noise.NoisyEmbeddings`; or the
             directory of a layer saved with ``save_pretrained`` (loaded with
-            :meth:`~mi_losses.noise.PretrainedMixin.from_pretrained`, whatever its class). A
-            layer with an ``embedding_dim`` must have the model's.
+            :meth:`~mi_losses.noise.PretrainedMixin.from_pretrained`, whatever its class, on the
+            model's device). A layer with an ``embedding_dim`` must have the model's.
         special_token_ids: token ids never noised (e.g. ``tokenizer.all_special_ids``).
 
     Example:
@@ -112,7 +112,8 @@ class NoisyInputEmbeddingsModel(nn.Module):
         self.model = model
         self.model.requires_grad_(False)
         if isinstance(noise_layer, (str, os.PathLike)):
-            noise_layer = PretrainedMixin.from_pretrained(noise_layer)
+            device = self.embedding_table.device
+            noise_layer = PretrainedMixin.from_pretrained(noise_layer, device=device)
         width = getattr(noise_layer, "embedding_dim", None)
         if width is not None and width != self.embedding_dim:
             raise ValueError(
