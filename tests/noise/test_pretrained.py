@@ -270,3 +270,35 @@ def test_saving_errors_name_the_argument(tmp_path: Path) -> None:
     a_file.write_text("x")
     with pytest.raises(NotADirectoryError, match=rf"{a_file} exists and is not a directory"):
         GaussianNoiseLayer(E).save_pretrained(a_file)
+
+
+def test_token_layers_round_trip(tmp_path: Path) -> None:
+    """The token layers (baselines and the learned one) are directories too, tensors included."""
+    from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, LearnedTokenNoise, TokenNoise
+
+    torch.manual_seed(0)
+    table = torch.randn(11, E)
+    counts = torch.randint(0, 50, (11,)).float()
+    learned = LearnedTokenNoise(E, hidden_dim=6, min_std=0.01, max_std=1.5, vocab_size=11)
+    learned.warm_start(torch.tensor([2, 5]), std=0.9)
+    with torch.no_grad():
+        for parameter in learned.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    layers: list[TokenNoise] = [
+        IsotropicNoise(0.3),
+        FrequencyRuleNoise(counts, k=3, large_std=1.7, small_std=0.04),
+        learned,
+    ]
+    for index, layer in enumerate(layers):
+        loaded = TokenNoise.from_pretrained(layer.save_pretrained(tmp_path / str(index)))
+        assert type(loaded) is type(layer)
+        if not isinstance(layer, FrequencyRuleNoise):  # its counts tensor: compared below
+            assert loaded.config == layer.config
+        for want, got in zip(
+            layer.vocabulary_parameters(table), loaded.vocabulary_parameters(table), strict=True
+        ):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    loaded_rule = FrequencyRuleNoise.from_pretrained(tmp_path / "1")
+    torch.testing.assert_close(loaded_rule.config["counts"], counts, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="LearnedTokenNoise"):
+        LearnedTokenNoise.from_pretrained(tmp_path / "0")
