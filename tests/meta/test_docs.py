@@ -191,6 +191,7 @@ def test_site_builds_without_warnings(site: Path) -> None:
         "mutual_information_sub_batch",
         "SubBatchMutualInformation",
         "ComponentLossLogger",
+        "GatherOptions",
     ):
         assert name in api, f"{name} is missing from the API reference"
     assert 'id="mutual-information"' in (site / "math" / "index.html").read_text()
