@@ -9,7 +9,12 @@ from collections.abc import Callable
 import torch
 
 from mi_losses import keys
-from mi_losses._validation import check_finite_at_active, check_positive_at_active, compute_dtype
+from mi_losses._validation import (
+    check_finite_at_active,
+    check_positive_at_active,
+    compute_dtype,
+    host_check,
+)
 from mi_losses.functional._mixture import query_mean
 from mi_losses.kernels import Stream
 from mi_losses.types import Estimate, Granularity
@@ -22,6 +27,7 @@ def as_samples(tensor: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     return tensor
 
 
+@host_check
 def check_active_values(
     tensors: dict[str, torch.Tensor],
     positive: tuple[str, ...],

@@ -15,6 +15,7 @@ from mi_losses._validation import (
     check_same_device,
     check_same_dtype,
     compute_dtype,
+    host_fallback,
 )
 from mi_losses.functional._pairs import check_active_values
 from mi_losses.kernels.factors import effective_masks, scores, sides
@@ -157,8 +158,24 @@ def pairwise_mahalanobis(
     """
     a, b = effective_masks(query_mask, component_mask)
     distance, excess = _expanded(queries, centres, stds, a, b, dtype)
-    if not accuracy_check or torch.compiler.is_compiling():  # the check needs the host
+    if not accuracy_check:
         return distance
+    return _accurate(distance, excess, queries, centres, stds, a, b, dtype)
+
+
+@host_fallback
+def _accurate(
+    distance: torch.Tensor,
+    excess: torch.Tensor,
+    queries: torch.Tensor,
+    centres: torch.Tensor,
+    stds: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``distance``, or where its rounding ``excess`` is positive the float64 re-evaluation
+    (eagerly under ``torch.compile``: compiled results are checked too)."""
     if bool(excess.max() > 0) if excess.numel() else False:
         if dtype != torch.float64:
             distance, excess = _expanded(queries, centres, stds, a, b, torch.float64)

@@ -108,6 +108,14 @@ def choose(plan: Plan, tensors: tuple[torch.Tensor, ...]) -> str:
     return kernel
 
 
+def _distinct(tensors: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """``tensors``, under ``torch.compile`` each repeated one as a view (dynamo traces an
+    ``autograd.Function`` only with distinct tensor arguments)."""
+    if not torch.compiler.is_compiling():
+        return list(tensors)
+    return [t.view_as(t) if any(t is u for u in tensors[:i]) else t for i, t in enumerate(tensors)]
+
+
 def stream(
     queries: torch.Tensor,
     clean: torch.Tensor,
@@ -120,23 +128,24 @@ def stream(
     """Run the kernel; inputs ``(rows, S, E)`` in any float dtype, masks ``(rows, S)`` bool."""
     inputs = (queries, clean, means, stds, query_mask, component_mask)
     path = choose(plan, inputs)
-    check = plan.options.accuracy_check and not torch.compiler.is_compiling()
-
-    def run(check: bool) -> Result:
-        if path == "reference":
-            return reference(
-                inputs, plan.directions, plan.with_own, plan.dtype, check, plan.with_statistics
-            )
+    check = plan.options.accuracy_check
+    if path == "reference":
+        result = reference(
+            inputs, plan.directions, plan.with_own, plan.dtype, check, plan.with_statistics
+        )
+    else:
         if path == "triton":
             from mi_losses.kernels.triton import TritonBlocks
 
             blocks: Blocks = TritonBlocks()
         else:
             blocks = TorchBlocks()
-        lse, count, *stats, excess = StreamingLogSumExp.apply(*inputs, plan, blocks, check)  # type: ignore[no-untyped-call]
-        return Result(lse, count, stats[0] if stats else None, excess)
-
-    result = accurate(run, inputs, plan, check)
+        lse, count, *stats, excess = StreamingLogSumExp.apply(
+            *_distinct(inputs), plan, blocks, check
+        )  # type: ignore[no-untyped-call]
+        result = Result(lse, count, stats[0] if stats else None, excess)
+    if check:
+        result = accurate(result, inputs, plan)
     if result.stats is None:
         return Stream(result.log_sum_exp, result.num_valid)
     return Stream(result.log_sum_exp, result.num_valid, *result.stats)
