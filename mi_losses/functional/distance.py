@@ -18,7 +18,9 @@ from mi_losses._validation import (
     host_fallback,
 )
 from mi_losses.functional._pairs import check_active_values
-from mi_losses.kernels.factors import effective_masks, scores, sides
+from mi_losses.kernels.directions import effective_masks
+from mi_losses.kernels.factors import sides
+from mi_losses.kernels.scores import scores
 from mi_losses.options import KernelOptions, check_options
 from mi_losses.types import Kernel
 
@@ -199,8 +201,10 @@ def _expanded(
     s = sides(queries, None, centres, None, stds, a, b, dtype)
     block = scores(s, True)
     assert block.excess is not None
-    assert s.p is not None
-    distance = torch.where(block.valid, block.z + s.a @ s.p.T, 0.0)  # z = -(D + sum_P p)
+    assert s.components.p is not None
+    distance = torch.where(
+        block.valid, block.z + s.queries.a @ s.components.p.T, 0.0
+    )  # z = -(D + sum_P p)
     return (-distance).clamp_min(0.0), block.excess
 
 

@@ -23,7 +23,7 @@ from mi_losses.functional._pairs import (
     check_active_values,
     direction_estimates,
 )
-from mi_losses.kernels import Plan, Stream, make_plan, stream
+from mi_losses.kernels import Plan, Result, make_plan, stream
 from mi_losses.options import GatherOptions, KernelOptions, check_options
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Kernel
 
@@ -142,7 +142,7 @@ class PreparedMutualInformation(NamedTuple):
     sizes: list[int]  # queries per direction
     result_dtype: torch.dtype
 
-    def run(self, with_statistics: bool = True) -> Stream:
+    def run(self, with_statistics: bool = True) -> Result:
         """The kernel's per-query results (the statistics of the components when asked)."""
         noisy, clean, means, stds, query_mask, component_mask = self.tensors
         plan = dataclasses.replace(self.plan, with_statistics=with_statistics)

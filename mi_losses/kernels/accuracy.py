@@ -29,8 +29,9 @@ def accurate(result: Result, inputs: tuple[torch.Tensor, ...], plan: Any) -> Res
     # a query and a component would else add two overflowed halves, inf - inf).
     wide = tuple(t.to(torch.float64) if t.is_floating_point() else t for t in inputs)
     exact = reference(
-        wide, plan.directions, plan.with_own, torch.float64, True, plan.with_statistics, True
-    )
+        wide, plan.directions, with_own=plan.with_own, dtype=torch.float64, check=True,
+        with_statistics=plan.with_statistics, direct=True,
+    )  # fmt: skip
     stats = None if exact.stats is None else exact.stats.to(plan.dtype)
     lse, num_valid = exact.log_sum_exp.to(plan.dtype), exact.num_valid.to(plan.dtype)
     return Result(lse, num_valid, stats, exact.excess)

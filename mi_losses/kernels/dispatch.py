@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-from typing import NamedTuple
 
 import torch
 
@@ -45,25 +44,6 @@ def make_plan(
 ) -> Plan:
     """The kernel's plan for one call."""
     return Plan(tuple(directions), with_own, dtype, options, with_statistics)
-
-
-class Stream(NamedTuple):
-    """Per-query results of the kernel (all directions concatenated).
-
-    Attributes:
-        log_sum_exp: ``logsumexp_{j in V_i} z_ij``, ``-inf`` where ``V_i`` is empty; with grad.
-        num_valid: ``|V_i|`` in the compute dtype, detached.
-        weighted_score: ``sum_j w_ij z_ij`` (``w`` the softmax over ``V_i``), detached;
-            ``None`` (as the two below) unless the plan asks for statistics.
-        weighted_own: ``sum_j w_ij sum_{s in P(i,j)} q_is``, detached.
-        weighted_constants: ``sum_j w_ij sum_{s in P(i,j)} p_js``, detached.
-    """
-
-    log_sum_exp: torch.Tensor
-    num_valid: torch.Tensor
-    weighted_score: torch.Tensor | None = None
-    weighted_own: torch.Tensor | None = None
-    weighted_constants: torch.Tensor | None = None
 
 
 def _transformed(tensors: tuple[torch.Tensor, ...]) -> bool:
@@ -124,15 +104,16 @@ def stream(
     query_mask: torch.Tensor,
     component_mask: torch.Tensor,
     plan: Plan,
-) -> Stream:
+) -> Result:
     """Run the kernel; inputs ``(rows, S, E)`` in any float dtype, masks ``(rows, S)`` bool."""
     inputs = (queries, clean, means, stds, query_mask, component_mask)
     path = choose(plan, inputs)
     check = plan.options.accuracy_check
     if path == "reference":
         result = reference(
-            inputs, plan.directions, plan.with_own, plan.dtype, check, plan.with_statistics
-        )
+            inputs, plan.directions, with_own=plan.with_own, dtype=plan.dtype, check=check,
+            with_statistics=plan.with_statistics,
+        )  # fmt: skip
     else:
         if path == "triton":
             from mi_losses.kernels.triton import TritonBlocks
@@ -144,8 +125,4 @@ def stream(
             *_distinct(inputs), plan, blocks, check
         )  # type: ignore[no-untyped-call]
         result = Result(lse, count, stats[0] if stats else None, excess)
-    if check:
-        result = accurate(result, inputs, plan)
-    if result.stats is None:
-        return Stream(result.log_sum_exp, result.num_valid)
-    return Stream(result.log_sum_exp, result.num_valid, *result.stats)
+    return accurate(result, inputs, plan) if check else result
