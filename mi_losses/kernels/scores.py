@@ -27,6 +27,20 @@ def exp_normal(x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     return torch.where(x < cutoff, -math.inf, x).exp()
 
 
+def weights(s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``G_ij = g_i exp(z_ij - logsumexp_i)`` of the pairs of ``s`` (``0`` where not valid), made
+    in place in one ``(m, n)`` matrix (the backward passes: no graph; ``log_sum_exp`` finite)."""
+    q, c = s.queries, s.components
+    assert c.k is not None
+    with torch.no_grad():
+        z = torch.addmm(log_sum_exp.unsqueeze(-1), q.a, c.k.T, beta=-1.0)
+        z.addmm_(q.y2, c.w.T, alpha=-0.5).addmm_(q.y, c.wc.T)
+        if q.q is not None:
+            z.addmm_(q.q, c.b.T, alpha=-1.0)
+        z.masked_fill_((q.a @ c.b.T) == 0, -math.inf)
+        return exp_normal(z, inplace=True).mul_(grad.unsqueeze(-1))
+
+
 class Scores(NamedTuple):
     """A block's scores and what the statistics and the rounding check need, ``(m, n)``."""
 

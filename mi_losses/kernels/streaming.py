@@ -51,6 +51,7 @@ from mi_losses.kernels.scores import (
     pair_sums,
     scores,
     statistics,
+    weights,
 )
 
 # The factors of a direction (queries and components) are made CHUNK_BYTES at a time: small
@@ -123,10 +124,12 @@ class Blocks(Protocol):
     ) -> None: ...
 
 
-def columns(m: int, n: int, dtype: torch.dtype, budget: int) -> list[tuple[int, int]]:
+def columns(
+    m: int, n: int, dtype: torch.dtype, budget: int, features: int = 0
+) -> list[tuple[int, int]]:
     """Blocks of the ``n`` components whose ``(m, block)`` scores and weights (about eight
-    matrices) fit the budget."""
-    return block_rows(n, 8 * m * torch.finfo(dtype).bits // 8, budget)
+    matrices) and factors (about six of ``features`` per component) fit the budget."""
+    return block_rows(n, (8 * m + 6 * features) * torch.finfo(dtype).bits // 8, budget)
 
 
 def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
@@ -187,7 +190,7 @@ class TorchBlocks:
         peak = queries.y.new_full((m,), -math.inf)
         total, score, own, constants, count = queries.y.new_zeros((5, m))
         excess = queries.y.new_full((), -math.inf)
-        for c0, c1 in columns(m, d.clean.shape[0], dtype, budget):
+        for c0, c1 in columns(m, d.clean.shape[0], dtype, budget, d.queries[0].numel()):
             part = d.components(c0, c1)
             comps = component_factors(
                 part.clean, part.means, part.stds, part.b, f, dtype, check=check
@@ -253,21 +256,22 @@ class TorchBlocks:
         queries' factor gradients are summed over the blocks."""
         queries = query_factors(d.queries, d.own, d.a, f, dtype, check=False)._replace(own=None)
         m, positions = d.queries.shape[:2]
-        d_y, d_y2 = torch.zeros_like(queries.y), torch.zeros_like(queries.y)
+        # The queries' rows of the gradient buffer are this direction's alone (the plan's query
+        # spans never overlap) and hold zeros: d y' is summed there, then finished in place.
+        d_y = out.queries.flatten(1) if out.queries is not None else torch.zeros_like(queries.y)
+        d_y2 = torch.zeros_like(queries.y)
         d_q = torch.zeros_like(queries.a) if d.own is not None else None
-        for c0, c1 in columns(m, d.clean.shape[0], dtype, budget):
+        for c0, c1 in columns(m, d.clean.shape[0], dtype, budget, d.queries[0].numel()):
             part = d.components(c0, c1)
             comps = component_factors(
                 part.clean, part.means, part.stds, part.b, f, dtype, check=False
             )
-            z = scores(Sides(queries, comps, f), False).z
-            weights = exp_normal(z - log_sum_exp.unsqueeze(-1)).mul_(grad.unsqueeze(-1))
-            del z
-            d_y.addmm_(weights, comps.wc)
-            d_y2.addmm_(weights, comps.w)
+            g = weights(Sides(queries, comps, f), log_sum_exp, grad)
+            d_y.addmm_(g, comps.wc)
+            d_y2.addmm_(g, comps.w)
             if d_q is not None:
-                d_q.addmm_(weights, comps.b, alpha=-1.0)
-            transposed = weights.T
+                d_q.addmm_(g, comps.b, alpha=-1.0)
+            transposed = g.T
             component_grads = chain_components(
                 comps, f, part.clean.shape, transposed @ queries.y2, transposed @ queries.y,
                 transposed @ queries.a,
@@ -279,6 +283,8 @@ class TorchBlocks:
             assert d_q is not None
             own = chain_own(*own_residual(d.queries, d.own, d.a, dtype), d.a.to(dtype), d_q)
             grads = QueryGrads(grads.queries.add_(own.minus_centres), own)
+        if out.queries is not None:  # already in place
+            out = out._replace(queries=None)
         out.add_queries(grads, 0, positions)
 
 
