@@ -80,7 +80,7 @@ def _or_rows(target: torch.Tensor, start: int, rows: torch.Tensor) -> torch.Tens
 
 
 def direction_estimates(
-    stream: Result, sizes: list[int], with_own: bool, with_components: bool
+    stream: Result, sizes: list[int], *, with_own: bool, with_components: bool
 ) -> list[Estimate]:
     """One :class:`Estimate` per direction from the kernel's per-query results.
 

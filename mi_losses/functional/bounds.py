@@ -118,7 +118,9 @@ def bounds_estimates(
         gather=gather,
     )
     result = prepared.run(with_components)
-    uppers = direction_estimates(result, prepared.sizes, True, with_components)
+    uppers = direction_estimates(
+        result, prepared.sizes, with_own=True, with_components=with_components
+    )
     lowers = _lower_estimates(result, prepared.sizes)
     return (
         to_result(average_estimates(lowers), prepared.result_dtype),

@@ -199,7 +199,7 @@ def _expanded(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``D`` by matrix products, and per pair the rounding error beyond the tolerance."""
     s = sides(queries, None, centres, None, stds, a, b, dtype)
-    block = scores(s, True)
+    block = scores(s, check=True)
     assert block.excess is not None
     assert s.components.p is not None
     distance = torch.where(

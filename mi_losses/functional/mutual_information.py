@@ -130,7 +130,9 @@ def mutual_information_sub_batch_estimate(
         gather=gather,
     )
     result = prepared.run(with_components)
-    estimates = direction_estimates(result, prepared.sizes, True, with_components)
+    estimates = direction_estimates(
+        result, prepared.sizes, with_own=True, with_components=with_components
+    )
     return to_result(average_estimates(estimates), prepared.result_dtype)
 
 
@@ -247,5 +249,5 @@ def prepare_mutual_information(
             max_gathered_components=gather.max_components,
             dtype=compute_dtype(dtype),
         )
-    plan = make_plan(directions, True, compute_dtype(dtype), options)
+    plan = make_plan(directions, with_own=True, dtype=compute_dtype(dtype), options=options)
     return PreparedMutualInformation(tensors, plan, [rows] * len(directions), dtype)

@@ -37,6 +37,7 @@ class Plan:
 
 def make_plan(
     directions: list[tuple[int, int, int, int]],
+    *,
     with_own: bool,
     dtype: torch.dtype,
     options: KernelOptions,

@@ -202,6 +202,7 @@ def sides(
     a: torch.Tensor,
     b: torch.Tensor,
     dtype: torch.dtype,
+    *,
     check: bool = True,
     values: bool = True,
     frame_: Frame | None = None,

@@ -68,7 +68,7 @@ def reference(
     excess = inputs[0].new_full((), -math.inf, dtype=dtype)
     for d in all_directions(inputs, directions, with_own):
         s = sides(*d, dtype, check=check or direct)
-        block = scores(s, check or direct, constants=with_statistics)
+        block = scores(s, check=check or direct, constants=with_statistics)
         if block.excess is not None and block.excess.numel():
             excess = torch.maximum(excess, block.excess.amax())
             if direct and bool(excess > 0):

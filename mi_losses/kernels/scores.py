@@ -65,7 +65,7 @@ class Sums(NamedTuple):
     largest: torch.Tensor | None  # max w_j, (n,) (rounding check)
 
 
-def pair_sums(s: Sides, check: bool, constants: bool = False) -> Sums:
+def pair_sums(s: Sides, *, check: bool, constants: bool = False) -> Sums:
     """The :class:`Sums` of the pairs of ``s``; ``constants`` (implied by ``check``) also the
     pair sums of ``p``."""
     q, c = s.queries, s.components
@@ -103,7 +103,7 @@ def add_sums(total: Sums | None, part: Sums) -> Sums:
     )  # fmt: skip
 
 
-def finish(t: Sums, check: bool) -> Scores:
+def finish(t: Sums, *, check: bool) -> Scores:
     """The :class:`Scores` of a block from its sums over all positions."""
     with torch.no_grad():
         valid = t.positions > 0
@@ -122,10 +122,10 @@ def finish(t: Sums, check: bool) -> Scores:
     return Scores(t.z.masked_fill(invalid, -math.inf), valid, t.constants, t.own, excess)
 
 
-def scores(s: Sides, check: bool, constants: bool = False) -> Scores:
+def scores(s: Sides, *, check: bool, constants: bool = False) -> Scores:
     """The scores of every pair of ``s`` (with a graph when the factors have one);
     ``constants`` (implied by ``check``) also gives the pair sums of ``p``."""
-    return finish(pair_sums(s, check, constants), check)
+    return finish(pair_sums(s, check=check, constants=constants), check=check)
 
 
 def statistics(block: Scores) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

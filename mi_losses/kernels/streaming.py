@@ -109,7 +109,7 @@ class Blocks(Protocol):
     returns its :class:`Result` and what its backward pass needs."""
 
     def forward(
-        self, d: Direction, dtype: torch.dtype, budget: int, check: bool, with_statistics: bool
+        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
     ) -> tuple[Result, Saved]: ...
 
     def backward(
@@ -153,21 +153,21 @@ class TorchBlocks:
     """Blocks evaluated with torch operations (any device)."""
 
     def forward(
-        self, d: Direction, dtype: torch.dtype, budget: int, check: bool, with_statistics: bool
+        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
     ) -> tuple[Result, Saved]:
         if len(columns(d.queries.shape[0], d.clean.shape[0], dtype, budget)) > 1:
-            return self._stream(d, dtype, budget, check, with_statistics)
+            return self._stream(d, dtype, budget, check=check, with_statistics=with_statistics)
         total: Sums | None = None
         frames = []
         chunks = _positions(d, dtype)
         for start, stop in chunks:
-            s = sides(*d.positions(start, stop), dtype, check)
-            total = add_sums(total, pair_sums(s, check, with_statistics))
+            s = sides(*d.positions(start, stop), dtype, check=check)
+            total = add_sums(total, pair_sums(s, check=check, constants=with_statistics))
             frames.append(s.frame)
         # One chunk: the backward pass would make these same factors at its peak anyway.
         kept = s if len(chunks) == 1 else None
         assert total is not None
-        block = finish(total, check)
+        block = finish(total, check=check)
         count = block.valid.sum(-1).to(dtype)
         lse = log_sum_exp(block.z, count > 0)
         stats = torch.stack(statistics(block)) if with_statistics else None
@@ -180,7 +180,7 @@ class TorchBlocks:
         return Result(lse, count, stats, excess), Saved(joined, block.z, kept)
 
     def _stream(
-        self, d: Direction, dtype: torch.dtype, budget: int, check: bool, with_statistics: bool
+        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
     ) -> tuple[Result, Saved]:
         """Blocks of components with a running log-sum-exp; the query factors are made once,
         the components' one block at a time."""
@@ -195,7 +195,7 @@ class TorchBlocks:
             comps = component_factors(
                 part.clean, part.means, part.stds, part.b, f, dtype, check=check
             )
-            block = scores(Sides(queries, comps, f), check, constants=with_statistics)
+            block = scores(Sides(queries, comps, f), check=check, constants=with_statistics)
             new = torch.maximum(peak, block.z.amax(-1))
             shift = new.masked_fill(new == -math.inf, 0.0)
             e = exp_normal(block.z - shift.unsqueeze(-1))
@@ -237,7 +237,7 @@ class TorchBlocks:
             s = saved.factors
             if s is None:
                 f = saved.frame.positions(start, stop)
-                s = sides(*part, dtype, False, values=False, frame_=f)
+                s = sides(*part, dtype, check=False, values=False, frame_=f)
             query_grads, component_grads = chain(part, s, _factor_grads(s, weights))
             out.add_queries(query_grads, start, stop)
             out.add_components(component_grads, every, start, stop)
@@ -313,7 +313,9 @@ class StreamingLogSumExp(torch.autograd.Function):
         inputs = (queries, clean, means, stds, query_mask, component_mask)
         budget, stats = plan.options.max_block_bytes, plan.with_statistics
         parts = directions(inputs, plan.directions, plan.with_own)
-        runs = [blocks.forward(d, plan.dtype, budget, check, stats) for d in parts]
+        runs = [
+            blocks.forward(d, plan.dtype, budget, check=check, with_statistics=stats) for d in parts
+        ]
         results = [result for result, _ in runs]
         excess = torch.stack([r.excess for r in results]).amax() if len(results) > 1 else None
         lse = join([r.log_sum_exp for r in results])

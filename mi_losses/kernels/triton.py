@@ -228,9 +228,9 @@ class TritonBlocks:
     """The blocks of :class:`~mi_losses.kernels.streaming.StreamingLogSumExp` as Triton kernels."""
 
     def forward(
-        self, d: Direction, dtype: torch.dtype, budget: int, check: bool, with_statistics: bool
+        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
     ) -> tuple[Result, Saved]:
-        s = sides(*d, dtype, check)
+        s = sides(*d, dtype, check=check)
         return self._forward(s, check, with_statistics), Saved(s.frame, None)  # made again later
 
     def _forward(self, s: Sides, check: bool, with_statistics: bool) -> Result:
@@ -264,7 +264,7 @@ class TritonBlocks:
         dtype: torch.dtype,
         out: Targets,
     ) -> None:
-        s = sides(*d, dtype, False, frame_=saved.frame)
+        s = sides(*d, dtype, check=False, frame_=saved.frame)
         query_grads, component_grads = chain(d, s, self._grads(s, log_sum_exp, grad, budget))
         positions = d.queries.shape[1]
         out.add_queries(query_grads, 0, positions)

@@ -72,7 +72,7 @@ def _problem(granularity, with_own, symmetric, pattern, extra, dtype=torch.float
 
 def _run(tensors, masks, directions, with_own, options: KernelOptions, dtype=None):
     dtype = dtype or torch.promote_types(tensors[0].dtype, torch.float32)
-    plan = make_plan(directions, with_own, dtype, options)
+    plan = make_plan(directions, with_own=with_own, dtype=dtype, options=options)
     result = stream(*tensors, *masks, plan)
     lse = result.log_sum_exp
     # A weighted sum of the finite values: every query's gradient is tested.
@@ -145,9 +145,8 @@ def test_gradcheck_and_gradgradcheck(kernel, granularity, with_own, budget, monk
     """Several blocks of components (``budget=500``), or one block with one position per chunk."""
     monkeypatch.setattr(streaming, "CHUNK_BYTES", 1)
     tensors, masks, directions = _problem(granularity, with_own, True, "random", 0)
-    plan = make_plan(
-        directions, with_own, torch.float64, KernelOptions(kernel=kernel, max_block_bytes=budget)
-    )
+    options = KernelOptions(kernel=kernel, max_block_bytes=budget)
+    plan = make_plan(directions, with_own=with_own, dtype=torch.float64, options=options)
 
     def fn(*tensors):
         lse = stream(*tensors, *masks, plan).log_sum_exp
@@ -212,9 +211,8 @@ def test_choice_of_path(monkeypatch) -> None:
     inputs = (*tensors, *masks)
 
     def plan(kernel, budget=2**20) -> Plan:
-        return make_plan(
-            directions, True, torch.float64, KernelOptions(kernel=kernel, max_block_bytes=budget)
-        )
+        options = KernelOptions(kernel=kernel, max_block_bytes=budget)
+        return make_plan(directions, with_own=True, dtype=torch.float64, options=options)
 
     # CPU, outside torch.func and torch.compile: the streaming path, whatever the budget.
     assert choose(plan("auto"), inputs) == "streaming"

@@ -50,7 +50,8 @@ def test_triton_float64_second_derivatives_and_rounding_check() -> None:
     tensors, masks, directions = _problem("sequence", True, True, "random", 0)
 
     def hessian_vector(kernel):
-        plan = make_plan(directions, True, torch.float64, KernelOptions(kernel=kernel))
+        options = KernelOptions(kernel=kernel)
+        plan = make_plan(directions, with_own=True, dtype=torch.float64, options=options)
         lse = stream(*tensors, *masks, plan).log_sum_exp
         grads = torch.autograd.grad(
             torch.where(torch.isfinite(lse), lse, 0.0).sum(), tensors, create_graph=True
