@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from mi_losses._validation import (
@@ -159,45 +161,44 @@ def pairwise_mahalanobis(
     evaluation is redone in float64; in float64 the flagged pairs are evaluated directly.
     """
     a, b = effective_masks(query_mask, component_mask)
-    distance, excess = _expanded(queries, centres, stds, a, b, dtype)
+    pairs = Pairs(queries, centres, stds, a, b)
+    distance, excess = _expanded(pairs, dtype)
     if not accuracy_check:
         return distance
-    return _accurate(distance, excess, queries, centres, stds, a, b, dtype)
+    return _accurate(distance, excess, pairs, dtype)
+
+
+class Pairs(NamedTuple):
+    """The distances' inputs: ``(M, S, E)`` queries, ``(N, S, E)`` centres and stds, and the
+    effective bool masks ``a`` ``(M, S)``, ``b`` ``(N, S)``."""
+
+    queries: torch.Tensor
+    centres: torch.Tensor
+    stds: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
 
 
 @host_fallback
 def _accurate(
-    distance: torch.Tensor,
-    excess: torch.Tensor,
-    queries: torch.Tensor,
-    centres: torch.Tensor,
-    stds: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    dtype: torch.dtype,
+    distance: torch.Tensor, excess: torch.Tensor, pairs: Pairs, dtype: torch.dtype
 ) -> torch.Tensor:
     """``distance``, or where its rounding ``excess`` is positive the float64 re-evaluation
     (eagerly under ``torch.compile``: compiled results are checked too)."""
     if bool(excess.max() > 0) if excess.numel() else False:
         if dtype != torch.float64:
-            distance, excess = _expanded(queries, centres, stds, a, b, torch.float64)
+            distance, excess = _expanded(pairs, torch.float64)
             distance = distance.to(dtype)
         if bool(excess.max() > 0):
             rows, cols = (excess > 0).nonzero(as_tuple=True)
-            direct = _direct(queries, centres, stds, a, b, rows, cols, torch.float64)
+            direct = _direct(pairs, rows, cols, torch.float64)
             distance = distance.index_put((rows, cols), direct.to(distance.dtype))
     return distance
 
 
-def _expanded(
-    queries: torch.Tensor,
-    centres: torch.Tensor,
-    stds: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _expanded(pairs: Pairs, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``D`` by matrix products, and per pair the rounding error beyond the tolerance."""
+    queries, centres, stds, a, b = pairs
     s = sides(queries, None, centres, None, stds, a, b, dtype)
     block = scores(s, check=True)
     assert block.excess is not None
@@ -209,16 +210,10 @@ def _expanded(
 
 
 def _direct(
-    queries: torch.Tensor,
-    centres: torch.Tensor,
-    stds: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    dtype: torch.dtype,
+    pairs: Pairs, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """``D`` of the pairs ``(rows, cols)`` from the differences themselves (no cancellation)."""
+    queries, centres, stds, a, b = pairs
     active = (a[rows] & b[cols]).unsqueeze(-1)
     difference = torch.where(active, queries[rows].to(dtype) - centres[cols].to(dtype), 0.0)
     sigma = torch.where(active, stds[cols].to(dtype), 1.0)

@@ -228,7 +228,7 @@ class TorchBlocks:
         out: Targets,
     ) -> None:
         if saved.scores is None:
-            self._stream_backward(d, saved.frame, log_sum_exp, grad, budget, dtype, out)
+            self._stream_backward(d, saved.frame, (log_sum_exp, grad), budget, dtype, out)
             return
         weights = exp_normal(saved.scores - log_sum_exp.unsqueeze(-1)).mul_(grad.unsqueeze(-1))
         every = slice(None)
@@ -243,17 +243,13 @@ class TorchBlocks:
             out.add_components(component_grads, every, start, stop)
 
     def _stream_backward(
-        self,
-        d: Direction,
-        f: Frame,
-        log_sum_exp: torch.Tensor,
-        grad: torch.Tensor,
-        budget: int,
-        dtype: torch.dtype,
-        out: Targets,
-    ) -> None:
+        self, d: Direction, f: Frame, upstream: tuple[torch.Tensor, torch.Tensor], budget: int,
+        dtype: torch.dtype, out: Targets,
+    ) -> None:  # fmt: skip
         """The blocks made again: each block's components get their gradients at once, the
-        queries' factor gradients are summed over the blocks."""
+        queries' factor gradients are summed over the blocks. ``upstream``: the forward pass's
+        ``logsumexp`` and the gradient of the loss with respect to it."""
+        log_sum_exp, grad = upstream
         queries = query_factors(d.queries, d.own, d.a, f, dtype, check=False)._replace(own=None)
         m, positions = d.queries.shape[:2]
         # The queries' rows of the gradient buffer are this direction's alone (the plan's query
