@@ -102,6 +102,7 @@ class Saved(NamedTuple):
     frame: Frame
     scores: torch.Tensor | None
     factors: Sides | None = None
+    blocks: bool = False  # the scores were made in several blocks of components
 
 
 class Blocks(Protocol):
@@ -186,7 +187,11 @@ class TorchBlocks:
         the components' one block at a time."""
         f = frame(d.clean, d.means, d.stds, d.b, dtype)
         queries = query_factors(d.queries, d.own, d.a, f, dtype, check=check)
-        m = d.queries.shape[0]
+        m, n = d.queries.shape[0], d.clean.shape[0]
+        # Scores that take a quarter of the budget are kept: two matrix products fewer later.
+        kept = (
+            queries.y.new_empty((m, n)) if m * n * queries.y.element_size() <= budget // 4 else None
+        )
         peak = queries.y.new_full((m,), -math.inf)
         total, score, own, constants, count = queries.y.new_zeros((5, m))
         excess = queries.y.new_full((), -math.inf)
@@ -196,6 +201,8 @@ class TorchBlocks:
                 part.clean, part.means, part.stds, part.b, f, dtype, check=check
             )
             block = scores(Sides(queries, comps, f), check=check, constants=with_statistics)
+            if kept is not None:
+                kept[:, c0:c1] = block.z
             new = torch.maximum(peak, block.z.amax(-1))
             shift = new.masked_fill(new == -math.inf, 0.0)
             e = exp_normal(block.z - shift.unsqueeze(-1))
@@ -215,7 +222,7 @@ class TorchBlocks:
         total = torch.where(has, total, 1.0)
         lse = (peak.masked_fill(~has, 0.0) + total.log()).masked_fill(~has, -math.inf)
         stats = torch.stack([score, own, constants]) / total if with_statistics else None
-        return Result(lse, count, stats, excess), Saved(f, None)
+        return Result(lse, count, stats, excess), Saved(f, kept, None, True)
 
     def backward(
         self,
@@ -227,9 +234,10 @@ class TorchBlocks:
         dtype: torch.dtype,
         out: Targets,
     ) -> None:
-        if saved.scores is None:
-            self._stream_backward(d, saved.frame, (log_sum_exp, grad), budget, dtype, out)
+        if saved.blocks:
+            self._stream_backward(d, saved, (log_sum_exp, grad), budget, dtype, out)
             return
+        assert saved.scores is not None
         weights = exp_normal(saved.scores - log_sum_exp.unsqueeze(-1)).mul_(grad.unsqueeze(-1))
         every = slice(None)
         for start, stop in _positions(d, dtype):
@@ -243,14 +251,17 @@ class TorchBlocks:
             out.add_components(component_grads, every, start, stop)
 
     def _stream_backward(
-        self, d: Direction, f: Frame, upstream: tuple[torch.Tensor, torch.Tensor], budget: int,
-        dtype: torch.dtype, out: Targets,
+        self, d: Direction, saved: Saved, upstream: tuple[torch.Tensor, torch.Tensor],
+        budget: int, dtype: torch.dtype, out: Targets,
     ) -> None:  # fmt: skip
         """The blocks made again: each block's components get their gradients at once, the
         queries' factor gradients are summed over the blocks. ``upstream``: the forward pass's
         ``logsumexp`` and the gradient of the loss with respect to it."""
         log_sum_exp, grad = upstream
-        queries = query_factors(d.queries, d.own, d.a, f, dtype, check=False)._replace(own=None)
+        f, again = saved.frame, saved.scores is None  # the scores made again, or kept
+        own_term = d.own if again else None  # q enters the scores only
+        queries = query_factors(d.queries, own_term, d.a, f, dtype, check=False, values=again)
+        queries = queries._replace(own=None)
         m, positions = d.queries.shape[:2]
         # The queries' rows of the gradient buffer are this direction's alone (the plan's query
         # spans never overlap) and hold zeros: d y' is summed there, then finished in place.
@@ -260,9 +271,13 @@ class TorchBlocks:
         for c0, c1 in columns(m, d.clean.shape[0], dtype, budget, d.queries[0].numel()):
             part = d.components(c0, c1)
             comps = component_factors(
-                part.clean, part.means, part.stds, part.b, f, dtype, check=False
+                part.clean, part.means, part.stds, part.b, f, dtype, check=False, values=again
             )
-            g = weights(Sides(queries, comps, f), log_sum_exp, grad)
+            if saved.scores is None:
+                g = weights(Sides(queries, comps, f), log_sum_exp, grad)
+            else:
+                g = exp_normal(saved.scores[:, c0:c1] - log_sum_exp.unsqueeze(-1), inplace=True)
+                g.mul_(grad.unsqueeze(-1))
             d_y.addmm_(g, comps.wc)
             d_y2.addmm_(g, comps.w)
             if d_q is not None:
