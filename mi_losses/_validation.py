@@ -6,8 +6,8 @@ keyword options and the modules' YAML values.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from typing import get_args
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar, cast, get_args
 
 import torch
 
@@ -170,6 +170,36 @@ def check_positive(name: str, tensor: torch.Tensor) -> None:
     check_positive_at_active(name, tensor, None)
 
 
+Function = TypeVar("Function", bound=Callable[..., Any])
+
+
+def eager_under_compile(reason: str) -> Callable[[Function], Function]:
+    """Decorator: under ``torch.compile`` the function runs eagerly (a graph break), and
+    ``fullgraph=True`` fails with ``reason``, which says what to pass instead."""
+
+    def wrap(function: Function) -> Function:
+        return cast(Function, torch.compiler.disable(function, reason=reason))  # type: ignore[no-untyped-call]
+
+    return wrap
+
+
+host_check = eager_under_compile(
+    "validate_args=True reads the inputs' values on the host, a graph break; under "
+    "torch.compile(fullgraph=True) pass validate_args=False (and "
+    "kernel=KernelOptions(accuracy_check=False))"
+)
+"""The checks that read values (``validate_args=True``) run eagerly under ``torch.compile``."""
+
+host_fallback = eager_under_compile(
+    "KernelOptions(accuracy_check=True) decides on the host whether to re-evaluate in float64, "
+    "a graph break; under torch.compile(fullgraph=True) pass "
+    "kernel=KernelOptions(accuracy_check=False) (exact only while no pair is flagged)"
+)
+"""The float64 accuracy fallbacks run eagerly under ``torch.compile``: compiled results are
+checked too."""
+
+
+@host_check
 def check_mask_values(name: str, mask: torch.Tensor) -> None:
     """Raise unless a numeric mask holds only 0 and 1 (bool masks always pass).
 

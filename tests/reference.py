@@ -268,16 +268,19 @@ def _mi_one_direction(
 def _average_directions(
     results: list[ReferenceEstimate], inputs: tuple[Tensor, ...]
 ) -> ReferenceEstimate:
-    with_queries = [r for r in results if r.num_queries > 0]
-    if not with_queries:
+    """The mean over the valid queries of all directions (MATH.md: I is the mean over valid
+    queries), so each direction weighs by its number of valid queries."""
+    total = sum(r.num_queries for r in results)
+    if total == 0:
         return _zero_result(MI_COMPONENT_KEYS, *inputs)
+
+    def pooled(values: list[Tensor]) -> Tensor:
+        return sum(r.num_queries * v for r, v in zip(results, values, strict=True)) / total
+
     return ReferenceEstimate(
-        value=torch.stack([r.value for r in with_queries]).mean(),
-        components={
-            k: torch.stack([r.components[k] for r in with_queries]).mean()
-            for k in MI_COMPONENT_KEYS
-        },
-        num_queries=sum(r.num_queries for r in results),
+        value=pooled([r.value for r in results]),
+        components={k: pooled([r.components[k] for r in results]) for k in MI_COMPONENT_KEYS},
+        num_queries=total,
         per_query=torch.cat([r.per_query for r in results]),
     )
 
@@ -298,8 +301,8 @@ def mutual_information_sub_batch(
 
     ``info_nce=True`` adds the query's own component to the mixture (the InfoNCE estimate,
     ``log(|V_i| + 1) - log(1 + sum_j exp(-r_ij))``); its components are left as L1Out's.
-    ``symmetric=True`` also evaluates with the halves swapped and averages over the directions
-    that have a valid query; ``num_queries`` is then the total over both directions.
+    ``symmetric=True`` also evaluates with the halves swapped: the value and the components are
+    the means over the valid queries of both directions; ``num_queries`` their total.
     """
     inputs = (means_tensor, stds_tensor, clean_input_embeddings, noisy_input_embeddings)
     means, stds, clean, noisy = (_f64(t) for t in inputs)

@@ -15,15 +15,15 @@ def query_mean(per_query: torch.Tensor, query_valid: torch.Tensor) -> torch.Tens
 
 
 def average_estimates(estimates: list[Estimate]) -> Estimate:
-    """Average of estimates (value and every component) over those with a valid query; a
-    single estimate is returned as it is."""
+    """The estimates pooled: value and every component the mean over all their valid queries
+    (each estimate weighted by its number of valid queries); a single one is returned as it is."""
     if len(estimates) == 1:
         return estimates[0]
-    has_queries = [(e.num_queries > 0).to(e.value.dtype) for e in estimates]
-    denominator = torch.stack(has_queries).sum().clamp_min(1.0)
+    counts = [e.num_queries.to(e.value.dtype) for e in estimates]
+    denominator = torch.stack(counts).sum().clamp_min(1.0)
 
     def mean(values: list[torch.Tensor]) -> torch.Tensor:
-        return sum(w * v for w, v in zip(has_queries, values, strict=True)) / denominator
+        return sum(n * v for n, v in zip(counts, values, strict=True)) / denominator
 
     components = {
         key: mean([e.components[key] for e in estimates]).detach()

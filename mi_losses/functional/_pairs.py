@@ -9,9 +9,14 @@ from collections.abc import Callable
 import torch
 
 from mi_losses import keys
-from mi_losses._validation import check_finite_at_active, check_positive_at_active, compute_dtype
+from mi_losses._validation import (
+    check_finite_at_active,
+    check_positive_at_active,
+    compute_dtype,
+    host_check,
+)
 from mi_losses.functional._mixture import query_mean
-from mi_losses.kernels import Stream
+from mi_losses.kernels import Result
 from mi_losses.types import Estimate, Granularity
 
 
@@ -22,6 +27,7 @@ def as_samples(tensor: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     return tensor
 
 
+@host_check
 def check_active_values(
     tensors: dict[str, torch.Tensor],
     positive: tuple[str, ...],
@@ -74,7 +80,7 @@ def _or_rows(target: torch.Tensor, start: int, rows: torch.Tensor) -> torch.Tens
 
 
 def direction_estimates(
-    stream: Stream, sizes: list[int], with_own: bool, with_components: bool
+    stream: Result, sizes: list[int], *, with_own: bool, with_components: bool
 ) -> list[Estimate]:
     """One :class:`Estimate` per direction from the kernel's per-query results.
 
@@ -85,7 +91,7 @@ def direction_estimates(
     """
     estimates, offset = [], 0
     for size in sizes:
-        part = Stream(*(t if t is None else t[offset : offset + size] for t in stream))  # type: ignore[arg-type]
+        part = stream.queries(offset, offset + size)
         offset += size
         valid = part.num_valid > 0
         log_count = part.num_valid.clamp_min(1.0).log()
@@ -93,11 +99,11 @@ def direction_estimates(
         value = query_mean(per_query, valid)
         components = {}
         if with_components:
-            assert part.weighted_score is not None and part.weighted_own is not None
-            assert part.weighted_constants is not None
+            assert part.stats is not None
+            score, own, constants = part.stats
             lse = torch.where(valid, part.log_sum_exp.detach(), 0.0)
-            mahalanobis = -part.weighted_score - part.weighted_own - part.weighted_constants
-            log_constants = part.weighted_constants + log_count - lse + part.weighted_score
+            mahalanobis = -score - own - constants
+            log_constants = constants + log_count - lse + score
             components = {
                 keys.MAHALANOBIS: query_mean(mahalanobis, valid),
                 keys.LOG_CONSTANTS: query_mean(log_constants, valid),
@@ -106,7 +112,7 @@ def direction_estimates(
                 components[keys.MIXTURE_ENTROPY] = (
                     components[keys.MAHALANOBIS] + components[keys.LOG_CONSTANTS]
                 )
-                components[keys.STD_LOG] = query_mean(part.weighted_own, valid)
+                components[keys.STD_LOG] = query_mean(own, valid)
                 components[keys.MUTUAL_INFORMATION] = value.detach()
         estimates.append(Estimate(value, components, valid.sum(), per_query))
     return estimates

@@ -11,7 +11,7 @@ from mi_losses._validation import check_bool, check_losses
 from mi_losses.functional._mixture import average_estimates, query_mean, to_result
 from mi_losses.functional._pairs import direction_estimates
 from mi_losses.functional.mutual_information import prepare_mutual_information
-from mi_losses.kernels import Stream
+from mi_losses.kernels import Result
 from mi_losses.options import GatherOptions, KernelOptions
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Kernel
 
@@ -118,7 +118,9 @@ def bounds_estimates(
         gather=gather,
     )
     result = prepared.run(with_components)
-    uppers = direction_estimates(result, prepared.sizes, True, with_components)
+    uppers = direction_estimates(
+        result, prepared.sizes, with_own=True, with_components=with_components
+    )
     lowers = _lower_estimates(result, prepared.sizes)
     return (
         to_result(average_estimates(lowers), prepared.result_dtype),
@@ -126,7 +128,7 @@ def bounds_estimates(
     )
 
 
-def _lower_estimates(stream: Stream, sizes: list[int]) -> list[Estimate]:
+def _lower_estimates(stream: Result, sizes: list[int]) -> list[Estimate]:
     """``I_lower_i = log(|V_i| + 1) - log(1 + exp(logsumexp_i))`` per direction."""
     estimates, offset = [], 0
     for size in sizes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from mi_losses._validation import (
@@ -15,9 +17,12 @@ from mi_losses._validation import (
     check_same_device,
     check_same_dtype,
     compute_dtype,
+    host_fallback,
 )
 from mi_losses.functional._pairs import check_active_values
-from mi_losses.kernels.factors import effective_masks, scores, sides
+from mi_losses.kernels.directions import effective_masks
+from mi_losses.kernels.factors import sides
+from mi_losses.kernels.scores import scores
 from mi_losses.options import KernelOptions, check_options
 from mi_losses.types import Kernel
 
@@ -156,48 +161,59 @@ def pairwise_mahalanobis(
     evaluation is redone in float64; in float64 the flagged pairs are evaluated directly.
     """
     a, b = effective_masks(query_mask, component_mask)
-    distance, excess = _expanded(queries, centres, stds, a, b, dtype)
-    if not accuracy_check or torch.compiler.is_compiling():  # the check needs the host
+    pairs = Pairs(queries, centres, stds, a, b)
+    distance, excess = _expanded(pairs, dtype)
+    if not accuracy_check:
         return distance
+    return _accurate(distance, excess, pairs, dtype)
+
+
+class Pairs(NamedTuple):
+    """The distances' inputs: ``(M, S, E)`` queries, ``(N, S, E)`` centres and stds, and the
+    effective bool masks ``a`` ``(M, S)``, ``b`` ``(N, S)``."""
+
+    queries: torch.Tensor
+    centres: torch.Tensor
+    stds: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+@host_fallback
+def _accurate(
+    distance: torch.Tensor, excess: torch.Tensor, pairs: Pairs, dtype: torch.dtype
+) -> torch.Tensor:
+    """``distance``, or where its rounding ``excess`` is positive the float64 re-evaluation
+    (eagerly under ``torch.compile``: compiled results are checked too)."""
     if bool(excess.max() > 0) if excess.numel() else False:
         if dtype != torch.float64:
-            distance, excess = _expanded(queries, centres, stds, a, b, torch.float64)
+            distance, excess = _expanded(pairs, torch.float64)
             distance = distance.to(dtype)
         if bool(excess.max() > 0):
             rows, cols = (excess > 0).nonzero(as_tuple=True)
-            direct = _direct(queries, centres, stds, a, b, rows, cols, torch.float64)
+            direct = _direct(pairs, rows, cols, torch.float64)
             distance = distance.index_put((rows, cols), direct.to(distance.dtype))
     return distance
 
 
-def _expanded(
-    queries: torch.Tensor,
-    centres: torch.Tensor,
-    stds: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _expanded(pairs: Pairs, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``D`` by matrix products, and per pair the rounding error beyond the tolerance."""
+    queries, centres, stds, a, b = pairs
     s = sides(queries, None, centres, None, stds, a, b, dtype)
-    block = scores(s, True)
+    block = scores(s, check=True)
     assert block.excess is not None
-    assert s.p is not None
-    distance = torch.where(block.valid, block.z + s.a @ s.p.T, 0.0)  # z = -(D + sum_P p)
+    assert s.components.p is not None
+    distance = torch.where(
+        block.valid, block.z + s.queries.a @ s.components.p.T, 0.0
+    )  # z = -(D + sum_P p)
     return (-distance).clamp_min(0.0), block.excess
 
 
 def _direct(
-    queries: torch.Tensor,
-    centres: torch.Tensor,
-    stds: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    dtype: torch.dtype,
+    pairs: Pairs, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """``D`` of the pairs ``(rows, cols)`` from the differences themselves (no cancellation)."""
+    queries, centres, stds, a, b = pairs
     active = (a[rows] & b[cols]).unsqueeze(-1)
     difference = torch.where(active, queries[rows].to(dtype) - centres[cols].to(dtype), 0.0)
     sigma = torch.where(active, stds[cols].to(dtype), 1.0)

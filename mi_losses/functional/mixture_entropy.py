@@ -203,8 +203,16 @@ def _entropy_estimate(
             max_gathered_components=gather.max_gathered_components,
             dtype=compute_dtype(dtype),
         )
-    plan = make_plan([span], False, compute_dtype(dtype), options, with_components)
+    plan = make_plan(
+        [span],
+        with_own=False,
+        dtype=compute_dtype(dtype),
+        options=options,
+        with_statistics=with_components,
+    )
     noisy, clean, means, stds, query_mask, component_mask = tensors
     result = stream(noisy, clean, means, stds, query_mask, component_mask, plan)
-    (estimate,) = direction_estimates(result, [span[1]], False, with_components)
+    (estimate,) = direction_estimates(
+        result, [span[1]], with_own=False, with_components=with_components
+    )
     return to_result(estimate, dtype)

@@ -23,7 +23,7 @@ from mi_losses.functional._pairs import (
     check_active_values,
     direction_estimates,
 )
-from mi_losses.kernels import Plan, Stream, make_plan, stream
+from mi_losses.kernels import Plan, Result, make_plan, stream
 from mi_losses.options import GatherOptions, KernelOptions, check_options
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Kernel
 
@@ -130,7 +130,9 @@ def mutual_information_sub_batch_estimate(
         gather=gather,
     )
     result = prepared.run(with_components)
-    estimates = direction_estimates(result, prepared.sizes, True, with_components)
+    estimates = direction_estimates(
+        result, prepared.sizes, with_own=True, with_components=with_components
+    )
     return to_result(average_estimates(estimates), prepared.result_dtype)
 
 
@@ -142,7 +144,7 @@ class PreparedMutualInformation(NamedTuple):
     sizes: list[int]  # queries per direction
     result_dtype: torch.dtype
 
-    def run(self, with_statistics: bool = True) -> Stream:
+    def run(self, with_statistics: bool = True) -> Result:
         """The kernel's per-query results (the statistics of the components when asked)."""
         noisy, clean, means, stds, query_mask, component_mask = self.tensors
         plan = dataclasses.replace(self.plan, with_statistics=with_statistics)
@@ -247,5 +249,5 @@ def prepare_mutual_information(
             max_gathered_components=gather.max_gathered_components,
             dtype=compute_dtype(dtype),
         )
-    plan = make_plan(directions, True, compute_dtype(dtype), options)
+    plan = make_plan(directions, with_own=True, dtype=compute_dtype(dtype), options=options)
     return PreparedMutualInformation(tensors, plan, [rows] * len(directions), dtype)

@@ -1,6 +1,9 @@
 """The pairwise kernel: a per-query log-sum-exp of quadratic pair scores, three ways to run it.
 
-- :mod:`~mi_losses.kernels.factors`: the scores as products of per-sample factors, their chain rule.
+- :mod:`~mi_losses.kernels.directions`: the rows and effective masks of each direction, block ranges.
+- :mod:`~mi_losses.kernels.factors`: the scores as products of per-sample factors.
+- :mod:`~mi_losses.kernels.scores`: a block's scores, the rounding check, the statistics.
+- :mod:`~mi_losses.kernels.chain`: the factors' gradients back to the inputs.
 - :mod:`~mi_losses.kernels.reference`: plain PyTorch, all scores at once, autograd throughout.
 - :mod:`~mi_losses.kernels.streaming`: blocks with a running log-sum-exp, linear memory.
 - :mod:`~mi_losses.kernels.triton`: the same blocks as fused Triton kernels (CUDA).
@@ -9,7 +12,8 @@
 - :mod:`~mi_losses.kernels.vocabulary`: the chunked scores against a vocabulary table.
 """
 
-from mi_losses.kernels.dispatch import Plan, Stream, choose, make_plan, stream
+from mi_losses.kernels.dispatch import Plan, choose, make_plan, stream
 from mi_losses.kernels.factors import HALF_LOG_TWO_PI
+from mi_losses.kernels.reference import Result
 
-__all__ = ["HALF_LOG_TWO_PI", "Plan", "Stream", "choose", "make_plan", "stream"]
+__all__ = ["HALF_LOG_TWO_PI", "Plan", "Result", "choose", "make_plan", "stream"]

@@ -10,25 +10,28 @@ defeats the expansion (near-duplicates far from the batch mean, offsets of ``1e3
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from mi_losses._validation import host_fallback
 from mi_losses.kernels.reference import Result, reference
 
 
-def accurate(
-    run: Callable[[bool], Result], inputs: tuple[torch.Tensor, ...], plan: Any, check: bool
-) -> Result:
-    """``run(check)``; with ``check``, the float64 re-evaluation where the rounding is too
-    large (``plan`` a :class:`~mi_losses.kernels.dispatch.Plan`), cast back to its dtype."""
-    result = run(check)
-    if not (check and bool(result.excess > 0)):
+@host_fallback
+def accurate(result: Result, inputs: tuple[torch.Tensor, ...], plan: Any) -> Result:
+    """``result``, or where its rounding is too large the float64 re-evaluation (``plan`` a
+    :class:`~mi_losses.kernels.dispatch.Plan`), cast back to its dtype. Under
+    ``torch.compile`` it runs eagerly (a graph break), so compiled results are checked too."""
+    if not bool(result.excess > 0):
         return result
+    # Cast once: each input's gradient is summed in float64 and rounded once (a sample that is
+    # a query and a component would else add two overflowed halves, inf - inf).
+    wide = tuple(t.to(torch.float64) if t.is_floating_point() else t for t in inputs)
     exact = reference(
-        inputs, plan.directions, plan.with_own, torch.float64, True, plan.with_statistics, True
-    )
+        wide, plan.directions, with_own=plan.with_own, dtype=torch.float64, check=True,
+        with_statistics=plan.with_statistics, direct=True,
+    )  # fmt: skip
     stats = None if exact.stats is None else exact.stats.to(plan.dtype)
     lse, num_valid = exact.log_sum_exp.to(plan.dtype), exact.num_valid.to(plan.dtype)
     return Result(lse, num_valid, stats, exact.excess)

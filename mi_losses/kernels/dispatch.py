@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-from typing import NamedTuple
 
 import torch
 
@@ -38,6 +37,7 @@ class Plan:
 
 def make_plan(
     directions: list[tuple[int, int, int, int]],
+    *,
     with_own: bool,
     dtype: torch.dtype,
     options: KernelOptions,
@@ -45,25 +45,6 @@ def make_plan(
 ) -> Plan:
     """The kernel's plan for one call."""
     return Plan(tuple(directions), with_own, dtype, options, with_statistics)
-
-
-class Stream(NamedTuple):
-    """Per-query results of the kernel (all directions concatenated).
-
-    Attributes:
-        log_sum_exp: ``logsumexp_{j in V_i} z_ij``, ``-inf`` where ``V_i`` is empty; with grad.
-        num_valid: ``|V_i|`` in the compute dtype, detached.
-        weighted_score: ``sum_j w_ij z_ij`` (``w`` the softmax over ``V_i``), detached;
-            ``None`` (as the two below) unless the plan asks for statistics.
-        weighted_own: ``sum_j w_ij sum_{s in P(i,j)} q_is``, detached.
-        weighted_constants: ``sum_j w_ij sum_{s in P(i,j)} p_js``, detached.
-    """
-
-    log_sum_exp: torch.Tensor
-    num_valid: torch.Tensor
-    weighted_score: torch.Tensor | None = None
-    weighted_own: torch.Tensor | None = None
-    weighted_constants: torch.Tensor | None = None
 
 
 def _transformed(tensors: tuple[torch.Tensor, ...]) -> bool:
@@ -108,6 +89,14 @@ def choose(plan: Plan, tensors: tuple[torch.Tensor, ...]) -> str:
     return kernel
 
 
+def _distinct(tensors: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """``tensors``, under ``torch.compile`` each repeated one as a view (dynamo traces an
+    ``autograd.Function`` only with distinct tensor arguments)."""
+    if not torch.compiler.is_compiling():
+        return list(tensors)
+    return [t.view_as(t) if any(t is u for u in tensors[:i]) else t for i, t in enumerate(tensors)]
+
+
 def stream(
     queries: torch.Tensor,
     clean: torch.Tensor,
@@ -116,27 +105,25 @@ def stream(
     query_mask: torch.Tensor,
     component_mask: torch.Tensor,
     plan: Plan,
-) -> Stream:
+) -> Result:
     """Run the kernel; inputs ``(rows, S, E)`` in any float dtype, masks ``(rows, S)`` bool."""
     inputs = (queries, clean, means, stds, query_mask, component_mask)
     path = choose(plan, inputs)
-    check = plan.options.accuracy_check and not torch.compiler.is_compiling()
-
-    def run(check: bool) -> Result:
-        if path == "reference":
-            return reference(
-                inputs, plan.directions, plan.with_own, plan.dtype, check, plan.with_statistics
-            )
+    check = plan.options.accuracy_check
+    if path == "reference":
+        result = reference(
+            inputs, plan.directions, with_own=plan.with_own, dtype=plan.dtype, check=check,
+            with_statistics=plan.with_statistics,
+        )  # fmt: skip
+    else:
         if path == "triton":
             from mi_losses.kernels.triton import TritonBlocks
 
             blocks: Blocks = TritonBlocks()
         else:
             blocks = TorchBlocks()
-        lse, count, *stats, excess = StreamingLogSumExp.apply(*inputs, plan, blocks, check)  # type: ignore[no-untyped-call]
-        return Result(lse, count, stats[0] if stats else None, excess)
-
-    result = accurate(run, inputs, plan, check)
-    if result.stats is None:
-        return Stream(result.log_sum_exp, result.num_valid)
-    return Stream(result.log_sum_exp, result.num_valid, *result.stats)
+        lse, count, *stats, excess = StreamingLogSumExp.apply(
+            *_distinct(inputs), plan, blocks, check
+        )  # type: ignore[no-untyped-call]
+        result = Result(lse, count, stats[0] if stats else None, excess)
+    return accurate(result, inputs, plan) if check else result

@@ -12,18 +12,32 @@ from typing import NamedTuple
 
 import torch
 
-from mi_losses.kernels.factors import direct_scores, exp_normal, scores, sides, statistics
-from mi_losses.kernels.factors import directions as all_directions
+from mi_losses.kernels.directions import directions as all_directions
+from mi_losses.kernels.factors import sides
+from mi_losses.kernels.scores import direct_scores, exp_normal, scores, statistics
 
 
 class Result(NamedTuple):
-    """What a path computes, all directions concatenated (``Q`` queries)."""
+    """What every path computes per query, all directions concatenated (``Q`` queries).
 
-    log_sum_exp: torch.Tensor  # (Q,), -inf where a query has no valid pair; with grad
-    num_valid: torch.Tensor  # (Q,) |V_i| in the compute dtype
-    stats: torch.Tensor | None  # (3, Q) detached: sum w z, sum w own, sum w constants
-    excess: torch.Tensor  # largest rounding error beyond the tolerance (0-d; -inf: none)
-    scores: torch.Tensor | None = None  # (m, n) z of a direction held in one block, else None
+    Attributes:
+        log_sum_exp: ``logsumexp_{j in V_i} z_ij``, ``-inf`` where ``V_i`` is empty; with grad.
+        num_valid: ``|V_i|`` in the compute dtype, detached.
+        stats: ``(3, Q)`` detached softmax-weighted sums (``w`` the softmax over ``V_i``):
+            ``sum_j w_ij z_ij``, ``sum_j w_ij sum_P q_is`` (own), ``sum_j w_ij sum_P p_js``
+            (constants); ``None`` unless the plan asks for statistics.
+        excess: largest rounding error beyond the tolerance (0-d; ``-inf``: none).
+    """
+
+    log_sum_exp: torch.Tensor
+    num_valid: torch.Tensor
+    stats: torch.Tensor | None
+    excess: torch.Tensor
+
+    def queries(self, start: int, stop: int) -> Result:
+        """The results of queries ``[start, stop)``."""
+        stats = None if self.stats is None else self.stats[:, start:stop]
+        return Result(self.log_sum_exp[start:stop], self.num_valid[start:stop], stats, self.excess)
 
 
 def log_sum_exp(z: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
@@ -40,6 +54,7 @@ def log_sum_exp(z: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
 def reference(
     inputs: tuple[torch.Tensor, ...],
     directions: tuple[tuple[int, int, int, int], ...],
+    *,
     with_own: bool,
     dtype: torch.dtype,
     check: bool,
@@ -53,7 +68,7 @@ def reference(
     excess = inputs[0].new_full((), -math.inf, dtype=dtype)
     for d in all_directions(inputs, directions, with_own):
         s = sides(*d, dtype, check=check or direct)
-        block = scores(s, check or direct, constants=with_statistics)
+        block = scores(s, check=check or direct, constants=with_statistics)
         if block.excess is not None and block.excess.numel():
             excess = torch.maximum(excess, block.excess.amax())
             if direct and bool(excess > 0):

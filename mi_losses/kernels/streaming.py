@@ -4,70 +4,105 @@ As in flash attention, the forward pass keeps a running maximum and sum per quer
 softmax-weighted sums of the statistics); no ``(M, N)`` matrix outlives a block. The backward
 pass takes the weights ``G = g_i exp(z_ij - logsumexp_i)`` of each block and multiplies them
 into the factors of :func:`~mi_losses.kernels.factors.sides` (``d y' = G wc``,
-``d wn = G^T y'^2``, ...); :func:`~mi_losses.kernels.factors.chain` carries them back to the
-inputs in a few elementwise passes. When all scores of a direction fit one block (the common
-case) they are kept for the backward pass, and the factors are made one cache-sized chunk of
-positions at a time (kept for the backward pass within the block budget, else made again
-there): the elementwise work then stays in the CPU's caches instead of streaming whole
-``(rows, S, E)`` tensors through memory some sixty times.
+``d wn = G^T y'^2``, ...); :mod:`~mi_losses.kernels.chain` carries them back to the inputs in
+a few elementwise passes, added into the gradient buffers block by block. When all scores of a
+direction fit one block (the common case) they are kept for the backward pass, and the factors
+are made one cache-sized chunk of positions at a time in both passes (kept between them only
+when there is a single chunk, which the backward pass would make anyway): the elementwise work
+stays in the CPU's caches and memory stays linear in the number of samples. Otherwise the query
+factors are made once per pass and the components' one block at a time.
 When a graph is being built (``create_graph=True``) the backward pass differentiates the
 reference path instead: second derivatives are exact. The Triton path
 (:mod:`mi_losses.kernels.triton`) runs inside the same :class:`StreamingLogSumExp` with fused
-block kernels.
-"""
+block kernels."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from mi_losses.kernels.factors import (
-    Direction,
-    Frame,
+from mi_losses.kernels.chain import (
+    ComponentGrads,
     Grads,
+    QueryGrads,
+    chain,
+    chain_components,
+    chain_own,
+    chain_queries,
+)
+from mi_losses.kernels.directions import Direction, block_rows, directions, ranges
+from mi_losses.kernels.factors import (
+    Frame,
     Sides,
+    component_factors,
+    frame,
+    own_residual,
+    query_factors,
+    sides,
+)
+from mi_losses.kernels.reference import Result, log_sum_exp, reference
+from mi_losses.kernels.scores import (
     Sums,
     add_sums,
-    block_rows,
-    chain,
-    directions,
     exp_normal,
     finish,
     pair_sums,
-    ranges,
     scores,
-    sides,
     statistics,
+    weights,
 )
-from mi_losses.kernels.reference import Result, log_sum_exp, reference
 
 # The factors of a direction (queries and components) are made CHUNK_BYTES at a time: small
 # temporaries stay in the CPU caches and are reused by the allocator, where whole-tensor
 # temporaries of tens of MiB are fresh memory (page faults) at every operation.
 CHUNK_BYTES = 1 << 20
 
-InputGrads = tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...]]
-"""Gradients of one direction (:func:`~mi_losses.kernels.factors.chain`)."""
 
-Outputs = tuple[torch.Tensor | None, ...]
-"""Where one direction's gradients are added (rows of the inputs' gradient buffers, ``None``
-where not wanted): queries, own ``x, mu, sigma`` (``None`` without), components' ``x, mu, sigma``."""
+class Targets(NamedTuple):
+    """Where one direction's gradients are added, ``(rows, S, E)`` rows of the inputs' gradient
+    buffers (``None`` where not wanted). Clean embeddings and means share one buffer
+    (``d mu = d x``); ``own_*`` are the queries' rows of it and of the stds' (own terms)."""
+
+    queries: torch.Tensor | None
+    own_centres: torch.Tensor | None
+    own_stds: torch.Tensor | None
+    centres: torch.Tensor | None
+    stds: torch.Tensor | None
+
+    def add_queries(self, g: QueryGrads, start: int, stop: int) -> None:
+        """Add the gradients of the queries' positions ``[start, stop)``."""
+        _add(self.queries, g.queries, start, stop)
+        if g.own is not None:
+            _add(self.own_centres, g.own.minus_centres, start, stop, alpha=-1.0)
+            _add(self.own_stds, g.own.stds, start, stop)
+
+    def add_components(self, g: ComponentGrads, rows: slice, start: int, stop: int) -> None:
+        """Add the gradients of components ``rows`` at positions ``[start, stop)``."""
+        _add(None if self.centres is None else self.centres[rows], g.centres, start, stop)
+        _add(None if self.stds is None else self.stds[rows], g.stds, start, stop)
 
 
-def deposit(out: Outputs, grads: InputGrads, start: int, stop: int) -> None:
-    """Add ``grads`` (:func:`~mi_losses.kernels.factors.chain`'s, positions ``[start, stop)``)
-    into ``out``."""
-    d_queries, d_own, (d_x, d_sigma) = grads
-    own = (None, None, None) if d_own is None else (d_own[0], d_own[0], d_own[1])
-    values = (d_queries, *own, d_x, d_x, d_sigma)
-    signs = (1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0)  # chain gives -d x of the own terms
-    for target, value, sign in zip(out, values, signs, strict=True):
-        if target is not None and value is not None:
-            if start != 0 or stop != target.shape[1]:
-                target = target[:, start:stop]
-            target.add_(value, alpha=sign)
+def _add(
+    target: torch.Tensor | None, value: torch.Tensor, start: int, stop: int, alpha: float = 1.0
+) -> None:
+    if target is not None:
+        if start != 0 or stop != target.shape[1]:
+            target = target[:, start:stop]
+        target.add_(value, alpha=alpha)
+
+
+class Saved(NamedTuple):
+    """What the backward pass of one direction keeps from the forward pass: the frame, the
+    scores when they fit one block (``None``: the blocks are made again), and the factors only
+    when all positions are one chunk (the backward pass would make these same factors at its
+    peak: keeping them costs no memory): memory stays linear in the number of samples."""
+
+    frame: Frame
+    scores: torch.Tensor | None
+    factors: Sides | None = None
+    blocks: bool = False  # the scores were made in several blocks of components
 
 
 class Blocks(Protocol):
@@ -75,98 +110,99 @@ class Blocks(Protocol):
     returns its :class:`Result` and what its backward pass needs."""
 
     def forward(
-        self, d: Direction, dtype: torch.dtype, budget: int, check: bool, with_statistics: bool
-    ) -> tuple[Result, Any]: ...
+        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
+    ) -> tuple[Result, Saved]: ...
 
     def backward(
         self,
         d: Direction,
-        saved: Any,
+        saved: Saved,
         log_sum_exp: torch.Tensor,
         grad: torch.Tensor,
         budget: int,
         dtype: torch.dtype,
-        out: Outputs,
+        out: Targets,
     ) -> None: ...
 
 
-def _columns(m: int, n: int, dtype: torch.dtype, budget: int) -> list[tuple[int, int]]:
+def columns(
+    m: int, n: int, dtype: torch.dtype, budget: int, features: int = 0
+) -> list[tuple[int, int]]:
     """Blocks of the ``n`` components whose ``(m, block)`` scores and weights (about eight
-    matrices) fit the budget."""
-    return block_rows(n, 8 * m * torch.finfo(dtype).bits // 8, budget)
+    matrices) and factors (about six of ``features`` per component) fit the budget."""
+    return block_rows(n, (8 * m + 6 * features) * torch.finfo(dtype).bits // 8, budget)
 
 
 def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
     """Chunks of positions whose factors take about :data:`CHUNK_BYTES`."""
-    m, s, e = d[0].shape
-    per_position = (m + d[2].shape[0]) * max(e, 1) * torch.finfo(dtype).bits // 8
+    m, s, e = d.queries.shape
+    per_position = (m + d.clean.shape[0]) * max(e, 1) * torch.finfo(dtype).bits // 8
     return ranges(s, max(1, CHUNK_BYTES // max(per_position, 1))) or [(0, s)]
 
 
-def _factor_bytes(d: Direction, dtype: torch.dtype) -> int:
-    """About what the factors of a direction hold (``y', y'^2``, own terms; ``w, w c', c'``)."""
-    m, s, e = d[0].shape
-    return (4 * m + 3 * d[2].shape[0]) * s * e * torch.finfo(dtype).bits // 8
-
-
-def _at(d: Direction, start: int, stop: int) -> Direction:
-    """The direction restricted to positions ``[start, stop)``."""
-    if start == 0 and stop == d[0].shape[1]:
-        return d
-    cut = (slice(None), slice(start, stop))
-    queries, own, clean, means, stds, a, b = d
-    own_cut = None if own is None else (own[0][cut], own[1][cut], own[2][cut])
-    return queries[cut], own_cut, clean[cut], means[cut], stds[cut], a[cut], b[cut]
-
-
-def _factor_grads(s: Sides, weights: torch.Tensor, total: Grads | None = None) -> Grads:
-    """The factors' gradients from the weights of the pairs of ``s``. With ``total`` (those of
-    earlier blocks of components) the queries' gradients are added into it, in place; the
-    components' are always those of ``s``."""
+def _factor_grads(s: Sides, weights: torch.Tensor) -> Grads:
+    """The factors' gradients from the weights ``G`` of the pairs of ``s``."""
+    q, c = s.queries, s.components
+    d_q = -(weights @ c.b) if q.own is not None else None
     transposed = weights.T
-    if total is None:
-        d_y, d_y2 = weights @ s.wc, weights @ s.w
-        d_q = -(weights @ s.b) if s.own is not None else None
-    else:
-        d_y, d_y2 = total.y.addmm_(weights, s.wc), total.y2.addmm_(weights, s.w)
-        d_q = None if total.q is None else total.q.addmm_(weights, s.b, alpha=-1.0)
-    return Grads(d_y, d_y2, d_q, transposed @ s.y2, transposed @ s.y, transposed @ s.a)
+    return Grads(
+        weights @ c.wc, weights @ c.w, d_q, transposed @ q.y2, transposed @ q.y, transposed @ q.a
+    )
 
 
 class TorchBlocks:
     """Blocks evaluated with torch operations (any device)."""
 
     def forward(
-        self, d: Direction, dtype: torch.dtype, budget: int, check: bool, with_statistics: bool
-    ) -> tuple[Result, Any]:
-        if len(_columns(d[0].shape[0], d[2].shape[0], dtype, budget)) > 1:
-            s = sides(*d, dtype, check)
-            # Only the frame is kept: the backward pass makes the factors again (linear memory).
-            return self._stream(s, budget, check, with_statistics), s.frame
+        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
+    ) -> tuple[Result, Saved]:
+        if len(columns(d.queries.shape[0], d.clean.shape[0], dtype, budget)) > 1:
+            return self._stream(d, dtype, budget, check=check, with_statistics=with_statistics)
         total: Sums | None = None
-        keep = _factor_bytes(d, dtype) <= budget  # else made again in the backward pass
-        kept: list[Sides | Frame] = []
-        for start, stop in _positions(d, dtype):
-            s = sides(*_at(d, start, stop), dtype, check)
-            total = add_sums(total, pair_sums(s, check, with_statistics))
-            kept.append(s if keep else s.frame)
+        frames = []
+        chunks = _positions(d, dtype)
+        for start, stop in chunks:
+            s = sides(*d.positions(start, stop), dtype, check=check)
+            total = add_sums(total, pair_sums(s, check=check, constants=with_statistics))
+            frames.append(s.frame)
+        # One chunk: the backward pass would make these same factors at its peak anyway.
+        kept = s if len(chunks) == 1 else None
         assert total is not None
-        block = finish(total, check)
+        block = finish(total, check=check)
         count = block.valid.sum(-1).to(dtype)
         lse = log_sum_exp(block.z, count > 0)
         stats = torch.stack(statistics(block)) if with_statistics else None
         excess = lse.new_full((), -math.inf)
         if block.excess is not None and block.excess.numel():
             excess = block.excess.amax()
-        return Result(lse, count, stats, excess), (block.z, kept)
+        joined = (
+            frames[0] if len(frames) == 1 else Frame(*map(torch.cat, zip(*frames, strict=True)))
+        )
+        return Result(lse, count, stats, excess), Saved(joined, block.z, kept)
 
-    def _stream(self, s: Sides, budget: int, check: bool, with_statistics: bool) -> Result:
-        m = s.y.shape[0]
-        peak = s.y.new_full((m,), -math.inf)
-        total, score, own, constants, count = s.y.new_zeros((5, m))
-        excess = s.y.new_full((), -math.inf)
-        for c0, c1 in _columns(s.y.shape[0], s.w.shape[0], s.y.dtype, budget):
-            block = scores(s.columns(c0, c1), check, constants=with_statistics)
+    def _stream(
+        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
+    ) -> tuple[Result, Saved]:
+        """Blocks of components with a running log-sum-exp; the query factors are made once,
+        the components' one block at a time."""
+        f = frame(d.clean, d.means, d.stds, d.b, dtype)
+        queries = query_factors(d.queries, d.own, d.a, f, dtype, check=check)
+        m, n = d.queries.shape[0], d.clean.shape[0]
+        # Scores that take a quarter of the budget are kept: two matrix products fewer later.
+        kept = (
+            queries.y.new_empty((m, n)) if m * n * queries.y.element_size() <= budget // 4 else None
+        )
+        peak = queries.y.new_full((m,), -math.inf)
+        total, score, own, constants, count = queries.y.new_zeros((5, m))
+        excess = queries.y.new_full((), -math.inf)
+        for c0, c1 in columns(m, d.clean.shape[0], dtype, budget, d.queries[0].numel()):
+            part = d.components(c0, c1)
+            comps = component_factors(
+                part.clean, part.means, part.stds, part.b, f, dtype, check=check
+            )
+            block = scores(Sides(queries, comps, f), check=check, constants=with_statistics)
+            if kept is not None:
+                kept[:, c0:c1] = block.z
             new = torch.maximum(peak, block.z.amax(-1))
             shift = new.masked_fill(new == -math.inf, 0.0)
             e = exp_normal(block.z - shift.unsqueeze(-1))
@@ -186,46 +222,81 @@ class TorchBlocks:
         total = torch.where(has, total, 1.0)
         lse = (peak.masked_fill(~has, 0.0) + total.log()).masked_fill(~has, -math.inf)
         stats = torch.stack([score, own, constants]) / total if with_statistics else None
-        return Result(lse, count, stats, excess)
+        return Result(lse, count, stats, excess), Saved(f, kept, None, True)
 
     def backward(
         self,
         d: Direction,
-        saved: Any,
+        saved: Saved,
         log_sum_exp: torch.Tensor,
         grad: torch.Tensor,
         budget: int,
         dtype: torch.dtype,
-        out: Outputs,
+        out: Targets,
     ) -> None:
-        if isinstance(saved, Frame):
-            s = sides(*d, dtype, False, frame_=saved)
-            deposit(
-                out, chain(d, s, self._stream_grads(s, log_sum_exp, grad, budget)), 0, d[0].shape[1]
-            )
+        if saved.blocks:
+            self._stream_backward(d, saved, (log_sum_exp, grad), budget, dtype, out)
             return
-        z, kept = saved
-        weights = exp_normal(z - log_sum_exp.unsqueeze(-1)) * grad.unsqueeze(-1)
-        for (start, stop), factors in zip(_positions(d, dtype), kept, strict=True):
-            part = _at(d, start, stop)
-            if isinstance(factors, Frame):
-                factors = sides(*part, dtype, False, values=False, frame_=factors)
-            deposit(out, chain(part, factors, _factor_grads(factors, weights)), start, stop)
+        assert saved.scores is not None
+        weights = exp_normal(saved.scores - log_sum_exp.unsqueeze(-1)).mul_(grad.unsqueeze(-1))
+        every = slice(None)
+        for start, stop in _positions(d, dtype):
+            part = d.positions(start, stop)
+            s = saved.factors
+            if s is None:
+                f = saved.frame.positions(start, stop)
+                s = sides(*part, dtype, check=False, values=False, frame_=f)
+            query_grads, component_grads = chain(part, s, _factor_grads(s, weights))
+            out.add_queries(query_grads, start, stop)
+            out.add_components(component_grads, every, start, stop)
 
-    def _stream_grads(
-        self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int
-    ) -> Grads:
-        total = None
-        d_w, d_wc, d_k = [], [], []
-        for c0, c1 in _columns(s.y.shape[0], s.w.shape[0], s.y.dtype, budget):
-            t = s.columns(c0, c1)
-            weights = exp_normal(scores(t, False).z - log_sum_exp.unsqueeze(-1))
-            total = _factor_grads(t, weights * grad.unsqueeze(-1), total)
-            d_w.append(total.w)
-            d_wc.append(total.wc)
-            d_k.append(total.k)
-        assert total is not None  # several blocks: there are components
-        return total._replace(w=join(d_w), wc=join(d_wc), k=join(d_k))
+    def _stream_backward(
+        self, d: Direction, saved: Saved, upstream: tuple[torch.Tensor, torch.Tensor],
+        budget: int, dtype: torch.dtype, out: Targets,
+    ) -> None:  # fmt: skip
+        """The blocks made again: each block's components get their gradients at once, the
+        queries' factor gradients are summed over the blocks. ``upstream``: the forward pass's
+        ``logsumexp`` and the gradient of the loss with respect to it."""
+        log_sum_exp, grad = upstream
+        f, again = saved.frame, saved.scores is None  # the scores made again, or kept
+        own_term = d.own if again else None  # q enters the scores only
+        queries = query_factors(d.queries, own_term, d.a, f, dtype, check=False, values=again)
+        queries = queries._replace(own=None)
+        m, positions = d.queries.shape[:2]
+        # The queries' rows of the gradient buffer are this direction's alone (the plan's query
+        # spans never overlap) and hold zeros: d y' is summed there, then finished in place.
+        d_y = out.queries.flatten(1) if out.queries is not None else torch.zeros_like(queries.y)
+        d_y2 = torch.zeros_like(queries.y)
+        d_q = torch.zeros_like(queries.a) if d.own is not None else None
+        for c0, c1 in columns(m, d.clean.shape[0], dtype, budget, d.queries[0].numel()):
+            part = d.components(c0, c1)
+            comps = component_factors(
+                part.clean, part.means, part.stds, part.b, f, dtype, check=False, values=again
+            )
+            if saved.scores is None:
+                g = weights(Sides(queries, comps, f), log_sum_exp, grad)
+            else:
+                g = exp_normal(saved.scores[:, c0:c1] - log_sum_exp.unsqueeze(-1), inplace=True)
+                g.mul_(grad.unsqueeze(-1))
+            d_y.addmm_(g, comps.wc)
+            d_y2.addmm_(g, comps.w)
+            if d_q is not None:
+                d_q.addmm_(g, comps.b, alpha=-1.0)
+            transposed = g.T
+            component_grads = chain_components(
+                comps, f, part.clean.shape, transposed @ queries.y2, transposed @ queries.y,
+                transposed @ queries.a,
+            )  # fmt: skip
+            out.add_components(component_grads, slice(c0, c1), 0, positions)
+        grads = chain_queries(queries, f, d.queries.shape, d_y, d_y2, None)
+        del queries, d_y2  # before the own terms' residuals are made
+        if d.own is not None:
+            assert d_q is not None
+            own = chain_own(*own_residual(d.queries, d.own, d.a, dtype), d.a.to(dtype), d_q)
+            grads = QueryGrads(grads.queries.add_(own.minus_centres), own)
+        if out.queries is not None:  # already in place
+            out = out._replace(queries=None)
+        out.add_queries(grads, 0, positions)
 
 
 def join(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
@@ -253,7 +324,9 @@ class StreamingLogSumExp(torch.autograd.Function):
         inputs = (queries, clean, means, stds, query_mask, component_mask)
         budget, stats = plan.options.max_block_bytes, plan.with_statistics
         parts = directions(inputs, plan.directions, plan.with_own)
-        runs = [blocks.forward(d, plan.dtype, budget, check, stats) for d in parts]
+        runs = [
+            blocks.forward(d, plan.dtype, budget, check=check, with_statistics=stats) for d in parts
+        ]
         results = [result for result, _ in runs]
         excess = torch.stack([r.excess for r in results]).amax() if len(results) > 1 else None
         lse = join([r.log_sum_exp for r in results])
@@ -276,8 +349,9 @@ class StreamingLogSumExp(torch.autograd.Function):
             # A graph is being built (second derivatives): differentiate the reference path.
             wanted = [t for t, need in zip(inputs[:4], needs, strict=True) if need]
             exact = reference(
-                tuple(inputs), plan.directions, plan.with_own, plan.dtype, False, False
-            )
+                tuple(inputs), plan.directions, with_own=plan.with_own, dtype=plan.dtype,
+                check=False, with_statistics=False,
+            )  # fmt: skip
             grads = iter(
                 torch.autograd.grad(
                     exact.log_sum_exp, wanted, grad, create_graph=True, allow_unused=True
@@ -291,31 +365,42 @@ class StreamingLogSumExp(torch.autograd.Function):
         empty = num_valid == 0  # logsumexp -inf, no gradient
         lse = lse.masked_fill(empty, 0.0)
         grad = grad.masked_fill(empty, 0.0)
-        buffers = [
-            torch.zeros(t.shape, dtype=plan.dtype, device=t.device) if need else None
-            for t, need in zip(inputs[:4], needs, strict=True)
-        ]
-        queries, clean, means, stds = buffers
+
+        def buffer(like: torch.Tensor, need: bool) -> torch.Tensor | None:
+            return torch.zeros(like.shape, dtype=plan.dtype, device=like.device) if need else None
+
+        queries = buffer(inputs[0], needs[0])
+        centres = buffer(inputs[1], needs[1] or needs[2])  # d mu = d x: one buffer
+        stds = buffer(inputs[3], needs[3])
         offset = 0
         for (q0, q1, c0, c1), d, saved in zip(plan.directions, ctx.parts, ctx.saved, strict=True):
             rows = slice(offset, offset + q1 - q0)
             offset += q1 - q0
-            own = (_rows(clean, q0, q1), _rows(means, q0, q1), _rows(stds, q0, q1))
-            out = (
-                _rows(queries, q0, q1),
-                *(own if plan.with_own else (None, None, None)),
-                _rows(clean, c0, c1), _rows(means, c0, c1), _rows(stds, c0, c1),
-            )  # fmt: skip
+            own = (
+                (_row_slice(centres, q0, q1), _row_slice(stds, q0, q1))
+                if plan.with_own
+                else (None, None)
+            )
+            out = Targets(
+                _row_slice(queries, q0, q1),
+                *own,
+                _row_slice(centres, c0, c1),
+                _row_slice(stds, c0, c1),
+            )
             ctx.blocks.backward(
                 d, saved, lse[rows], grad[rows], plan.options.max_block_bytes, plan.dtype, out
             )
-        found: list[torch.Tensor | None] = []
-        for buffer, tensor in zip(buffers, inputs[:4], strict=True):
-            found.append(None if buffer is None else buffer.to(tensor.dtype))
-        return (*found, None, None, None, None, None)
+        found = (queries, centres, centres, stds)
+        return (
+            *(
+                None if g is None or not need else g.to(t.dtype)
+                for g, t, need in zip(found, inputs[:4], needs, strict=True)
+            ),
+            None, None, None, None, None,
+        )  # fmt: skip
 
 
-def _rows(t: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+def _row_slice(t: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
     """Rows ``[start, stop)`` of ``t`` (a view), ``t`` itself when that is all of it."""
     if t is None or (start == 0 and stop == t.shape[0]):
         return t

@@ -9,7 +9,7 @@ statistics and the rounding check, all in registers. One launch per direction wr
 per-query ``logsumexp``, statistics and largest rounding excess. The backward kernel
 recomputes a block of scores and writes the weights ``g_i exp(z_ij - logsumexp_i)``; two matrix
 products per block (``dL = W R``, ``dR = W^T L``) give the factors' gradients, and the written-out
-chain rule of :func:`mi_losses.kernels.factors.chain` finishes it. Dots run in the factors'
+chain rule of :func:`mi_losses.kernels.chain.chain` finishes it. Dots run in the factors'
 dtype (float32 for float32, bfloat16 and float16 inputs) with IEEE precision (no TF32).
 """
 
@@ -22,18 +22,12 @@ import torch
 import triton
 import triton.language as tl
 
-from mi_losses.kernels.factors import (
-    TOLERANCES,
-    Direction,
-    Frame,
-    Grads,
-    Sides,
-    block_rows,
-    chain,
-    sides,
-)
+from mi_losses.kernels.chain import Grads, chain
+from mi_losses.kernels.directions import Direction, block_rows
+from mi_losses.kernels.factors import Sides, sides
 from mi_losses.kernels.reference import Result
-from mi_losses.kernels.streaming import Outputs, deposit
+from mi_losses.kernels.scores import TOLERANCES
+from mi_losses.kernels.streaming import Saved, Targets
 
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 
@@ -218,12 +212,14 @@ class _Flat(NamedTuple):
 
 
 def _flat(s: Sides) -> _Flat:
-    def given(t: torch.Tensor | None) -> torch.Tensor:  # s.a stands in for what is not read
-        return s.a if t is None else t
+    q, c = s.queries, s.components
+
+    def given(t: torch.Tensor | None) -> torch.Tensor:  # a stands in for what is not read
+        return q.a if t is None else t
 
     tensors = (
-        s.left, s.right, s.a, given(s.q), s.b, given(s.p), given(s.h), given(s.squares),
-        given(s.largest),
+        s.left, s.right, q.a, given(q.q), c.b, given(c.p), given(c.h), given(q.squares),
+        given(c.largest),
     )  # fmt: skip
     return _Flat(*(t.contiguous() for t in tensors))
 
@@ -232,13 +228,13 @@ class TritonBlocks:
     """The blocks of :class:`~mi_losses.kernels.streaming.StreamingLogSumExp` as Triton kernels."""
 
     def forward(
-        self, d: Direction, dtype: torch.dtype, budget: int, check: bool, with_statistics: bool
-    ) -> tuple[Result, Frame]:
-        s = sides(*d, dtype, check)
-        return self._forward(s, check, with_statistics), s.frame  # factors made again later
+        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
+    ) -> tuple[Result, Saved]:
+        s = sides(*d, dtype, check=check)
+        return self._forward(s, check, with_statistics), Saved(s.frame, None)  # made again later
 
     def _forward(self, s: Sides, check: bool, with_statistics: bool) -> Result:
-        has_own = s.q is not None
+        has_own = s.queries.q is not None
         f_ = _flat(s)
         m, n, f = f_.left.shape[0], f_.right.shape[0], f_.left.shape[1]
         dtype = f_.left.dtype
@@ -261,15 +257,18 @@ class TritonBlocks:
     def backward(
         self,
         d: Direction,
-        saved: Frame,
+        saved: Saved,
         log_sum_exp: torch.Tensor,
         grad: torch.Tensor,
         budget: int,
         dtype: torch.dtype,
-        out: Outputs,
+        out: Targets,
     ) -> None:
-        s = sides(*d, dtype, False, frame_=saved)
-        deposit(out, chain(d, s, self._grads(s, log_sum_exp, grad, budget)), 0, d[0].shape[1])
+        s = sides(*d, dtype, check=False, frame_=saved.frame)
+        query_grads, component_grads = chain(d, s, self._grads(s, log_sum_exp, grad, budget))
+        positions = d.queries.shape[1]
+        out.add_queries(query_grads, 0, positions)
+        out.add_components(component_grads, slice(None), 0, positions)
 
     def _grads(self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int) -> Grads:
         f_ = _flat(s)
@@ -289,7 +288,7 @@ class TritonBlocks:
             grad_left.addmm_(weights, f_.right[c0:c1])
             grad_right[c0:c1] = weights.T @ f_.left
         # L = [y'^2, y', a, q], R = [wn, wc, k, -b]: split the columns back into the factors.
-        width, positions = s.y.shape[1], s.a.shape[1]
+        width, positions = s.queries.y.shape[1], s.queries.a.shape[1]
         d_y2, d_y, _, d_q = torch.split(grad_left, [width, width, positions, positions], 1)
         d_wn, d_wc, d_k, _ = torch.split(grad_right, [width, width, positions, positions], 1)
-        return Grads(d_y, -2.0 * d_y2, d_q if s.q is not None else None, d_wn, d_wc, d_k)
+        return Grads(d_y, -2.0 * d_y2, d_q if s.queries.q is not None else None, d_wn, d_wc, d_k)

@@ -21,8 +21,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from mi_losses.kernels.factors import HALF_LOG_TWO_PI, exp_normal
-from mi_losses.kernels.factors import ranges as chunk_bounds
+from mi_losses.kernels.directions import ranges as chunk_bounds
+from mi_losses.kernels.factors import HALF_LOG_TWO_PI
+from mi_losses.kernels.scores import exp_normal
 
 
 class Vocabulary(NamedTuple):

@@ -72,7 +72,7 @@ def _problem(granularity, with_own, symmetric, pattern, extra, dtype=torch.float
 
 def _run(tensors, masks, directions, with_own, options: KernelOptions, dtype=None):
     dtype = dtype or torch.promote_types(tensors[0].dtype, torch.float32)
-    plan = make_plan(directions, with_own, dtype, options)
+    plan = make_plan(directions, with_own=with_own, dtype=dtype, options=options)
     result = stream(*tensors, *masks, plan)
     lse = result.log_sum_exp
     # A weighted sum of the finite values: every query's gradient is tested.
@@ -114,7 +114,7 @@ def test_reference_equals_direct_float64(granularity, with_own, symmetric, patte
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, streaming.CHUNK_BYTES])
-@pytest.mark.parametrize("budget", [1, 700, 2000, 2**30])
+@pytest.mark.parametrize("budget", [1, 700, 2000, 9000, 2**30])
 @pytest.mark.parametrize(("granularity", "with_own", "symmetric", "pattern", "extra"), MATRIX)
 def test_streaming_equals_reference(
     granularity, with_own, symmetric, pattern, extra, budget, chunk_bytes, monkeypatch
@@ -122,7 +122,8 @@ def test_streaming_equals_reference(
     """Blocks of one component, of a few, one block for all scores (then the factors are made
     a chunk of positions at a time: one position per chunk with ``chunk_bytes=1``; with
     ``budget=2000`` the sequence problems' scores fit one block, their factors do not, and the
-    backward pass makes them again)."""
+    backward pass makes them again; with ``budget=9000`` the token problems take several
+    blocks whose scores are kept for the backward pass)."""
     monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)
     tensors, masks, directions = _problem(granularity, with_own, symmetric, pattern, extra)
     expected = _run(tensors, masks, directions, with_own, KernelOptions(kernel="reference"))
@@ -139,15 +140,15 @@ def test_streaming_equals_reference(
         pytest.param("reference", "token", False, 500, marks=pytest.mark.slow),
         pytest.param("streaming", "sequence", True, 500, marks=pytest.mark.slow),
         pytest.param("streaming", "sequence", True, 2**30, marks=pytest.mark.slow),
+        pytest.param("streaming", "token", True, 9000, marks=pytest.mark.slow),
     ],
 )
 def test_gradcheck_and_gradgradcheck(kernel, granularity, with_own, budget, monkeypatch) -> None:
     """Several blocks of components (``budget=500``), or one block with one position per chunk."""
     monkeypatch.setattr(streaming, "CHUNK_BYTES", 1)
     tensors, masks, directions = _problem(granularity, with_own, True, "random", 0)
-    plan = make_plan(
-        directions, with_own, torch.float64, KernelOptions(kernel=kernel, max_block_bytes=budget)
-    )
+    options = KernelOptions(kernel=kernel, max_block_bytes=budget)
+    plan = make_plan(directions, with_own=with_own, dtype=torch.float64, options=options)
 
     def fn(*tensors):
         lse = stream(*tensors, *masks, plan).log_sum_exp
@@ -212,9 +213,8 @@ def test_choice_of_path(monkeypatch) -> None:
     inputs = (*tensors, *masks)
 
     def plan(kernel, budget=2**20) -> Plan:
-        return make_plan(
-            directions, True, torch.float64, KernelOptions(kernel=kernel, max_block_bytes=budget)
-        )
+        options = KernelOptions(kernel=kernel, max_block_bytes=budget)
+        return make_plan(directions, with_own=True, dtype=torch.float64, options=options)
 
     # CPU, outside torch.func and torch.compile: the streaming path, whatever the budget.
     assert choose(plan("auto"), inputs) == "streaming"

@@ -283,8 +283,9 @@ def test_compile_fullgraph_without_validation() -> None:
 
     def fn(means, stds, clean, noisy):
         return mutual_information_sub_batch(
-            means, stds, mask, clean, noisy, granularity="token", validate_args=False
-        )
+            means, stds, mask, clean, noisy, granularity="token", validate_args=False,
+            kernel=KernelOptions(accuracy_check=False),  # the fallback is a graph break
+        )  # fmt: skip
 
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     value = compiled(means, stds, clean, noisy)

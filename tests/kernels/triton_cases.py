@@ -50,7 +50,8 @@ def test_triton_float64_second_derivatives_and_rounding_check() -> None:
     tensors, masks, directions = _problem("sequence", True, True, "random", 0)
 
     def hessian_vector(kernel):
-        plan = make_plan(directions, True, torch.float64, KernelOptions(kernel=kernel))
+        options = KernelOptions(kernel=kernel)
+        plan = make_plan(directions, with_own=True, dtype=torch.float64, options=options)
         lse = stream(*tensors, *masks, plan).log_sum_exp
         grads = torch.autograd.grad(
             torch.where(torch.isfinite(lse), lse, 0.0).sum(), tensors, create_graph=True
@@ -69,3 +70,16 @@ def test_triton_float64_second_derivatives_and_rounding_check() -> None:
     torch.testing.assert_close(
         got.double(), _naive(far, masks, directions, True), rtol=1e-5, atol=1e-4
     )
+
+
+def test_triton_overflow_gives_inf_never_nan() -> None:
+    """stds of ``1e-20``: the value overflows float32; the gradient has no NaN (issue 25)."""
+    import mi_losses.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 5, generator=g)
+    mu = 0.3 * torch.randn(4, 3, 5, generator=g)
+    sd = torch.full_like(x, 1e-20).requires_grad_()
+    value = F.mutual_information_sub_batch(mu, sd, None, x, x + mu, symmetric=True, kernel="triton")
+    (grad,) = torch.autograd.grad(value, sd)
+    assert value == torch.inf and not grad.isnan().any() and grad.isinf().any()

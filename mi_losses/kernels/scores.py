@@ -1,0 +1,167 @@
+"""A block's pair scores from the factors (:mod:`~mi_losses.kernels.factors`): the matrix
+products, the masks, the rounding check of docs/math.md#numerics, the softmax-weighted
+statistics and the direct evaluation of flagged pairs."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from mi_losses.kernels.directions import Direction
+from mi_losses.kernels.factors import Sides
+
+# Rounding the expanded square costs about ``eps * magnitude`` nats of a pair's distance; where
+# that exceeds this relative plus absolute tolerance the pair is flagged (docs/math.md#numerics).
+TOLERANCES = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-10, 1e-8)}
+
+
+def exp_normal(x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """``exp(x)`` with results below the smallest normal number set to 0 (a subnormal result is
+    many times slower on CPU; the terms lost are below ``1e-38`` of the largest). ``inplace``
+    (without autograd) overwrites ``x``."""
+    cutoff = math.log(torch.finfo(x.dtype).tiny)
+    if inplace:
+        return x.masked_fill_(x < cutoff, -math.inf).exp_()
+    return torch.where(x < cutoff, -math.inf, x).exp()
+
+
+def weights(s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``G_ij = g_i exp(z_ij - logsumexp_i)`` of the pairs of ``s`` (``0`` where not valid), made
+    in place in one ``(m, n)`` matrix (the backward passes: no graph; ``log_sum_exp`` finite)."""
+    q, c = s.queries, s.components
+    assert c.k is not None
+    with torch.no_grad():
+        z = torch.addmm(log_sum_exp.unsqueeze(-1), q.a, c.k.T, beta=-1.0)
+        z.addmm_(q.y2, c.w.T, alpha=-0.5).addmm_(q.y, c.wc.T)
+        if q.q is not None:
+            z.addmm_(q.q, c.b.T, alpha=-1.0)
+        z.masked_fill_((q.a @ c.b.T) == 0, -math.inf)
+        return exp_normal(z, inplace=True).mul_(grad.unsqueeze(-1))
+
+
+class Scores(NamedTuple):
+    """A block's scores and what the statistics and the rounding check need, ``(m, n)``."""
+
+    z: torch.Tensor  # z_ij, -inf where the pair is not valid
+    valid: torch.Tensor  # bool
+    constants: torch.Tensor | None  # sum_P p_js (detached; None unless asked)
+    own: torch.Tensor | None  # sum_P q_is (detached; None without an own term)
+    excess: torch.Tensor | None  # rounding error beyond the tolerance, -inf where not valid
+
+
+class Sums(NamedTuple):
+    """Sums over positions of every pair of a block, ``(m, n)``: additive over chunks of
+    positions (``largest``: a maximum). ``z`` has a graph when the factors have one; the rest
+    is detached, ``None`` where not asked."""
+
+    z: torch.Tensor  # z_ij before the masks
+    positions: torch.Tensor  # |P(i, j)|
+    constants: torch.Tensor | None  # sum_P p_js
+    own: torch.Tensor | None  # sum_P q_is
+    halves: torch.Tensor | None  # sum_P h_js (rounding check)
+    squares: torch.Tensor | None  # |y'_i|^2, (m,) (rounding check)
+    largest: torch.Tensor | None  # max w_j, (n,) (rounding check)
+
+
+def pair_sums(s: Sides, *, check: bool, constants: bool = False) -> Sums:
+    """The :class:`Sums` of the pairs of ``s``; ``constants`` (implied by ``check``) also the
+    pair sums of ``p``."""
+    q, c = s.queries, s.components
+    assert c.k is not None and c.p is not None
+    z = torch.addmm(torch.addmm(q.a @ c.k.T, q.y2, c.w.T, alpha=-0.5), q.y, c.wc.T)
+    own = None
+    if q.q is not None:
+        own_sum = q.q @ c.b.T
+        z = z - own_sum
+        own = own_sum.detach()
+    with torch.no_grad():
+        count = q.a @ c.b.T
+        sums = q.a @ c.p.T if check or constants else None
+        if not check:
+            return Sums(z, count, sums, own, None, None, None)
+        assert c.h is not None
+        return Sums(z, count, sums, own, q.a @ c.h.T, q.squares, c.largest)
+
+
+def add_sums(total: Sums | None, part: Sums) -> Sums:
+    """``total`` and ``part`` (of another chunk of positions) together."""
+    if total is None:
+        return part
+
+    def plus(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+        return a if a is None or b is None else a + b
+
+    largest = total.largest
+    if largest is not None and part.largest is not None:
+        largest = torch.maximum(largest, part.largest)
+    return Sums(
+        total.z + part.z, total.positions + part.positions, plus(total.constants, part.constants),
+        plus(total.own, part.own), plus(total.halves, part.halves),
+        plus(total.squares, part.squares), largest,
+    )  # fmt: skip
+
+
+def finish(t: Sums, *, check: bool) -> Scores:
+    """The :class:`Scores` of a block from its sums over all positions."""
+    with torch.no_grad():
+        valid = t.positions > 0
+        invalid = ~valid
+        excess = None
+        if check:
+            assert t.constants is not None and t.squares is not None
+            assert t.largest is not None and t.halves is not None
+            dtype = t.z.dtype
+            relative, absolute = TOLERANCES[dtype]
+            # eps |magnitude| / 2 - relative |distance| - absolute, in place.
+            distance = t.z + t.constants if t.own is None else (t.z + t.constants).add_(t.own)
+            error = torch.addcmul(t.halves, t.squares.unsqueeze(-1), t.largest)
+            error.mul_(0.5 * torch.finfo(dtype).eps).sub_(distance.abs_(), alpha=relative)
+            excess = error.sub_(absolute).nan_to_num_(nan=math.inf).masked_fill_(invalid, -math.inf)
+    return Scores(t.z.masked_fill(invalid, -math.inf), valid, t.constants, t.own, excess)
+
+
+def scores(s: Sides, *, check: bool, constants: bool = False) -> Scores:
+    """The scores of every pair of ``s`` (with a graph when the factors have one);
+    ``constants`` (implied by ``check``) also gives the pair sums of ``p``."""
+    return finish(pair_sums(s, check=check, constants=constants), check=check)
+
+
+def statistics(block: Scores) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax-weighted ``(sum_j w z, sum_j w own, sum_j w constants)`` per query (detached;
+    normalised by the sum of the weights, not by a rounded ``logsumexp``)."""
+    assert block.constants is not None
+    with torch.no_grad():
+        peak = block.z.amax(-1, keepdim=True) if block.z.shape[-1] else block.z.sum(-1, True)
+        e = exp_normal(block.z - torch.where(torch.isfinite(peak), peak, 0.0))
+        total = e.sum(-1).clamp_min(torch.finfo(e.dtype).tiny)
+        z = torch.where(block.valid, block.z, 0.0)
+        own = (e * block.own).sum(-1) if block.own is not None else torch.zeros_like(total)
+        sums = torch.stack([(e * z).sum(-1), own, (e * block.constants).sum(-1)])
+        return tuple(sums / total)
+
+
+def direct_scores(
+    block: Scores,
+    flagged: torch.Tensor,
+    inputs: Direction,
+    s: Sides,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``z`` with the ``flagged`` pairs of one direction evaluated from their differences (no
+    cancellation). Differentiable to any order."""
+    queries, _, clean, means, stds, a, b = inputs
+    rows, cols = flagged.nonzero(as_tuple=True)
+    active = (a[rows] & b[cols]).unsqueeze(-1)
+    difference = torch.where(
+        active, (queries[rows].to(dtype) - clean[cols].to(dtype)) - means[cols].to(dtype), 0.0
+    )
+    sigma = torch.where(active, stds[cols].to(dtype), 1.0)
+    distance = 0.5 * (difference / sigma).square().sum((-1, -2))
+    q, c = s.queries, s.components
+    assert c.p is not None
+    constants = (q.a[rows] * c.p[cols]).sum(-1)
+    if q.q is not None:
+        constants = constants + (q.q[rows] * c.b[cols]).sum(-1)
+    return block.z.index_put((rows, cols), -(distance + constants))
