@@ -12,7 +12,7 @@ import torch
 from mi_losses.apps.hf.data import HFTextDataModule, file_texts
 from mi_losses.apps.hf.report import HFObfuscationReport
 from mi_losses.apps.hf.task import HFObfuscation
-from mi_losses.apps.minilm.report import ROW_ATTACKS, format_table
+from mi_losses.evaluation import ROW_ATTACKS, format_table
 from mi_losses.losses import (
     GaussianMixtureEntropy,
     HiddenStateDistillation,

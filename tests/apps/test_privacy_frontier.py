@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from mi_losses.apps.minilm.data import TokenizedSequences
+from mi_losses.apps.hf.data import TokenizedSequences
 from mi_losses.apps.privacy.channels import GaussianTokenChannel, ReleaseChannel, SequenceChannel
 from mi_losses.apps.privacy.data import StudyData
 from mi_losses.apps.privacy.frontier import (
@@ -173,7 +174,7 @@ def test_combine_writes_json_figures_and_the_page_table(tmp_path: Path) -> None:
 
 
 def test_largest_budget_keeps_the_strongest_attack_of_each_point() -> None:
-    from mi_losses.apps.privacy.frontier import largest_budget
+    from mi_losses.apps.privacy.plots import largest_budget
 
     capped = [_point(inversion_settings={"max_epochs": cap}) for cap in (4, 40, 12)]
     other_seed = _point(seed=1, inversion_settings={"max_epochs": 4})
@@ -198,7 +199,7 @@ def test_adversarial_objective_trains_layer_and_adversary_and_raises_the_noise(s
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from mi_losses.apps.minilm.data import SequenceDataset
+    from mi_losses.apps.hf.data import SequenceDataset
     from mi_losses.apps.privacy.sequence import SequenceObfuscation
 
     data, encoder = study
@@ -231,3 +232,29 @@ def test_adversarial_objective_trains_layer_and_adversary_and_raises_the_noise(s
     )
     # alpha 1: the layer only maximises the adversary's cross-entropy, so its noise grows.
     assert mean_std() > std_before * 1.05
+
+
+def test_one_token_sweep_json_schema() -> None:
+    """The one-token sweep's points (measured in 0.1 by the removed ``apps.minilm.sweep``)."""
+    required = (
+        "objective",
+        "alpha",
+        "retrieval_at_1",
+        "sentence_cosine",
+        "bayes_attack_failure",
+        "exact_mi_nats_per_token",
+    )
+    path = Path(__file__).resolve().parents[2] / "docs" / "minilm_sweep_frontier.json"
+    points = json.loads(path.read_text())
+    assert isinstance(points, list) and points
+    objectives = {point["objective"] for point in points}
+    assert {"isotropic", "frequency_rule", "vocabulary", "sub_batch"} <= objectives
+    for point in points:
+        assert set(required) <= set(point), point
+        assert isinstance(point["objective"], str)
+        for key in required[1:]:
+            assert isinstance(point[key], (int, float)) and math.isfinite(point[key]), key
+        for key in ("retrieval_at_1", "bayes_attack_failure"):
+            assert 0.0 <= point[key] <= 1.0
+        assert -1.0 <= point["sentence_cosine"] <= 1.0
+        assert point["exact_mi_nats_per_token"] >= -0.5

@@ -1,7 +1,7 @@
 """The fixed pieces of the privacy study, computed once and cached on disk.
 
-The MiniLM case study's text (:mod:`mi_losses.apps.minilm.data`: CPython's documentation, split
-by topic), tokenised into sequences of 32 tokens; the word-embedding table; the training token
+The main job's text (:class:`~mi_losses.apps.hf.data.HFTextDataModule`: CPython's documentation,
+split by topic), tokenised into sequences of 32 tokens; the word-embedding table; the training token
 counts, the attacker's prior (counts plus 0.5 per vocabulary token, as in the MiniLM study) and
 the *candidates* (the tokens seen in training, which a learned attacker can be trained on); the
 clean sentence embeddings of the validation sequences (the retrieval gallery).
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mi_losses.apps.minilm.data import TokenizedSequences
+from mi_losses.apps.hf.data import TokenizedSequences
 
 PRIOR_SMOOTHING = 0.5
 """Pseudo-count of every vocabulary token in the attacker's prior (as in the MiniLM study)."""
@@ -85,21 +85,21 @@ def load_study_data(
     """The study's data, from ``cache_dir/study_data_{num_val}_{max_length}_{seed}.pt`` if there.
 
     Args:
-        encoder: the frozen :class:`~mi_losses.apps.minilm.model.MiniLMEncoder`.
+        encoder: the frozen :class:`~mi_losses.evaluation.SentenceEncoder`.
         cache_dir: folder of the cache (created); ``None`` = no cache.
         num_val: validation sequences (the retrieval gallery).
         max_length: tokens per sequence.
         seed: seed of the topic split.
     """
-    from mi_losses.apps.minilm.data import PydocTextDataModule
-    from mi_losses.apps.minilm.evaluate import clean_sentence_embeddings
+    from mi_losses.apps.hf.data import HFTextDataModule
+    from mi_losses.evaluation import clean_sentence_embeddings
 
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"study_data_{num_val}_{max_length}_{seed}.pt"
         if path.is_file():
             return StudyData.from_dict(torch.load(path))
-    datamodule = PydocTextDataModule(max_length=max_length, num_val=num_val, seed=seed)
+    datamodule = HFTextDataModule(max_length=max_length, num_val=num_val, seed=seed)
     datamodule.setup()
     assert datamodule.train_sequences is not None and datamodule.val_sequences is not None
     table = encoder.word_embedding_table.detach().clone()

@@ -31,7 +31,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from mi_losses.apps.minilm.data import SequenceDataset, TokenizedSequences
+from mi_losses.apps.hf.data import SequenceDataset, TokenizedSequences
 from mi_losses.apps.privacy.channels import Draw, StudyChannel
 from mi_losses.apps.privacy.data import StudyData
 from mi_losses.attacks.inversion import InversionAttack, inversion_guesses, train_inversion_attack
