@@ -8,8 +8,19 @@
   that read context), :class:`Evaluation` and :func:`compare` (the layer against isotropic
   noise of equal utility and the frequency rule): the report of ``mi-losses-hf``.
 - :func:`format_table` (Markdown, every column) and :func:`format_terminal` (narrow).
+- :func:`judge`: one layer (a *channel*: :class:`GaussianTokenChannel`, :class:`ReleaseChannel`,
+  :class:`SequenceChannel`) judged by every attacker that applies, the learned inversion attack
+  that reads the whole sequence included, on one shared noise draw of :class:`StudyData`.
 """
 
+from mi_losses.evaluation.channels import (
+    Draw,
+    GaussianTokenChannel,
+    ReleaseChannel,
+    SequenceChannel,
+    StudyChannel,
+)
+from mi_losses.evaluation.judge import InversionSettings, judge
 from mi_losses.evaluation.layers import (
     Evaluation,
     compare,
@@ -18,10 +29,16 @@ from mi_losses.evaluation.layers import (
     report_layers,
 )
 from mi_losses.evaluation.sentence import (
-    Batch,
     SentenceEncoder,
     clean_sentence_embeddings,
     sentence_utility,
+)
+from mi_losses.evaluation.sequences import (
+    Batch,
+    SequenceDataset,
+    StudyData,
+    TokenizedSequences,
+    sequence_batches,
 )
 from mi_losses.evaluation.table import COLUMNS, ROW_ATTACKS, format_table, format_terminal
 from mi_losses.evaluation.tokens import (
@@ -36,8 +53,17 @@ __all__ = [
     "COLUMNS",
     "ROW_ATTACKS",
     "Batch",
+    "Draw",
     "Evaluation",
+    "GaussianTokenChannel",
+    "InversionSettings",
+    "ReleaseChannel",
     "SentenceEncoder",
+    "SequenceChannel",
+    "SequenceDataset",
+    "StudyChannel",
+    "StudyData",
+    "TokenizedSequences",
     "bucket_names",
     "clean_sentence_embeddings",
     "compare",
@@ -46,7 +72,9 @@ __all__ = [
     "format_table",
     "format_terminal",
     "frequency_buckets",
+    "judge",
     "report_layers",
     "sentence_utility",
+    "sequence_batches",
     "token_privacy",
 ]

@@ -22,11 +22,11 @@ import torch
 
 from mi_losses.attacks.nearest import nearest_token_ids
 from mi_losses.evaluation.sentence import (
-    Batch,
     SentenceEncoder,
     clean_sentence_embeddings,
     sentence_utility,
 )
+from mi_losses.evaluation.sequences import Batch
 from mi_losses.evaluation.tokens import frequency_buckets, token_privacy
 from mi_losses.functional import (
     mutual_information_bounds,

@@ -16,10 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mi_losses.evaluation.sequences import Batch
 from mi_losses.losses.distillation import mean_pool
-
-Batch = dict[str, torch.Tensor]
-"""A batch of sequences: ``input_ids``, ``attention_mask``, ``noise_mask``, each ``(B, S)``."""
 
 
 class SentenceEncoder(nn.Module):

@@ -157,7 +157,7 @@ def test_attacks_recover_every_token_with_tiny_noise_and_fail_with_large_noise(
     for key in ("bayes_attack_failure", "nn_failure_cosine", "nn_failure_l2"):
         assert low[key] == 0.0, key
         assert high[key] > 0.9, key
-    assert low["sentence_cosine"] == pytest.approx(1.0, abs=1e-3)
+    assert low["sentence_cosine"] > 0.99
     assert low["retrieval_at_1"] == 1.0
     assert high["exact_mi_nats_per_token"] < 0.5 * low["exact_mi_nats_per_token"]
     assert high["sentence_cosine"] < low["sentence_cosine"]

@@ -10,9 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from mi_losses.apps.hf.data import TokenizedSequences
-from mi_losses.apps.privacy.channels import GaussianTokenChannel, ReleaseChannel, SequenceChannel
-from mi_losses.apps.privacy.data import StudyData
 from mi_losses.apps.privacy.frontier import (
     BASELINES,
     REQUIRED_KEYS,
@@ -22,7 +19,9 @@ from mi_losses.apps.privacy.frontier import (
     combine,
     format_table,
 )
-from mi_losses.apps.privacy.judge import InversionSettings, judge
+from mi_losses.evaluation.channels import GaussianTokenChannel, ReleaseChannel, SequenceChannel
+from mi_losses.evaluation.judge import InversionSettings, judge
+from mi_losses.evaluation.sequences import StudyData, TokenizedSequences
 from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, SequenceGaussianNoiseLayer
 
 V, E, S = 12, 6, 5
@@ -199,8 +198,8 @@ def test_adversarial_objective_trains_layer_and_adversary_and_raises_the_noise(s
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from mi_losses.apps.hf.data import SequenceDataset
     from mi_losses.apps.privacy.sequence import SequenceObfuscation
+    from mi_losses.evaluation.sequences import SequenceDataset
 
     data, encoder = study
     with pytest.raises(ValueError, match="candidates"):

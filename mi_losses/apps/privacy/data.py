@@ -1,6 +1,6 @@
 """The fixed pieces of the privacy study, computed once and cached on disk.
 
-The main job's text (:class:`~mi_losses.apps.hf.data.HFTextDataModule`: CPython's documentation,
+:func:`load_study_data`: :class:`~mi_losses.evaluation.StudyData` of the main job's text (:class:`~mi_losses.apps.hf.data.HFTextDataModule`: CPython's documentation,
 split by topic), tokenised into sequences of 32 tokens; the word-embedding table; the training token
 counts, the attacker's prior (counts plus 0.5 per vocabulary token, as in the MiniLM study) and
 the *candidates* (the tokens seen in training, which a learned attacker can be trained on); the
@@ -9,69 +9,12 @@ clean sentence embeddings of the validation sequences (the retrieval gallery).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mi_losses.apps.hf.data import TokenizedSequences
-
-PRIOR_SMOOTHING = 0.5
-"""Pseudo-count of every vocabulary token in the attacker's prior (as in the MiniLM study)."""
-
-
-@dataclass
-class StudyData:
-    """Everything an evaluation needs besides the encoder.
-
-    Attributes:
-        train: training sequences ``(N_train, S)``.
-        val: validation sequences ``(N_val, S)``.
-        table: the word-embedding table ``(V, E)``.
-        counts: noised-token counts of the training text ``(V,)``.
-        clean_sentences: clean sentence embeddings of ``val`` ``(N_val, E)``.
-    """
-
-    train: TokenizedSequences
-    val: TokenizedSequences
-    table: torch.Tensor
-    counts: torch.Tensor
-    clean_sentences: torch.Tensor
-
-    @property
-    def prior(self) -> torch.Tensor:
-        """The attacker's prior over the vocabulary ``(V,)``: smoothed training counts."""
-        smoothed = self.counts.double() + PRIOR_SMOOTHING
-        return (smoothed / smoothed.sum()).float()
-
-    @property
-    def candidates(self) -> torch.Tensor:
-        """Vocabulary ids of the tokens seen in training ``(C,)``, ascending."""
-        return torch.nonzero(self.counts > 0).squeeze(-1)
-
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        data = {"table": self.table, "counts": self.counts, "clean_sentences": self.clean_sentences}
-        for split in ("train", "val"):
-            sequences: TokenizedSequences = getattr(self, split)
-            data[f"{split}_input_ids"] = sequences.input_ids
-            data[f"{split}_attention_mask"] = sequences.attention_mask
-            data[f"{split}_noise_mask"] = sequences.noise_mask
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, torch.Tensor]) -> StudyData:
-        splits = {
-            split: TokenizedSequences(
-                data[f"{split}_input_ids"],
-                data[f"{split}_attention_mask"],
-                data[f"{split}_noise_mask"],
-            )
-            for split in ("train", "val")
-        }
-        return cls(
-            splits["train"], splits["val"], data["table"], data["counts"], data["clean_sentences"]
-        )
+from mi_losses.evaluation.sequences import StudyData
 
 
 def load_study_data(

@@ -1,6 +1,6 @@
 """The privacy frontier against every attacker: baselines, learned layers, metric-DP mechanisms.
 
-``run`` judges (:func:`~mi_losses.apps.privacy.judge.judge`) every requested layer and writes its
+``run`` judges (:func:`~mi_losses.evaluation.judge.judge`) every requested layer and writes its
 points to ``output``; ``combine`` joins several runs into ``docs/privacy_frontier.json``, draws
 ``docs/privacy_frontier.png`` and ``docs/privacy_inversion_curves.png``, and rewrites the table
 between the markers of ``docs/frontier.md``:
@@ -31,15 +31,15 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from mi_losses.apps.hf.data import SequenceDataset
-from mi_losses.apps.privacy.channels import (
+from mi_losses.apps.privacy.data import load_study_data
+from mi_losses.evaluation.channels import (
     GaussianTokenChannel,
     ReleaseChannel,
     SequenceChannel,
     StudyChannel,
 )
-from mi_losses.apps.privacy.data import StudyData, load_study_data
-from mi_losses.apps.privacy.judge import InversionSettings, judge
+from mi_losses.evaluation.judge import InversionSettings, judge
+from mi_losses.evaluation.sequences import SequenceDataset, StudyData
 from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, TokenNoise
 
 REQUIRED_KEYS = (
