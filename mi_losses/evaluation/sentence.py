@@ -53,11 +53,6 @@ class SentenceEncoder(nn.Module):
         """The input embedding table ``(V, E)`` (a frozen parameter)."""
         return self.model.get_input_embeddings().weight  # type: ignore[no-any-return]
 
-    @property
-    def embedding_dim(self) -> int:
-        """``E``, the width of the input embeddings."""
-        return int(self.word_embedding_table.shape[1])
-
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings ``(B, S, E)`` of ``input_ids`` ``(B, S)``: rows of the table."""
         return self.model.get_input_embeddings()(input_ids)  # type: ignore[no-any-return]

@@ -94,7 +94,6 @@ def batch(tokenizer: Any) -> dict[str, torch.Tensor]:
 def test_model_loads_offline(offline_encoder: SentenceEncoder) -> None:
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
-    assert offline_encoder.embedding_dim == 384
     assert tuple(offline_encoder.word_embedding_table.shape) == (30522, 384)
     assert not any(p.requires_grad for p in offline_encoder.parameters())
 
