@@ -28,6 +28,7 @@ from mi_losses.evaluation.layers import (
     evaluate_layer,
     report_layers,
 )
+from mi_losses.evaluation.points import check_points, format_points
 from mi_losses.evaluation.sentence import (
     SentenceEncoder,
     clean_sentence_embeddings,
@@ -65,10 +66,12 @@ __all__ = [
     "StudyData",
     "TokenizedSequences",
     "bucket_names",
+    "check_points",
     "clean_sentence_embeddings",
     "compare",
     "evaluate_context_layer",
     "evaluate_layer",
+    "format_points",
     "format_table",
     "format_terminal",
     "frequency_buckets",

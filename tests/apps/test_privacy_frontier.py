@@ -10,17 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from mi_losses.apps.privacy.frontier import (
-    BASELINES,
-    REQUIRED_KEYS,
-    TABLE_END,
-    TABLE_START,
-    check_points,
-    combine,
-    format_table,
-)
+from mi_losses.apps.privacy.frontier import BASELINES, STYLES, TABLE_END, TABLE_START, combine
 from mi_losses.evaluation.channels import GaussianTokenChannel, ReleaseChannel, SequenceChannel
 from mi_losses.evaluation.judge import InversionSettings, judge
+from mi_losses.evaluation.points import REQUIRED_KEYS, check_points, format_points
 from mi_losses.evaluation.sequences import StudyData, TokenizedSequences
 from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, SequenceGaussianNoiseLayer
 
@@ -161,15 +154,17 @@ def test_combine_writes_json_figures_and_the_page_table(tmp_path: Path) -> None:
     assert (tmp_path / "frontier.png").stat().st_size > 0
     text = page.read_text()
     assert "old" not in text and "0.600 ± 0.141" in text and text.endswith("outro\n")
-    assert "| santext | none | epsilon 1 | 0,1 |" in format_table(points)
-    assert "| 0.500 ± 0.000 (cap 4) |" in format_table(points)  # the attack's epoch cap
+    assert "| santext | none | epsilon 1 | 0,1 |" in format_points(points, order=list(STYLES))
+    assert "| 0.500 ± 0.000 (cap 4) |" in format_points(
+        points, order=list(STYLES)
+    )  # the attack's epoch cap
     ended = [
         _point(inversion_settings={"max_epochs": 40}, inversion_stopped_early=True)
         | {"inversion_epochs": 17.25},
         _point(seed=1, inversion_settings={"max_epochs": 40}, inversion_stopped_early=False)
         | {"inversion_epochs": 40.0},
     ]
-    assert "(cap 40, stopped at epoch 17.2; reached) |" in format_table(ended)
+    assert "(cap 40, stopped at epoch 17.2; reached) |" in format_points(ended, order=list(STYLES))
 
 
 def test_largest_budget_keeps_the_strongest_attack_of_each_point() -> None:

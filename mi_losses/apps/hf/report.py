@@ -134,6 +134,8 @@ class HFObfuscationReport(pl.Callback):
         inversion_val_check_interval: the attack's training steps between validation runs,
             counted within an epoch (the MiniLM text's epochs of 39 steps validate once).
         inversion_max_steps: step cap of the attack (``-1``: none; for quick tests).
+        layer_directory: the trained noise layer is saved (``save_pretrained``: ``config.json``
+            and ``model.safetensors``) into this folder next to the report; ``""``: not saved.
     """
 
     def __init__(
@@ -147,8 +149,10 @@ class HFObfuscationReport(pl.Callback):
         inversion_patience: int = 3,
         inversion_val_check_interval: int = 20,
         inversion_max_steps: int = -1,
+        layer_directory: str = "noise_layer",
     ) -> None:
         self.report_path = report_path
+        self.layer_directory = layer_directory
         self.seed = seed
         self.smoothing = smoothing
         self.frequency_k = frequency_k
@@ -235,6 +239,18 @@ class HFObfuscationReport(pl.Callback):
             "max_length": datamodule.max_length,
             "prior_smoothing": self.smoothing,
         }
+        layer_dir = self.save_layer(module.noise_layer)
+        if layer_dir is not None:
+            report["noise_layer"] = str(layer_dir)
         self.report = report
         written = write_report(report, self.report_path)
-        print(f"\nObfuscation report (every column in {written}):\n{format_terminal(report)}\n")
+        print(f"\nObfuscation report (every column in {written}):\n{format_terminal(report)}")
+        if layer_dir is not None:
+            print(f"Trained noise layer: {layer_dir} (load it with from_pretrained)")
+        print()
+
+    def save_layer(self, layer: Any) -> Path | None:
+        """Save the trained layer into ``noise_layer/`` next to the report, if it can be saved."""
+        if not self.layer_directory or not hasattr(layer, "save_pretrained"):
+            return None
+        return Path(layer.save_pretrained(Path(self.report_path).parent / self.layer_directory))

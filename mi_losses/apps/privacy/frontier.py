@@ -19,8 +19,6 @@ sub-batch MI or its InfoNCE lower bound, ``alpha``).
 from __future__ import annotations
 
 import json
-import math
-import statistics
 import time
 from collections.abc import Callable
 from functools import partial
@@ -31,7 +29,6 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from mi_losses.apps.privacy.data import load_study_data
 from mi_losses.evaluation.channels import (
     GaussianTokenChannel,
     ReleaseChannel,
@@ -39,23 +36,9 @@ from mi_losses.evaluation.channels import (
     StudyChannel,
 )
 from mi_losses.evaluation.judge import InversionSettings, judge
+from mi_losses.evaluation.points import check_points, format_points
 from mi_losses.evaluation.sequences import SequenceDataset, StudyData
 from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, TokenNoise
-
-REQUIRED_KEYS = (
-    "layer",
-    "objective",
-    "parameter",
-    "seed",
-    "retrieval_at_1",
-    "sentence_cosine",
-    "nn_failure",
-    "bayes_attack_failure",
-    "inversion_failure",
-    "strongest_attack_failure",
-    "exact_mi_nats_per_token",
-)
-"""Keys every point of ``privacy_frontier.json`` has (``null`` where an attacker does not apply)."""
 
 BASELINES = ("isotropic", "frequency_rule", "laplace_dp", "santext")
 """The ``layer`` values of the baselines."""
@@ -71,6 +54,48 @@ STYLES = {
 
 TABLE_START = "<!-- frontier-table -->"
 TABLE_END = "<!-- /frontier-table -->"
+
+
+def load_study_data(
+    encoder: Any,
+    cache_dir: str | None = None,
+    *,
+    num_val: int = 192,
+    max_length: int = 32,
+    seed: int = 0,
+) -> StudyData:
+    """The study's data, from ``cache_dir/study_data_{num_val}_{max_length}_{seed}.pt`` if there.
+
+    Args:
+        encoder: the frozen :class:`~mi_losses.evaluation.SentenceEncoder`.
+        cache_dir: folder of the cache (created); ``None`` = no cache.
+        num_val: validation sequences (the retrieval gallery).
+        max_length: tokens per sequence.
+        seed: seed of the topic split.
+    """
+    from mi_losses.apps.hf.data import HFTextDataModule
+    from mi_losses.evaluation import clean_sentence_embeddings
+
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"study_data_{num_val}_{max_length}_{seed}.pt"
+        if path.is_file():
+            return StudyData.from_dict(torch.load(path))
+    datamodule = HFTextDataModule(max_length=max_length, num_val=num_val, seed=seed)
+    datamodule.setup()
+    assert datamodule.train_sequences is not None and datamodule.val_sequences is not None
+    table = encoder.word_embedding_table.detach().clone()
+    data = StudyData(
+        datamodule.train_sequences,
+        datamodule.val_sequences,
+        table,
+        datamodule.train_token_counts(table.shape[0]),
+        clean_sentence_embeddings(encoder, datamodule.val_dataloader()),
+    )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(data.to_dict(), path)
+    return data
 
 
 def _gaussian_channel(layer: TokenNoise, data: StudyData, seed: int) -> StudyChannel:
@@ -256,106 +281,6 @@ def summary(point: dict[str, Any]) -> str:
     )
 
 
-def _mean_spread(values: list[float | None]) -> str:
-    present = [v for v in values if v is not None]
-    if not present:
-        return "n/a"
-    if len(present) == 1:
-        return f"{present[0]:.3f}"
-    return f"{statistics.mean(present):.3f} ± {statistics.stdev(present):.3f}"
-
-
-def _epoch_cap(point: dict[str, Any]) -> str:
-    """The inversion attack's epoch cap of a point, ``"-"`` where it was not run."""
-    settings = point.get("inversion_settings")
-    return "-" if not settings else str(settings["max_epochs"])
-
-
-def _attack_end(group: list[dict[str, Any]]) -> str:
-    """How the inversion attacks of a group ended: ``", stopped at epoch 17.3"`` (early
-    stopping) or ``", reached"`` (the cap) per seed; ``""`` for points that did not record it."""
-    if not all("inversion_stopped_early" in point for point in group):
-        return ""
-    ends = [
-        f"stopped at epoch {point['inversion_epochs']:.1f}"
-        if point["inversion_stopped_early"]
-        else "reached"
-        for point in group
-    ]
-    return ", " + "; ".join(ends)
-
-
-def format_table(points: list[dict[str, Any]]) -> str:
-    """One Markdown row per (layer, objective, value, attack epoch cap): mean ± std over seeds.
-
-    The inversion cell says the attack's epoch cap and, where the points record it, whether
-    early stopping ended training (and at which epoch) or the cap did.
-    """
-    groups: dict[tuple[str, str, str, float, str], list[dict[str, Any]]] = {}
-    for point in points:
-        key = (
-            point["layer"],
-            point["objective"],
-            point["parameter"],
-            point["value"],
-            _epoch_cap(point),
-        )
-        groups.setdefault(key, []).append(point)
-    columns = (
-        "retrieval_at_1",
-        "sentence_cosine",
-        "nn_failure",
-        "bayes_attack_failure",
-        "inversion_failure",
-        "strongest_attack_failure",
-        "exact_mi_nats_per_token",
-    )
-    lines = [
-        "| layer | objective | parameter | seeds | retrieval@1 | sent. cosine | NN fail | "
-        "Bayes fail | inversion fail (epoch cap, end) | strongest fail | exact MI nats/token |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    order = list(STYLES)
-
-    def rank(key: tuple[str, str, str, float, str]) -> tuple[int, str, float, int]:
-        """Layer order, objective, value, then the largest epoch cap first."""
-        cap = -int(key[4]) if key[4].isdigit() else 0
-        return order.index(key[0]), key[1], key[3], cap
-
-    for key in sorted(groups, key=rank):
-        layer, objective, parameter, value, cap = key
-        group = groups[key]
-        seeds = ",".join(str(p["seed"]) for p in group)
-        cells = [_mean_spread([p[c] for p in group]) for c in columns]
-        if cap != "-":
-            cells[4] = f"{cells[4]} (cap {cap}{_attack_end(group)})"
-        lines.append(
-            f"| {layer} | {objective} | {parameter} {value:g} | {seeds} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    return "\n".join(lines)
-
-
-def check_points(points: list[dict[str, Any]]) -> None:
-    """Raise ``ValueError`` if a point lacks a required key or a failure is not in ``[0, 1]``."""
-    for point in points:
-        missing = [key for key in REQUIRED_KEYS if key not in point]
-        if missing:
-            raise ValueError(f"point {point.get('layer')} lacks {missing}")
-        for key in REQUIRED_KEYS:
-            value = point[key]
-            if key.endswith("failure") and value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{key} must lie in [0, 1], got {value}")
-        applicable = [
-            point[k]
-            for k in ("nn_failure", "bayes_attack_failure", "inversion_failure")
-            if point[k] is not None
-        ]
-        if not math.isclose(point["strongest_attack_failure"], min(applicable)):
-            raise ValueError("strongest_attack_failure must be the lowest failure")
-
-
 def combine(
     inputs: list[str],
     output_json: str = "docs/privacy_frontier.json",
@@ -371,7 +296,7 @@ def combine(
 
     plot(points, figure)
     plot_curves(points, curves)
-    table = format_table(points)
+    table = format_points(points, order=list(STYLES))
     if page is not None and Path(page).is_file():
         text = Path(page).read_text()
         if TABLE_START in text and TABLE_END in text:
