@@ -63,7 +63,8 @@ def token_privacy(
         ids: their true tokens, ``(N,)``.
         table: the vocabulary table ``(V, E)``.
         prior: the attacker's prior ``(V,)``.
-        means, stds: the channel's mean shift and std of every vocabulary row, each ``(V, E)``.
+        means: the channel's mean shift of every vocabulary row, ``(V, E)``.
+        stds: the channel's std of every vocabulary row, ``(V, E)``.
         buckets: frequency bucket of every token ``(V,)`` (:func:`frequency_buckets`).
         vocab_chunk_size: vocabulary rows scored at once.
         edges: the bucket edges ``buckets`` was built with.

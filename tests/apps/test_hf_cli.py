@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mi_losses.apps.hf.__main__ import run
+from mi_losses.evaluation import format_terminal
 
 pytest.importorskip("transformers")
 
@@ -127,11 +128,12 @@ def test_a_run_prints_no_third_party_tips_or_warnings(
 ) -> None:
     caplog.set_level("INFO")
     _fit("encoder.yaml", tiny_checkpoints["bert"], tmp_path, monkeypatch)
-    printed = "\n".join(capfd.readouterr()) + caplog.text
+    out, err = capfd.readouterr()
+    printed = "\n".join([out, err, caplog.text])
     warned = [str(w.message) for w in recwarn]
     for noise in ("💡 Tip", "litlogger", "LeafSpec", "module(s) in eval mode"):
         assert noise not in printed, noise
         assert not [message for message in warned if noise in message], noise
-    report = printed[printed.index("Obfuscation report") :].splitlines()[1:]
-    report = [line for line in report if str(tmp_path) not in line and "outputs/" not in line]
-    assert max(len(line) for line in report) <= 80, report
+    report = json.loads((tmp_path / "outputs/hf_encoder/report.json").read_text())
+    table = format_terminal(report)
+    assert table in out and max(len(line) for line in table.splitlines()) <= 80
