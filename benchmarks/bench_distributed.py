@@ -4,9 +4,9 @@
 forward + backward of ``mutual_information_sub_batch`` (gradients w.r.t. all four ``(B, S, E)``
 inputs; ``B`` is the batch of one rank) three ways, in the same processes:
 
-- **local**: ``gather_components=False``, each rank's queries against its own components
+- **local**: ``gather=None``, each rank's queries against its own components
   (the baseline);
-- **gathered**: ``gather_components=True``, each rank's queries against the components of all
+- **gathered**: ``gather=GatherOptions()``, each rank's queries against the components of all
   ``W`` ranks (``W`` times more pairs);
 - **gather only**: the autograd all-gather of the packed component half alone (forward and
   backward), what gathering adds besides the larger mixture.

@@ -58,19 +58,27 @@ class GatherOptions:
 
     With these options a rank's queries are evaluated against the component halves of every
     rank of ``process_group`` (an autograd-aware all-gather). Nothing changes without an
-    initialised process group or with one rank.
+    initialised process group or with one rank. The same names everywhere: an estimator takes
+    ``gather=GatherOptions(...)`` (``None``: off), a loss module the plain values
+    ``gather: bool`` and ``max_gathered_components`` (its ``process_group`` is an attribute).
 
     Attributes:
-        max_components: each rank sends at most this many components (sequences, or tokens at
-            token granularity), drawn at random; ``None`` sends all.
+        max_gathered_components: each rank sends at most this many components (sequences, or
+            tokens at token granularity), drawn at random; ``None`` sends all.
         process_group: the ranks to gather over; ``None`` means the default group.
+
+    Example:
+        >>> GatherOptions(max_gathered_components=512)
+        GatherOptions(max_gathered_components=512, process_group=None)
     """
 
-    max_components: int | None = None
+    max_gathered_components: int | None = None
     process_group: ProcessGroup | None = None
 
     def __post_init__(self) -> None:
-        check_positive_int("GatherOptions", "max_components", self.max_components, optional=True)
+        check_positive_int(
+            "GatherOptions", "max_gathered_components", self.max_gathered_components, optional=True
+        )
 
 
 def check_options(kernel: object, gather: object) -> tuple[KernelOptions, GatherOptions | None]:

@@ -52,8 +52,8 @@ def gaussian_mixture_entropy(
     $$H = \operatorname*{mean}_i \Big[-\log \frac{1}{|V_i|} \sum_{j \in V_i} e^{L_{ij}}\Big],$$
 
     an **upper bound** on the entropy of $y$ in expectation (Jensen;
-    [the math](math.md#gaussian-mixture-entropy-monte-carlo-cross-batch)). The reference
-    API's names and order; the other functions use [the vocabulary](vocabulary.md).
+    [the math](math.md#gaussian-mixture-entropy)). The reference
+    API's names and order; the other functions use [the glossary](glossary.md).
 
     Example:
         >>> x, mu, sigma = torch.randn(4, 3, 2), torch.zeros(4, 3, 2), torch.ones(4, 3, 2)
@@ -95,7 +95,7 @@ def gaussian_mixture_entropy_estimate(
     gather: GatherOptions | None = None,
     with_components: bool = True,
 ) -> Estimate:
-    """:func:`gaussian_mixture_entropy` in [the vocabulary](vocabulary.md), as an Estimate.
+    """:func:`gaussian_mixture_entropy` in [the glossary](glossary.md), as an Estimate.
 
     Components: `means_tensor`, `stds_tensor`, `clean_input_embeddings` `(N, S, E)` on the
     positions of `component_mask` `(N, S)`; queries: `noisy_input_embeddings` `(M, S, E)` on
@@ -200,7 +200,7 @@ def _entropy_estimate(
             [span],
             granularity=granularity,
             process_group=gather.process_group,
-            max_gathered_components=gather.max_components,
+            max_gathered_components=gather.max_gathered_components,
             dtype=compute_dtype(dtype),
         )
     plan = make_plan([span], False, compute_dtype(dtype), options, with_components)

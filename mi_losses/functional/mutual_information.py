@@ -57,8 +57,8 @@ def mutual_information_sub_batch(
 
     An **upper bound** on the mutual information in expectation (Poole et al., 2019), so a sound
     privacy loss; it splits exactly as $I = H(Y) - H(Y|X)$ into the components written to
-    `losses` ([the math](math.md#mutual-information-with-sub-batch-sampling)). The arguments
-    are those of [the vocabulary](vocabulary.md); `B` must be even.
+    `losses` ([the math](math.md#mutual-information)). The arguments
+    are those of [the glossary](glossary.md); `B` must be even.
 
     Example:
         >>> x = torch.randn(8, 4, 2)
@@ -244,7 +244,7 @@ def prepare_mutual_information(
             directions,
             granularity=granularity,
             process_group=gather.process_group,
-            max_gathered_components=gather.max_components,
+            max_gathered_components=gather.max_gathered_components,
             dtype=compute_dtype(dtype),
         )
     plan = make_plan(directions, True, compute_dtype(dtype), options)

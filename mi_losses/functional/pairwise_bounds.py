@@ -68,7 +68,7 @@ def kolchinsky_tracey_entropy_bounds(
     Bhattacharyya distance (blocks of samples, recomputed in the backward pass), Kolchinsky &
     Tracey (2017). This bounds the mixture over **this batch's samples** (the empirical
     channel), not the layer's output distribution; masks follow
-    [the pair active sets](math.md#pair-active-sets). Arguments: [the vocabulary](vocabulary.md);
+    [the pair active sets](math.md#pair-active-sets). Arguments: [the glossary](glossary.md);
     returns :class:`PairwiseBounds` in nats, differentiable twice, `0` when nothing is active.
 
     Example:

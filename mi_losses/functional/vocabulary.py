@@ -54,8 +54,8 @@ def vocabulary_mutual_information(
       - \log q_i\big].$$
 
     The mixture is exact; with $t_i \sim p$ this is an **unbiased estimate** of $I(X; Y)$,
-    never above $H(X)$ in expectation ([the math](math.md#known-prior-mutual-information-for-token-noise-layers)).
-    Rows with $p_v = 0$ are never read. Arguments: [the vocabulary](vocabulary.md).
+    never above $H(X)$ in expectation ([the math](math.md#known-prior-mutual-information)).
+    Rows with $p_v = 0$ are never read. Arguments: [the glossary](glossary.md).
 
     Example:
         >>> table = torch.eye(3)

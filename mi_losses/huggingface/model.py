@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
 
+from mi_losses._validation import as_bool_mask
 from mi_losses.huggingface.masks import noise_mask as build_noise_mask
-from mi_losses.noise import NoisyEmbeddings
+from mi_losses.noise import NoisyEmbeddings, PretrainedMixin
 
 Head = Literal["base", "causal_lm", "masked_lm"]
 """Which ``transformers`` auto class loads the model: ``AutoModel``, ``AutoModelForCausalLM``,
@@ -74,7 +76,10 @@ class NoisyInputEmbeddingsModel(nn.Module):
     Args:
         model: a ``transformers`` model (``get_input_embeddings()``, ``inputs_embeds``).
         noise_layer: called as ``noise_layer(x, noise_mask)`` (and ``attention_mask=`` if its
-            ``forward`` takes it), returning :class:`~mi_losses.noise.NoisyEmbeddings`.
+            ``forward`` takes it), returning :class:`~mi_losses.noise.NoisyEmbeddings`; or the
+            directory of a layer saved with ``save_pretrained`` (loaded with
+            :meth:`~mi_losses.noise.PretrainedMixin.from_pretrained`, whatever its class, on the
+            model's device). A layer with an ``embedding_dim`` must have the model's.
         special_token_ids: token ids never noised (e.g. ``tokenizer.all_special_ids``).
 
     Example:
@@ -85,6 +90,9 @@ class NoisyInputEmbeddingsModel(nn.Module):
         >>> run = wrapped(torch.tensor([[101, 2023, 102]]))  # doctest: +SKIP
         >>> run.output.last_hidden_state.shape, run.noisy.stds.shape  # doctest: +SKIP
         (torch.Size([1, 3, 32]), torch.Size([1, 3, 32]))
+
+    A trained layer saved with ``wrapped.noise_layer.save_pretrained("layer/")`` comes back in
+    front of the model with ``NoisyInputEmbeddingsModel(bert, "layer/")`` (docs/layers.md).
     """
 
     model: Any
@@ -92,7 +100,7 @@ class NoisyInputEmbeddingsModel(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        noise_layer: nn.Module,
+        noise_layer: nn.Module | str | os.PathLike[str],
         special_token_ids: tuple[int, ...] | list[int] = (),
     ) -> None:
         super().__init__()
@@ -103,6 +111,15 @@ class NoisyInputEmbeddingsModel(nn.Module):
             )
         self.model = model
         self.model.requires_grad_(False)
+        if isinstance(noise_layer, (str, os.PathLike)):
+            device = self.embedding_table.device
+            noise_layer = PretrainedMixin.from_pretrained(noise_layer, device=device)
+        width = getattr(noise_layer, "embedding_dim", None)
+        if width is not None and width != self.embedding_dim:
+            raise ValueError(
+                f"noise_layer has embedding_dim={width}, but the model's input embeddings have "
+                f"width {self.embedding_dim}"
+            )
         self.noise_layer = noise_layer
         self.special_token_ids = tuple(int(i) for i in special_token_ids)
         parameters = inspect.signature(noise_layer.forward).parameters
@@ -113,7 +130,7 @@ class NoisyInputEmbeddingsModel(nn.Module):
     def from_pretrained(
         cls,
         model_name_or_path: str,
-        noise_layer: nn.Module | Callable[[int], nn.Module],
+        noise_layer: nn.Module | str | os.PathLike[str] | Callable[[int], nn.Module],
         *,
         head: Head = "base",
         special_token_ids: tuple[int, ...] | list[int] = (),
@@ -121,11 +138,11 @@ class NoisyInputEmbeddingsModel(nn.Module):
     ) -> NoisyInputEmbeddingsModel:
         """Load the model (``kwargs`` go to ``from_pretrained``) and put ``noise_layer`` in front.
 
-        ``noise_layer`` may be a module or a callable taking the embedding width ``E`` (e.g. the
-        class ``GaussianNoiseLayer``).
+        ``noise_layer`` may be a module, the directory of a saved layer, or a callable taking the
+        embedding width ``E`` (e.g. the class ``GaussianNoiseLayer``).
         """
         model = load_pretrained(model_name_or_path, head, **kwargs)
-        if not isinstance(noise_layer, nn.Module):
+        if not isinstance(noise_layer, (nn.Module, str, os.PathLike)):
             noise_layer = noise_layer(int(model.get_input_embeddings().embedding_dim))
         return cls(model, noise_layer, special_token_ids)
 
@@ -210,9 +227,14 @@ class NoisyInputEmbeddingsModel(nn.Module):
         ``noise_mask`` defaults to :meth:`noise_mask` of the attention and special-tokens masks;
         other ``kwargs`` (``output_hidden_states``, ...) go to the model.
         """
+        shape, device = input_ids.shape, input_ids.device
+        if attention_mask is not None:
+            attention_mask = as_bool_mask(
+                "attention_mask", attention_mask, shape, device, validate_values=True
+            )
         if noise_mask is None:
             noise_mask = self.noise_mask(input_ids, attention_mask, special_tokens_mask)
-        noise_mask = noise_mask.bool()
+        noise_mask = as_bool_mask("noise_mask", noise_mask, shape, device, validate_values=True)
         clean = self.embed(input_ids)
         noisy = self.add_noise(clean, noise_mask, attention_mask)
         output = self.run(noisy.noisy, attention_mask, **kwargs)

@@ -1,16 +1,16 @@
-"""What every loss module shares: plain-value options checked once, one ``forward`` (estimate,
-units, components, reduction), and the latest components for logging."""
+"""What every loss module shares: plain-value options checked once, one way from an estimate to
+the value returned (units, components, reduction), and the latest components for logging."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, get_args
 
 import torch
 from torch import nn
 
 from mi_losses._validation import check_bool, check_choice, check_positive_int
-from mi_losses.options import GatherOptions, KernelOptions
+from mi_losses.options import DEFAULT_MAX_BLOCK_BYTES, GatherOptions, KernelOptions
 from mi_losses.types import ComponentLossesDict, Estimate, Granularity, Kernel, Reduction, Units
 
 if TYPE_CHECKING:
@@ -43,10 +43,13 @@ def reduce(estimate: Estimate, reduction: Reduction) -> torch.Tensor:
 
 
 class ComponentLossModule(nn.Module):
-    """Base of the loss modules: ``forward`` estimates, converts units, keeps the components and
-    reduces; a subclass only implements :meth:`estimate`.
+    """Base of the loss modules: the options ``units`` and ``reduction``, and the latest
+    components for logging.
 
-    This is the protocol :class:`mi_losses.callbacks.ComponentLossLogger` reads after every step.
+    Each subclass has its own typed ``forward``: it computes an
+    :class:`~mi_losses.types.Estimate` in nats and returns ``self._output(estimate)``, which
+    converts the units, keeps the components and reduces. This is the protocol
+    :class:`mi_losses.callbacks.ComponentLossLogger` reads after every step.
 
     Args:
         units: ``"nats"`` or ``"bits"`` (value and components divided by ln 2).
@@ -73,13 +76,10 @@ class ComponentLossModule(nn.Module):
         self.component_losses = {}
         self.last_num_queries = torch.zeros((), dtype=torch.int64)
 
-    def estimate(self, *inputs: Any, **options: Any) -> Estimate:
-        """The estimate (in nats) from the tensors :meth:`forward` takes."""
-        raise NotImplementedError
-
-    def forward(self, *inputs: Any, **options: Any) -> torch.Tensor:
-        """The reduced estimate in ``units``; the components are kept in ``component_losses``."""
-        estimate = to_units(self.estimate(*inputs, **options), self.units)
+    def _output(self, estimate: Estimate) -> torch.Tensor:
+        """What ``forward`` returns for ``estimate`` (in nats): the value in ``units``,
+        reduced; the components are kept in ``component_losses``."""
+        estimate = to_units(estimate, self.units)
         self._remember(estimate)
         return reduce(estimate, self.reduction)
 
@@ -106,24 +106,46 @@ class MutualInformationLoss(ComponentLossModule):
         clean_input_embeddings: torch.Tensor,
         noisy_input_embeddings: torch.Tensor,
     ) -> torch.Tensor:
-        """Estimate from `(B, S, E)` tensors and the `(B, S)` noise mask ([the vocabulary](vocabulary.md))."""
-        return super().forward(
-            means_tensor, stds_tensor, noise_mask, clean_input_embeddings, noisy_input_embeddings
+        """The estimate from `(B, S, E)` tensors and the `(B, S)` noise mask ([the
+        glossary](glossary.md)), in ``units`` and reduced; its components are kept."""
+        return self._output(
+            self.estimate(
+                means_tensor,
+                stds_tensor,
+                noise_mask,
+                clean_input_embeddings,
+                noisy_input_embeddings,
+            )
         )
+
+    def estimate(
+        self,
+        means_tensor: torch.Tensor,
+        stds_tensor: torch.Tensor,
+        noise_mask: torch.Tensor | None,
+        clean_input_embeddings: torch.Tensor,
+        noisy_input_embeddings: torch.Tensor,
+    ) -> Estimate:
+        """The estimate in nats, with its components and number of valid queries."""
+        raise NotImplementedError(f"{type(self).__name__} must implement estimate")
 
 
 class MixtureLossModule(ComponentLossModule):
     """Base of the modules over the pairwise kernel: granularity, kernel and gather options.
+
+    The options are plain values (YAML-friendly); the module builds the option objects of the
+    functional core from them (:class:`~mi_losses.options.KernelOptions`,
+    :class:`~mi_losses.options.GatherOptions`, whose fields they are).
 
     Args:
         granularity: ``"sequence"`` (a sample is a sequence) or ``"token"`` (an active token).
         kernel: how pairs are evaluated (:class:`~mi_losses.options.KernelOptions`).
         max_block_bytes: memory budget of the kernel's blocks.
         accuracy_check: the kernel's rounding check.
-        gather_components: under data parallelism, evaluate this rank's queries against the
-            components of all ranks (see docs/distributed.md); the ranks are those of the
-            attribute ``process_group`` (default group when None; set it in Python).
-        max_gathered_components: with ``gather_components``, each rank sends at most this many
+        gather: under data parallelism, evaluate this rank's queries against the components
+            of all ranks (see docs/distributed.md); the ranks are those of the attribute
+            ``process_group`` (default group when None; set it in Python).
+        max_gathered_components: with ``gather``, each rank sends at most this many
             components, drawn at random; ``None`` sends all.
         units: ``"nats"`` or ``"bits"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (see :class:`ComponentLossModule`).
@@ -134,9 +156,9 @@ class MixtureLossModule(ComponentLossModule):
         granularity: Granularity = "sequence",
         *,
         kernel: Kernel = "auto",
-        max_block_bytes: int = 256 * 2**20,
+        max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
         accuracy_check: bool = True,
-        gather_components: bool = False,
+        gather: bool = False,
         max_gathered_components: int | None = None,
         units: Units = "nats",
         reduction: Reduction = "mean",
@@ -144,23 +166,23 @@ class MixtureLossModule(ComponentLossModule):
         super().__init__(units=units, reduction=reduction)
         owner = type(self).__name__
         check_choice(owner, "granularity", granularity, get_args(Granularity))
-        check_bool(owner, "gather_components", gather_components)
+        check_bool(owner, "gather", gather)
         self.granularity = granularity
         self.kernel_options = KernelOptions(kernel, max_block_bytes, accuracy_check)
         check_positive_int(owner, "max_gathered_components", max_gathered_components, optional=True)
-        self.gather_components = gather_components
+        self.gather = gather
         self.max_gathered_components = max_gathered_components
         self.process_group: ProcessGroup | None = None
 
     @property
-    def gather(self) -> GatherOptions | None:
-        """The gather options of the next call (``None`` when gathering is off)."""
-        if not self.gather_components:
+    def gather_options(self) -> GatherOptions | None:
+        """The ``gather`` argument of the next call (``None`` when gathering is off)."""
+        if not self.gather:
             return None
         return GatherOptions(self.max_gathered_components, self.process_group)
 
     def extra_repr(self) -> str:
         return (
             f"granularity={self.granularity!r}, kernel={self.kernel_options.kernel!r}, "
-            f"gather_components={self.gather_components}, {super().extra_repr()}"
+            f"gather={self.gather}, {super().extra_repr()}"
         )

@@ -45,17 +45,14 @@ class MahalanobisDistance(ComponentLossModule):
     ) -> torch.Tensor:
         """Distances of `y` `(B, S, E)` from `x` `(B, S, E)`; `mask` `(B, S)` or None: a scalar
         for `"mean"`/`"sum"`, the `(B,)` distances for `"none"`."""
-        return super().forward(x, y, stds, mask)
-
-    def estimate(self, *inputs: torch.Tensor | None) -> Estimate:
-        """The per-sample distances as an estimate (their mean, and each as a query)."""
-        distances = square_mahalanobis_distance(*inputs)  # type: ignore[arg-type]
-        return Estimate(
+        distances = square_mahalanobis_distance(x, y, stds, mask)
+        estimate = Estimate(
             value=distances.mean(),
             components={"square_mahalanobis_distance": distances.detach().mean()},
             num_queries=torch.tensor(distances.numel(), dtype=torch.int64),
             per_query=distances,
         )
+        return self._output(estimate)
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"

@@ -6,7 +6,6 @@ import torch
 
 from mi_losses.functional import gaussian_mixture_entropy_estimate
 from mi_losses.losses.base import MixtureLossModule
-from mi_losses.types import Estimate
 
 
 class GaussianMixtureEntropy(MixtureLossModule):
@@ -17,6 +16,11 @@ class GaussianMixtureEntropy(MixtureLossModule):
     $\\mathcal N(x_j + \\mu_j, \\sigma_j)$ come from `means_tensor`, `stds_tensor` and
     `clean_input_embeddings` `(N, S, E)` of another batch (all their positions, or those of the
     keyword `component_mask`). Options: :class:`~mi_losses.losses.base.MixtureLossModule`.
+
+    The arguments come in the library's order ([the glossary](glossary.md)), not in the order
+    of :func:`mi_losses.functional.gaussian_mixture_entropy`, which keeps the reference's:
+    `GaussianMixtureEntropy()(mu, sigma, mask, x, y)` equals
+    `gaussian_mixture_entropy(x, y, mu, sigma, mask)`.
 
     Example:
         >>> loss = GaussianMixtureEntropy(units="bits")
@@ -37,27 +41,7 @@ class GaussianMixtureEntropy(MixtureLossModule):
         component_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Entropy estimate; `component_mask` `(N, S)` restricts the components' positions."""
-        return super().forward(
-            means_tensor,
-            stds_tensor,
-            noise_mask,
-            clean_input_embeddings,
-            noisy_input_embeddings,
-            component_mask=component_mask,
-        )
-
-    def estimate(
-        self,
-        means_tensor: torch.Tensor,
-        stds_tensor: torch.Tensor,
-        noise_mask: torch.Tensor | None,
-        clean_input_embeddings: torch.Tensor,
-        noisy_input_embeddings: torch.Tensor,
-        *,
-        component_mask: torch.Tensor | None = None,
-    ) -> Estimate:
-        """The cross-batch entropy estimate."""
-        return gaussian_mixture_entropy_estimate(
+        estimate = gaussian_mixture_entropy_estimate(
             means_tensor,
             stds_tensor,
             noise_mask,
@@ -66,5 +50,6 @@ class GaussianMixtureEntropy(MixtureLossModule):
             component_mask=component_mask,
             granularity=self.granularity,
             kernel=self.kernel_options,
-            gather=self.gather,
+            gather=self.gather_options,
         )
+        return self._output(estimate)

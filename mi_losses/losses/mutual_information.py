@@ -9,6 +9,7 @@ from mi_losses._validation import check_bool
 from mi_losses.functional import mutual_information_sub_batch_estimate
 from mi_losses.functional.bounds import bounds_estimates
 from mi_losses.losses.base import MixtureLossModule, MutualInformationLoss
+from mi_losses.options import DEFAULT_MAX_BLOCK_BYTES
 from mi_losses.types import Estimate, Granularity, Kernel, Reduction, Units
 
 
@@ -27,7 +28,7 @@ class SubBatchMutualInformation(MixtureLossModule, MutualInformationLoss):
             `mutual_information_lower_bound_loss` (the value returned is unchanged).
 
     The other options (`granularity`, `kernel`, `max_block_bytes`, `accuracy_check`,
-    `gather_components`, `max_gathered_components`, `units`, `reduction`) are those of
+    `gather`, `max_gathered_components`, `units`, `reduction`) are those of
     :class:`~mi_losses.losses.base.MixtureLossModule`.
 
     Example:
@@ -45,12 +46,12 @@ class SubBatchMutualInformation(MixtureLossModule, MutualInformationLoss):
         symmetric: bool = False,
         units: Units = "nats",
         reduction: Reduction = "mean",
-        gather_components: bool = False,
+        gather: bool = False,
         max_gathered_components: int | None = None,
         *,
         log_lower_bound: bool = False,
         kernel: Kernel = "auto",
-        max_block_bytes: int = 256 * 2**20,
+        max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
         accuracy_check: bool = True,
     ) -> None:
         super().__init__(
@@ -58,7 +59,7 @@ class SubBatchMutualInformation(MixtureLossModule, MutualInformationLoss):
             kernel=kernel,
             max_block_bytes=max_block_bytes,
             accuracy_check=accuracy_check,
-            gather_components=gather_components,
+            gather=gather,
             max_gathered_components=max_gathered_components,
             units=units,
             reduction=reduction,
@@ -94,15 +95,21 @@ class SubBatchMutualInformation(MixtureLossModule, MutualInformationLoss):
             noisy_input_embeddings,
             self.combine_noise_masks_for_mutual_information_sub_batches,
         )
-        options = {
-            "granularity": self.granularity,
-            "symmetric": self.symmetric,
-            "kernel": self.kernel_options,
-            "gather": self.gather,
-        }
         if not self.log_lower_bound:
-            return mutual_information_sub_batch_estimate(*arguments, **options)  # type: ignore[arg-type]
-        lower, estimate = bounds_estimates(*arguments, **options)  # type: ignore[arg-type]
+            return mutual_information_sub_batch_estimate(
+                *arguments,
+                granularity=self.granularity,
+                symmetric=self.symmetric,
+                kernel=self.kernel_options,
+                gather=self.gather_options,
+            )
+        lower, estimate = bounds_estimates(
+            *arguments,
+            granularity=self.granularity,
+            symmetric=self.symmetric,
+            kernel=self.kernel_options,
+            gather=self.gather_options,
+        )
         estimate.components[keys.MUTUAL_INFORMATION_LOWER_BOUND] = lower.value.detach()
         return estimate
 

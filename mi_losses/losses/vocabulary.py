@@ -10,7 +10,7 @@ from mi_losses.functional.vocabulary import (
     vocabulary_mutual_information_estimate,
 )
 from mi_losses.losses.base import ComponentLossModule
-from mi_losses.types import Estimate, Reduction, Units
+from mi_losses.types import Reduction, Units
 
 
 class VocabularyMutualInformation(ComponentLossModule):
@@ -58,8 +58,8 @@ class VocabularyMutualInformation(ComponentLossModule):
         embedding_table: torch.Tensor,
         token_prior: torch.Tensor,
     ) -> torch.Tensor:
-        """MI per token ([the vocabulary](vocabulary.md)); `(V, E)` means and stds."""
-        return super().forward(
+        """MI per token ([the glossary](glossary.md)); `(V, E)` means and stds."""
+        estimate = vocabulary_mutual_information_estimate(
             vocabulary_means,
             vocabulary_stds,
             noise_mask,
@@ -67,14 +67,9 @@ class VocabularyMutualInformation(ComponentLossModule):
             noisy_input_embeddings,
             embedding_table,
             token_prior,
-        )
-
-    def estimate(self, *inputs: torch.Tensor | None) -> Estimate:
-        """The known-prior estimate."""
-        return vocabulary_mutual_information_estimate(
-            *inputs,  # type: ignore[arg-type]
             vocab_chunk_size=self.vocab_chunk_size,
         )
+        return self._output(estimate)
 
     def extra_repr(self) -> str:
         return f"vocab_chunk_size={self.vocab_chunk_size}, {super().extra_repr()}"

@@ -11,11 +11,15 @@ Token layers (:mod:`mi_losses.noise.token`) take token ids and the vocabulary ta
 ``layer(input_ids (B, S), table (V, E), noise_mask (B, S))``: :class:`LearnedTokenNoise` and the
 baselines :class:`IsotropicNoise` and :class:`FrequencyRuleNoise`; :func:`as_token_noise` sees a
 context-free embedding layer as one.
+
+A trained layer is a directory: ``layer.save_pretrained(path)``, ``Layer.from_pretrained(path)``
+(:class:`PretrainedMixin`: ``config.json`` with every constructor argument, ``model.safetensors``).
 """
 
 from mi_losses.noise._head import draw_noise
 from mi_losses.noise.gaussian import GaussianNoiseLayer
 from mi_losses.noise.output import NoisyEmbeddings
+from mi_losses.noise.pretrained import PretrainedMixin
 from mi_losses.noise.sequence import SequenceGaussianNoiseLayer
 from mi_losses.noise.token import (
     FrequencyRuleNoise,
@@ -31,6 +35,7 @@ __all__ = [
     "IsotropicNoise",
     "LearnedTokenNoise",
     "NoisyEmbeddings",
+    "PretrainedMixin",
     "SequenceGaussianNoiseLayer",
     "TokenNoise",
     "as_token_noise",

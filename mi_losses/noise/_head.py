@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from mi_losses._validation import as_bool_mask
 from mi_losses.noise.output import NoisyEmbeddings
 
 
@@ -45,10 +46,8 @@ def check_head_options(
         raise ValueError(f"{owner}: mean_scale must be >= 0, got {mean_scale}")
 
 
-def check_inputs(
-    owner: str, embedding_dim: int, embeddings: torch.Tensor, mask: torch.Tensor | None, name: str
-) -> None:
-    """``embeddings`` ``(B, S, E)`` floating point, ``mask`` ``(B, S)`` or ``None``."""
+def check_embeddings(owner: str, embedding_dim: int, embeddings: torch.Tensor) -> None:
+    """``embeddings`` ``(B, S, E)`` floating point (``B`` or ``S`` may be 0)."""
     if embeddings.ndim != 3 or embeddings.shape[-1] != embedding_dim:
         raise ValueError(
             f"{owner}: embeddings must have shape (B, S, {embedding_dim}), "
@@ -56,11 +55,26 @@ def check_inputs(
         )
     if not embeddings.is_floating_point():
         raise ValueError(f"{owner}: embeddings must be floating point, got {embeddings.dtype}")
-    if mask is not None and mask.shape != embeddings.shape[:2]:
-        raise ValueError(
-            f"{owner}: {name} must have shape {tuple(embeddings.shape[:2])} (B, S) like the "
-            f"embeddings, got {tuple(mask.shape)}"
-        )
+
+
+def as_mask(
+    owner: str, name: str, mask: torch.Tensor | None, embeddings: torch.Tensor
+) -> torch.Tensor | None:
+    """``mask`` ``(B, S)`` as bool, or ``None``.
+
+    A mask is bool, or of any dtype holding only 0 and 1 (a tokenizer's ``int64`` attention
+    mask); any other value, such as ``0.5``, is a ``ValueError``, never read as true.
+    """
+    if mask is None:
+        return None
+    shape, device = embeddings.shape[:2], embeddings.device
+    return as_bool_mask(f"{owner}: {name}", mask, shape, device, validate_values=True)
+
+
+def read_only(embeddings: torch.Tensor, read: torch.Tensor | None) -> torch.Tensor:
+    """``embeddings`` with zeros where ``read`` ``(B, S)`` is false, so NaN or inf there never
+    reaches a value or a gradient the layer computes (padding is never read)."""
+    return embeddings if read is None else embeddings.masked_fill(~read.unsqueeze(-1), 0)
 
 
 class GaussianHead(nn.Module):
@@ -104,8 +118,13 @@ def draw_noise(
     stds: torch.Tensor,
     noise_mask: torch.Tensor | None,
 ) -> NoisyEmbeddings:
-    """``y = x + mu + sigma * eps`` where ``noise_mask`` ``(B, S)`` is true, ``x`` elsewhere."""
+    """``y = x + mu + sigma * eps`` where ``noise_mask`` ``(B, S)`` is true, ``x`` elsewhere.
+
+    ``noise_mask`` is bool or holds only 0 and 1 (``0.5`` is a ``ValueError``); ``None``: all.
+    """
     noisy = clean + means + stds * torch.randn_like(clean)
     if noise_mask is not None:
-        noisy = torch.where(noise_mask.bool().unsqueeze(-1), noisy, clean)
+        shape, device = clean.shape[:2], clean.device
+        mask = as_bool_mask("noise_mask", noise_mask, shape, device, validate_values=True)
+        noisy = torch.where(mask.unsqueeze(-1), noisy, clean)
     return NoisyEmbeddings(noisy=noisy, means=means, stds=stds)

@@ -10,14 +10,17 @@ from torch import nn
 from mi_losses._validation import check_positive_int
 from mi_losses.noise._head import (
     GaussianHead,
+    as_mask,
+    check_embeddings,
     check_head_options,
-    check_inputs,
     draw_noise,
+    read_only,
 )
 from mi_losses.noise.output import NoisyEmbeddings
+from mi_losses.noise.pretrained import PretrainedMixin
 
 
-class GaussianNoiseLayer(nn.Module):
+class GaussianNoiseLayer(PretrainedMixin):
     """Per-token learned noise $y = x + \\mu(x) + \\sigma(x)\\,\\varepsilon$, context-free.
 
     An MLP of each clean embedding alone, $h = \\mathrm{GELU}(\\mathrm{Linear}(\\mathrm{LayerNorm}(x)))$,
@@ -28,6 +31,8 @@ class GaussianNoiseLayer(nn.Module):
     embedding. Context-free: the channel is known per vocabulary row
     (:meth:`vocabulary_parameters`), so the known-prior MI and the Bayes attack apply
     (docs/math.md). Why bounded: docs/minilm.md, "Why the learned mean was bistable".
+    ``save_pretrained(path)`` / ``from_pretrained(path)`` keep it as a directory
+    (:class:`~mi_losses.noise.PretrainedMixin`).
 
     Args:
         embedding_dim: $E$, the width of the embeddings.
@@ -87,7 +92,15 @@ class GaussianNoiseLayer(nn.Module):
     def forward(
         self, embeddings: torch.Tensor, noise_mask: torch.Tensor | None = None
     ) -> NoisyEmbeddings:
-        """Noise ``embeddings`` ``(B, S, E)`` where ``noise_mask`` ``(B, S)`` is true (all if ``None``)."""
-        check_inputs(type(self).__name__, self.embedding_dim, embeddings, noise_mask, "noise_mask")
-        means, stds = self.parameters_of(embeddings)
-        return draw_noise(embeddings, means, stds, noise_mask)
+        """Noise ``embeddings`` ``(B, S, E)`` where ``noise_mask`` ``(B, S)`` is true (all if ``None``).
+
+        ``noise_mask`` is bool or holds only 0 and 1. Only the noised positions are read: the
+        others (padding, special tokens) come back unchanged, whatever they hold (NaN, inf), with
+        the ``means`` and ``stds`` of a zero embedding. An empty batch (``B`` or ``S`` = 0) gives
+        empty outputs.
+        """
+        owner = type(self).__name__
+        check_embeddings(owner, self.embedding_dim, embeddings)
+        mask = as_mask(owner, "noise_mask", noise_mask, embeddings)
+        means, stds = self.parameters_of(read_only(embeddings, mask))
+        return draw_noise(embeddings, means, stds, mask)

@@ -14,6 +14,9 @@ class NoisyEmbeddings(NamedTuple):
         noisy: ``y``, shape ``(B, S, E)``; equal to the clean input where the noise mask is false.
         means: the mean shift ``mu``, shape ``(B, S, E)``.
         stds: the standard deviation ``sigma > 0``, shape ``(B, S, E)``.
+
+    At the positions a layer does not read (padding), ``means`` and ``stds`` are computed from a
+    zero embedding: finite, and never read by the estimators.
     """
 
     noisy: torch.Tensor

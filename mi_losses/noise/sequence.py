@@ -10,14 +10,17 @@ from torch import nn
 from mi_losses._validation import check_positive_int
 from mi_losses.noise._head import (
     GaussianHead,
+    as_mask,
+    check_embeddings,
     check_head_options,
-    check_inputs,
     draw_noise,
+    read_only,
 )
 from mi_losses.noise.output import NoisyEmbeddings
+from mi_losses.noise.pretrained import PretrainedMixin
 
 
-class SequenceGaussianNoiseLayer(nn.Module):
+class SequenceGaussianNoiseLayer(PretrainedMixin):
     """Learned noise whose $\\mu$ and $\\sigma$ at a position depend on the whole sequence.
 
     A small transformer encoder reads the clean sequence,
@@ -28,7 +31,8 @@ class SequenceGaussianNoiseLayer(nn.Module):
     ``init_std`` at the start). Keys are the positions of ``attention_mask`` if given, else of
     ``noise_mask``, else all; where ``noise_mask`` is false the output is the clean embedding.
     Not context-free: the known-prior MI and the Bayes attack do not apply; the sub-batch
-    estimators do.
+    estimators do. ``save_pretrained(path)`` / ``from_pretrained(path)`` keep it as a directory
+    (:class:`~mi_losses.noise.PretrainedMixin`).
 
     Args:
         embedding_dim: $E$, the width of the embeddings.
@@ -122,17 +126,22 @@ class SequenceGaussianNoiseLayer(nn.Module):
         """Noise ``embeddings`` ``(B, S, E)`` where ``noise_mask`` ``(B, S)`` is true (all if ``None``).
 
         ``attention_mask`` ``(B, S)`` (true at real tokens) decides which positions the encoder
-        reads; without it, the noised positions. A row with no such position reads all of them.
+        reads; without it, the noised positions. Both masks are bool or hold only 0 and 1. The
+        positions not read (padding) are zeroed first: whatever they hold (NaN, inf) changes no
+        output except their own ``noisy``, the clean input itself; a row with no position to read
+        reads zeros. An empty batch (``B`` or ``S`` = 0) gives empty outputs.
         """
         owner = type(self).__name__
-        check_inputs(owner, self.embedding_dim, embeddings, noise_mask, "noise_mask")
-        check_inputs(owner, self.embedding_dim, embeddings, attention_mask, "attention_mask")
+        check_embeddings(owner, self.embedding_dim, embeddings)
+        noise_mask = as_mask(owner, "noise_mask", noise_mask, embeddings)
+        attention_mask = as_mask(owner, "attention_mask", attention_mask, embeddings)
         keys = attention_mask if attention_mask is not None else noise_mask
-        padding = None
-        if keys is not None:
-            keys = keys.bool()
-            keys = keys | ~keys.any(-1, keepdim=True)  # an empty row attends everywhere
-            padding = ~keys
-        hidden = self.encoder(self.input(embeddings), src_key_padding_mask=padding)
+        hidden = self.input(read_only(embeddings, keys))
+        if hidden.numel():  # attention over an empty sequence has nothing to reshape
+            padding = None
+            if keys is not None:
+                # A row with no key attends everywhere (to zeros) rather than to nothing (NaN).
+                padding = ~(keys | ~keys.any(-1, keepdim=True))
+            hidden = self.encoder(hidden, src_key_padding_mask=padding)
         means, stds = self.head(hidden)
         return draw_noise(embeddings, means, stds, noise_mask)

@@ -26,10 +26,14 @@ from torch import nn
 from mi_losses._validation import check_positive_int
 from mi_losses.noise._head import GaussianHead, check_head_options, draw_noise
 from mi_losses.noise.output import NoisyEmbeddings
+from mi_losses.noise.pretrained import PretrainedMixin
 
 
-class TokenNoise(nn.Module):
+class TokenNoise(PretrainedMixin):
     """Base class: subclasses implement :meth:`vocabulary_parameters`.
+
+    Every token layer is saved and loaded as a directory (:meth:`save_pretrained`,
+    :meth:`from_pretrained`, :class:`~mi_losses.noise.PretrainedMixin`).
 
     ``forward(input_ids, table, noise_mask)`` draws ``y = W[t] + means[t] + stds[t] * eps`` where
     ``noise_mask`` is true and returns the clean row elsewhere, with the means and stds ``(B, S, E)``

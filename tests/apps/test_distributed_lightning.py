@@ -55,7 +55,7 @@ class RankRecorder(pl.Callback):
                 "own": {k: float(v) for k, v in module.component_losses.items()},
                 "num_queries": int(module.last_num_queries),
                 "logged": logged,
-                "gather": module.gather_components,
+                "gather": module.gather,
             }
         )
 
@@ -166,21 +166,19 @@ class _OwnLoss(MutualInformationLoss):
 def test_task_turns_gathering_on_under_several_processes(
     option: bool | None, world_size: int, module_flag: bool, expected: bool
 ) -> None:
-    task = ObfuscationTask(
-        SubBatchMutualInformation(gather_components=module_flag), gather_components=option
-    )
+    task = ObfuscationTask(SubBatchMutualInformation(gather=module_flag), gather=option)
     with patch.object(ObfuscationTask, "trainer", _Trainer(world_size)):
         task.setup("fit")
-    assert task.mi_loss.gather_components is expected
+    assert task.mi_loss.gather is expected
 
 
 def test_task_gather_option_is_validated() -> None:
-    with pytest.raises(ValueError, match="gather_components must be true, false or null"):
-        ObfuscationTask(gather_components=1)  # type: ignore[arg-type]
-    own = ObfuscationTask(_OwnLoss(), gather_components=None)
+    with pytest.raises(ValueError, match="gather must be true, false or null"):
+        ObfuscationTask(gather=1)  # type: ignore[arg-type]
+    own = ObfuscationTask(_OwnLoss(), gather=None)
     with patch.object(ObfuscationTask, "trainer", _Trainer(2)):
         own.setup("fit")  # a loss without the option is left alone
-    explicit = ObfuscationTask(_OwnLoss(), gather_components=True)
+    explicit = ObfuscationTask(_OwnLoss(), gather=True)
     with (
         patch.object(ObfuscationTask, "trainer", _Trainer(1)),
         pytest.raises(ValueError, match="_OwnLoss has none"),

@@ -131,3 +131,50 @@ def test_a_bfloat16_model_with_a_float32_layer(tokenizers: dict) -> None:
     assert run.output.logits.dtype == torch.bfloat16
     run.output.logits.float().square().mean().backward()
     assert layer.head.std_head.weight.grad is not None
+
+
+@pytest.mark.parametrize("layer_kind", ["gaussian", "sequence"])
+def test_a_saved_layer_goes_in_front_of_the_model(layer_kind: str, tmp_path, tokenizers) -> None:
+    tokenizer = tokenizers["bert"]
+    model = tiny_model("bert", len(tokenizer))
+    torch.manual_seed(0)
+    layer = (
+        GaussianNoiseLayer(HIDDEN, hidden_dim=16, max_std=0.7, mean_scale=0.2)
+        if layer_kind == "gaussian"
+        else SequenceGaussianNoiseLayer(HIDDEN, hidden_dim=16, num_heads=2, max_std=0.7)
+    )
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    folder = layer.save_pretrained(tmp_path / "layer")
+    batch = tokenize_with_noise_mask(tokenizer, TEXTS, padding=True)
+    runs = []
+    for noise_layer in (layer, folder, str(folder)):
+        wrapped = NoisyInputEmbeddingsModel(model, noise_layer, tokenizer.all_special_ids).eval()
+        torch.manual_seed(1)
+        runs.append(wrapped(batch["input_ids"], batch["attention_mask"]))
+    assert type(wrapped.noise_layer) is type(layer) and wrapped.noise_layer is not layer
+    for run in runs[1:]:
+        assert torch.equal(run.noisy.noisy, runs[0].noisy.noisy)
+        assert torch.equal(run.noisy.stds, runs[0].noisy.stds)
+        assert torch.equal(run.output.last_hidden_state, runs[0].output.last_hidden_state)
+    # Through the model's own directory too.
+    model.save_pretrained(tmp_path / "model")
+    loaded = NoisyInputEmbeddingsModel.from_pretrained(str(tmp_path / "model"), folder)
+    assert loaded.noise_layer.config == layer.config
+
+
+def test_a_layer_of_another_width_or_a_bad_mask_is_refused(tmp_path) -> None:
+    model = tiny_model("gpt2", 50)
+    with pytest.raises(
+        ValueError, match=r"noise_layer has embedding_dim=16, but the model's .* 32"
+    ):
+        NoisyInputEmbeddingsModel(model, GaussianNoiseLayer(16))
+    with pytest.raises(FileNotFoundError, match=r"nowhere does not exist; expected a directory"):
+        NoisyInputEmbeddingsModel(model, tmp_path / "nowhere")
+    wrapped = NoisyInputEmbeddingsModel(model, GaussianNoiseLayer(HIDDEN))
+    ids = torch.tensor([[5, 6, 7]])
+    half = torch.tensor([[1.0, 0.5, 1.0]])
+    for name in ("noise_mask", "attention_mask"):
+        with pytest.raises(ValueError, match=rf"{name} must be bool or hold only 0 and 1"):
+            wrapped(ids, **{name: half})

@@ -249,7 +249,7 @@ def test_without_process_group_nothing_changes() -> None:
     inputs = make_inputs(0, 1)
     args = (inputs["means"], inputs["stds"], inputs["mask"], inputs["clean"], inputs["noisy"])
     plain = mutual_information_sub_batch(*args)
-    gathered = mutual_information_sub_batch(*args, gather=GatherOptions(max_components=1))
+    gathered = mutual_information_sub_batch(*args, gather=GatherOptions(max_gathered_components=1))
     assert torch.equal(plain, gathered)
     centres, stds, mask = inputs["clean"], inputs["stds"], inputs["mask"]
     returned = gather_components(centres, stds, mask)
@@ -268,13 +268,13 @@ def test_world_of_one_changes_nothing() -> None:
 
 @pytest.mark.parametrize("module", [SubBatchMutualInformation, GaussianMixtureEntropy])
 def test_module_options_are_plain_and_validated(module: Any) -> None:
-    loss = module(gather_components=True, max_gathered_components=4)
-    assert loss.gather_components and loss.max_gathered_components == 4
+    loss = module(gather=True, max_gathered_components=4)
+    assert loss.gather and loss.max_gathered_components == 4
     assert loss.process_group is None
-    assert "gather_components=True" in repr(loss)
-    with pytest.raises(ValueError, match=f"{module.__name__}: gather_components must be a bool"):
-        module(gather_components=1)
+    assert "gather=True" in repr(loss)
+    with pytest.raises(ValueError, match=f"{module.__name__}: gather must be a bool"):
+        module(gather=1)
     with pytest.raises(
         ValueError, match=f"{module.__name__}: max_gathered_components must be None or an int >= 1"
     ):
-        module(gather_components=True, max_gathered_components=0)
+        module(gather=True, max_gathered_components=0)

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import itertools
 import math
+import typing
 
 import pytest
 import torch
 
 from mi_losses import (
     ComponentLossesDict,
+    Estimate,
+    GatherOptions,
     GaussianMixtureEntropy,
     MahalanobisDistance,
+    MixtureLossModule,
+    MutualInformationLoss,
     SubBatchMutualInformation,
+    keys,
+)
+from mi_losses import (
+    losses as loss_modules,
 )
 from mi_losses.functional import (
     gaussian_mixture_entropy,
@@ -233,3 +244,67 @@ def test_modules_hold_plain_yaml_values() -> None:
     )
     assert "granularity='token'" in repr(module)
     assert list(module.parameters()) == [] and list(module.buffers()) == []
+
+
+LOSS_MODULES = [
+    getattr(loss_modules, name)
+    for name in loss_modules.__all__
+    if name not in {"ComponentLossModule", "MixtureLossModule"}
+]
+
+
+@pytest.mark.parametrize("module", LOSS_MODULES, ids=lambda module: module.__name__)
+def test_every_loss_module_shows_a_typed_forward(module: type[torch.nn.Module]) -> None:
+    """Named, annotated tensors (what an editor and the API page show), never ``*inputs``."""
+    hints = typing.get_type_hints(module.forward)
+    parameters = list(inspect.signature(module.forward).parameters.values())[1:]
+    assert len(parameters) >= 2
+    for parameter in parameters:
+        assert parameter.kind not in {parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD}
+        assert parameter.name in hints, f"{module.__name__}.forward: {parameter.name} untyped"
+    assert hints["return"] is torch.Tensor
+
+
+class _NegativeLogStd(MutualInformationLoss):
+    """A user's estimator: only ``estimate`` is written."""
+
+    def estimate(
+        self,
+        means_tensor: torch.Tensor,
+        stds_tensor: torch.Tensor,
+        noise_mask: torch.Tensor | None,
+        clean_input_embeddings: torch.Tensor,
+        noisy_input_embeddings: torch.Tensor,
+    ) -> Estimate:
+        per_query = -stds_tensor.log().sum((1, 2))
+        value = per_query.mean()
+        count = torch.tensor(per_query.numel())
+        return Estimate(value, {keys.STD_LOG: value.detach()}, count, per_query)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_a_subclass_writes_estimate_and_forward_does_the_rest(
+    batch: dict[str, torch.Tensor], reduction: str
+) -> None:
+    module = _NegativeLogStd(units="bits", reduction=reduction)
+    args = (batch["means"], batch["stds"], batch["noise_mask"], batch["clean"], batch["noisy"])
+    per_query = -batch["stds"].log().sum((1, 2)) / math.log(2.0)
+    value = module(*args)
+    expected = {"mean": per_query.mean(), "sum": per_query.sum(), "none": per_query}[reduction]
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(module.component_losses[keys.STD_LOG], per_query.mean())
+    assert int(module.last_num_queries) == 6
+    with pytest.raises(NotImplementedError, match="_Plain must implement estimate"):
+        type("_Plain", (MutualInformationLoss,), {})()(*args)
+
+
+@pytest.mark.parametrize("module", [SubBatchMutualInformation, GaussianMixtureEntropy])
+def test_gather_options_have_one_set_of_names(module: type[MixtureLossModule]) -> None:
+    """A module's plain gather values are ``gather`` and the fields of GatherOptions."""
+    fields = {field.name for field in dataclasses.fields(GatherOptions)}
+    plain = set(inspect.signature(module).parameters) & {"gather", *fields}
+    assert plain == {"gather", *fields} - {"process_group"}  # a group is no YAML value
+    loss = module(gather=True, max_gathered_components=3)
+    loss.process_group = None
+    assert loss.gather_options == GatherOptions(max_gathered_components=3, process_group=None)
+    assert module().gather_options is None

@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from mi_losses.functional import vocabulary_noise_parameters
-from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings, SequenceGaussianNoiseLayer
+from mi_losses.noise import (
+    GaussianNoiseLayer,
+    IsotropicNoise,
+    NoisyEmbeddings,
+    SequenceGaussianNoiseLayer,
+    draw_noise,
+)
 
 E = 8
 LAYERS: dict[str, Any] = {
@@ -20,7 +26,7 @@ LAYERS: dict[str, Any] = {
 }
 
 
-def _randomise_heads(layer: nn.Module, scale: float = 3.0) -> None:
+def randomise_heads(layer: nn.Module, scale: float = 3.0) -> None:
     """Give the zero-initialised heads large random weights, so the bounds and context matter."""
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -57,7 +63,7 @@ def test_clean_where_the_noise_mask_is_false(kind: str) -> None:
 def test_mean_and_std_stay_within_their_bounds(kind: str) -> None:
     torch.manual_seed(0)
     layer = LAYERS[kind](min_std=0.01, max_std=0.5, init_std=0.1, mean_scale=0.03)
-    _randomise_heads(layer, scale=50.0)
+    randomise_heads(layer, scale=50.0)
     with torch.no_grad():
         out = layer(10 * torch.randn(4, 7, E))
     assert float(out.means.abs().max()) <= 0.03 + 1e-7
@@ -83,7 +89,7 @@ def test_context_dependence(kind: str) -> None:
     """The sequence layer's mean/std at position 0 move when position 3 changes; the other's don't."""
     torch.manual_seed(0)
     layer = LAYERS[kind]().eval()
-    _randomise_heads(layer, scale=0.5)
+    randomise_heads(layer, scale=0.5)
     x = torch.randn(1, 5, E)
     changed = x.clone()
     changed[0, 3] = torch.randn(E)
@@ -101,7 +107,7 @@ def test_context_dependence(kind: str) -> None:
 def test_sequence_layer_ignores_padding_keys() -> None:
     torch.manual_seed(0)
     layer = LAYERS["sequence"]().eval()
-    _randomise_heads(layer, scale=0.5)
+    randomise_heads(layer, scale=0.5)
     x = torch.randn(1, 6, E)
     attention = torch.tensor([[1, 1, 1, 1, 0, 0]], dtype=torch.bool)
     changed = x.clone()
@@ -119,7 +125,7 @@ def test_sequence_layer_ignores_padding_keys() -> None:
 def test_gradients_reach_every_parameter(kind: str) -> None:
     torch.manual_seed(0)
     layer = LAYERS[kind]()
-    _randomise_heads(layer, scale=0.1)
+    randomise_heads(layer, scale=0.1)
     x = torch.randn(2, 4, E)
     out = layer(x, torch.ones(2, 4, dtype=torch.bool))
     (out.noisy.square().sum() + out.stds.log().sum()).backward()
@@ -130,7 +136,7 @@ def test_gradients_reach_every_parameter(kind: str) -> None:
 def test_gaussian_vocabulary_parameters_match_the_forward_pass() -> None:
     torch.manual_seed(0)
     layer = GaussianNoiseLayer(embedding_dim=E, hidden_dim=16).double()
-    _randomise_heads(layer, scale=0.3)
+    randomise_heads(layer, scale=0.3)
     table = torch.randn(11, E, dtype=torch.float64)
     means, stds = layer.vocabulary_parameters(table)
     out = layer(table.unsqueeze(0))
@@ -177,3 +183,107 @@ def test_invalid_inputs_are_named(kind: str) -> None:
         layer(torch.randn(2, 4, 5))
     with pytest.raises(ValueError, match=r"noise_mask must have shape \(2, 4\)"):
         layer(torch.randn(2, 4, E), torch.ones(2, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+@pytest.mark.parametrize("shape", [(2, 0), (0, 3)])
+def test_an_empty_batch_gives_empty_outputs(kind: str, shape: tuple[int, int]) -> None:
+    layer = LAYERS[kind]()
+    x = torch.randn(*shape, E, requires_grad=True)
+    masks: list[dict[str, torch.Tensor | None]] = [{}, {"noise_mask": torch.ones(shape)}]
+    if kind == "sequence":
+        masks.append({"noise_mask": None, "attention_mask": torch.ones(shape, dtype=torch.bool)})
+    for mask in masks:
+        out = layer(x, **mask)
+        assert out.noisy.shape == out.means.shape == out.stds.shape == (*shape, E)
+        (out.noisy.sum() + out.stds.sum()).backward()  # a graph, with nothing in it
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_masks_are_bool_or_exactly_zero_and_one(kind: str) -> None:
+    torch.manual_seed(0)
+    layer = LAYERS[kind](init_std=0.5)
+    x = torch.randn(2, 4, E)
+    mask = torch.tensor([[1, 1, 0, 1], [0, 1, 1, 1]], dtype=torch.bool)
+    names = ["noise_mask", "attention_mask"] if kind == "sequence" else ["noise_mask"]
+    for name in names:
+        torch.manual_seed(1)
+        expected = layer(x, **{name: mask})
+        for dtype in (torch.float32, torch.int64, torch.uint8):
+            torch.manual_seed(1)
+            out = layer(x, **{name: mask.to(dtype)})
+            assert all(torch.equal(a, b) for a, b in zip(out, expected, strict=True)), dtype
+        half = torch.where(mask, 0.5, 0.0)  # not read as true everywhere: refused
+        message = rf"{type(layer).__name__}: {name} must be bool or hold only 0 and 1, got 6 "
+        with pytest.raises(ValueError, match=message + r"other value\(s\), e.g. 0.5"):
+            layer(x, **{name: half})
+        with pytest.raises(ValueError, match=rf"{name} must be bool or hold only 0 and 1, .* 2"):
+            layer(x, **{name: 2 * mask.long()})
+        with pytest.raises(ValueError, match=rf"{name} must be a torch.Tensor or None, got list"):
+            layer(x, **{name: mask.tolist()})
+
+
+def _nan_padded(x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """``x`` with NaN, inf and -inf at the padding positions."""
+    values = torch.tensor([float("nan"), float("inf"), -float("inf")]).repeat(E)[:E]
+    return torch.where(padding.unsqueeze(-1), values, x)
+
+
+@pytest.mark.parametrize(
+    ("kind", "by"),
+    [("gaussian", "noise_mask"), ("sequence", "noise_mask"), ("sequence", "attention_mask")],
+)
+def test_padding_is_never_read(kind: str, by: str) -> None:
+    """NaN and inf at the positions not read change nothing else, values nor gradients.
+
+    The context-free layer reads the noised positions; the sequence layer the attended ones
+    (``attention_mask``), else the noised ones.
+    """
+    torch.manual_seed(0)
+    layer = LAYERS[kind]()
+    randomise_heads(layer, scale=0.5)
+    x = torch.randn(2, 6, E)
+    read = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    noise = read.clone()
+    noise[:, 0] = False  # a special token: attended, not noised
+    masks = {"noise_mask": noise if by == "attention_mask" else read}
+    if by == "attention_mask":
+        masks["attention_mask"] = read
+    noised = masks["noise_mask"]
+    results = []
+    other_padding = torch.where(read.unsqueeze(-1), x, 100 * torch.randn_like(x))
+    for inputs in (x, _nan_padded(x, ~read), other_padding):
+        layer.zero_grad()
+        torch.manual_seed(1)
+        out = layer(inputs, **masks)
+        (out.noisy[noised].square().sum() + out.stds[noised].log().sum()).backward()
+        grads = [p.grad.clone() for p in layer.parameters() if p.grad is not None]
+        assert all(bool(torch.isfinite(g).all()) for g in grads)
+        torch.testing.assert_close(out.noisy[~noised], inputs[~noised], equal_nan=True)
+        results.append((out.noisy[read], out.means[read], out.stds[read], grads))
+    for other in results[1:]:
+        for a, b in zip(results[0][:3], other[:3], strict=True):
+            assert torch.equal(a, b)
+        for a, b in zip(results[0][3], other[3], strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_draw_noise_and_the_token_layers_take_the_same_masks() -> None:
+    """``draw_noise`` (public, and the token layers' draw) checks the mask as the layers do."""
+    torch.manual_seed(0)
+    clean, means, stds = torch.randn(2, 3, E), torch.zeros(2, 3, E), torch.ones(2, 3, E)
+    mask = torch.tensor([[1, 0, 1], [0, 1, 1]], dtype=torch.bool)
+    torch.manual_seed(1)
+    expected = draw_noise(clean, means, stds, mask).noisy
+    torch.manual_seed(1)
+    assert torch.equal(draw_noise(clean, means, stds, mask.long()).noisy, expected)
+    assert torch.equal(expected[~mask], clean[~mask]) and bool(
+        (expected[mask] != clean[mask]).all()
+    )
+    with pytest.raises(ValueError, match=r"noise_mask must be bool or hold only 0 and 1, .* 0.5"):
+        draw_noise(clean, means, stds, mask * 0.5)
+    with pytest.raises(ValueError, match=r"noise_mask must have shape \(2, 3\), got \(3, 2\)"):
+        draw_noise(clean, means, stds, mask.T)
+    ids, table = torch.tensor([[1, 2, 3], [3, 0, 1]]), torch.randn(4, E)
+    with pytest.raises(ValueError, match=r"noise_mask must be bool or hold only 0 and 1"):
+        IsotropicNoise(0.5)(ids, table, mask * 0.5)

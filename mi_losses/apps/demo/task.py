@@ -48,8 +48,8 @@ class ObfuscationTask(pl.LightningModule):
         downstream_heads: attention heads of the frozen downstream encoder.
         downstream_seed: seed of the frozen downstream encoder's weights.
         learning_rate: Adam learning rate of the noise layer.
-        gather_components: evaluate each rank's queries against the components of all ranks
-            (the ``gather_components`` option of the loss module). ``None`` (default): on when
+        gather: evaluate each rank's queries against the components of all ranks
+            (the ``gather`` option of the loss module). ``None`` (default): on when
             the trainer runs more than one process (``trainer.world_size > 1``), otherwise the
             loss module's own setting; ``true``/``false`` set the loss module's option.
     """
@@ -67,7 +67,7 @@ class ObfuscationTask(pl.LightningModule):
         downstream_heads: int = 2,
         downstream_seed: int = 0,
         learning_rate: float = 3e-3,
-        gather_components: bool | None = None,
+        gather: bool | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
@@ -80,13 +80,10 @@ class ObfuscationTask(pl.LightningModule):
                 "ObfuscationTask: mi_loss must be a MutualInformationLoss (e.g. "
                 f"SubBatchMutualInformation), got {type(mi_loss).__name__}"
             )
-        if gather_components is not None and not isinstance(gather_components, bool):
-            raise ValueError(
-                "ObfuscationTask: gather_components must be true, false or null, got "
-                f"{gather_components!r}"
-            )
+        if gather is not None and not isinstance(gather, bool):
+            raise ValueError(f"ObfuscationTask: gather must be true, false or null, got {gather!r}")
         self.save_hyperparameters(ignore=["mi_loss"])
-        self.gather_components = gather_components
+        self.gather = gather
         self.mi_loss = mi_loss
         self.alpha = alpha
         self.learning_rate = learning_rate
@@ -105,18 +102,18 @@ class ObfuscationTask(pl.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
-        """Turn component gathering on under a multi-process strategy (see ``gather_components``)."""
-        has_option = hasattr(self.mi_loss, "gather_components")  # a custom loss may lack it
-        if self.gather_components is None:
+        """Turn component gathering on under a multi-process strategy (see ``gather``)."""
+        has_option = hasattr(self.mi_loss, "gather")  # a custom loss may lack it
+        if self.gather is None:
             if self.trainer.world_size > 1 and has_option:
-                setattr(self.mi_loss, "gather_components", True)  # noqa: B010
+                setattr(self.mi_loss, "gather", True)  # noqa: B010
             return
         if not has_option:
             raise ValueError(
-                f"ObfuscationTask: gather_components={self.gather_components} needs a loss "
-                f"module with a gather_components option; {type(self.mi_loss).__name__} has none"
+                f"ObfuscationTask: gather={self.gather} needs a loss module with a gather "
+                f"option; {type(self.mi_loss).__name__} has none"
             )
-        setattr(self.mi_loss, "gather_components", self.gather_components)  # noqa: B010
+        setattr(self.mi_loss, "gather", self.gather)  # noqa: B010
 
     def utility_loss(
         self, clean: torch.Tensor, noisy: torch.Tensor, token_mask: torch.Tensor
