@@ -202,10 +202,10 @@ def test_text_split_is_by_topic_and_disjoint() -> None:
 def test_whole_pipeline_writes_report_and_logs_component_losses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mi_losses.apps.hf.__main__ import main
+    from mi_losses.apps.hf.__main__ import run
 
     report_path = tmp_path / "report.json"
-    main(
+    cli = run(
         [
             "fit",
             "--config",
@@ -242,6 +242,23 @@ def test_whole_pipeline_writes_report_and_logs_component_losses(
         assert metrics["strongest_attack_failure"] == min(attacks)
     assert report["training"]["global_step"] == 4
     assert report["data"]["val_sequences"] == 16
+    # The trained layer (warm start and per-token offsets included) is saved next to the report
+    # and reloads to the same means and stds.
+    from mi_losses.noise import LearnedTokenNoise
+
+    assert report["noise_layer"] == str(tmp_path / "noise_layer")
+    loaded = LearnedTokenNoise.from_pretrained(report["noise_layer"])
+    trained = cli.model.noise_layer
+    assert loaded.config == trained.config and loaded.config["vocab_size"] == 30522
+    table = cli.model.wrapper.embedding_table.detach()
+    rows = torch.arange(0, table.shape[0], 7)
+    with torch.no_grad():
+        for mine, theirs in zip(
+            trained.vocabulary_parameters(table, rows),
+            loaded.vocabulary_parameters(table, rows),
+            strict=True,
+        ):
+            assert torch.equal(mine, theirs)
     printed = capsys.readouterr().out
     table = format_terminal(report)
     assert table in printed, "the terminal gets the narrow table"
