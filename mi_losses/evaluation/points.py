@@ -76,15 +76,7 @@ def format_points(points: list[dict[str, Any]], *, order: Sequence[str] = ()) ->
             _epoch_cap(point),
         )
         groups.setdefault(key, []).append(point)
-    columns = (
-        "retrieval_at_1",
-        "sentence_cosine",
-        "nn_failure",
-        "bayes_attack_failure",
-        "inversion_failure",
-        "strongest_attack_failure",
-        "exact_mi_nats_per_token",
-    )
+    columns = REQUIRED_KEYS[4:]  # the utility, every attacker's failure, the exact MI
     lines = [
         "| layer | objective | parameter | seeds | retrieval@1 | sent. cosine | NN fail | "
         "Bayes fail | inversion fail (epoch cap, end) | strongest fail | exact MI nats/token |",
