@@ -3,7 +3,10 @@
 - :mod:`mi_losses.apps.demo`: the synthetic demo task (data, frozen downstream encoder,
   ``ObfuscationTask``), Lightning only.
 - :mod:`mi_losses.apps.cli`: the ``mi-losses`` command (extra ``cli``).
-- :mod:`mi_losses.apps.minilm`: the real-model case study on all-MiniLM-L6-v2 (extra ``minilm``).
-- :mod:`mi_losses.apps.privacy`: every layer of that study and the metric-DP baselines judged by
-  every attacker, the learned inversion attack included (docs/frontier.md).
+- :mod:`mi_losses.apps.hf`: the ``mi-losses-hf`` job, a noise layer in front of any
+  ``transformers`` model, trained and reported (extra ``hf``); the MiniLM case study is its
+  ``configs/hf/minilm.yaml``.
+- :mod:`mi_losses.apps.privacy`: the privacy frontier, every layer and the metric-DP baselines
+  judged by every attacker (:mod:`mi_losses.evaluation`), docs/frontier.md.
+- :mod:`mi_losses.apps.calibrate`: every estimator against channels of known MI.
 """

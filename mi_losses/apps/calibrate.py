@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from mi_losses import functional
 from mi_losses.apps.calibrate_plot import plot_calibration
 from mi_losses.functional import (
     gaussian_channel_mutual_information,
     kolchinsky_tracey_mutual_information_bounds,
+    mutual_information_bounds,
     mutual_information_sub_batch,
     vocabulary_mutual_information_estimate,
 )
@@ -42,25 +42,9 @@ VOCAB_ESTIMATORS = ("vocabulary",)
 
 
 def infonce_lower(stds: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
-    """InfoNCE from the sub-batch pairs (docs/math.md, the sandwich from one pass), unmasked, ``(B, 1, E)``.
-
-    ``I_lower = mean_i -log((1 + sum_j exp(-r_ij)) / (N + 1))`` with the ``r_ij`` of
-    ``mutual_information_sub_batch``: queries are the first half, components the second.
-    The library's ``mutual_information_bounds(...).lower`` when the installed version has it;
-    otherwise this direct float64 evaluation.
-    """
-    bounds = getattr(functional, "mutual_information_bounds", None)
-    if bounds is not None:
-        lower: torch.Tensor = bounds(torch.zeros_like(clean), stds, None, clean, noisy).lower
-        return lower
-    half = clean.shape[0] // 2
-    y, c_i, s_i = noisy[:half, 0], clean[:half, 0], stds[:half, 0]
-    c_j, s_j = clean[half:, 0], stds[half:, 0]
-    own = (0.5 * ((y - c_i) / s_i) ** 2 + s_i.log()).sum(-1)
-    other = (0.5 * ((y[:, None] - c_j[None]) / s_j[None]) ** 2 + s_j[None].log()).sum(-1)
-    r = other - own[:, None]
-    with_self = torch.cat([torch.zeros_like(r[:, :1]), -r], dim=1)
-    return (math.log(half + 1) - torch.logsumexp(with_self, dim=1)).mean()
+    """InfoNCE from the sub-batch pairs (docs/math.md, the sandwich from one pass), ``(B, 1, E)``:
+    ``mutual_information_bounds(...).lower``, no mean shift, no mask."""
+    return mutual_information_bounds(torch.zeros_like(clean), stds, None, clean, noisy).lower
 
 
 def empirical_channel_mi(

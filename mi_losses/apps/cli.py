@@ -7,6 +7,7 @@ the package (``mi_losses/apps/demo/demo.yaml``, the same file as ``configs/demo.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -80,6 +81,31 @@ def exit_with_config_error(program: str, message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+THIRD_PARTY_NOISE = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+)
+"""Warnings of third-party code that say nothing to a user of the job (a deprecation inside
+Lightning; frozen models are in eval mode on purpose)."""
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertising tips (``💡 Tip: ... litlogger ...``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_third_party() -> None:
+    """Silence exactly :data:`THIRD_PARTY_NOISE` and Lightning's tips, nothing else."""
+    for message in THIRD_PARTY_NOISE:
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
+
+
 class ThreadsCLI(LightningCLI):
     """``LightningCLI`` with a ``num_threads`` option and a short rich progress bar.
 
@@ -88,6 +114,10 @@ class ThreadsCLI(LightningCLI):
     ``max_steps``, a few short values) is used when ``rich`` is installed and the configuration
     sets no progress bar of its own.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        quiet_third_party()
+        super().__init__(*args, **kwargs)
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         self.parser_class = ShortErrorParser
@@ -109,7 +139,7 @@ class ThreadsCLI(LightningCLI):
         # `--data.batch_size=3`) is a configuration error too: one line, no traceback.
         try:
             super().instantiate_classes()
-        except (ValueError, MisconfigurationException) as error:
+        except (ValueError, FileNotFoundError, MisconfigurationException) as error:
             self._config_error(str(error).strip().splitlines()[0])
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -1,8 +1,13 @@
-"""The progress bar of the applications: steps out of ``max_steps`` and a few short values."""
+"""The progress bar of the applications: steps out of ``max_steps`` and a few short values.
+
+One line under 80 columns: ``Step ━━━━━━━━ 57/120 1:03<1:10 loss: 1.42 mi: 4.67 util: 0.0272
+std: 0.83`` (the bar, the steps, elapsed < remaining time, four values to three digits).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 import pytorch_lightning as pl
@@ -12,9 +17,8 @@ from pytorch_lightning.callbacks.progress.rich_progress import RichProgressBarTh
 DEFAULT_METRICS: dict[str, str] = {
     "loss": "train/loss",
     "mi": "train/mi/mutual_information_loss",
-    "utility": "train/utility_loss",
+    "util": "train/utility_loss",
     "std": "train/std/mean",
-    "val_mi": "val/mi/mutual_information_loss",
 }
 """Short label -> logged metric (without Lightning's ``_step``/``_epoch`` suffix)."""
 
@@ -36,6 +40,18 @@ def short_metrics(
     return shown
 
 
+BAR_WIDTH = 8
+"""Characters of the bar itself (Lightning's default, 40, pushes the line past 80 columns)."""
+
+
+def _clock(seconds: float | None) -> str:
+    """``m:ss`` (``h:mm:ss`` from an hour on), ``-:--`` when unknown."""
+    if seconds is None:
+        return "-:--"
+    text = str(timedelta(seconds=int(seconds)))
+    return text[2:] if text.startswith("0:") else text
+
+
 class StepProgressBar(RichProgressBar):
     """Lightning's rich progress bar, counting optimizer steps when ``max_steps`` is set.
 
@@ -47,7 +63,7 @@ class StepProgressBar(RichProgressBar):
     Args:
         metrics: short label -> name of a logged metric (as passed to ``self.log``, without
             the ``_step``/``_epoch`` suffix Lightning adds). ``None`` shows the applications'
-            loss, MI estimate, utility loss, mean std and validation MI.
+            loss, MI estimate, utility loss and mean std.
         refresh_rate: redraw every this many batches.
         leave: keep the finished bar of every epoch on screen.
     """
@@ -56,7 +72,7 @@ class StepProgressBar(RichProgressBar):
         self, metrics: dict[str, str] | None = None, refresh_rate: int = 1, leave: bool = False
     ) -> None:
         super().__init__(
-            refresh_rate=refresh_rate, leave=leave, theme=RichProgressBarTheme(metrics_format=".4g")
+            refresh_rate=refresh_rate, leave=leave, theme=RichProgressBarTheme(metrics_format=".3g")
         )
         self.metrics = dict(DEFAULT_METRICS if metrics is None else metrics)
 
@@ -77,7 +93,37 @@ class StepProgressBar(RichProgressBar):
             max_epochs = self.trainer.max_epochs
             total = f"/{max_epochs}" if max_epochs is not None and max_epochs > 0 else ""
             description = f"Epoch {current_epoch + 1}{total}"
-        return f"{description:{len(self.validation_description)}}"
+        return description
+
+    def configure_columns(self, trainer: pl.Trainer) -> list:
+        """The description, a short bar, the steps and ``elapsed<remaining`` (no speed)."""
+        from pytorch_lightning.callbacks.progress.rich_progress import (
+            BatchesProcessedColumn,
+            CustomBarColumn,
+        )
+        from rich.progress import ProgressColumn, TextColumn
+        from rich.text import Text
+
+        style = self.theme.time
+
+        class Times(ProgressColumn):
+            max_refresh = 0.5
+
+            def render(self, task: Any) -> Text:
+                elapsed = task.finished_time if task.finished else task.elapsed
+                return Text(f"{_clock(elapsed)}<{_clock(task.time_remaining)}", style=style)
+
+        return [
+            TextColumn("[progress.description]{task.description}"),
+            CustomBarColumn(
+                bar_width=BAR_WIDTH,
+                complete_style=self.theme.progress_bar,
+                finished_style=self.theme.progress_bar_finished,
+                pulse_style=self.theme.progress_bar_pulse,
+            ),
+            BatchesProcessedColumn(style=self.theme.batch_progress),
+            Times(),
+        ]
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._counts_steps() and self.train_progress_bar_id is not None and not self._leave:

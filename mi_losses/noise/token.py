@@ -98,7 +98,7 @@ class FrequencyRuleNoise(TokenNoise):
                 f"{large_std} and {small_std}"
             )
         self.k = k
-        token_stds = torch.full(counts.shape, float(small_std))
+        token_stds = torch.full(counts.shape, float(small_std), device=counts.device)
         token_stds[torch.argsort(counts, descending=True, stable=True)[:k]] = float(large_std)
         self.register_buffer("token_stds", token_stds)
 

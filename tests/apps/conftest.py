@@ -13,7 +13,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``{"bert": folder, "llama": folder, "gpt2": folder}``, each from ``save_pretrained``."""
-    from tests.apps.tiny_models import KINDS, save_tiny
+    from mi_losses.apps.hf.tiny import KINDS, save_tiny
 
     root = tmp_path_factory.mktemp("tiny_models")
     return {kind: save_tiny(kind, root / kind) for kind in KINDS}

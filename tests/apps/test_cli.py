@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import sys
 from pathlib import Path
 
@@ -300,8 +301,16 @@ def test_progress_bar_counts_steps_of_max_steps_with_short_values(tmp_path: Path
     assert (task.completed, task.total) == (40, 40)
     assert task.description.strip().endswith("Step")
     shown = bar.get_metrics(cli.trainer, cli.model)
-    assert set(shown) == {"loss", "mi", "utility", "std", "val_mi"}
+    assert set(shown) == {"loss", "mi", "util", "std"}
     assert all(isinstance(value, float) for value in shown.values())
+    # The whole line (description, bar, steps, times, values) fits an 80-column terminal.
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(bar.progress.make_tasks_table([task]))
+    line = console.export_text().rstrip()
+    assert "loss: " in line and "util: " in line
+    assert len(line) <= 80, line
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mi_losses.apps.hf.__main__ import run
+from mi_losses.evaluation import format_terminal
 
 pytest.importorskip("transformers")
 
@@ -94,3 +95,45 @@ def test_encoder_trains_from_encoder_yaml(
     ):
         assert isinstance(learned[key], float), key
     assert 0 <= learned["exact_mi_nats_per_token"] <= learned["prior_entropy_nats"] + 1e-6
+
+
+def test_a_missing_model_is_one_line_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        run(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "encoder.yaml"),
+                "--model.model_name_or_path",
+                str(tmp_path / "no_such_model"),
+            ]
+        )
+    assert raised.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) <= 2, error
+    assert "--model.model_name_or_path" in error[0] and "no_such_model" in error[0]
+    assert "Traceback" not in "\n".join(error)
+
+
+@pytest.mark.slow
+def test_a_run_prints_no_third_party_tips_or_warnings(
+    tiny_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    caplog.set_level("INFO")
+    _fit("encoder.yaml", tiny_checkpoints["bert"], tmp_path, monkeypatch)
+    out, err = capfd.readouterr()
+    printed = "\n".join([out, err, caplog.text])
+    warned = [str(w.message) for w in recwarn]
+    for noise in ("💡 Tip", "litlogger", "LeafSpec", "module(s) in eval mode"):
+        assert noise not in printed, noise
+        assert not [message for message in warned if noise in message], noise
+    report = json.loads((tmp_path / "outputs/hf_encoder/report.json").read_text())
+    table = format_terminal(report)
+    assert table in out and max(len(line) for line in table.splitlines()) <= 80

@@ -12,7 +12,7 @@ import torch
 from mi_losses.apps.hf.data import HFTextDataModule, file_texts
 from mi_losses.apps.hf.report import HFObfuscationReport
 from mi_losses.apps.hf.task import HFObfuscation
-from mi_losses.apps.minilm.report import ROW_ATTACKS, format_table
+from mi_losses.evaluation import ROW_ATTACKS, format_table
 from mi_losses.losses import (
     GaussianMixtureEntropy,
     HiddenStateDistillation,
@@ -87,6 +87,17 @@ def test_vocabulary_objective_with_a_library_layer_trains_and_reports(
     assert report.report["inversion_settings"]["max_steps"] == 2
     table = format_table(report.report)
     assert "| inversion fail | strongest fail |" in table
+    # The trained layer is saved next to the report and reloads to the same layer.
+    saved = Path(report.report["noise_layer"])
+    assert saved == tmp_path / "noise_layer"
+    assert sorted(path.name for path in saved.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = GaussianNoiseLayer.from_pretrained(saved)
+    vocabulary = task.wrapper.embedding_table.detach()
+    with torch.no_grad():
+        trained = task.noise_layer.vocabulary_parameters(vocabulary)
+        reloaded = loaded.vocabulary_parameters(vocabulary)
+    for name, mine, theirs in zip(("means", "stds"), trained, reloaded, strict=True):
+        assert torch.equal(mine, theirs), name
 
 
 def test_the_token_view_of_a_context_free_layer() -> None:

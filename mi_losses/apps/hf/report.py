@@ -1,99 +1,99 @@
-"""The validation report of ``mi-losses-hf``: the case study's evaluation, for any model.
+"""The validation report of ``mi-losses-hf``: every row judged by every attacker that applies.
 
-For a context-free layer it is the MiniLM report (:func:`mi_losses.apps.minilm.report.compare`:
-the learned layer against isotropic noise of equal sentence cosine and the frequency rule, each
-judged by the known-prior MI ``vocabulary_mutual_information``, the Bayes attack
-``bayes_token_attack``, the nearest-neighbour attacks, Fano's floor and the sub-batch bounds).
-For a layer that reads context, those need a known channel per token and do not apply; the
-report has the nearest-neighbour attacks, the sub-batch bounds and the utility.
+For a context-free layer: :func:`mi_losses.evaluation.compare` (the learned layer against
+isotropic noise of equal sentence cosine and the frequency rule, each judged by the known-prior
+MI, the Bayes attack, the nearest-neighbour attacks, Fano's floor and the sub-batch bounds), then
+:func:`add_inversion` (the learned inversion attack that reads the whole sequence, on the same
+noise draw, and the strongest attack of each row). For a layer that reads context, those need a
+known channel per token and do not apply: :func:`mi_losses.evaluation.evaluate_context_layer`
+(nearest-neighbour attacks, sub-batch bounds, utility).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 
-from mi_losses.apps.minilm.evaluate import Batch, _mutual_information_bounds, _utility
-from mi_losses.apps.minilm.report import (
+from mi_losses.evaluation import (
+    ROW_ATTACKS,
+    Batch,
     Evaluation,
-    ObfuscationReport,
+    SentenceEncoder,
     compare,
-    finish_report,
+    evaluate_context_layer,
+    format_terminal,
+    report_layers,
 )
-from mi_losses.attacks import nearest_token_ids
-from mi_losses.functional import mutual_information_sub_batch_estimate
-from mi_losses.huggingface import NoisyInputEmbeddingsModel
-from mi_losses.losses.distillation import mean_pool
+from mi_losses.noise import TokenNoise
 
 
-class SentenceEncoder:
-    """The wrapped model in the case study's terms: word embeddings in, mean-pooled states out.
+def add_inversion(
+    report: dict[str, Any],
+    evaluation: Evaluation,
+    layers: dict[str, TokenNoise],
+    datamodule: Any,
+    settings: Any,
+) -> None:
+    """Add the learned inversion attack and the strongest attack to every row of ``report``.
 
-    ``sentence_embedding`` is the mean over the attended positions of the last hidden state
-    (for a language-model head, the last of ``hidden_states``).
+    Each row's layer is judged by :func:`mi_losses.evaluation.judge.judge` on the noise draw
+    of the report (same seed, same batches; checked: the Bayes failure and the retrieval must
+    agree with the row's), the attack trained on ``datamodule.train_sequences``. Rows gain
+    ``inversion_failure``, ``inversion_top5_failure``, ``inversion_epochs``,
+    ``inversion_stopped_early`` (``False``: the epoch cap ended training, so the failure is an
+    upper bound on a converged attack's) and ``strongest_attack_failure`` (the minimum over
+    :data:`~mi_losses.evaluation.ROW_ATTACKS`); ``report["inversion_settings"]`` records
+    ``settings`` (a :class:`~mi_losses.evaluation.judge.InversionSettings`).
     """
+    from mi_losses.evaluation.channels import GaussianTokenChannel
+    from mi_losses.evaluation.judge import judge
+    from mi_losses.evaluation.sequences import StudyData
 
-    def __init__(self, wrapper: NoisyInputEmbeddingsModel) -> None:
-        self.wrapper = wrapper
-
-    @property
-    def word_embedding_table(self) -> torch.Tensor:
-        return self.wrapper.embedding_table
-
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.wrapper.embed(input_ids)
-
-    def sentence_embedding(
-        self, word_embeddings: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
-        output = self.wrapper.run(word_embeddings, attention_mask, output_hidden_states=True)
-        hidden = getattr(output, "last_hidden_state", None)
-        hidden = output.hidden_states[-1] if hidden is None else hidden
-        return mean_pool(hidden, attention_mask)
-
-
-@torch.no_grad()
-def evaluate_context_layer(
-    evaluation: Evaluation, wrapper: NoisyInputEmbeddingsModel
-) -> dict[str, Any]:
-    """Utility, nearest-neighbour attacks and sub-batch bounds of a layer that reads context."""
-    table = wrapper.embedding_table.detach()
-    bounds = _mutual_information_bounds()
-    sentences, noisy_tokens, token_ids, stds = [], [], [], []
-    upper_sum, lower_sum, count = 0.0, 0.0, 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(evaluation.seed)
-        for batch in evaluation.batches:
-            mask, attention = batch["noise_mask"].bool(), batch["attention_mask"].bool()
-            clean = wrapper.embed(batch["input_ids"])
-            out = wrapper.add_noise(clean, mask, attention)
-            sentences.append(evaluation.encoder.sentence_embedding(out.noisy, attention))
-            noisy_tokens.append(out.noisy[mask])
-            token_ids.append(batch["input_ids"][mask])
-            stds.append(out.stds[mask])
-            if mask.shape[0] % 2 == 0:
-                arguments = (out.means, out.stds, mask, clean, out.noisy)
-                estimate = mutual_information_sub_batch_estimate(*arguments, granularity="token")
-                queries = int(estimate.num_queries)
-                upper_sum += float(estimate.value) * queries
-                if bounds is not None:
-                    lower_sum += float(bounds(*arguments, granularity="token").lower) * queries
-                count += queries
-    result: dict[str, Any] = _utility(torch.cat(sentences), evaluation.clean_sentences)
-    noisy, ids = torch.cat(noisy_tokens), torch.cat(token_ids)
-    result["sequences"] = int(evaluation.clean_sentences.shape[0])
-    result["tokens_attacked"] = int(ids.shape[0])
-    result["noise_std_mean"] = float(torch.cat(stds).mean())
-    for metric in ("cosine", "l2"):
-        found = nearest_token_ids(noisy, table, metric)
-        result[f"nn_failure_{metric}"] = 1.0 - float((found == ids).float().mean())
-    result["sub_batch_mi_upper"] = upper_sum / count if count else None
-    result["sub_batch_mi_lower"] = lower_sum / count if count and bounds else None
-    return result
+    start = time.perf_counter()
+    table = evaluation.encoder.word_embedding_table.detach()
+    data = StudyData(
+        datamodule.train_sequences,
+        datamodule.val_sequences,
+        table,
+        evaluation.counts,
+        evaluation.clean_sentences,
+    )
+    batch_size = int(evaluation.batches[0]["input_ids"].shape[0])
+    for name, layer in layers.items():
+        row = report["results"][name]
+        channel = GaussianTokenChannel(layer, table, evaluation.prior, data.candidates)
+        point = judge(
+            channel,
+            evaluation.encoder,
+            data,
+            layer=name,
+            objective="report",
+            parameter="",
+            value=0.0,
+            seed=evaluation.seed,
+            eval_seed=evaluation.seed,
+            inversion=settings,
+            batch_size=batch_size,
+        )
+        for key in ("bayes_attack_failure", "retrieval_at_1"):
+            if not math.isclose(point[key], row[key], abs_tol=1e-9):
+                raise RuntimeError(
+                    f"the inversion attack of row {name!r} saw another noise draw: {key} "
+                    f"{point[key]} there, {row[key]} in the report"
+                )
+        for key in ("failure", "top5_failure", "epochs", "stopped_early", "skipped"):
+            row[f"inversion_{key}"] = point.get(f"inversion_{key}")
+        row["strongest_attack_failure"] = min(
+            row[key] for key in ROW_ATTACKS if row.get(key) is not None
+        )
+    report["inversion_settings"] = asdict(settings)
+    report["inversion_seconds"] = time.perf_counter() - start
 
 
 def _plain(value: Any) -> Any:
@@ -105,11 +105,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class HFObfuscationReport(ObfuscationReport):
+def write_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Write ``report`` as indented JSON (creating the folder) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+class HFObfuscationReport(pl.Callback):
     """At the end of ``fit``: evaluate the noise layer on the validation text, write and print.
 
     Expects :class:`~mi_losses.apps.hf.task.HFObfuscation` and
     :class:`~mi_losses.apps.hf.data.HFTextDataModule` (or anything with their attributes).
+    The JSON has every number; the terminal gets :func:`~mi_losses.evaluation.format_terminal`.
 
     Args:
         report_path: where the JSON report goes.
@@ -119,12 +128,14 @@ class HFObfuscationReport(ObfuscationReport):
         baselines: also evaluate the isotropic and frequency-rule baselines (context-free
             layers only; ``False``: the learned layer alone).
         inversion_max_epochs: epoch cap of the learned inversion attack run on every row of a
-            context-free layer (:func:`~mi_losses.apps.minilm.report.add_inversion`); ``0``
-            leaves it out. A layer that reads context gets no inversion column.
+            context-free layer (:func:`add_inversion`); ``0`` leaves it out. A layer that reads
+            context gets no inversion column.
         inversion_patience: validation runs without a fall before the attack stops.
         inversion_val_check_interval: the attack's training steps between validation runs,
             counted within an epoch (the MiniLM text's epochs of 39 steps validate once).
         inversion_max_steps: step cap of the attack (``-1``: none; for quick tests).
+        layer_directory: the trained noise layer is saved (``save_pretrained``: ``config.json``
+            and ``model.safetensors``) into this folder next to the report; ``""``: not saved.
     """
 
     def __init__(
@@ -138,18 +149,44 @@ class HFObfuscationReport(ObfuscationReport):
         inversion_patience: int = 3,
         inversion_val_check_interval: int = 20,
         inversion_max_steps: int = -1,
+        layer_directory: str = "noise_layer",
     ) -> None:
-        super().__init__(
-            report_path,
-            seed,
-            smoothing,
-            frequency_k,
-            inversion_max_epochs,
-            inversion_patience,
-            inversion_val_check_interval,
-            inversion_max_steps,
-        )
+        self.report_path = report_path
+        self.layer_directory = layer_directory
+        self.seed = seed
+        self.smoothing = smoothing
+        self.frequency_k = frequency_k
         self.baselines = baselines
+        self.inversion_max_epochs = inversion_max_epochs
+        self.inversion_patience = inversion_patience
+        self.inversion_val_check_interval = inversion_val_check_interval
+        self.inversion_max_steps = inversion_max_steps
+        self.report: dict[str, Any] | None = None
+        self._fit_start = 0.0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
+    def add_inversion(
+        self,
+        report: dict[str, Any],
+        evaluation: Evaluation,
+        learned: TokenNoise,
+        datamodule: Any,
+    ) -> None:
+        """:func:`add_inversion` on every row, unless ``inversion_max_epochs`` is 0."""
+        if self.inversion_max_epochs <= 0:
+            return
+        from mi_losses.evaluation.judge import InversionSettings
+
+        settings = InversionSettings(
+            max_epochs=self.inversion_max_epochs,
+            patience=self.inversion_patience,
+            val_check_interval=self.inversion_val_check_interval,
+            max_steps=self.inversion_max_steps,
+        )
+        layers = report_layers(report, learned, evaluation.counts)
+        add_inversion(report, evaluation, layers, datamodule, settings)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         fit_seconds = time.perf_counter() - self._fit_start
@@ -158,19 +195,14 @@ class HFObfuscationReport(ObfuscationReport):
         datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
         module: Any = pl_module
         pl_module.eval()
-        encoder = SentenceEncoder(module.wrapper)
+        encoder = SentenceEncoder(module.wrapper.model)
         batches: list[Batch] = [
             {key: value.to(pl_module.device) for key, value in batch.items()}
             for batch in datamodule.val_dataloader()
         ]
-        counts = datamodule.train_token_counts(encoder.word_embedding_table.shape[0])
-        evaluation = Evaluation(
-            encoder,  # type: ignore[arg-type]
-            batches,
-            counts,
-            smoothing=self.smoothing,
-            seed=self.seed,
-        )
+        table = encoder.word_embedding_table
+        counts = datamodule.train_token_counts(table.shape[0]).to(table.device)
+        evaluation = Evaluation(encoder, batches, counts, smoothing=self.smoothing, seed=self.seed)
         layer = module.token_noise()
         report: dict[str, Any]
         if layer is not None and self.baselines:
@@ -180,7 +212,13 @@ class HFObfuscationReport(ObfuscationReport):
             learned = (
                 evaluation(layer)
                 if layer is not None
-                else evaluate_context_layer(evaluation, module.wrapper)
+                else evaluate_context_layer(
+                    encoder,
+                    module.wrapper,
+                    batches,
+                    clean_sentences=evaluation.clean_sentences,
+                    seed=self.seed,
+                )
             )
             report = {
                 "results": {"learned": learned},
@@ -190,14 +228,29 @@ class HFObfuscationReport(ObfuscationReport):
         if layer is not None:
             self.add_inversion(report, evaluation, layer, datamodule)
         report["context_free"] = layer is not None
+        report["training"] = {
+            "hyperparameters": {k: _plain(v) for k, v in dict(pl_module.hparams).items()},
+            "global_step": trainer.global_step,
+            "fit_seconds": fit_seconds,
+        }
+        report["data"] = {
+            "train_sequences": len(datamodule.train_sequences),
+            "val_sequences": len(datamodule.val_sequences),
+            "max_length": datamodule.max_length,
+            "prior_smoothing": self.smoothing,
+        }
+        layer_dir = self.save_layer(module.noise_layer)
+        if layer_dir is not None:
+            report["noise_layer"] = str(layer_dir)
         self.report = report
-        hyperparameters = {k: _plain(v) for k, v in dict(pl_module.hparams).items()}
-        finish_report(
-            report,
-            hyperparameters,
-            trainer,
-            datamodule,
-            fit_seconds,
-            self.smoothing,
-            self.report_path,
-        )
+        written = write_report(report, self.report_path)
+        print(f"\nObfuscation report (every column in {written}):\n{format_terminal(report)}")
+        if layer_dir is not None:
+            print(f"Trained noise layer: {layer_dir} (load it with from_pretrained)")
+        print()
+
+    def save_layer(self, layer: Any) -> Path | None:
+        """Save the trained layer into ``noise_layer/`` next to the report, if it can be saved."""
+        if not self.layer_directory or not hasattr(layer, "save_pretrained"):
+            return None
+        return Path(layer.save_pretrained(Path(self.report_path).parent / self.layer_directory))

@@ -25,8 +25,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from mi_losses.apps.minilm.model import minilm_path
-from mi_losses.apps.minilm.task import training_support, vocabulary_privacy
+from mi_losses.apps.hf.data import model_directory, transformers_offline
 from mi_losses.huggingface import NoisyInputEmbeddingsModel, load_pretrained
 from mi_losses.huggingface.model import Head
 from mi_losses.losses import (
@@ -36,19 +35,52 @@ from mi_losses.losses import (
     SubBatchMutualInformation,
     VocabularyMutualInformation,
 )
-from mi_losses.noise import GaussianNoiseLayer, NoisyEmbeddings, TokenNoise, as_token_noise
+from mi_losses.noise import (
+    GaussianNoiseLayer,
+    NoisyEmbeddings,
+    TokenNoise,
+    as_token_noise,
+    draw_noise,
+)
 
 
-def _offline() -> None:
-    import os
+def training_support(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training prior of token ``counts`` ``(V,)``: its support (the tokens seen, ``(R,)``),
+    their prior ``(R,)`` (float32) and the map from vocabulary ids to support rows (``-1`` off it)."""
+    support = torch.nonzero(counts > 0).squeeze(-1)
+    prior = counts[support].double()
+    index = torch.full((counts.shape[0],), -1, dtype=torch.long)
+    index[support] = torch.arange(support.shape[0])
+    return support, (prior / prior.sum()).float(), index
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+def vocabulary_privacy(
+    mi_loss: VocabularyMutualInformation,
+    noise_layer: TokenNoise,
+    table: torch.Tensor,
+    input_ids: torch.Tensor,
+    noise_mask: torch.Tensor,
+    support: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, NoisyEmbeddings]:
+    """The exact known-prior MI of one batch, its clean and its noisy embeddings.
 
-def model_directory(model_name_or_path: str | None) -> str:
-    """``model_name_or_path``, or the packaged all-MiniLM-L6-v2 directory when ``None``."""
-    return str(minilm_path(None)) if model_name_or_path is None else model_name_or_path
+    ``support`` is :func:`training_support` of the training counts. Rows: the support, then any
+    batch token outside it (validation text) with prior 0; those tokens are noised but left out
+    of the average (their ``p_t = 0``).
+    """
+    support_rows, support_prior, support_index = support
+    unseen = torch.unique(input_ids[support_index[input_ids] < 0])
+    rows = torch.cat([support_rows, unseen])
+    prior = torch.cat([support_prior, support_prior.new_zeros(unseen.shape[0])])
+    index = support_index.clone()
+    index[unseen] = support_rows.shape[0] + torch.arange(unseen.shape[0], device=rows.device)
+    local = index[input_ids]
+    means, stds = noise_layer.vocabulary_parameters(table, rows)
+    clean = table[input_ids]
+    out = draw_noise(clean, means[local], stds[local], noise_mask)
+    seen = noise_mask & (support_index[input_ids] >= 0)
+    value = mi_loss(means, stds, seen, local, out.noisy, table[rows], prior)
+    return value, clean, out
 
 
 class HFObfuscation(pl.LightningModule):
@@ -109,10 +141,9 @@ class HFObfuscation(pl.LightningModule):
         self.learning_rate = learning_rate
         self.warm_start_k = warm_start_k
         self.warm_start_std = warm_start_std
-        _offline()
-        model: Any = load_pretrained(
-            model_directory(model_name_or_path), head, local_files_only=True
-        )
+        directory = model_directory(model_name_or_path)
+        transformers_offline()
+        model: Any = load_pretrained(directory, head, local_files_only=True)
         build = GaussianNoiseLayer if noise_layer is None else noise_layer
         layer = build(int(model.get_input_embeddings().embedding_dim))
         self.wrapper = NoisyInputEmbeddingsModel(model, layer)

@@ -1,6 +1,6 @@
 """The privacy frontier against every attacker: baselines, learned layers, metric-DP mechanisms.
 
-``run`` judges (:func:`~mi_losses.apps.privacy.judge.judge`) every requested layer and writes its
+``run`` judges (:func:`~mi_losses.evaluation.judge.judge`) every requested layer and writes its
 points to ``output``; ``combine`` joins several runs into ``docs/privacy_frontier.json``, draws
 ``docs/privacy_frontier.png`` and ``docs/privacy_inversion_curves.png``, and rewrites the table
 between the markers of ``docs/frontier.md``:
@@ -19,8 +19,6 @@ sub-batch MI or its InfoNCE lower bound, ``alpha``).
 from __future__ import annotations
 
 import json
-import math
-import statistics
 import time
 from collections.abc import Callable
 from functools import partial
@@ -31,31 +29,16 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from mi_losses.apps.minilm.data import SequenceDataset
-from mi_losses.apps.privacy.channels import (
+from mi_losses.evaluation.channels import (
     GaussianTokenChannel,
     ReleaseChannel,
     SequenceChannel,
     StudyChannel,
 )
-from mi_losses.apps.privacy.data import StudyData, load_study_data
-from mi_losses.apps.privacy.judge import InversionSettings, judge
+from mi_losses.evaluation.judge import InversionSettings, judge
+from mi_losses.evaluation.points import check_points, format_points
+from mi_losses.evaluation.sequences import SequenceDataset, StudyData
 from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, TokenNoise
-
-REQUIRED_KEYS = (
-    "layer",
-    "objective",
-    "parameter",
-    "seed",
-    "retrieval_at_1",
-    "sentence_cosine",
-    "nn_failure",
-    "bayes_attack_failure",
-    "inversion_failure",
-    "strongest_attack_failure",
-    "exact_mi_nats_per_token",
-)
-"""Keys every point of ``privacy_frontier.json`` has (``null`` where an attacker does not apply)."""
 
 BASELINES = ("isotropic", "frequency_rule", "laplace_dp", "santext")
 """The ``layer`` values of the baselines."""
@@ -73,6 +56,48 @@ TABLE_START = "<!-- frontier-table -->"
 TABLE_END = "<!-- /frontier-table -->"
 
 
+def load_study_data(
+    encoder: Any,
+    cache_dir: str | None = None,
+    *,
+    num_val: int = 192,
+    max_length: int = 32,
+    seed: int = 0,
+) -> StudyData:
+    """The study's data, from ``cache_dir/study_data_{num_val}_{max_length}_{seed}.pt`` if there.
+
+    Args:
+        encoder: the frozen :class:`~mi_losses.evaluation.SentenceEncoder`.
+        cache_dir: folder of the cache (created); ``None`` = no cache.
+        num_val: validation sequences (the retrieval gallery).
+        max_length: tokens per sequence.
+        seed: seed of the topic split.
+    """
+    from mi_losses.apps.hf.data import HFTextDataModule
+    from mi_losses.evaluation import clean_sentence_embeddings
+
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"study_data_{num_val}_{max_length}_{seed}.pt"
+        if path.is_file():
+            return StudyData.from_dict(torch.load(path))
+    datamodule = HFTextDataModule(max_length=max_length, num_val=num_val, seed=seed)
+    datamodule.setup()
+    assert datamodule.train_sequences is not None and datamodule.val_sequences is not None
+    table = encoder.word_embedding_table.detach().clone()
+    data = StudyData(
+        datamodule.train_sequences,
+        datamodule.val_sequences,
+        table,
+        datamodule.train_token_counts(table.shape[0]),
+        clean_sentence_embeddings(encoder, datamodule.val_dataloader()),
+    )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(data.to_dict(), path)
+    return data
+
+
 def _gaussian_channel(layer: TokenNoise, data: StudyData, seed: int) -> StudyChannel:
     """A fixed context-free layer (``seed`` only seeds the attacker)."""
     return GaussianTokenChannel(layer, data.table, data.prior, data.candidates)
@@ -83,30 +108,44 @@ def _release(mechanism: str, epsilon: float, data: StudyData, seed: int) -> Stud
     return ReleaseChannel(mechanism, epsilon, data.table, data.prior, data.candidates, seed=seed)
 
 
-def _learned_token_channel(
-    data: StudyData, alpha: float, steps: int, log_dir: Path, seed: int
-) -> StudyChannel:
-    """The MiniLM study's learned context-free layer, trained by its own code."""
-    from mi_losses.apps.minilm.data import PydocTextDataModule
-    from mi_losses.apps.minilm.sweep import train_layer
-
-    datamodule = PydocTextDataModule(seed=0, num_val=len(data.val))
-    datamodule.setup()
-    task, _ = train_layer(
-        datamodule,
-        "vocabulary",
-        alpha,
+def _fit(task: pl.LightningModule, steps: int, **data: Any) -> None:
+    """Train ``task`` for ``steps`` optimizer steps, quietly, without validation."""
+    trainer = pl.Trainer(
+        accelerator="cpu",
         max_steps=steps,
-        seed=seed,
-        log_dir=log_dir,
-        learning_rate=1e-2,
-        mean_scale=0.05,
-        max_std=4.0,
-        init_std=0.15,
-        utility="retrieval",
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(task, **data)
+    task.eval()
+
+
+def _learned_token_channel(data: StudyData, alpha: float, steps: int, seed: int) -> StudyChannel:
+    """The main job's context-free layer (exact vocabulary MI, retrieval utility), trained by
+    :class:`~mi_losses.apps.hf.task.HFObfuscation` from the frequency rule (``k = 20``)."""
+    from mi_losses.apps.hf.data import HFTextDataModule
+    from mi_losses.apps.hf.task import HFObfuscation
+    from mi_losses.losses import RetrievalDistillation, VocabularyMutualInformation
+    from mi_losses.noise import LearnedTokenNoise
+
+    pl.seed_everything(seed, verbose=False)
+    vocab_size = int(data.table.shape[0])
+    task = HFObfuscation(
+        noise_layer=partial(LearnedTokenNoise, init_std=0.15, vocab_size=vocab_size),
+        privacy_loss=VocabularyMutualInformation(),
+        utility_loss=RetrievalDistillation(temperature=0.05),
+        privacy_weight=alpha,
+        utility_weight=1.0 - alpha,
         warm_start_k=20,
     )
-    return GaussianTokenChannel(task.noise_layer, data.table, data.prior, data.candidates)
+    _fit(task, steps, datamodule=HFTextDataModule(seed=0, num_val=len(data.val)))
+    layer = task.token_noise()
+    assert layer is not None
+    return GaussianTokenChannel(layer, data.table, data.prior, data.candidates)
 
 
 def _learned_sequence_channel(
@@ -137,15 +176,7 @@ def _learned_sequence_channel(
     )
     # Lightning counts every optimizer's steps: the adversary's too.
     optimizers = 1 + (task.attack_steps if task.attack is not None else 0)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps * optimizers,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(task, train_dataloaders=loader)
+    _fit(task, steps * optimizers, train_dataloaders=loader)
     return SequenceChannel(task.noise_layer, data.table, data.prior, data.candidates)
 
 
@@ -182,16 +213,18 @@ def run(
         skip_inversion: judge by nearest neighbour and Bayes only.
         num_threads: torch CPU threads.
     """
-    from mi_losses.apps.minilm.model import MiniLMEncoder
+    from mi_losses.apps.hf.data import model_directory, transformers_offline
+    from mi_losses.evaluation import SentenceEncoder
+    from mi_losses.huggingface import load_pretrained
 
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     settings = None if skip_inversion else (inversion or InversionSettings())
-    encoder = MiniLMEncoder()
+    transformers_offline()
+    encoder = SentenceEncoder(load_pretrained(model_directory(None), local_files_only=True))
     data = load_study_data(encoder, cache_dir)
     out_path = Path(output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    log_dir = out_path.parent / "logs"
     jobs: list[tuple[str, str, str, float, Callable[[int], StudyChannel]]] = []
     build: Callable[[int], StudyChannel]
     for std in isotropic_stds or []:
@@ -204,7 +237,7 @@ def run(
         for epsilon in epsilons or []:
             jobs.append((name, "none", "epsilon", epsilon, partial(_release, name, epsilon, data)))
     for alpha in learned_token_alphas or []:
-        build = partial(_learned_token_channel, data, alpha, learned_steps, log_dir)
+        build = partial(_learned_token_channel, data, alpha, learned_steps)
         jobs.append(("learned_token", "exact_vocabulary_mi", "alpha", alpha, build))
     for objective, alpha in zip(sequence_objectives or [], sequence_alphas or [], strict=True):
         build = partial(_learned_sequence_channel, encoder, data, objective, alpha, learned_steps)
@@ -248,221 +281,6 @@ def summary(point: dict[str, Any]) -> str:
     )
 
 
-def _mean_spread(values: list[float | None]) -> str:
-    present = [v for v in values if v is not None]
-    if not present:
-        return "n/a"
-    if len(present) == 1:
-        return f"{present[0]:.3f}"
-    return f"{statistics.mean(present):.3f} ± {statistics.stdev(present):.3f}"
-
-
-def _epoch_cap(point: dict[str, Any]) -> str:
-    """The inversion attack's epoch cap of a point, ``"-"`` where it was not run."""
-    settings = point.get("inversion_settings")
-    return "-" if not settings else str(settings["max_epochs"])
-
-
-def _attack_end(group: list[dict[str, Any]]) -> str:
-    """How the inversion attacks of a group ended: ``", stopped at epoch 17.3"`` (early
-    stopping) or ``", reached"`` (the cap) per seed; ``""`` for points that did not record it."""
-    if not all("inversion_stopped_early" in point for point in group):
-        return ""
-    ends = [
-        f"stopped at epoch {point['inversion_epochs']:.1f}"
-        if point["inversion_stopped_early"]
-        else "reached"
-        for point in group
-    ]
-    return ", " + "; ".join(ends)
-
-
-def format_table(points: list[dict[str, Any]]) -> str:
-    """One Markdown row per (layer, objective, value, attack epoch cap): mean ± std over seeds.
-
-    The inversion cell says the attack's epoch cap and, where the points record it, whether
-    early stopping ended training (and at which epoch) or the cap did.
-    """
-    groups: dict[tuple[str, str, str, float, str], list[dict[str, Any]]] = {}
-    for point in points:
-        key = (
-            point["layer"],
-            point["objective"],
-            point["parameter"],
-            point["value"],
-            _epoch_cap(point),
-        )
-        groups.setdefault(key, []).append(point)
-    columns = (
-        "retrieval_at_1",
-        "sentence_cosine",
-        "nn_failure",
-        "bayes_attack_failure",
-        "inversion_failure",
-        "strongest_attack_failure",
-        "exact_mi_nats_per_token",
-    )
-    lines = [
-        "| layer | objective | parameter | seeds | retrieval@1 | sent. cosine | NN fail | "
-        "Bayes fail | inversion fail (epoch cap, end) | strongest fail | exact MI nats/token |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    order = list(STYLES)
-
-    def rank(key: tuple[str, str, str, float, str]) -> tuple[int, str, float, int]:
-        """Layer order, objective, value, then the largest epoch cap first."""
-        cap = -int(key[4]) if key[4].isdigit() else 0
-        return order.index(key[0]), key[1], key[3], cap
-
-    for key in sorted(groups, key=rank):
-        layer, objective, parameter, value, cap = key
-        group = groups[key]
-        seeds = ",".join(str(p["seed"]) for p in group)
-        cells = [_mean_spread([p[c] for p in group]) for c in columns]
-        if cap != "-":
-            cells[4] = f"{cells[4]} (cap {cap}{_attack_end(group)})"
-        lines.append(
-            f"| {layer} | {objective} | {parameter} {value:g} | {seeds} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    return "\n".join(lines)
-
-
-def largest_budget(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (layer, objective, value, seed), only the points with the largest inversion epoch cap.
-
-    A point judged by attacks of several budgets keeps the strongest one (its privacy figure);
-    a point without an inversion attack is kept as it is.
-    """
-
-    def cap(point: dict[str, Any]) -> int:
-        settings = point.get("inversion_settings")
-        return int(settings["max_epochs"]) if settings else -1
-
-    best: dict[tuple[Any, ...], int] = {}
-    for point in points:
-        key = (point["layer"], point["objective"], point["value"], point["seed"])
-        best[key] = max(best.get(key, -1), cap(point))
-    return [
-        point
-        for point in points
-        if cap(point) == best[(point["layer"], point["objective"], point["value"], point["seed"])]
-    ]
-
-
-def plot(points: list[dict[str, Any]], path: str | Path) -> Path:
-    """Strongest-attack failure and each attacker's failure against retrieval@1, to a PNG.
-
-    Each point is drawn with its largest inversion budget only (:func:`largest_budget`).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = largest_budget(points)
-
-    figure, axes = plt.subplots(1, 2, figsize=(14, 5.5))
-    for layer, (color, marker, label) in STYLES.items():
-        series = [p for p in points if p["layer"] == layer]
-        if not series:
-            continue
-        axes[0].scatter(
-            [p["retrieval_at_1"] for p in series],
-            [p["strongest_attack_failure"] for p in series],
-            color=color,
-            marker=marker,
-            label=label,
-        )
-        for key, style in (("bayes_attack_failure", "x"), ("inversion_failure", "+")):
-            kept = [p for p in series if p[key] is not None]
-            axes[1].scatter(
-                [p["retrieval_at_1"] for p in kept],
-                [p[key] for p in kept],
-                color=color,
-                marker=style,
-                s=50,
-            )
-    axes[1].scatter([], [], color="black", marker="x", label="Bayes (one token)")
-    axes[1].scatter([], [], color="black", marker="+", label="learned inversion (context)")
-    for axis in axes:
-        axis.axvline(0.95, color="black", linestyle=":", linewidth=1)
-        axis.axhline(0.5, color="black", linestyle=":", linewidth=1)
-        axis.set_xlabel("utility: sentence retrieval@1 (fraction of 192 validation sentences)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    axes[0].set_ylabel("strongest-attack failure (fraction of noised tokens missed)")
-    axes[1].set_ylabel("attacker failure (fraction of noised tokens missed)")
-    axes[0].set_title("privacy = failure of the strongest attacker", fontsize=10)
-    axes[1].set_title(
-        "Bayes vs learned inversion, same draw (largest attack budget per point)", fontsize=10
-    )
-    figure.suptitle(
-        "all-MiniLM-L6-v2, held-out pydoc text (dotted: the goal, retrieval@1 >= 0.95 and "
-        "failure >= 0.5)",
-        fontsize=10,
-    )
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def plot_curves(points: list[dict[str, Any]], path: str | Path) -> Path:
-    """The inversion attack's validation failure against training steps, one line per point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(8, 5))
-    for point in points:
-        curve = point.get("inversion_curve")
-        if not curve:
-            continue
-        color = STYLES[point["layer"]][0]
-        axis.plot(
-            [c["step"] for c in curve],
-            [c["failure"] for c in curve],
-            color=color,
-            alpha=0.7,
-            linewidth=1,
-        )
-    for color, _, label in STYLES.values():
-        axis.plot([], [], color=color, label=label)
-    axis.set_xlabel("inversion training step (batches of 32 sequences)")
-    axis.set_ylabel("validation failure over candidates (fraction of noised tokens)")
-    axis.set_title("learned inversion attack: validation failure while training", fontsize=10)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def check_points(points: list[dict[str, Any]]) -> None:
-    """Raise ``ValueError`` if a point lacks a required key or a failure is not in ``[0, 1]``."""
-    for point in points:
-        missing = [key for key in REQUIRED_KEYS if key not in point]
-        if missing:
-            raise ValueError(f"point {point.get('layer')} lacks {missing}")
-        for key in REQUIRED_KEYS:
-            value = point[key]
-            if key.endswith("failure") and value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{key} must lie in [0, 1], got {value}")
-        applicable = [
-            point[k]
-            for k in ("nn_failure", "bayes_attack_failure", "inversion_failure")
-            if point[k] is not None
-        ]
-        if not math.isclose(point["strongest_attack_failure"], min(applicable)):
-            raise ValueError("strongest_attack_failure must be the lowest failure")
-
-
 def combine(
     inputs: list[str],
     output_json: str = "docs/privacy_frontier.json",
@@ -474,9 +292,11 @@ def combine(
     points = [point for name in inputs for point in json.loads(Path(name).read_text())]
     check_points(points)
     Path(output_json).write_text(json.dumps(points, indent=1) + "\n")
+    from mi_losses.apps.privacy.plots import plot, plot_curves
+
     plot(points, figure)
     plot_curves(points, curves)
-    table = format_table(points)
+    table = format_points(points, order=list(STYLES))
     if page is not None and Path(page).is_file():
         text = Path(page).read_text()
         if TABLE_START in text and TABLE_END in text:

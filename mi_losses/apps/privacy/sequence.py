@@ -15,8 +15,9 @@ of the estimators that need only samples, at token granularity:
   ``I = - (the attacker's cross-entropy)`` on the same release: the layer is rewarded for what
   this attacker cannot recover from the whole sequence.
 
-``loss = alpha * I + (1 - alpha) * U`` with the MiniLM study's utility term ``U``
-(:func:`~mi_losses.apps.minilm.task.utility_loss`). Only the noise layer is trained by it.
+``loss = alpha * I + (1 - alpha) * U`` with the main job's utility term ``U`` on the sentence
+embeddings (:class:`~mi_losses.losses.RetrievalDistillation` or ``1 - cos``,
+:class:`~mi_losses.losses.HiddenStateDistillation`). Only the noise layer is trained by it.
 """
 
 from __future__ import annotations
@@ -27,20 +28,24 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
-from mi_losses.apps.minilm.task import Utility, utility_loss
 from mi_losses.attacks.inversion import AttackInputs, InversionAttack
 from mi_losses.functional import mutual_information_bounds
-from mi_losses.losses import SubBatchMutualInformation
+from mi_losses.losses import (
+    HiddenStateDistillation,
+    RetrievalDistillation,
+    SubBatchMutualInformation,
+)
 from mi_losses.noise import SequenceGaussianNoiseLayer
 
 SequenceObjective = Literal["sub_batch", "infonce", "adversarial"]
+Utility = Literal["cosine", "retrieval"]
 
 
 class SequenceObfuscation(pl.LightningModule):
     """A :class:`~mi_losses.noise.SequenceGaussianNoiseLayer` trained before a frozen encoder.
 
     Args:
-        encoder: the frozen :class:`~mi_losses.apps.minilm.model.MiniLMEncoder` (or any module
+        encoder: the frozen :class:`~mi_losses.evaluation.SentenceEncoder` (or any module
             with ``word_embedding_table`` and ``sentence_embedding``).
         alpha: weight of the privacy term in ``[0, 1]``.
         objective: ``"sub_batch"``, ``"infonce"`` or ``"adversarial"``.
@@ -99,7 +104,10 @@ class SequenceObfuscation(pl.LightningModule):
             mean_scale=mean_scale,
         )
         self.mi_loss = SubBatchMutualInformation(granularity="token")
-        self.alpha, self.objective, self.utility = alpha, objective, utility
+        self.alpha, self.objective = alpha, objective
+        self.utility_loss = (
+            RetrievalDistillation() if utility == "retrieval" else HiddenStateDistillation()
+        )
         self.learning_rate = learning_rate
         self.attack: InversionAttack | None = None
         if objective == "adversarial":
@@ -146,7 +154,7 @@ class SequenceObfuscation(pl.LightningModule):
         with torch.no_grad():
             clean_sentence = encoder.sentence_embedding(clean, attention_mask)
         noisy_sentence = encoder.sentence_embedding(out.noisy, attention_mask)
-        utility = utility_loss(clean_sentence, noisy_sentence, self.utility)
+        utility = self.utility_loss(noisy_sentence.unsqueeze(1), clean_sentence.unsqueeze(1))
         loss = self.alpha * privacy + (1.0 - self.alpha) * utility
         self.log_dict(
             {

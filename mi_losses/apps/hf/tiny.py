@@ -1,4 +1,10 @@
-"""Tiny randomly initialised ``transformers`` models and offline tokenizers (no download).
+"""Tiny randomly initialised ``transformers`` models to try ``mi-losses-hf`` offline.
+
+    python -m mi_losses.apps.hf.tiny outputs/tiny_bert            # kind: bert (default)
+    python -m mi_losses.apps.hf.tiny outputs/tiny_llama --kind llama
+    mi-losses-hf fit --config configs/hf/encoder.yaml --model.model_name_or_path outputs/tiny_bert
+
+Each is a ``save_pretrained`` directory (model and tokenizer), built without any download:
 
 - ``bert``: a 1-layer BERT (``E = 32``) with a word-level tokenizer that adds ``[CLS]`` and
   ``[SEP]`` and pads with ``[PAD]``;
@@ -7,7 +13,8 @@
 - ``gpt2``: a 1-layer GPT-2 with a word-level tokenizer that adds nothing (``<|endoftext|>`` is
   its unknown, begin and end token; no padding token).
 
-The word-level vocabularies are the most frequent words of the case study's training text.
+The word-level vocabularies are the most frequent words of the default training text (CPython's
+documentation). The models are untrained: the job runs, its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -19,13 +26,15 @@ from typing import Any
 
 import torch
 
+from mi_losses.huggingface import import_transformers
+
 KINDS = ("bert", "llama", "gpt2")
 HIDDEN = 32
 
 
 @lru_cache(maxsize=1)
 def _words(count: int = 400) -> tuple[str, ...]:
-    from mi_losses.apps.minilm.data import split_texts
+    from mi_losses.apps.hf.data import split_texts
 
     train, _ = split_texts()
     counter = Counter(word for text in train for word in text.lower().split())
@@ -76,15 +85,9 @@ def word_level_tokenizer(kind: str) -> Any:
     )
 
 
-def minilm_tokenizer() -> Any:
-    from mi_losses.apps.minilm.model import load_tokenizer
-
-    return load_tokenizer(None)
-
-
 def tiny_model(kind: str, vocab_size: int, seed: int = 0) -> Any:
     """A randomly initialised 1-layer model of ``kind`` (``E = 32``)."""
-    import transformers
+    transformers: Any = import_transformers()
 
     torch.manual_seed(seed)
     common = {"vocab_size": vocab_size}
@@ -118,14 +121,35 @@ def tiny_model(kind: str, vocab_size: int, seed: int = 0) -> Any:
     return transformers.GPT2LMHeadModel(config)
 
 
-def tokenizer_for(kind: str) -> Any:
-    return word_level_tokenizer(kind)
-
-
 def save_tiny(kind: str, folder: Path) -> Path:
     """Save a tiny model of ``kind`` and its tokenizer with ``save_pretrained`` into ``folder``."""
-    tokenizer = tokenizer_for(kind)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    tokenizer = word_level_tokenizer(kind)
     model = tiny_model(kind, len(tokenizer))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def main(args: list[str] | None = None) -> None:
+    """``python -m mi_losses.apps.hf.tiny FOLDER [--kind bert|llama|gpt2] [--seed N]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mi_losses.apps.hf.tiny",
+        description="Save a tiny random transformers model and its tokenizer (no download).",
+    )
+    parser.add_argument("folder", type=Path, help="where save_pretrained writes")
+    parser.add_argument("--kind", choices=KINDS, default="bert")
+    options = parser.parse_args(args)
+    folder = save_tiny(options.kind, options.folder)
+    print(f"saved a tiny {options.kind} model to {folder}; try it with:")
+    config = "encoder" if options.kind == "bert" else "causal_lm"
+    print(
+        f"  mi-losses-hf fit --config configs/hf/{config}.yaml --model.model_name_or_path {folder}"
+    )
+
+
+if __name__ == "__main__":
+    main()

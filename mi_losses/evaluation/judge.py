@@ -1,6 +1,6 @@
 """Judge one layer by every attacker that applies, on one shared seeded draw of the validation text.
 
-For a :class:`~mi_losses.apps.privacy.channels.StudyChannel`:
+For a :class:`~mi_losses.evaluation.channels.StudyChannel`:
 
 1. the validation sequences are noised once with ``torch.manual_seed(eval_seed)`` (the *shared
    draw*: every attacker and the utility read the same released embeddings);
@@ -28,16 +28,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from mi_losses.apps.minilm.data import SequenceDataset, TokenizedSequences
-from mi_losses.apps.privacy.channels import Draw, StudyChannel
-from mi_losses.apps.privacy.data import StudyData
 from mi_losses.attacks.inversion import InversionAttack, inversion_guesses, train_inversion_attack
 from mi_losses.attacks.nearest import nearest_token_ids
-
-Batch = dict[str, torch.Tensor]
+from mi_losses.evaluation.channels import Draw, StudyChannel
+from mi_losses.evaluation.sentence import sentence_utility
+from mi_losses.evaluation.sequences import Batch, SequenceDataset, StudyData, sequence_batches
 
 
 @dataclass
@@ -73,18 +70,6 @@ class InversionSettings:
     max_steps: int = -1
 
 
-def sequence_batches(sequences: TokenizedSequences, batch_size: int) -> list[Batch]:
-    """Fixed-order batches (dicts of ``input_ids``, ``attention_mask``, ``noise_mask``)."""
-    return [
-        {
-            "input_ids": sequences.input_ids[start : start + batch_size],
-            "attention_mask": sequences.attention_mask[start : start + batch_size].bool(),
-            "noise_mask": sequences.noise_mask[start : start + batch_size].bool(),
-        }
-        for start in range(0, len(sequences), batch_size)
-    ]
-
-
 def shared_draws(channel: StudyChannel, batches: list[Batch], eval_seed: int) -> list[Draw]:
     """The channel's draw on every batch from ``torch.manual_seed(eval_seed)`` (RNG state kept)."""
     with torch.random.fork_rng(devices=[]):
@@ -99,19 +84,14 @@ def utility(
     batches: list[Batch],
     clean_sentences: torch.Tensor,
 ) -> dict[str, float]:
-    """``retrieval_at_1`` and ``sentence_cosine`` of the released sequences."""
+    """:func:`~mi_losses.evaluation.sentence_utility` of the released sequences."""
     noisy = torch.cat(
         [
             encoder.sentence_embedding(draw.embeddings, batch["attention_mask"])  # type: ignore[operator]
             for draw, batch in zip(draws, batches, strict=True)
         ]
     )
-    similarity = F.normalize(noisy, dim=-1) @ F.normalize(clean_sentences, dim=-1).T
-    target = torch.arange(similarity.shape[0])
-    return {
-        "retrieval_at_1": float((similarity.argmax(-1) == target).float().mean()),
-        "sentence_cosine": float(similarity.diagonal().mean()),
-    }
+    return sentence_utility(noisy, clean_sentences)
 
 
 def failures(guesses: torch.Tensor, ids: torch.Tensor) -> tuple[float, float]:

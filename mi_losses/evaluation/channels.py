@@ -247,7 +247,7 @@ class ReleaseChannel(StudyChannel):
                     release_log_posterior(chunk, self.log_channel, log_prior)
                     .topk(top_k, dim=-1)
                     .indices
-                    for chunk in released.split(256)
+                    for chunk in torch.split(released, 256)
                 ]
             )
         posterior = release_log_posterior(
@@ -267,7 +267,7 @@ class ReleaseChannel(StudyChannel):
         marginal = torch.cat(
             [
                 torch.logsumexp(self.log_channel.T[chunk].double() + log_prior, dim=-1)
-                for chunk in released.split(256)
+                for chunk in torch.split(released, 256)
             ]
         )
         return float((own - marginal).mean())
