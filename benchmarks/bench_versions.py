@@ -3,11 +3,12 @@
 For every shape this script runs one forward + backward of ``mutual_information_sub_batch``
 (``torch.autograd.grad`` to all four ``(B, S, E)`` inputs; the padded inputs of
 ``benchmarks.grids.make_inputs``) with the package of every ``--checkouts NAME=DIR``, each in
-its own subprocess (two copies of a package cannot share one). A subprocess measures the extra
-peak memory of one call (``torch.profiler`` allocations above the inputs, input gradients
-included), then times the library and the matrix-product floor of ``benchmarks/floor.py``
-(two forward and 2x2 backward products of the shape) with
-``torch.utils.benchmark.Timer.blocked_autorange``, one torch thread by default. The
+its own subprocess (two copies of a package cannot share one). A subprocess times the library
+and the matrix-product floor of ``benchmarks/floor.py`` (two forward and 2x2 backward products
+of the shape) with ``torch.utils.benchmark.Timer.blocked_autorange`` (at least one untimed and
+one timed call each; one torch thread by default); the timer's untimed first call of the
+library measures its extra peak memory (``torch.profiler`` allocations above the inputs, input
+gradients included). The
 subprocesses of a shape run one after the other, ``--rounds`` times; the table keeps each
 checkout's round with the fastest median and gives its time over its own floor, and time and
 memory over the first checkout's (the baseline). Every subprocess's result is appended to
@@ -74,7 +75,7 @@ def measure(library: Path, shape: str, min_run_time: float, threads: int) -> dic
     estimator = _import_checkout(library)
     from benchmarks.floor import floor_operands, floor_step
     from benchmarks.grids import Case, make_inputs
-    from benchmarks.memory import MemoryMeter
+    from benchmarks.memory import FirstCallMeasured, MemoryMeter
     from benchmarks.timing import time_step
 
     torch.set_num_threads(threads)
@@ -86,16 +87,16 @@ def measure(library: Path, shape: str, min_run_time: float, threads: int) -> dic
     def step() -> tuple[torch.Tensor, ...]:
         return torch.autograd.grad(estimator(*inputs, granularity=granularity), leaves)
 
-    peak: dict[str, int] = {}
-    with MemoryMeter(torch.device("cpu"), "profiler").measure(peak):
-        step()
+    # the timer's first (untimed) call of the library measures its memory
+    library = FirstCallMeasured(step, MemoryMeter(torch.device("cpu"), "profiler"))
     operands = floor_operands(case, torch.device("cpu"))
     timings = {
         name: time_step(function, min_run_time=min_run_time, num_threads=threads)
-        for name, function in (("library", step), ("floor", lambda: floor_step(operands)))
+        for name, function in (("library", library), ("floor", lambda: floor_step(operands)))
     }
+    assert library.peak_bytes is not None
     return {
-        "peak_mib": peak["peak"] / MIB,
+        "peak_mib": library.peak_bytes / MIB,
         **{
             name: {"raw_times": t.raw_times, "number_per_run": t.number_per_run}
             for name, t in timings.items()

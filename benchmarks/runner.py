@@ -14,7 +14,7 @@ from torch.utils import benchmark
 
 from benchmarks.floor import floor_operands, floor_step
 from benchmarks.grids import DTYPES, Case, active_counts, make_inputs
-from benchmarks.memory import MemoryMeter
+from benchmarks.memory import FirstCallMeasured, MemoryMeter
 from benchmarks.naive import naive_memory_estimate, naive_mutual_information_sub_batch
 from benchmarks.timing import calls, fastest, synchronize, time_limit, time_step
 from mi_losses.functional import mutual_information_sub_batch
@@ -123,29 +123,26 @@ def measure(
     method: str,
     first_call_limit: float = 0.0,
 ) -> Measured:
-    """Peak memory of a first call (with ``first_call_limit``, i.e. for ``torch.compile``, a
-    compiling call comes before it), then ``Timer.blocked_autorange`` for ``--min-run-time``."""
+    """``Timer.blocked_autorange`` for ``--min-run-time``; its first (untimed) call measures
+    the peak memory. With ``first_call_limit`` (``torch.compile``) a compiling call comes first."""
     if first_call_limit > 0:
         with time_limit(first_call_limit):
             step()
         synchronize(meter.device)
-    memory: dict[str, int] = {}
-    with meter.measure(memory):
-        result = step()
-    synchronize(meter.device)
-    out = Measured(peak_bytes=memory["peak"])
-    if isinstance(result, tuple) and isinstance(result[0], torch.Tensor):
-        out.value = float(result[0].detach().double())
-        out.grads = [grad.detach().clone() for grad in result[1]]
-    del result
-    out.timing = time_step(
-        step,
+    measured_step = FirstCallMeasured(step, meter, keep=True)
+    timing = time_step(
+        measured_step,
         min_run_time=args.min_run_time,
         num_threads=torch.get_num_threads(),
         label="mutual_information_sub_batch forward + backward",
         sub_label=f"{case.shape_label} {case.dtype_label}" + (" compiled" if case.compile else ""),
         description=method,
     )
+    out = Measured(timing=timing, peak_bytes=measured_step.peak_bytes)
+    result = measured_step.first
+    if isinstance(result, tuple) and isinstance(result[0], torch.Tensor):
+        out.value = float(result[0].detach().double())
+        out.grads = [grad.detach().clone() for grad in result[1]]
     return out
 
 
