@@ -26,6 +26,7 @@ class Best:
     peaks: tuple[float, ...]  # of every round
     rounds: int
     commit: str
+    load: float | None  # 1-minute load average when that round ended
 
 
 def _timing(record: dict[str, Any], name: str, description: str) -> benchmark.Measurement:
@@ -57,6 +58,7 @@ def best_rounds(records: list[dict[str, Any]]) -> dict[tuple[str, str], Best]:
             peaks=tuple(r["peak_mib"] for r in group),
             rounds=len(group),
             commit=record.get("commit", "?"),
+            load=record.get("load"),
         )
     return best
 
@@ -78,13 +80,14 @@ def _peak_cell(best: Best) -> str:
 
 def markdown_table(records: list[dict[str, Any]]) -> str:
     """Shape, checkout (commit), median seconds, floor, ratios to the floor and to the first
-    checkout (the baseline), extra peak MiB and its ratio, rounds; failed runs say why."""
+    checkout (the baseline), extra peak MiB and its ratio, rounds, the load average at the end
+    of the kept round; failed runs say why."""
     best = best_rounds(records)
     checkouts = _ordered(records, "checkout")
     lines = [
         "| shape | checkout | s | GEMM floor s | s / floor | s / baseline | extra peak MiB | "
-        "peak / baseline | rounds |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "peak / baseline | rounds | load |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for shape in _ordered(records, "shape"):
         base = best.get((shape, checkouts[0]))
@@ -103,7 +106,7 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
             lines.append(
                 f"| {shape.replace(',', ' ')} | {name} ({row.commit}) | {seconds:.4g} | "
                 f"{floor:.4g} | {seconds / floor:.2f}x | {time_ratio} | {_peak_cell(row)} | "
-                f"{peak_ratio} | {row.rounds} |"
+                f"{peak_ratio} | {row.rounds} | {'—' if row.load is None else f'{row.load:.1f}'} |"
             )
     return "\n".join(lines)
 
