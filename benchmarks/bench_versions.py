@@ -124,7 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="append every subprocess's result here")
-    parser.add_argument("--load", type=Path, nargs="+", help="print the tables of saved results")
+    parser.add_argument(
+        "--load", type=Path, nargs="+", help="print the tables of saved results (of --shapes)"
+    )
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # DIR, shape (internal)
     return parser
 
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return [result]
     if args.load:
         lines = [line for path in args.load for line in path.read_text().splitlines() if line]
-        records = [json.loads(line) for line in lines]
+        saved = [json.loads(line) for line in lines]
+        records = [r for shape in args.shapes for r in saved if r["shape"] == shape]
     elif args.checkouts:
         print(f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
         records = run(args)

@@ -242,7 +242,9 @@ def test_versions_measures_two_checkouts_in_subprocesses_and_reloads(tmp_path: P
         assert "error" not in record, record
         assert record["peak_mib"] > 0 and record["threads"] == 1
         assert min(record["library"]["raw_times"]) > 0 and min(record["floor"]["raw_times"]) > 0
-    assert bench_versions.main(["--load", str(saved)]) == records
+    assert bench_versions.main(["--load", str(saved), *shapes]) == records
+    only_tokens = bench_versions.main(["--load", str(saved), "--shapes", "token,4,8,16"])
+    assert only_tokens == records[2:]
 
 
 def test_gpu_check_without_cuda_says_so_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
