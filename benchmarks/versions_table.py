@@ -97,7 +97,9 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
                 errors = [
                     r["error"] for r in records if (r["shape"], r["checkout"]) == (shape, name)
                 ]
-                reason = f"failed: {errors[-1]}" if errors else "not run"
+                if not errors:  # this checkout was not measured on this shape
+                    continue
+                reason = f"failed: {errors[-1]}"
                 lines.append(f"| {shape.replace(',', ' ')} | {name} | {reason} |" + " |" * 7)
                 continue
             seconds, floor = row.library.median, row.floor.median
