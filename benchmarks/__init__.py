@@ -4,7 +4,7 @@
 - :mod:`benchmarks.naive`: the naive broadcast evaluation the library is compared with.
 - :mod:`benchmarks.floor`: the bare matrix products of the kernel (the speed floor).
 - :mod:`benchmarks.memory`: the peak-memory meter (profiler, CUDA allocator or process RSS).
-- :mod:`benchmarks.timing`: warm-up, memory run and timed repeats of one step.
+- :mod:`benchmarks.timing`: one step timed with ``torch.utils.benchmark.Timer``.
 - :mod:`benchmarks.runner`: one case measured three ways, as one row.
 - :mod:`benchmarks.report`: the CSV and Markdown tables and the machine line.
 """

@@ -11,9 +11,11 @@ inputs; ``B`` is the batch of one rank) three ways, in the same processes:
 - **gather only**: the autograd all-gather of the packed component half alone (forward and
   backward), what gathering adds besides the larger mixture.
 
-Each timed call starts after a barrier and lasts until the slowest rank is done (the time of a
-data-parallel step); the table shows the min or median over repeats, and ratios against the
-local baseline measured in the same processes. ``gathered MiB`` is the size of the tensor every
+Each rank times its calls with ``torch.utils.benchmark.Timer.timeit(--repeats)`` (two warm-up
+calls, then ``--repeats`` calls: the same number on every rank), each call followed by a
+barrier, so a call lasts until the slowest rank is done (the time of a data-parallel step); the
+table shows the mean per call of the slowest rank, and ratios against the local baseline
+measured in the same processes. ``gathered MiB`` is the size of the tensor every
 rank receives, ``W * n * L * (2E + 1) * 4`` bytes (``n`` components of ``L`` positions per
 rank: ``B/2`` sequences of ``S``, or ``B S / 2`` tokens of 1), not a measured peak.
 
@@ -28,15 +30,14 @@ import argparse
 import datetime
 import os
 import socket
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils import benchmark
 
 try:
     import mi_losses  # noqa: F401
@@ -72,23 +73,22 @@ COLUMNS = (
 )
 
 
-def timed(function: Callable[[], None], repeats: int, statistic: str) -> float:
-    """Seconds of ``function`` on the slowest rank, after a warm-up call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        dist.barrier()
-        start = time.perf_counter()
+def timed(function: Callable[[], None], repeats: int) -> float:
+    """Mean seconds per call of ``function`` on the slowest rank (``Timer.timeit``), every
+    call followed by a barrier."""
+
+    def call() -> None:
         function()
-        elapsed = torch.tensor(time.perf_counter() - start, dtype=torch.float64)
-        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-        times.append(float(elapsed))
-    return min(times) if statistic == "min" else statistics.median(times)
+        dist.barrier()
+
+    timer = benchmark.Timer("call()", globals={"call": call}, num_threads=torch.get_num_threads())
+    dist.barrier()
+    elapsed = torch.tensor(timer.timeit(repeats).mean, dtype=torch.float64)
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+    return float(elapsed)
 
 
-def measure(
-    shape: tuple[str, int, int, int], world_size: int, repeats: int, statistic: str
-) -> list[str]:
+def measure(shape: tuple[str, int, int, int], world_size: int, repeats: int) -> list[str]:
     granularity, b, s, e = shape
     g = torch.Generator().manual_seed(dist.get_rank())
     clean, means = torch.randn(b, s, e, generator=g), 0.1 * torch.randn(b, s, e, generator=g)
@@ -119,9 +119,9 @@ def measure(
     def gather_only() -> None:
         torch.cat(_all_gather(packed, None)).sum().backward()
 
-    local = timed(step(False), repeats, statistic)
-    gathered = timed(step(True), repeats, statistic)
-    gather = timed(gather_only, repeats, statistic)
+    local = timed(step(False), repeats)
+    gathered = timed(step(True), repeats)
+    gather = timed(gather_only, repeats)
     mib = world_size * packed.numel() * 4 / 2**20
     return [
         granularity,
@@ -147,16 +147,14 @@ def worker(rank: int, world_size: int, port: int, args: argparse.Namespace) -> N
         timeout=datetime.timedelta(seconds=600),
     )
     try:
-        table = [
-            measure(shape, world_size, args.repeats, args.statistic) for shape in GRIDS[args.grid]
-        ]
+        table = [measure(shape, world_size, args.repeats) for shape in GRIDS[args.grid]]
         if rank == 0:
             load = os.getloadavg()[0]
             print(
                 f"{world_size} gloo processes x {args.threads} torch thread(s), torch "
                 f"{torch.__version__}, {os.cpu_count()} CPUs, load average {load:.1f}; "
                 f"forward + backward of mutual_information_sub_batch, float32, "
-                f"{args.statistic} of {args.repeats} repeats (slowest rank)\n"
+                f"mean of {args.repeats} calls (slowest rank, torch.utils.benchmark)\n"
             )
             print("| " + " | ".join(COLUMNS) + " |")
             print("|" + "|".join("---" if i < 1 else "--:" for i in range(len(COLUMNS))) + "|")
@@ -171,7 +169,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--statistic", choices=("min", "median"), default="min")
     parser.add_argument("--grid", choices=sorted(GRIDS), default="default")
     args = parser.parse_args(argv)
     with socket.socket() as sock:

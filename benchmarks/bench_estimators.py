@@ -16,10 +16,13 @@ gradients w.r.t. all four ``(B, S, E)`` inputs, three ways, in one process:
     products its backward needs, with
     ``K = S * E``, ``M = N = B / 2`` (sequence) or ``K = E``, ``M = N = B * S / 2`` (token).
 
-Times are medians over repeats after a warm-up run (``--statistic min``: the fastest repeat,
-the better estimate on a machine shared with other jobs; the CSV has both). Peak extra memory is the high-water mark of
+Times come from ``torch.utils.benchmark.Timer(...).blocked_autorange(min_run_time=...)`` with
+``--threads`` torch threads (default 1): a warm-up block, then timed blocks for
+``--min-run-time`` seconds; the table gives the median block (``--statistic min``: the fastest,
+the better estimate on a machine shared with other jobs; the CSV has both), and a
+``benchmark.Compare`` table of all timings is printed at the end. Peak extra memory is the high-water mark of
 tensor memory above what was allocated before the call (the inputs), gradients of the inputs
-included, measured in one separate (untimed) run: on CPU the running sum of the allocation and
+included, measured in the first (untimed) call: on CPU the running sum of the allocation and
 free events of ``torch.profiler`` (``profile_memory=True``), the same quantity as
 ``torch.cuda.max_memory_allocated`` on CUDA; ``--memory rss`` uses the process resident set
 instead (``VmHWM`` reset through ``/proc/self/clear_refs``, after ``malloc_trim``), which also
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils import benchmark
 
 if __package__ in (None, ""):  # run as `python benchmarks/bench_estimators.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -100,13 +104,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only", help="keep the cases whose label contains this, e.g. 'token B=8 S=1024'"
     )
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5, help="at most this many timed runs")
     parser.add_argument(
-        "--target-seconds",
+        "--min-run-time",
         type=float,
-        default=10.0,
-        help="fewer repeats when they would take longer than this (per method and case)",
+        default=1.0,
+        help="seconds of timed calls per method and case (Timer.blocked_autorange); at least "
+        "one warm-up call and one timed call run",
     )
     parser.add_argument(
         "--naive-budget-gib", type=float, default=None, help="default: 12 (CPU), 60%% of GPU"
@@ -118,13 +121,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (off by default)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--statistic",
         choices=["median", "min"],
         default="median",
-        help="time statistic of the table (both are in the CSV); min resists a busy machine",
+        help="time statistic of the table: the median block or the fastest (both are in the "
+        "CSV); min resists a busy machine",
     )
     return parser.parse_args(argv)
 
@@ -173,8 +177,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the selected cases, print the table and write ``results_<device>.{md,csv}``."""
     args = parse_args(argv)
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
@@ -197,6 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         # write after every case so that an interrupted run leaves what it measured
         write_results(rows, args.out, device, machine, command, meter.method, args.statistic)
     print_table(rows, machine)
+    benchmark.Compare([timing for row in rows for timing in row["timings"]]).print()
     csv_path, md_path = write_results(
         rows, args.out, device, machine, command, meter.method, args.statistic
     )

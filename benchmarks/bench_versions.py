@@ -1,21 +1,22 @@
-"""The estimator of two checkouts of ``mi_losses`` side by side, each against the same floor.
+"""Several checkouts of ``mi_losses`` side by side, each against the GEMM floor of its process.
 
-For every shape of the grid this script runs one forward + backward of
-``mutual_information_sub_batch`` (gradients w.r.t. all four ``(B, S, E)`` inputs, the inputs of
-``bench_estimators.py``) with the package found under ``--baseline`` and with the one under
-``--candidate``, each in its own subprocess (two copies of a package cannot share one). Every
-subprocess times its library and the matrix-product floor of ``benchmarks/floor.py``
-alternately, so each library is measured against a floor timed in the same process and the
-same minutes; the table gives the candidate/baseline ratio of the times and of those two
-ratios (the floor of small, memory-bound shapes varies between processes on a busy machine).
-The two subprocesses of a shape run one after the other, ``--rounds`` times (the table keeps
-each one's fastest round). One torch thread by default. ``--memory`` adds a table of the peak
-memory of one call above the inputs (``torch.profiler`` allocations, in the same subprocesses).
-
-Run from the repository root, e.g. against the commit before a change::
+For every shape this script runs one forward + backward of ``mutual_information_sub_batch``
+(``torch.autograd.grad`` to all four ``(B, S, E)`` inputs; the padded inputs of
+``benchmarks.grids.make_inputs``) with the package of every ``--checkouts NAME=DIR``, each in
+its own subprocess (two copies of a package cannot share one). A subprocess times the library
+and the matrix-product floor of ``benchmarks/floor.py`` (two forward and 2x2 backward products
+of the shape) with ``torch.utils.benchmark.Timer.blocked_autorange`` (at least one untimed and
+one timed call each; one torch thread by default); the timer's untimed first call of the
+library measures its extra peak memory (``torch.profiler`` allocations above the inputs, input
+gradients included). The
+subprocesses of a shape run one after the other, ``--rounds`` times; the table keeps each
+checkout's round with the fastest median and gives its time over its own floor, and time and
+memory over the first checkout's (the baseline). Every subprocess's result is appended to
+``--json`` as it comes, and ``--load`` prints the tables of saved results (several runs
+merged). Run from the repository root, e.g. against the commit before a change::
 
     git worktree add --detach ../baseline <commit>
-    python benchmarks/bench_versions.py --baseline ../baseline --candidate . --rounds 2
+    python benchmarks/bench_versions.py --checkouts base=../baseline new=. --rounds 2
 """
 
 from __future__ import annotations
@@ -25,147 +26,173 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import torch
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+MIB = 2**20
+
+SMALL_SHAPES = [
+    "sequence,16,64,256",
+    "sequence,128,128,768",
+    "token,4,64,256",
+    "token,8,128,768",
+    "token,8,256,768",
+]
+# the rows of issue 25, whose extra peak memory it compares
+ISSUE_SHAPES = [
+    "token,8,1024,4096",
+    "token,16,2048,1024",
+    "sequence,32,512,1024",
+    "sequence,64,128,768",
+]
 
 
-def measure(
-    library: str, case: list[str], repeats: int, threads: int, memory: bool = False
-) -> dict[str, float]:
-    """Fastest library and floor times of one shape, measured in this process; with ``memory``
-    also the peak bytes of one call above the inputs (``torch.profiler`` allocations)."""
-    sys.path.insert(0, str(Path(library).resolve()))
-    sys.path.insert(1, str(ROOT))
-    torch.set_num_threads(threads)
-    import mi_losses
+def _import_checkout(library: Path) -> Any:
+    """This repository's ``benchmarks`` and the ``mi_losses`` under ``library`` (both folders
+    hold both packages: ``benchmarks`` is imported first, with this repository in front)."""
+    sys.path.insert(0, str(ROOT))
+    import benchmarks.floor
+    import benchmarks.grids
+    import benchmarks.memory
+    import benchmarks.timing
+
+    sys.path.remove(str(ROOT))
+    sys.path.insert(0, str(library))
+    import mi_losses.functional
+
+    for module in (benchmarks, mi_losses):
+        origin = Path(module.__file__ or "").resolve()
+        if not origin.is_relative_to(ROOT if module is benchmarks else library):
+            raise RuntimeError(f"imported {origin}, not the package under {library}")
+    return mi_losses.functional.mutual_information_sub_batch
+
+
+def measure(library: Path, shape: str, min_run_time: float, threads: int) -> dict[str, Any]:
+    """Extra peak MiB of one call, then library and floor timings, in this process."""
+    import torch
+
+    estimator = _import_checkout(library)
     from benchmarks.floor import floor_operands, floor_step
     from benchmarks.grids import Case, make_inputs
-    from mi_losses.functional import mutual_information_sub_batch
+    from benchmarks.memory import FirstCallMeasured, MemoryMeter
+    from benchmarks.timing import time_step
 
-    location = Path(mi_losses.__file__).resolve()
-    if not location.is_relative_to(Path(library).resolve()):
-        raise RuntimeError(f"imported {location}, not the package under {library}")
-    granularity, batch, seq, emb = case[0], *(int(v) for v in case[1:])
-    shape = Case(granularity, batch, seq, emb)
-    inputs = make_inputs(shape, torch.device("cpu"))
+    torch.set_num_threads(threads)
+    granularity, batch, seq, emb = shape.split(",")
+    case = Case(granularity, int(batch), int(seq), int(emb))
+    inputs = make_inputs(case, torch.device("cpu"))
     leaves = [inputs[0], inputs[1], inputs[3], inputs[4]]
-    operands = floor_operands(shape, torch.device("cpu"))
 
-    def step() -> None:
-        for leaf in leaves:
-            leaf.grad = None
-        mutual_information_sub_batch(*inputs, granularity=granularity).backward()
+    def step() -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(estimator(*inputs, granularity=granularity), leaves)
 
-    step()
-    floor_step(operands)
-    library_times, floor_times = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        middle = time.perf_counter()
-        floor_step(operands)
-        library_times.append(middle - start)
-        floor_times.append(time.perf_counter() - middle)
-    result = {"library": min(library_times), "floor": min(floor_times)}
-    if memory:
-        from benchmarks.memory import MemoryMeter
-
-        peak: dict[str, int] = {}
-        for leaf in leaves:
-            leaf.grad = None
-        with MemoryMeter(torch.device("cpu"), "profiler").measure(peak):
-            mutual_information_sub_batch(*inputs, granularity=granularity).backward()
-        result["peak_mib"] = peak["peak"] / 2**20
-    return result
+    # the timer's first (untimed) call of the library measures its memory
+    library = FirstCallMeasured(step, MemoryMeter(torch.device("cpu"), "profiler"))
+    operands = floor_operands(case, torch.device("cpu"))
+    timings = {
+        name: time_step(function, min_run_time=min_run_time, num_threads=threads)
+        for name, function in (("library", library), ("floor", lambda: floor_step(operands)))
+    }
+    assert library.peak_bytes is not None
+    return {
+        "peak_mib": library.peak_bytes / MIB,
+        **{
+            name: {"raw_times": t.raw_times, "number_per_run": t.number_per_run}
+            for name, t in timings.items()
+        },
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--baseline", required=True, help="directory holding mi_losses/")
-    parser.add_argument("--candidate", default=str(ROOT), help="directory holding mi_losses/")
+    parser.add_argument(
+        "--checkouts",
+        nargs="+",
+        metavar="NAME=DIR",
+        help="folders holding mi_losses/, the first one the baseline",
+    )
     parser.add_argument(
         "--shapes",
         nargs="+",
-        default=[
-            "sequence,16,64,256",
-            "sequence,64,128,768",
-            "sequence,32,512,1024",
-            "sequence,128,128,768",
-            "token,4,64,256",
-            "token,8,128,768",
-            "token,8,256,768",
-            "token,8,1024,4096",
-        ],
+        default=SMALL_SHAPES + ISSUE_SHAPES,
         help="granularity,B,S,E of each shape (float32)",
     )
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per subprocess")
-    parser.add_argument("--rounds", type=int, default=1, help="subprocesses per library and shape")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="subprocesses per checkout, shape")
     parser.add_argument(
-        "--memory", action="store_true", help="also the peak memory of one call (MiB)"
+        "--min-run-time", type=float, default=1.0, help="seconds of timed calls per subprocess"
     )
-    parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # library, shape (internal)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="append every subprocess's result here")
+    parser.add_argument(
+        "--load", type=Path, nargs="+", help="print the tables of saved results (of --shapes)"
+    )
+    parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # DIR, shape (internal)
     return parser
 
 
-def _best(args: argparse.Namespace, shape: str) -> dict[str, dict[str, float]]:
-    """Each library's fastest round on ``shape``, one subprocess per round and library."""
-    best: dict[str, dict[str, float]] = {}
-    for _ in range(args.rounds):
-        for name, library in (("baseline", args.baseline), ("candidate", args.candidate)):
-            command = [sys.executable, __file__, "--baseline", args.baseline]
-            command += ["--measure", library, shape, "--repeats", str(args.repeats)]
-            command += ["--threads", str(args.threads)] + (["--memory"] if args.memory else [])
-            environment = {**os.environ, "PYTHONPATH": ""}
-            output = subprocess.run(
-                command, check=True, capture_output=True, text=True, env=environment
-            ).stdout
-            result = json.loads(output.strip().splitlines()[-1])
-            if name not in best or result["library"] < best[name]["library"]:
-                best[name] = result
-    return best
-
-
-def main() -> None:
-    args = _parser().parse_args()
-    if args.measure:
-        library, shape = args.measure
-        result = measure(library, shape.split(","), args.repeats, args.threads, args.memory)
-        print(json.dumps(result))
-        return
-    print(f"baseline {args.baseline}, candidate {args.candidate}; {args.threads} torch threads;")
-    print(f"load average at start {os.getloadavg()[0]:.1f}; torch {torch.__version__}\n")
-    print(
-        "| shape | baseline s | floor s | baseline/floor | candidate s | floor s | "
-        "candidate/floor | candidate/baseline (times) | candidate/baseline (over floors) |"
+def _commit(folder: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", folder, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
-    peaks = []
+    return result.stdout.strip() or "?"
+
+
+def _run_one(args: argparse.Namespace, name: str, folder: str, shape: str) -> dict[str, Any]:
+    """One subprocess: the record of one checkout on one shape (``error`` if it failed)."""
+    command = [sys.executable, __file__, "--measure", folder, shape]
+    command += ["--min-run-time", str(args.min_run_time), "--threads", str(args.threads)]
+    environment = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": str(args.threads)}
+    process = subprocess.run(command, capture_output=True, text=True, env=environment)
+    record: dict[str, Any] = {"checkout": name, "commit": _commit(folder), "shape": shape}
+    record["load"] = round(os.getloadavg()[0], 2)
+    record["threads"] = args.threads
+    if process.returncode != 0:
+        record["error"] = (process.stderr.strip().splitlines() or ["?"])[-1][:300]
+    else:
+        record.update(json.loads(process.stdout.strip().splitlines()[-1]))
+    return record
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every round of every shape and checkout, saved to ``--json`` as they come."""
+    records = []
+    checkouts = [item.split("=", 1) for item in args.checkouts]
     for shape in args.shapes:
-        best = _best(args, shape)
-        if args.memory:
-            peaks.append((shape, best["baseline"]["peak_mib"], best["candidate"]["peak_mib"]))
-        base, cand = best["baseline"], best["candidate"]
-        base_ratio = base["library"] / base["floor"]
-        cand_ratio = cand["library"] / cand["floor"]
-        print(
-            f"| {shape.replace(',', ' ')} | {base['library']:.4f} | {base['floor']:.4f} | "
-            f"{base_ratio:.2f}x | {cand['library']:.4f} | {cand['floor']:.4f} | "
-            f"{cand_ratio:.2f}x | {cand['library'] / base['library']:.2f}x | "
-            f"{cand_ratio / base_ratio:.2f}x |",
-            flush=True,
-        )
-    print(f"\nload average at end {os.getloadavg()[0]:.1f}")
-    if peaks:
-        print("\n| shape | baseline peak MiB | candidate peak MiB | candidate/baseline |")
-        print("|---|--:|--:|--:|")
-        for shape, base_mib, cand_mib in peaks:
-            ratio = cand_mib / base_mib if base_mib else float("nan")
-            print(f"| {shape.replace(',', ' ')} | {base_mib:.1f} | {cand_mib:.1f} | {ratio:.2f}x |")
+        for _ in range(args.rounds):
+            for name, folder in checkouts:
+                records.append(_run_one(args, name, folder, shape))
+                summary = records[-1].get("error") or f"{records[-1]['peak_mib']:.0f} MiB"
+                print(f"[versions] {shape} {name}: {summary}", file=sys.stderr, flush=True)
+                if args.json:
+                    with open(args.json, "a") as handle:
+                        handle.write(json.dumps(records[-1]) + "\n")
+    return records
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = _parser().parse_args(argv)
+    if args.measure:
+        folder, shape = args.measure
+        result = measure(Path(folder).resolve(), shape, args.min_run_time, args.threads)
+        print(json.dumps(result))
+        return [result]
+    if args.load:
+        lines = [line for path in args.load for line in path.read_text().splitlines() if line]
+        saved = [json.loads(line) for line in lines]
+        records = [r for shape in args.shapes for r in saved if r["shape"] == shape]
+    elif args.checkouts:
+        print(f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
+        records = run(args)
+        print(f"load average at end {os.getloadavg()[0]:.2f}\n")
+    else:
+        raise SystemExit("pass --checkouts NAME=DIR ... (or --load FILE ...)")
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.versions_table import compare_tables, markdown_table
+
+    print(markdown_table(records))
+    compare_tables(records)
+    return records
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 One forward + backward of ``vocabulary_mutual_information`` (gradients w.r.t. the noisy
 embeddings, ``means`` and ``stds``) at ``N`` tokens, a ``V``-row vocabulary and ``E`` features,
 against the **floor**: the raw matrix products the chunked kernel runs for the same shapes, timed
-alone in the same process on preallocated operands (the two alternate, medians of ``--repeats``). Per chunk of ``C`` rows the forward pass
+alone in the same process on preallocated operands (each with
+``torch.utils.benchmark.Timer.blocked_autorange``: a warm-up call, then ``--min-run-time``
+seconds of timed calls; medians). Per chunk of ``C`` rows the forward pass
 runs one ``(N, 2E) x (2E, C)`` product; the backward pass recomputes it and runs
 ``(N, C) x (C, 2E)`` and ``(C, N) x (N, 2E)``: four products of ``N * 2E * C``
 multiply-adds per chunk in all. Peak memory is the high-water mark of tensor memory above the
@@ -12,26 +14,25 @@ inputs during the call (``torch.profiler`` memory events on CPU,
 size a non-chunked implementation would hold several of.
 
     python benchmarks/bench_vocabulary.py                      # N=4096, V=32768, E=1024
-    python benchmarks/bench_vocabulary.py --tokens 256 --vocab 2048 --dim 64 --repeats 3
+    python benchmarks/bench_vocabulary.py --tokens 256 --vocab 2048 --dim 64 --min-run-time 1
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python benchmarks/bench_vocabulary.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_estimators import MemoryMeter, machine_line
-
+from benchmarks.memory import MemoryMeter
+from benchmarks.report import machine_line
+from benchmarks.timing import time_step
 from mi_losses.functional import vocabulary_mutual_information
 
 MIB = 2**20
@@ -95,44 +96,18 @@ def floor_step(n: int, v: int, e: int, chunk: int, device: torch.device) -> Call
     return step
 
 
-def timed(
-    steps: list[Callable[[], Any]], device: torch.device, warmup: int, repeats: int
-) -> list[float]:
-    """Median seconds of each step after ``warmup`` runs, the steps alternating so that a
-    machine shared with other jobs slows them alike."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        for step in steps:
-            step()
-    sync()
-    times: list[list[float]] = [[] for _ in steps]
-    for _ in range(repeats):
-        for step, record in zip(steps, times, strict=True):
-            start = time.perf_counter()
-            step()
-            sync()
-            record.append(time.perf_counter() - start)
-    return [statistics.median(record) for record in times]
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     n, v, e, chunk = args.tokens, args.vocab, args.dim, args.chunk
     inputs = make_inputs(n, v, e, torch.float32, device)
-    library, floor = timed(
-        [library_step(inputs, chunk), floor_step(n, v, e, chunk, device)],
-        device,
-        args.warmup,
-        args.repeats,
-    )
     memory: dict[str, int] = {}
-    with MemoryMeter(device, "auto").measure(memory):
+    with MemoryMeter(device, "auto").measure(memory):  # also the library's warm-up
         library_step(inputs, chunk)()
+    library, floor = (
+        time_step(step, min_run_time=args.min_run_time, num_threads=args.threads).median
+        for step in (library_step(inputs, chunk), floor_step(n, v, e, chunk, device))
+    )
     dense = n * v * 4
     return {
         "N": n,
@@ -169,8 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--chunk", type=int, default=4096, help="vocab_chunk_size")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--warmup", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--min-run-time", type=float, default=0.0, help="seconds of timed calls per step"
+    )
     args = parser.parse_args(argv)
     row = run(args)
     print(machine_line(torch.device(args.device)))

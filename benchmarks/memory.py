@@ -12,7 +12,7 @@ import contextlib
 import ctypes
 import gc
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -110,3 +110,25 @@ class MemoryMeter:
             with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
                 yield
             result["peak"] = profiler_peak(prof)
+
+
+class FirstCallMeasured:
+    """``step`` whose first call runs under ``meter`` (the timer's untimed warm-up call when
+    given to :func:`benchmarks.timing.time_step`): its peak extra bytes land in ``peak_bytes``
+    and, with ``keep``, its result in ``first``; later calls run ``step`` alone."""
+
+    def __init__(self, step: Callable[[], Any], meter: MemoryMeter, keep: bool = False) -> None:
+        self.step, self.meter, self.keep = step, meter, keep
+        self.peak_bytes: int | None = None
+        self.first: Any = None
+
+    def __call__(self) -> Any:
+        if self.peak_bytes is not None:
+            return self.step()
+        peak: dict[str, int] = {}
+        with self.meter.measure(peak):
+            result = self.step()
+        self.peak_bytes = peak["peak"]
+        if self.keep:
+            self.first = result
+        return result

@@ -4,23 +4,42 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils import benchmark
 
 from benchmarks.floor import floor_operands, floor_step
 from benchmarks.grids import DTYPES, Case, active_counts, make_inputs
-from benchmarks.memory import MemoryMeter
+from benchmarks.memory import FirstCallMeasured, MemoryMeter
 from benchmarks.naive import naive_memory_estimate, naive_mutual_information_sub_batch
-from benchmarks.timing import Budget, Measurement, measure
+from benchmarks.timing import calls, fastest, synchronize, time_limit, time_step
 from mi_losses.functional import mutual_information_sub_batch
 
 GIB = 2**30
 MIB = 2**20
 
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclasses.dataclass
+class Measured:
+    """What one method measured on one case (``None`` where it did not run)."""
+
+    timing: benchmark.Measurement | None = None
+    peak_bytes: int | None = None  # of the first (untimed) call
+    value: float | None = None
+    grads: list[torch.Tensor] | None = None
+    note: str = ""
+
+    def seconds(self, statistic: str) -> float | None:
+        """Seconds per call: the median block or the fastest (``statistic="min"``)."""
+        if self.timing is None:
+            return None
+        return fastest(self.timing) if statistic == "min" else self.timing.median
 
 
 def _fmt_gib(nbytes: float) -> str:
@@ -73,37 +92,63 @@ def reference_value(case: Case, inputs: Inputs) -> float:
     return _REFERENCE_CACHE[key]
 
 
-def _budget(args: argparse.Namespace, first_call_limit: float = 0.0) -> Budget:
-    return Budget(args.warmup, args.repeats, args.target_seconds, first_call_limit)
-
-
 def _autocast(case: Case, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     if case.autocast:
         return torch.autocast(device.type, dtype=DTYPES[case.autocast])
     return contextlib.nullcontext()
 
 
+Step = Callable[[], Any]
+
+
 def _step(
     estimator: Callable[..., torch.Tensor], case: Case, inputs: Inputs, device: torch.device
-) -> Callable[[], torch.Tensor]:
-    """Forward + backward of ``estimator`` on ``inputs``; returns the value."""
+) -> Step:
+    """Forward + backward of ``estimator`` on ``inputs``: ``(value, gradients of the four
+    leaves)``, through ``torch.autograd.grad`` (nothing accumulates between calls)."""
 
-    def step() -> torch.Tensor:
+    def step() -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         with _autocast(case, device):
             value = estimator(*inputs, granularity=case.granularity)
-        value.backward()
-        return value
+        return value, torch.autograd.grad(value, _leaves(inputs))
 
     return step
 
 
-def measure_library(
-    case: Case,
-    inputs: Inputs,
-    args: argparse.Namespace,
+def measure(
+    step: Step,
     meter: MemoryMeter,
-    cleanup: Callable[[], None],
-) -> Measurement:
+    args: argparse.Namespace,
+    case: Case,
+    method: str,
+    first_call_limit: float = 0.0,
+) -> Measured:
+    """``Timer.blocked_autorange`` for ``--min-run-time``; its first (untimed) call measures
+    the peak memory. With ``first_call_limit`` (``torch.compile``) a compiling call comes first."""
+    if first_call_limit > 0:
+        with time_limit(first_call_limit):
+            step()
+        synchronize(meter.device)
+    measured_step = FirstCallMeasured(step, meter, keep=True)
+    timing = time_step(
+        measured_step,
+        min_run_time=args.min_run_time,
+        num_threads=torch.get_num_threads(),
+        label="mutual_information_sub_batch forward + backward",
+        sub_label=f"{case.shape_label} {case.dtype_label}" + (" compiled" if case.compile else ""),
+        description=method,
+    )
+    out = Measured(timing=timing, peak_bytes=measured_step.peak_bytes)
+    result = measured_step.first
+    if isinstance(result, tuple) and isinstance(result[0], torch.Tensor):
+        out.value = float(result[0].detach().double())
+        out.grads = [grad.detach().clone() for grad in result[1]]
+    return out
+
+
+def measure_library(
+    case: Case, inputs: Inputs, args: argparse.Namespace, meter: MemoryMeter
+) -> Measured:
     """The library; a failed ``torch.compile`` is reported in the note instead of raised."""
     estimator: Callable[..., torch.Tensor] = mutual_information_sub_batch
     if case.compile:
@@ -111,49 +156,36 @@ def measure_library(
         estimator = torch.compile(mutual_information_sub_batch)
     limit = args.compile_timeout if case.compile else 0.0
     try:
-        library = measure(
-            _step(estimator, case, inputs, meter.device),
-            meter.device,
-            meter,
-            _budget(args, limit),
-            cleanup,
+        return measure(
+            _step(estimator, case, inputs, meter.device), meter, args, case, "library", limit
         )
     except Exception as error:
         if not case.compile:
             raise
         torch._dynamo.reset()
         reason = f"{type(error).__name__}: {error}".splitlines()[0][:160]
-        return Measurement(note=f"compile failed: {reason}")
-    library.grads = [_grad(t) for t in _leaves(inputs)]
-    return library
+        return Measured(note=f"compile failed: {reason}")
 
 
 def measure_naive(
-    case: Case,
-    inputs: Inputs,
-    args: argparse.Namespace,
-    meter: MemoryMeter,
-    cleanup: Callable[[], None],
-) -> Measurement:
+    case: Case, inputs: Inputs, args: argparse.Namespace, meter: MemoryMeter
+) -> Measured:
     """The naive broadcast, unless it would need more than ``--naive-budget-gib``."""
     m, n = active_counts(case, inputs[2])
     needed = naive_memory_estimate(case, m, n)
     if args.skip_naive:
-        return Measurement(note="naive skipped (--skip-naive)")
+        return Measured(note="naive skipped (--skip-naive)")
     if needed > args.naive_budget_gib * GIB:
         budget = f"budget {args.naive_budget_gib:g} GiB"
-        return Measurement(note=f"naive skipped: would need {_fmt_gib(needed)} ({budget})")
+        return Measured(note=f"naive skipped: would need {_fmt_gib(needed)} ({budget})")
     step = _step(naive_mutual_information_sub_batch, case, inputs, meter.device)
-    naive = measure(step, meter.device, meter, _budget(args), cleanup)
-    naive.grads = [_grad(t) for t in _leaves(inputs)]
-    return naive
+    return measure(step, meter, args, case, "naive")
 
 
-def measure_floor(case: Case, args: argparse.Namespace, meter: MemoryMeter) -> Measurement:
+def measure_floor(case: Case, args: argparse.Namespace, meter: MemoryMeter) -> Measured:
     """The six matrix products of the kernel alone, in its compute dtype."""
     operands = floor_operands(case, meter.device)
-    step = functools.partial(floor_step, operands)
-    return measure(step, meter.device, meter, _budget(args), cleanup=lambda: None)
+    return measure(functools.partial(floor_step, operands), meter, args, case, "floor")
 
 
 def _leaves(inputs: Inputs) -> list[torch.Tensor]:
@@ -161,22 +193,18 @@ def _leaves(inputs: Inputs) -> list[torch.Tensor]:
     return [means, stds, clean, noisy]
 
 
-def _grad(leaf: torch.Tensor) -> torch.Tensor:
-    assert leaf.grad is not None
-    return leaf.grad.detach().clone()
-
-
 def _comparisons(
-    naive: Measurement, library: Measurement, floor: Measurement, reference: float | None
+    naive: Measured, library: Measured, floor: Measured, reference: float | None, statistic: str
 ) -> dict[str, Any]:
-    """Ratios of times and memory, and the accuracy columns."""
+    """Ratios of times (``statistic`` of each) and memory, and the accuracy columns."""
     grads_diff = None
     if library.grads is not None and naive.grads is not None:
         grads_diff = _grad_difference(library.grads, naive.grads)
+    naive_s, library_s = naive.seconds(statistic), library.seconds(statistic)
     return {
-        "naive_over_library_time": _ratio(naive.seconds, library.seconds),
+        "naive_over_library_time": _ratio(naive_s, library_s),
         "naive_over_library_mem": _ratio(naive.peak_bytes, library.peak_bytes),
-        "library_over_floor_time": _ratio(library.seconds, floor.seconds),
+        "library_over_floor_time": _ratio(library_s, floor.seconds(statistic)),
         "library_over_floor_mem": _ratio(library.peak_bytes, floor.peak_bytes),
         "library_value": library.value,
         "float64_value": reference,
@@ -187,15 +215,18 @@ def _comparisons(
     }
 
 
-def _measured(naive: Measurement, library: Measurement, floor: Measurement) -> dict[str, Any]:
+def _measured(
+    naive: Measured, library: Measured, floor: Measured, statistic: str
+) -> dict[str, Any]:
     """Times (the table's statistic, medians and minima), peaks and call counts per method."""
     row: dict[str, Any] = {}
-    for name, measured in (("naive", naive), ("library", library), ("floor", floor)):
-        row[f"{name}_s"] = measured.seconds
+    methods = (("naive", naive), ("library", library), ("floor", floor))
+    for name, measured in methods:
+        row[f"{name}_s"] = measured.seconds(statistic)
         row[f"{name}_peak_mib"] = _mib(measured.peak_bytes)
-        row[f"{name}_median_s"] = measured.median_seconds
-        row[f"{name}_min_s"] = measured.min_seconds
-    row["runs"] = f"{naive.runs}/{library.runs}/{floor.runs}"
+        row[f"{name}_median_s"] = measured.seconds("median")
+        row[f"{name}_min_s"] = measured.seconds("min")
+    row["runs"] = "/".join(str(calls(m.timing) if m.timing else 0) for _, m in methods)
     return row
 
 
@@ -205,19 +236,9 @@ def run_case(
     """Measure naive, library and floor for ``case``; one row of the table."""
     inputs = make_inputs(case, device, seed=args.seed)
     m, n = active_counts(case, inputs[2])
-
-    def cleanup() -> None:
-        for leaf in _leaves(inputs):
-            leaf.grad = None
-
-    library = measure_library(case, inputs, args, meter, cleanup)
-    cleanup()
-    naive = measure_naive(case, inputs, args, meter, cleanup)
-    cleanup()
+    library = measure_library(case, inputs, args, meter)
+    naive = measure_naive(case, inputs, args, meter)
     floor = measure_floor(case, args, meter)
-    if args.statistic == "min":  # the table's times and ratios use the fastest timed call
-        for measured in (naive, library, floor):
-            measured.seconds = measured.min_seconds
     reference = reference_value(case, inputs) if args.accuracy else None
     input_bytes = inputs[0].numel() * inputs[0].element_size()
     return {
@@ -226,11 +247,13 @@ def run_case(
         **{"B": case.batch, "S": case.seq, "E": case.emb, "M": m, "N": n},
         "dtype": case.dtype_label,
         "compile": "on" if case.compile else "off",
-        **_measured(naive, library, floor),
-        **_comparisons(naive, library, floor, reference),
+        **_measured(naive, library, floor, args.statistic),
+        **_comparisons(naive, library, floor, reference, args.statistic),
         # the library's peak in units of one float32 (M, N) matrix and of one (B, S, E) input
         "library_peak_over_mn": _ratio(library.peak_bytes, 4 * m * n),
         "library_peak_over_input": _ratio(library.peak_bytes, input_bytes),
         "naive_estimated_gib": naive_memory_estimate(case, m, n) / GIB,
         "note": "; ".join(note for note in (library.note, naive.note) if note),
+        # for a torch.utils.benchmark.Compare table (not a CSV column)
+        "timings": [m.timing for m in (naive, library, floor) if m.timing is not None],
     }

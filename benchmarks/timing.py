@@ -1,19 +1,22 @@
-"""Warm-up, one memory run and timed repeats of one step (times are never asserted on)."""
+"""Times of one step with ``torch.utils.benchmark`` (times are never asserted on).
+
+:func:`time_step` wraps ``Timer(...).blocked_autorange``: the timer's first block is the
+warm-up, it sets the torch threads (``num_threads``) for the timed calls only, and on CUDA it
+synchronises before reading the clock. A ``Measurement`` holds the time per call of every timed
+block (``.times``, ``.median``, ``.mean``); :func:`fastest` is the statistic that resists a
+busy machine. :func:`time_limit` bounds the compiling call of ``torch.compile``, made before
+timing starts.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import gc
 import signal
-import statistics
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-
-from benchmarks.memory import MemoryMeter
+from torch.utils import benchmark
 
 
 class CompileTimeout(Exception):
@@ -39,93 +42,66 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-@dataclasses.dataclass
-class Measurement:
-    """What one method measured on one case (``None`` where it did not run)."""
+def time_step(
+    step: Callable[[], Any],
+    *,
+    min_run_time: float,
+    num_threads: int = 1,
+    label: str = "",
+    sub_label: str = "",
+    description: str = "",
+) -> benchmark.Measurement:
+    """Time ``step()`` with ``Timer.blocked_autorange(min_run_time=...)``.
 
-    seconds: float | None = None  # median over the timed calls (min with --statistic min)
-    median_seconds: float | None = None
-    min_seconds: float | None = None
-    peak_bytes: int | None = None  # of the one memory run
-    runs: int = 0
-    value: float | None = None
-    grads: list[torch.Tensor] | None = None
-    note: str = ""
+    At least two calls: one that sizes the blocks (and warms up), then timed blocks until
+    ``min_run_time`` seconds have passed (at least one). ``label``, ``sub_label`` and
+    ``description`` place the measurement in a ``benchmark.Compare`` table (table, row, column).
+    """
+    timer = benchmark.Timer(
+        stmt="step()",
+        globals={"step": step},
+        label=label,
+        sub_label=sub_label,
+        description=description,
+        num_threads=num_threads,
+    )
+    return timer.blocked_autorange(min_run_time=min_run_time)
 
 
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    """How often to call a step: warm-up calls, timed repeats and the time they may take."""
-
-    warmup: int
-    repeats: int
-    target_seconds: float
-    first_call_limit: float = 0.0  # torch.compile: seconds allowed for the compiling call
+def fastest(measurement: benchmark.Measurement) -> float:
+    """Seconds per call of the fastest timed block."""
+    return min(measurement.times)
 
 
-def _sync(device: torch.device) -> None:
+def calls(measurement: benchmark.Measurement) -> int:
+    """Number of timed calls behind ``measurement``."""
+    return len(measurement.raw_times) * measurement.number_per_run
+
+
+def rebuilt(
+    raw_times: list[float],
+    number_per_run: int,
+    *,
+    label: str,
+    sub_label: str,
+    description: str,
+    num_threads: int,
+) -> benchmark.Measurement:
+    """A measurement made in another process, from its blocks' times and calls per block."""
+    spec = benchmark.TaskSpec(
+        stmt="step()",
+        setup="pass",
+        label=label,
+        sub_label=sub_label,
+        description=description,
+        num_threads=num_threads,
+    )
+    return benchmark.Measurement(
+        number_per_run=number_per_run, raw_times=list(raw_times), task_spec=spec
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _warm_up(
-    step: Callable[[], Any], device: torch.device, budget: Budget, cleanup: Callable[[], None]
-) -> None:
-    """Untimed calls; with a compile limit the first one compiles and is never measured."""
-    compiling = budget.first_call_limit > 0
-    calls = max(budget.warmup, 1) if compiling else max(budget.warmup - 1, 0)
-    for index in range(calls):
-        cleanup()
-        _sync(device)
-        with time_limit(budget.first_call_limit if index == 0 else 0.0):
-            step()
-        _sync(device)
-
-
-def _timed_calls(
-    step: Callable[[], Any], device: torch.device, repeats: int, cleanup: Callable[[], None]
-) -> tuple[list[float], Any]:
-    times: list[float] = []
-    result = None
-    for _ in range(repeats):
-        cleanup()
-        gc.collect()
-        _sync(device)
-        start = time.perf_counter()
-        result = step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times, result
-
-
-def measure(
-    step: Callable[[], Any],
-    device: torch.device,
-    meter: MemoryMeter,
-    budget: Budget,
-    cleanup: Callable[[], None],
-) -> Measurement:
-    """Warm up, measure the peak memory of one call, then time up to ``budget.repeats`` calls.
-
-    The memory run counts as the first warm-up call (except with ``first_call_limit``, i.e. for
-    ``torch.compile``, whose first call compiles and is never measured). Timed calls are not
-    profiled; fewer of them run when they would take longer than ``target_seconds``.
-    """
-    _warm_up(step, device, budget, cleanup)
-    cleanup()
-    memory: dict[str, int] = {}
-    start = time.perf_counter()
-    with meter.measure(memory):
-        step()
-    _sync(device)
-    untimed = time.perf_counter() - start
-    repeats = budget.repeats
-    if untimed * repeats > budget.target_seconds:
-        repeats = max(1, min(repeats, round(budget.target_seconds / max(untimed, 1e-9))))
-    times, result = _timed_calls(step, device, repeats, cleanup)
-    out = Measurement(peak_bytes=memory["peak"], runs=len(times))
-    out.seconds = out.median_seconds = statistics.median(times)
-    out.min_seconds = min(times)
-    if isinstance(result, torch.Tensor):
-        out.value = float(result.detach().double())
-    return out

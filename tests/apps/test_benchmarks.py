@@ -13,8 +13,10 @@ from types import ModuleType
 import pytest
 import torch
 
+from benchmarks import bench_versions, gpu_check, versions_table
 from benchmarks.grids import Case, make_inputs
 from benchmarks.naive import naive_mutual_information_sub_batch
+from benchmarks.timing import calls, fastest, rebuilt, time_step
 from tests import reference
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_estimators.py"
@@ -40,7 +42,7 @@ def _read_csv(path: Path) -> tuple[str, list[dict[str, str]]]:
 def test_tiny_grid_writes_tables_and_naive_agrees_with_library(
     bench: ModuleType, tmp_path: Path
 ) -> None:
-    rows = bench.main(["--grid", "tiny", "--out", str(tmp_path), "--warmup", "0", "--repeats", "1"])
+    rows = bench.main(["--grid", "tiny", "--out", str(tmp_path), "--min-run-time", "0"])
     assert len(rows) == len(bench.grid_tiny()) == 4
 
     machine, records = _read_csv(tmp_path / "results_cpu.csv")
@@ -77,7 +79,7 @@ def test_naive_is_skipped_over_budget_and_the_row_says_so(
 ) -> None:
     rows = bench.main(
         [
-            *("--grid", "tiny", "--out", str(tmp_path), "--warmup", "0", "--repeats", "1"),
+            *("--grid", "tiny", "--out", str(tmp_path), "--min-run-time", "0"),
             *("--dtype", "float32", "--only", "token", "--naive-budget-gib", "0"),
         ]
     )
@@ -102,7 +104,7 @@ def test_a_failing_compile_is_reported_in_the_row(
     monkeypatch.setattr(bench.torch, "compile", broken_compile)
     rows = bench.main(
         [
-            *("--grid", "tiny", "--out", str(tmp_path), "--warmup", "0", "--repeats", "1"),
+            *("--grid", "tiny", "--out", str(tmp_path), "--min-run-time", "0"),
             *("--dtype", "float32", "--compile", "on", "--only", "sequence"),
         ]
     )
@@ -168,3 +170,122 @@ def test_naive_matches_a_float64_loop(bench: ModuleType) -> None:
             per_query.append(-(torch.logsumexp(stacked, 0) - math.log(len(logits))))
     expected = torch.stack(per_query).mean()
     torch.testing.assert_close(value, expected.to(value.dtype), rtol=1e-12, atol=1e-12)
+
+
+def test_time_step_runs_the_timer_with_its_own_threads() -> None:
+    """Timer.blocked_autorange sets the torch threads of the timed calls and restores them."""
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    measurement = time_step(lambda: seen.append(torch.get_num_threads()), min_run_time=0.0)
+    assert set(seen) == {1} and len(seen) >= 2  # the block-size call, then a timed block
+    assert torch.get_num_threads() == before
+    assert calls(measurement) >= 1 and fastest(measurement) <= measurement.median
+    copy = rebuilt(
+        measurement.raw_times,
+        measurement.number_per_run,
+        label="l",
+        sub_label="s",
+        description="d",
+        num_threads=1,
+    )
+    assert copy.median == measurement.median and copy.times == measurement.times
+
+
+def _record(checkout: str, shape: str, seconds: list[float], floor: float, peak: float) -> dict:
+    return {
+        "checkout": checkout,
+        "commit": checkout[:3],
+        "shape": shape,
+        "peak_mib": peak,
+        "library": {"raw_times": seconds, "number_per_run": 1},
+        "floor": {"raw_times": [floor], "number_per_run": 1},
+    }
+
+
+def test_versions_table_keeps_each_checkouts_fastest_round_and_ratios_to_the_first() -> None:
+    records = [
+        _record("base", "token,4,8,16", [4.0, 4.0], 2.0, 100.0),
+        _record("new", "token,4,8,16", [3.0, 3.0, 3.0], 1.0, 50.0),
+        _record("new", "token,4,8,16", [1.0, 9.0, 2.0], 0.5, 52.0),  # median 2: the best round
+        {"checkout": "new", "shape": "sequence,4,8,16", "error": "RuntimeError: boom"},
+        _record("base", "sequence,4,8,16", [1.0], 1.0, 10.0),
+    ]
+    best = versions_table.best_rounds(records)
+    assert best[("token,4,8,16", "new")].library.median == 2.0
+    assert best[("token,4,8,16", "new")].rounds == 2
+    lines = versions_table.markdown_table(records).splitlines()
+    assert lines[0].startswith("| shape | checkout | s | GEMM floor s | s / floor |")
+    base, new, failed = lines[2], lines[3], lines[5]
+    assert base.split(" | ")[4:8] == ["2.00x", "1.00x", "100", "1.00x"]
+    # 2 s over its own floor of 0.5 s; 0.5x the baseline's time; the peak of that round, the range
+    assert new.split(" | ")[4:8] == ["4.00x", "0.50x", "52.0 (50.0-52.0)", "0.52x"]
+    assert "failed: RuntimeError: boom" in failed
+    versions_table.compare_tables(records)  # prints a torch.utils.benchmark.Compare
+
+
+@pytest.mark.slow
+def test_versions_measures_two_checkouts_in_subprocesses_and_reloads(tmp_path: Path) -> None:
+    """Both checkouts are this repository: the script runs, saves and reloads its records."""
+    saved = tmp_path / "runs.json"
+    root = str(SCRIPT.parents[1])
+    shapes = ["--shapes", "sequence,4,8,16", "token,4,8,16", "--min-run-time", "0"]
+    records = bench_versions.main(
+        ["--checkouts", f"a={root}", f"b={root}", *shapes, "--json", str(saved)]
+    )
+    assert [(r["shape"], r["checkout"]) for r in records] == [
+        ("sequence,4,8,16", "a"),
+        ("sequence,4,8,16", "b"),
+        ("token,4,8,16", "a"),
+        ("token,4,8,16", "b"),
+    ]
+    for record in records:
+        assert "error" not in record, record
+        assert record["peak_mib"] > 0 and record["threads"] == 1
+        assert min(record["library"]["raw_times"]) > 0 and min(record["floor"]["raw_times"]) > 0
+    assert bench_versions.main(["--load", str(saved), *shapes]) == records
+    only_tokens = bench_versions.main(["--load", str(saved), "--shapes", "token,4,8,16"])
+    assert only_tokens == records[2:]
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert gpu_check.main([]) == gpu_check.NO_CUDA_EXIT
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("gpu_check: no CUDA device here")
+
+
+def test_gpu_check_dry_run_on_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CUDA script's logic on tiny CPU shapes: streaming against reference, every estimator
+    that takes kernel=, both dtypes; time and ATen operations at the two timing shapes."""
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--min-run-time", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| kind | case | dtype | measured | limit | ok |")
+    checked = [line for line in out.splitlines() if line.startswith("| accuracy") and "yes" in line]
+    assert len(checked) >= 2 * 2 * 6  # granularities x dtypes x estimators with kernel=
+    assert out.count("| time | streaming ") == 4 and out.count("ATen operations per call") == 4
+    assert "0 of " in out.splitlines()[-1]
+
+
+def test_gpu_check_flags_a_path_that_disagrees_with_the_reference() -> None:
+    inputs = make_inputs(Case("token", 4, 8, 16), torch.device("cpu"), seed=3)
+
+    def estimator(x, kernel):  # type: ignore[no-untyped-def]
+        value = gpu_check.F.mutual_information_sub_batch(*x, granularity="token", kernel=kernel)
+        return value * (1.001 if kernel != "reference" else 1.0)
+
+    measured, ok = gpu_check._compare(estimator, inputs, "streaming", torch.float32)
+    assert not ok and measured.startswith("values ")
+    _, ok = gpu_check._compare(estimator, inputs, "streaming", torch.bfloat16)
+    assert ok  # 1e-3 is within the bfloat16 tolerance
+
+
+def test_gpu_check_errors_count_non_finite_entries() -> None:
+    want = torch.tensor([1.0, float("inf"), 3.0])
+    assert gpu_check.value_error(want.clone(), want, 1e-4) == 0.0
+    assert gpu_check.value_error(torch.tensor([1.0, 2.0, 3.0]), want, 1e-4) == float("inf")
+    assert gpu_check.value_error(torch.tensor([1.0, float("inf"), 3.1]), want, 1e-2) > 1
+    assert gpu_check.grad_error(torch.tensor([1.0, float("nan")]), torch.ones(2)) == float("inf")
+    assert gpu_check.grad_error(
+        torch.tensor([3.0, 4.0]), torch.tensor([3.0, 0.0])
+    ) == pytest.approx(4 / 3)
