@@ -2,19 +2,14 @@
 
 As in flash attention, the forward pass keeps a running maximum and sum per query (and the
 softmax-weighted sums of the statistics); no ``(M, N)`` matrix outlives a block. The backward
-pass takes the weights ``G = g_i exp(z_ij - logsumexp_i)`` of each block and multiplies them
-into the factors of :func:`~mi_losses.kernels.factors.sides` (``d y' = G wc``,
-``d wn = G^T y'^2``, ...); :mod:`~mi_losses.kernels.chain` carries them back to the inputs in
-a few elementwise passes, added into the gradient buffers block by block. When all scores of a
-direction fit one block (the common case) they are kept for the backward pass, and the factors
-are made one cache-sized chunk of positions at a time in both passes (kept between them only
-when there is a single chunk, which the backward pass would make anyway): the elementwise work
-stays in the CPU's caches and memory stays linear in the number of samples. Otherwise the query
-factors are made once per pass and the components' one block at a time.
-When a graph is being built (``create_graph=True``) the backward pass differentiates the
-reference path instead: second derivatives are exact. The Triton path
-(:mod:`mi_losses.kernels.triton`) runs inside the same :class:`StreamingLogSumExp` with fused
-block kernels."""
+pass multiplies the weights ``G = g_i exp(z_ij - logsumexp_i)`` of each block into the factors
+of :func:`~mi_losses.kernels.factors.sides`; :mod:`~mi_losses.kernels.chain` carries them to
+the inputs, added into the gradient buffers block by block. Scores that fit one block are kept
+for the backward pass; factors are made one cache-sized chunk of positions at a time (kept only
+when there is a single chunk), so memory stays linear in the number of samples. With
+``create_graph=True`` the backward pass differentiates the reference path (exact second
+derivatives). The Triton path (:mod:`mi_losses.kernels.triton`) runs inside the same
+:class:`StreamingLogSumExp` with fused block kernels."""
 
 from __future__ import annotations
 
@@ -94,10 +89,9 @@ def _add(
 
 
 class Saved(NamedTuple):
-    """What the backward pass of one direction keeps from the forward pass: the frame, the
-    scores when they fit one block (``None``: the blocks are made again), and the factors only
-    when all positions are one chunk (the backward pass would make these same factors at its
-    peak: keeping them costs no memory): memory stays linear in the number of samples."""
+    """What the backward pass of one direction keeps: the frame, the scores when they fit one
+    block (``None``: made again), and the factors only when all positions are one chunk (the
+    backward pass makes them at its peak anyway): memory stays linear in the samples."""
 
     frame: Frame
     scores: torch.Tensor | None
@@ -165,8 +159,7 @@ class TorchBlocks:
             s = sides(*d.positions(start, stop), dtype, check=check)
             total = add_sums(total, pair_sums(s, check=check, constants=with_statistics))
             frames.append(s.frame)
-        # One chunk: the backward pass would make these same factors at its peak anyway.
-        kept = s if len(chunks) == 1 else None
+        kept = s if len(chunks) == 1 else None  # made at the backward pass's peak anyway
         assert total is not None
         block = finish(total, check=check)
         count = block.valid.sum(-1).to(dtype)
