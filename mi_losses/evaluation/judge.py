@@ -55,6 +55,9 @@ class InversionSettings:
             ``None``: once per epoch).
         use_posterior: add the one-token Bayes posterior where the layer has one.
         max_steps: upper bound on training steps (``-1``: none).
+        selection_seed: ``None``: early stopping (and the weights kept) on the scored draw;
+            else on a separate draw of the validation text from this seed, so the scored draw
+            selects nothing.
     """
 
     d_model: int = 128
@@ -68,6 +71,7 @@ class InversionSettings:
     val_check_interval: int | None = None
     use_posterior: bool = True
     max_steps: int = -1
+    selection_seed: int | None = None
 
 
 def shared_draws(channel: StudyChannel, batches: list[Batch], eval_seed: int) -> list[Draw]:
@@ -139,6 +143,15 @@ def train_inversion(
     )
 
 
+def _attack_batches(draws: list[Draw], batches: list[Batch]) -> list[Batch]:
+    """Validation batches carrying a fixed draw (``embeddings``, ``log_posterior`` if any)."""
+    return [
+        {**batch, "embeddings": draw.embeddings}
+        | ({} if draw.log_posterior is None else {"log_posterior": draw.log_posterior})
+        for draw, batch in zip(draws, batches, strict=True)
+    ]
+
+
 def judge(
     channel: StudyChannel,
     encoder: torch.nn.Module,
@@ -197,12 +210,13 @@ def judge(
         )
     elif inversion is not None:
         fit_start = time.perf_counter()
-        val_batches = [
-            {**batch, "embeddings": draw.embeddings}
-            | ({} if draw.log_posterior is None else {"log_posterior": draw.log_posterior})
-            for draw, batch in zip(draws, batches, strict=True)
-        ]
-        attack = train_inversion(channel, data, val_batches, inversion, seed)
+        val_batches = _attack_batches(draws, batches)
+        selection = val_batches
+        if inversion.selection_seed is not None:
+            selection = _attack_batches(
+                shared_draws(channel, batches, inversion.selection_seed), batches
+            )
+        attack = train_inversion(channel, data, selection, inversion, seed)
         guesses = inversion_guesses(attack, val_batches)
         if bayes is not None:
             outside = ~torch.isin(bayes[:, 0], channel.candidates)

@@ -86,3 +86,37 @@ def test_release_channel_takes_a_log_channel_for_substitution_only(study) -> Non
     with pytest.raises(ValueError, match="log_channel"):
         ReleaseChannel("santext", 1.0, *common, log_channel=torch.zeros(V, 3))
     assert "learned_substitution" in STYLES
+
+
+def test_early_stopping_on_a_separate_draw_scores_the_shared_one(study) -> None:  # type: ignore[no-untyped-def]
+    from mi_losses.evaluation.judge import InversionSettings, shared_draws
+    from mi_losses.evaluation.sequences import sequence_batches
+
+    data, encoder = study
+    channel = ReleaseChannel("santext", 1.0, data.table, data.prior, data.candidates)
+    settings = InversionSettings(d_model=16, num_heads=2, batch_size=16, max_epochs=1)
+    common = dict(layer="santext", objective="none", parameter="epsilon", value=1.0, seed=0)
+    scored = judge(channel, encoder, data, inversion=settings, batch_size=8, **common)
+    settings.selection_seed = 7
+    held_out = judge(channel, encoder, data, inversion=settings, batch_size=8, **common)
+    check_points([scored, held_out])
+    # The curve starts with the untrained attack (the Bayes posterior's best candidate) on the
+    # draw that selects: the scored draw (seed 0) or the separate one (seed 7).
+    batches = sequence_batches(data.val, 8)
+
+    def posterior_failure(seed: int) -> float:
+        draws = shared_draws(channel, batches, seed)
+        found = torch.cat(
+            [
+                d.log_posterior[b["noise_mask"]].argmax(-1)
+                for d, b in zip(draws, batches, strict=True)
+            ]
+        )
+        ids = torch.cat([b["input_ids"][b["noise_mask"]] for b in batches])
+        return 1.0 - float((data.candidates[found] == ids).float().mean())
+
+    assert scored["inversion_curve"][0]["failure"] == pytest.approx(posterior_failure(0))
+    assert held_out["inversion_curve"][0]["failure"] == pytest.approx(posterior_failure(7))
+    assert posterior_failure(0) != posterior_failure(7)
+    # Both are scored on the shared draw (seed 0): the one-token attackers agree.
+    assert held_out["bayes_attack_failure"] == scored["bayes_attack_failure"]
