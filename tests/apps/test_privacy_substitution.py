@@ -15,25 +15,13 @@ from mi_losses.apps.privacy.substitution import (
 from mi_losses.evaluation.channels import ReleaseChannel
 from mi_losses.evaluation.judge import judge
 from mi_losses.evaluation.points import check_points
-from mi_losses.evaluation.sequences import StudyData
 from mi_losses.mechanisms import release_log_posterior
-from tests.apps.test_privacy_frontier import E, MeanPoolEncoder, V, sequences
+from tests.apps.test_privacy_frontier import V, study  # noqa: F401  (the fixture)
 
 SETTINGS = SubstitutionSettings(num_candidates=4, epsilon=2.0, learning_rate=0.1, batch_size=16)
 
 
-@pytest.fixture
-def study() -> tuple[StudyData, MeanPoolEncoder]:
-    table = torch.randn(V, E, generator=torch.Generator().manual_seed(0))
-    train, val = sequences(64, 1), sequences(16, 2)
-    val.input_ids[0, 1] = V - 1  # one validation token never seen in training
-    counts = torch.bincount(train.input_ids[train.noise_mask], minlength=V).double()
-    encoder = MeanPoolEncoder(table)
-    clean = encoder.sentence_embedding(table[val.input_ids], val.attention_mask)
-    return StudyData(train, val, table, counts, clean), encoder
-
-
-def test_training_on_the_mutual_information_lowers_it(study) -> None:  # type: ignore[no-untyped-def]
+def test_training_on_the_mutual_information_lowers_it(study) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     data, encoder = study
     with pytest.raises(ValueError, match="alpha"):
         train_substitution(encoder, data, 1.5, 1, 0, SETTINGS)
@@ -50,7 +38,7 @@ def test_training_on_the_mutual_information_lowers_it(study) -> None:  # type: i
     assert bool((own.mean() > fresh.log_probabilities()[data.candidates, 0].exp().mean()).all())
 
 
-def test_the_judge_sees_the_exact_channel(study) -> None:  # type: ignore[no-untyped-def]
+def test_the_judge_sees_the_exact_channel(study) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     data, encoder = study
     channel = substitution_channel(encoder, data, 0.5, 3, SETTINGS, seed=0)
     assert isinstance(channel, SubstitutionChannel)
@@ -78,7 +66,7 @@ def test_the_judge_sees_the_exact_channel(study) -> None:  # type: ignore[no-unt
     assert torch.equal(draw.embeddings[mask], data.table[data.candidates[released]])
 
 
-def test_release_channel_takes_a_log_channel_for_substitution_only(study) -> None:  # type: ignore[no-untyped-def]
+def test_release_channel_takes_a_log_channel_for_substitution_only(study) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     data, _ = study
     common = (data.table, data.prior, data.candidates)
     with pytest.raises(ValueError, match="log_channel"):
@@ -88,7 +76,7 @@ def test_release_channel_takes_a_log_channel_for_substitution_only(study) -> Non
     assert "learned_substitution" in STYLES
 
 
-def test_early_stopping_on_a_separate_draw_scores_the_shared_one(study) -> None:  # type: ignore[no-untyped-def]
+def test_early_stopping_on_a_separate_draw_scores_the_shared_one(study) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     from mi_losses.evaluation.judge import InversionSettings, shared_draws
     from mi_losses.evaluation.sequences import sequence_batches
 

@@ -199,6 +199,7 @@ def run(
     learned_steps: int = 60,
     cache_dir: str = "/tmp/mi_losses_privacy_cache",
     inversion: InversionSettings | None = None,
+    extra_inversions: list[InversionSettings] | None = None,
     skip_inversion: bool = False,
     num_threads: int | None = 1,
 ) -> list[dict[str, Any]]:
@@ -218,6 +219,8 @@ def run(
         learned_steps: training steps of the learned layers.
         cache_dir: where the study's data are cached.
         inversion: the inversion attack's settings (defaults of :class:`InversionSettings`).
+        extra_inversions: more inversion attackers per point (the strongest failure is over
+            all of them).
         skip_inversion: judge by nearest neighbour and Bayes only.
         num_threads: torch CPU threads.
     """
@@ -270,6 +273,7 @@ def run(
                 value=value,
                 seed=seed,
                 inversion=settings,
+                extra_inversions=extra_inversions or (),
             )
             point["build_seconds"] = build_seconds
             points.append(point)
