@@ -30,13 +30,12 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from mi_losses.attacks.inversion import InversionAttack, inversion_guesses, train_inversion_attack
 from mi_losses.attacks.nearest import nearest_token_ids
 from mi_losses.evaluation.channels import Draw, StudyChannel
 from mi_losses.evaluation.sentence import sentence_utility
-from mi_losses.evaluation.sequences import Batch, SequenceDataset, StudyData, sequence_batches
+from mi_losses.evaluation.sequences import Batch, StudyData, sequence_batches, training_loader
 
 
 @dataclass
@@ -130,13 +129,7 @@ def train_inversion(
         use_posterior=settings.use_posterior,
         schedule=settings.schedule,
     ).attach(channel)
-    loader = DataLoader(
-        SequenceDataset(data.train),
-        batch_size=settings.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    loader = training_loader(data.train, settings.batch_size, seed)
     return train_inversion_attack(
         attack,
         loader,

@@ -22,10 +22,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from mi_losses.evaluation.channels import ReleaseChannel, StudyChannel
-from mi_losses.evaluation.sequences import SequenceDataset, StudyData
+from mi_losses.evaluation.sequences import StudyData, training_loader
 from mi_losses.losses import RetrievalDistillation
 from mi_losses.mechanisms import LearnedSubstitution
 
@@ -68,13 +67,7 @@ def train_substitution(
     optimizer = torch.optim.Adam(layer.parameters(), lr=settings.learning_rate)
     utility_loss = RetrievalDistillation()
     prior = data.prior
-    loader = DataLoader(
-        SequenceDataset(data.train),
-        batch_size=settings.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    loader = training_loader(data.train, settings.batch_size, seed)
     history: list[dict[str, float]] = []
     while len(history) < steps:
         for batch in loader:
