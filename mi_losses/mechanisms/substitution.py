@@ -49,7 +49,8 @@ def nearest_candidates(
         ``output_table`` and float64 distances.
 
     Example:
-        >>> nearest_candidates(torch.eye(3), torch.eye(3), 2)[0][:, 0].tolist()
+        >>> indices, distances = nearest_candidates(torch.eye(3), torch.eye(3), 2)
+        >>> indices[:, 0].tolist()
         [0, 1, 2]
     """
     if table.ndim != 2 or output_table.ndim != 2 or table.shape[1] != output_table.shape[1]:
