@@ -19,7 +19,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from functools import partial
+from typing import Any, Literal, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "InversionAttack",
     "inversion_guesses",
     "train_inversion_attack",
+    "warmup_cosine",
 ]
 
 
@@ -82,6 +84,10 @@ class InversionAttack(pl.LightningModule):
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
         use_posterior: use the channel's ``log_posterior`` when it gives one.
+        schedule: ``"constant"`` learning rate, or ``"cosine"``: a linear warm-up over the
+            first ``warmup_fraction`` of the trainer's step budget, then a cosine decay to 0 at
+            its end (early stopping may end training before).
+        warmup_fraction: the warm-up's share of the step budget (``"cosine"`` only).
     """
 
     def __init__(
@@ -96,8 +102,15 @@ class InversionAttack(pl.LightningModule):
         learning_rate: float = 1e-3,
         weight_decay: float = 0.01,
         use_posterior: bool = True,
+        schedule: Literal["constant", "cosine"] = "constant",
+        warmup_fraction: float = 0.05,
     ) -> None:
         super().__init__()
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must lie in [0, 1), got {warmup_fraction}")
+        self.schedule, self.warmup_fraction = schedule, warmup_fraction
         if candidate_ids.ndim != 1 or candidate_table.shape[:1] != candidate_ids.shape:
             raise ValueError(
                 "candidate_ids must have shape (C,) and candidate_table (C, E), got "
@@ -225,10 +238,35 @@ class InversionAttack(pl.LightningModule):
             self.load_state_dict(self._best_state)
         return self
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(
             self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
         )
+        if self.schedule == "constant":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.warmup_fraction * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(warmup_cosine, warmup, total)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def warmup_cosine(warmup: int, total: int, step: int) -> float:
+    """Learning-rate factor at ``step``: linear warm-up over ``warmup`` steps, then a cosine
+    decay from 1 to 0 at ``total`` steps.
+
+    Example:
+        >>> [round(warmup_cosine(2, 6, step), 2) for step in range(7)]
+        [0.5, 1.0, 1.0, 0.85, 0.5, 0.15, 0.0]
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()

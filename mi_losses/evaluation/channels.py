@@ -164,15 +164,18 @@ class ReleaseChannel(StudyChannel):
 
     ``"santext"``: the channel is exact. Its Bayes attacker and the exact MI use every vocabulary
     token as an input, with the smoothed training prior (as the Gaussian layers').
+    ``"substitution"``: a given exact channel ``log_channel`` ``(V, C)`` (a learned
+    :class:`~mi_losses.mechanisms.LearnedSubstitution`), judged as SanText's.
     ``"laplace_dp"``: the channel is estimated by Monte Carlo for the candidates as inputs
     (:func:`~mi_losses.mechanisms.laplace_channel_log_probabilities`, ``num_samples`` draws per
     candidate); its Bayes attacker guesses among the candidates, and no exact MI is reported.
 
     Args:
-        mechanism: ``"santext"`` or ``"laplace_dp"``.
-        epsilon: the mechanism's parameter.
+        mechanism: ``"santext"``, ``"laplace_dp"`` or ``"substitution"``.
+        epsilon: the mechanism's parameter (``"substitution"``: its initial SanText epsilon).
         num_samples: Monte Carlo draws per candidate (``"laplace_dp"`` only).
         seed: seed of the Monte Carlo estimate.
+        log_channel: ``"substitution"`` only: its $\\log p(y \\mid x)$ ``(V, C)``.
     """
 
     context_free = True
@@ -187,10 +190,15 @@ class ReleaseChannel(StudyChannel):
         *,
         num_samples: int = 128,
         seed: int = 0,
+        log_channel: torch.Tensor | None = None,
     ) -> None:
         super().__init__(table, prior, candidates)
-        if mechanism not in ("santext", "laplace_dp"):
-            raise ValueError(f"mechanism must be 'santext' or 'laplace_dp', got {mechanism!r}")
+        if mechanism not in ("santext", "laplace_dp", "substitution"):
+            raise ValueError(
+                f"mechanism must be 'santext', 'laplace_dp' or 'substitution', got {mechanism!r}"
+            )
+        if (mechanism == "substitution") != (log_channel is not None):
+            raise ValueError("log_channel must be given for mechanism 'substitution' only")
         self.mechanism = mechanism
         self.epsilon = float(epsilon)
         self.num_samples = num_samples
@@ -201,13 +209,15 @@ class ReleaseChannel(StudyChannel):
         if mechanism == "santext":
             # (V, C): every vocabulary token as an input, the candidates as outputs.
             self.log_channel = santext_log_probabilities(table, self.output_table, self.epsilon)
+        if log_channel is not None:
+            self.log_channel = log_channel
         self._candidate_log_channel: torch.Tensor | None = None
 
     @property
     def candidate_log_channel(self) -> torch.Tensor:
         """``log p(y | x)`` with the candidates as inputs and outputs ``(C, C)`` (computed once)."""
         if self._candidate_log_channel is None:
-            if self.mechanism == "santext":
+            if self.mechanism != "laplace_dp":
                 self._candidate_log_channel = self.log_channel[self.candidates]
             else:
                 self._candidate_log_channel = laplace_channel_log_probabilities(
@@ -221,7 +231,7 @@ class ReleaseChannel(StudyChannel):
     @torch.no_grad()
     def draw(self, input_ids: torch.Tensor, noise_mask: torch.Tensor) -> Draw:
         tokens = input_ids[noise_mask]
-        if self.mechanism == "santext":
+        if self.mechanism != "laplace_dp":
             released = santext_release(tokens, self.log_channel)
         else:
             released = laplace_release(tokens, self.table, self.epsilon, self.output_table)
@@ -240,7 +250,7 @@ class ReleaseChannel(StudyChannel):
         self, draws: list[Draw], batches: list[dict[str, torch.Tensor]], top_k: int = 5
     ) -> torch.Tensor:
         released = _released(draws, batches)
-        if self.mechanism == "santext":
+        if self.mechanism != "laplace_dp":
             log_prior = self.prior.log()
             return torch.cat(
                 [
@@ -258,7 +268,7 @@ class ReleaseChannel(StudyChannel):
     def exact_mutual_information(
         self, draws: list[Draw], batches: list[dict[str, torch.Tensor]]
     ) -> float | None:
-        if self.mechanism != "santext":
+        if self.mechanism == "laplace_dp":
             return None
         released = _released(draws, batches)
         ids = torch.cat([b["input_ids"][b["noise_mask"]] for b in batches])

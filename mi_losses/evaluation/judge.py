@@ -14,7 +14,8 @@ For a :class:`~mi_losses.evaluation.channels.StudyChannel`:
    failure stops falling, evaluated on the shared draw. Where a Bayes attacker exists, a
    position whose Bayes guess is a token outside the inversion's candidates (never seen in
    training) takes the Bayes guess: the combined attacker is never weaker there.
-5. ``strongest_attack_failure``: the lowest failure among the attackers that apply.
+5. ``strongest_attack_failure``: the lowest failure among the attackers that apply (with
+   ``extra_inversions``, over every inversion attacker too).
 
 Failures are fractions of the noised validation tokens missed by the top-1 guess (``*_top5_*``:
 by the five best guesses).
@@ -23,18 +24,18 @@ by the five best guesses).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from mi_losses.attacks.inversion import InversionAttack, inversion_guesses, train_inversion_attack
 from mi_losses.attacks.nearest import nearest_token_ids
 from mi_losses.evaluation.channels import Draw, StudyChannel
 from mi_losses.evaluation.sentence import sentence_utility
-from mi_losses.evaluation.sequences import Batch, SequenceDataset, StudyData, sequence_batches
+from mi_losses.evaluation.sequences import Batch, StudyData, sequence_batches, training_loader
 
 
 @dataclass
@@ -55,6 +56,11 @@ class InversionSettings:
             ``None``: once per epoch).
         use_posterior: add the one-token Bayes posterior where the layer has one.
         max_steps: upper bound on training steps (``-1``: none).
+        schedule: ``"constant"`` learning rate or ``"cosine"`` (warm-up, then a cosine decay
+            over the step budget, :class:`~mi_losses.attacks.inversion.InversionAttack`).
+        selection_seed: ``None``: early stopping (and the weights kept) on the scored draw;
+            else on a separate draw of the validation text from this seed, so the scored draw
+            selects nothing.
     """
 
     d_model: int = 128
@@ -68,6 +74,8 @@ class InversionSettings:
     val_check_interval: int | None = None
     use_posterior: bool = True
     max_steps: int = -1
+    schedule: Literal["constant", "cosine"] = "constant"
+    selection_seed: int | None = None
 
 
 def shared_draws(channel: StudyChannel, batches: list[Batch], eval_seed: int) -> list[Draw]:
@@ -119,14 +127,9 @@ def train_inversion(
         max_length=int(data.train.input_ids.shape[1]),
         learning_rate=settings.learning_rate,
         use_posterior=settings.use_posterior,
+        schedule=settings.schedule,
     ).attach(channel)
-    loader = DataLoader(
-        SequenceDataset(data.train),
-        batch_size=settings.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    loader = training_loader(data.train, settings.batch_size, seed)
     return train_inversion_attack(
         attack,
         loader,
@@ -137,6 +140,52 @@ def train_inversion(
         min_delta=settings.min_delta,
         val_check_interval=settings.val_check_interval,
     )
+
+
+def _attack_batches(draws: list[Draw], batches: list[Batch]) -> list[Batch]:
+    """Validation batches carrying a fixed draw (``embeddings``, ``log_posterior`` if any)."""
+    return [
+        {**batch, "embeddings": draw.embeddings}
+        | ({} if draw.log_posterior is None else {"log_posterior": draw.log_posterior})
+        for draw, batch in zip(draws, batches, strict=True)
+    ]
+
+
+def _inversion_attack(
+    channel: StudyChannel,
+    data: StudyData,
+    draws: list[Draw],
+    batches: list[Batch],
+    bayes: torch.Tensor | None,
+    ids: torch.Tensor,
+    settings: InversionSettings,
+    seed: int,
+) -> dict[str, Any]:
+    """Train one inversion attack and score it on the shared ``draws`` (keys of step 4)."""
+    start = time.perf_counter()
+    val_batches = _attack_batches(draws, batches)
+    selection = val_batches
+    if settings.selection_seed is not None:
+        selection = _attack_batches(
+            shared_draws(channel, batches, settings.selection_seed), batches
+        )
+    attack = train_inversion(channel, data, selection, settings, seed)
+    guesses = inversion_guesses(attack, val_batches)
+    result: dict[str, Any] = {}
+    if bayes is not None:
+        outside = ~torch.isin(bayes[:, 0], channel.candidates)
+        guesses[outside] = bayes[outside]
+        result["bayes_fallback_tokens"] = int(outside.sum())
+    result["failure"], result["top5_failure"] = failures(guesses, ids)
+    result["curve"] = attack.validation_curve
+    end = attack.training_end
+    result["steps"] = end["steps"]
+    result["epochs"] = end["epochs"]
+    result["stopped_early"] = end["stopped_early"]
+    result["best_step"] = end["best_step"]
+    result["settings"] = asdict(settings)
+    result["seconds"] = time.perf_counter() - start
+    return result
 
 
 def judge(
@@ -153,8 +202,14 @@ def judge(
     inversion: InversionSettings | None = None,
     batch_size: int = 32,
     skip_inversion_below: float = 0.01,
+    extra_inversions: Sequence[InversionSettings] = (),
 ) -> dict[str, Any]:
     """One point of the frontier (see the module docstring).
+
+    ``extra_inversions``: more inversion attackers (for example a larger one with a learning
+    rate schedule) trained where ``inversion`` is; each is scored like it and listed in
+    ``extra_inversions`` (``failure``, ``top5_failure``, ``curve``, ``settings``, ...), and
+    ``strongest_attack_failure`` is the lowest failure over all attackers.
 
     ``inversion=None`` skips the learned attack; so does a layer whose nearest-neighbour or
     Bayes failure is already below ``skip_inversion_below`` (the strongest failure can only be
@@ -196,32 +251,19 @@ def judge(
             f"a one-token attacker already fails on fewer than {skip_inversion_below:g} of tokens"
         )
     elif inversion is not None:
-        fit_start = time.perf_counter()
-        val_batches = [
-            {**batch, "embeddings": draw.embeddings}
-            | ({} if draw.log_posterior is None else {"log_posterior": draw.log_posterior})
-            for draw, batch in zip(draws, batches, strict=True)
-        ]
-        attack = train_inversion(channel, data, val_batches, inversion, seed)
-        guesses = inversion_guesses(attack, val_batches)
-        if bayes is not None:
-            outside = ~torch.isin(bayes[:, 0], channel.candidates)
-            guesses[outside] = bayes[outside]
-            point["inversion_bayes_fallback_tokens"] = int(outside.sum())
-        point["inversion_failure"], point["inversion_top5_failure"] = failures(guesses, ids)
-        point["inversion_curve"] = attack.validation_curve
-        end = attack.training_end
-        point["inversion_steps"] = end["steps"]
-        point["inversion_epochs"] = end["epochs"]
-        point["inversion_stopped_early"] = end["stopped_early"]
-        point["inversion_best_step"] = end["best_step"]
-        point["inversion_settings"] = asdict(inversion)
-        point["inversion_seconds"] = time.perf_counter() - fit_start
+        attack = _inversion_attack(channel, data, draws, batches, bayes, ids, inversion, seed)
+        point.update({f"inversion_{key}": value for key, value in attack.items()})
+        if extra_inversions:
+            point["extra_inversions"] = [
+                _inversion_attack(channel, data, draws, batches, bayes, ids, settings, seed)
+                for settings in extra_inversions
+            ]
     applicable = [
         point[key]
         for key in ("nn_failure", "bayes_attack_failure", "inversion_failure")
         if point[key] is not None
     ]
+    applicable += [attack["failure"] for attack in point.get("extra_inversions", [])]
     point["strongest_attack_failure"] = min(applicable)
     point.update(channel.describe())
     point["seconds"] = time.perf_counter() - start

@@ -38,9 +38,13 @@ def _mean_spread(values: list[float | None]) -> str:
 
 
 def _epoch_cap(point: dict[str, Any]) -> str:
-    """The inversion attack's epoch cap of a point, ``"-"`` where it was not run."""
+    """The inversion attack's epoch cap of a point, ``"-"`` where it was not run; ``"40+1"``
+    where one more attacker (``extra_inversions``) judged it too."""
     settings = point.get("inversion_settings")
-    return "-" if not settings else str(settings["max_epochs"])
+    if not settings:
+        return "-"
+    extra = len(point.get("extra_inversions", []))
+    return f"{settings['max_epochs']}+{extra}" if extra else str(settings["max_epochs"])
 
 
 def _attack_end(group: list[dict[str, Any]]) -> str:
@@ -86,7 +90,7 @@ def format_points(points: list[dict[str, Any]], *, order: Sequence[str] = ()) ->
 
     def rank(key: tuple[str, str, str, float, str]) -> tuple[int, str, str, float, int]:
         """Layer order, objective, value, then the largest epoch cap first."""
-        cap = -int(key[4]) if key[4].isdigit() else 0
+        cap = -int(key[4].split("+")[0]) if key[4][:1].isdigit() else 0
         index = layers.index(key[0]) if key[0] in layers else len(layers)
         return index, key[0], key[1], key[3], cap
 
@@ -120,5 +124,6 @@ def check_points(points: list[dict[str, Any]]) -> None:
             for k in ("nn_failure", "bayes_attack_failure", "inversion_failure")
             if point[k] is not None
         ]
+        applicable += [attack["failure"] for attack in point.get("extra_inversions", [])]
         if not math.isclose(point["strongest_attack_failure"], min(applicable)):
             raise ValueError("strongest_attack_failure must be the lowest failure")

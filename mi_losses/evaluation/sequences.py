@@ -1,7 +1,7 @@
 """Fixed-length token sequences and the fixed pieces of a privacy study on them.
 
 - :class:`TokenizedSequences`: token ids with their attention and noise masks, all ``(N, S)``;
-  :class:`SequenceDataset` serves them to a ``DataLoader``, :func:`sequence_batches` cuts them
+  :class:`SequenceDataset` serves them to a ``DataLoader`` (:func:`training_loader`), :func:`sequence_batches` cuts them
   into fixed-order batches.
 - :class:`StudyData`: training and validation sequences, the vocabulary table, the training
   token counts (the attacker's prior) and the clean sentence embeddings of the validation
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 Batch = dict[str, torch.Tensor]
 """A batch of sequences: ``input_ids``, ``attention_mask``, ``noise_mask``, each ``(B, S)``."""
@@ -70,6 +70,20 @@ def sequence_batches(sequences: TokenizedSequences, batch_size: int) -> list[Bat
         }
         for start in range(0, len(sequences), batch_size)
     ]
+
+
+def training_loader(
+    sequences: TokenizedSequences, batch_size: int, seed: int
+) -> DataLoader[dict[str, torch.Tensor]]:
+    """Shuffled training batches of ``batch_size`` sequences (the last partial one dropped),
+    their order seeded by ``seed``."""
+    return DataLoader(
+        SequenceDataset(sequences),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 PRIOR_SMOOTHING = 0.5

@@ -2,6 +2,8 @@
 
 :mod:`mi_losses.mechanisms.metric_dp`: multivariate Laplace with nearest-token projection
 (Feyisetan et al. 2020) and SanText (Yue et al. 2021), with their channels and Bayes posterior.
+:mod:`mi_losses.mechanisms.substitution`: a learned substitution channel over each token's
+nearest candidates, with its exact MI.
 """
 
 from mi_losses.mechanisms.metric_dp import (
@@ -13,11 +15,14 @@ from mi_losses.mechanisms.metric_dp import (
     santext_log_probabilities,
     santext_release,
 )
+from mi_losses.mechanisms.substitution import LearnedSubstitution, nearest_candidates
 
 __all__ = [
+    "LearnedSubstitution",
     "channel_mutual_information",
     "laplace_channel_log_probabilities",
     "laplace_release",
+    "nearest_candidates",
     "release_log_posterior",
     "sample_multivariate_laplace",
     "santext_log_probabilities",

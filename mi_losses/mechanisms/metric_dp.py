@@ -175,15 +175,68 @@ def release_log_posterior(
     return joint.log_softmax(-1).reshape(*released.shape, log_channel.shape[0])
 
 
-def channel_mutual_information(log_channel: torch.Tensor, prior: torch.Tensor) -> float:
+def channel_mutual_information(
+    log_channel: torch.Tensor,
+    prior: torch.Tensor,
+    *,
+    outputs: torch.Tensor | None = None,
+    num_outputs: int | None = None,
+) -> torch.Tensor:
     """$I(X; Y) = \\sum_x p_x \\sum_y p(y \\mid x) \\log (p(y \\mid x) / p(y))$ in nats, exactly.
 
+    Dense (``outputs=None``): ``log_channel`` is $\\log p(y \\mid x)$ ``(V_in, V_out)``. Sparse:
+    ``log_channel`` ``(V_in, K)`` is the log probability of the output ``outputs[x, k]`` (a
+    channel that reaches only ``K`` outputs from each input, e.g. a learned substitution over
+    nearest candidates, :class:`~mi_losses.mechanisms.LearnedSubstitution`), and
+    $p(y) = \\sum_{(x, k): \\text{outputs}[x, k] = y} p_x p(k \\mid x)$ is summed by scatter,
+    with a running maximum per output as in a logsumexp. Inputs of prior 0 are dropped; a term of
+    probability 0 counts 0. Differentiable in ``log_channel`` (float64 result, 0-dim).
+
     Args:
-        log_channel: $\\log p(y \\mid x)$, ``(V_in, V_out)``.
+        log_channel: $\\log p(y \\mid x)$, ``(V_in, V_out)``, or ``(V_in, K)`` with ``outputs``.
         prior: $p_x$ ``(V_in,)``, non-negative (normalised here).
+        outputs: output index of every entry of ``log_channel`` ``(V_in, K)``, int64 in
+            ``[0, num_outputs)``; ``None``: dense.
+        num_outputs: size of the output vocabulary (with ``outputs`` only).
+
+    Example:
+        >>> prior = torch.tensor([0.5, 0.5])
+        >>> float(channel_mutual_information(torch.eye(2).clamp_min(1e-30).log(), prior))
+        0.6931...
     """
-    prior = prior.double() / prior.double().sum()
-    log_channel = log_channel.double()
-    log_marginal = torch.logsumexp(log_channel + prior.log().unsqueeze(-1), dim=0)
-    divergence = (log_channel.exp() * (log_channel - log_marginal)).sum(-1)
-    return float((prior * divergence).sum())
+    if log_channel.ndim != 2 or prior.shape != log_channel.shape[:1]:
+        raise ValueError(
+            "log_channel must have shape (V_in, V_out) and prior (V_in,), got "
+            f"{tuple(log_channel.shape)} and {tuple(prior.shape)}"
+        )
+    if (outputs is None) != (num_outputs is None):
+        raise ValueError("outputs and num_outputs must be given together")
+    if outputs is not None and num_outputs is not None:
+        if outputs.shape != log_channel.shape or outputs.dtype != torch.int64:
+            raise ValueError(
+                f"outputs must be int64 of shape {tuple(log_channel.shape)} like log_channel, "
+                f"got {outputs.dtype} {tuple(outputs.shape)}"
+            )
+        if outputs.numel() and not 0 <= int(outputs.min()) <= int(outputs.max()) < num_outputs:
+            raise ValueError(f"outputs must lie in [0, num_outputs={num_outputs})")
+    support = prior > 0
+    prior = prior.double()[support] / prior.double()[support].sum()
+    log_channel = log_channel.double()[support]
+    joint = log_channel + prior.log().unsqueeze(-1)
+    if outputs is None:
+        own_marginal = torch.logsumexp(joint, dim=0).expand_as(joint)
+    else:
+        assert num_outputs is not None
+        index = outputs[support].reshape(-1)
+        flat = joint.reshape(-1)
+        peak = flat.new_full((num_outputs,), -torch.inf).scatter_reduce(
+            0, index, flat.detach(), "amax"
+        )
+        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+        total = flat.new_zeros(num_outputs).index_add(0, index, (flat - peak[index]).exp())
+        own_marginal = (total[index].log() + peak[index]).reshape(joint.shape)
+    probabilities = log_channel.exp()
+    reached = probabilities > 0
+    zero = torch.zeros_like(log_channel)
+    ratio = torch.where(reached, log_channel, zero) - torch.where(reached, own_marginal, zero)
+    return (prior * (probabilities * ratio).sum(-1)).sum()

@@ -13,7 +13,9 @@ Layers (``layer``, ``objective``, ``parameter``): ``isotropic`` (std), ``frequen
 most frequent training tokens at std 2.0, the rest at 0.02), ``learned_token`` (the MiniLM
 study's context-free layer trained on the exact vocabulary MI, ``alpha``), ``laplace_dp`` and
 ``santext`` (``epsilon``), ``learned_sequence`` (a sequence-dependent layer trained on the
-sub-batch MI or its InfoNCE lower bound, ``alpha``).
+sub-batch MI or its InfoNCE lower bound, ``alpha``), ``learned_substitution`` (a learned
+discrete channel over each token's nearest candidates on its exact MI, ``alpha``:
+:mod:`mi_losses.apps.privacy.substitution`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from mi_losses.apps.privacy.substitution import SubstitutionSettings, substitution_channel
 from mi_losses.evaluation.channels import (
     GaussianTokenChannel,
     ReleaseChannel,
@@ -50,6 +53,7 @@ STYLES = {
     "santext": ("tab:red", "P", "SanText (epsilon)"),
     "learned_token": ("tab:blue", "s", "learned, context-free, exact MI (alpha)"),
     "learned_sequence": ("tab:orange", "^", "learned, sequence-dependent (alpha)"),
+    "learned_substitution": ("tab:brown", "X", "learned substitution, exact MI (alpha)"),
 }
 
 TABLE_START = "<!-- frontier-table -->"
@@ -189,10 +193,13 @@ def run(
     learned_token_alphas: list[float] | None = None,
     sequence_objectives: list[str] | None = None,
     sequence_alphas: list[float] | None = None,
+    substitution_alphas: list[float] | None = None,
+    substitution: SubstitutionSettings | None = None,
     seeds: list[int] | None = None,
     learned_steps: int = 60,
     cache_dir: str = "/tmp/mi_losses_privacy_cache",
     inversion: InversionSettings | None = None,
+    extra_inversions: list[InversionSettings] | None = None,
     skip_inversion: bool = False,
     num_threads: int | None = 1,
 ) -> list[dict[str, Any]]:
@@ -205,11 +212,15 @@ def run(
         sequence_objectives: ``"sub_batch"``, ``"infonce"`` and/or ``"adversarial"`` (against
             an inversion attack trained alongside) for the sequence layer.
         sequence_alphas: ``alpha`` per entry of ``sequence_objectives``.
+        substitution_alphas: ``alpha`` of the learned substitution channel.
+        substitution: its settings (defaults of :class:`SubstitutionSettings`).
         seeds: seeds of the layer's and the inversion attack's training (the validation
             noise is always drawn from seed 0, shared by every attacker of a point).
         learned_steps: training steps of the learned layers.
         cache_dir: where the study's data are cached.
         inversion: the inversion attack's settings (defaults of :class:`InversionSettings`).
+        extra_inversions: more inversion attackers per point (the strongest failure is over
+            all of them).
         skip_inversion: judge by nearest neighbour and Bayes only.
         num_threads: torch CPU threads.
     """
@@ -242,6 +253,10 @@ def run(
     for objective, alpha in zip(sequence_objectives or [], sequence_alphas or [], strict=True):
         build = partial(_learned_sequence_channel, encoder, data, objective, alpha, learned_steps)
         jobs.append(("learned_sequence", objective, "alpha", alpha, build))
+    for alpha in substitution_alphas or []:
+        recipe = substitution or SubstitutionSettings()
+        build = partial(substitution_channel, encoder, data, alpha, learned_steps, recipe)
+        jobs.append(("learned_substitution", "exact_channel_mi", "alpha", alpha, build))
     points: list[dict[str, Any]] = []
     for layer, objective, parameter, value, build in jobs:
         for seed in seeds or [0]:
@@ -258,6 +273,7 @@ def run(
                 value=value,
                 seed=seed,
                 inversion=settings,
+                extra_inversions=extra_inversions or (),
             )
             point["build_seconds"] = build_seconds
             points.append(point)

@@ -12,20 +12,22 @@ from mi_losses.apps.privacy.frontier import STYLES
 
 
 def largest_budget(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (layer, objective, value, seed), only the points with the largest inversion epoch cap.
+    """Per (layer, objective, value, seed), only the points with the largest inversion epoch cap
+    (then the most ``extra_inversions``).
 
     A point judged by attacks of several budgets keeps the strongest one (its privacy figure);
     a point without an inversion attack is kept as it is.
     """
 
-    def cap(point: dict[str, Any]) -> int:
+    def cap(point: dict[str, Any]) -> tuple[int, int]:
         settings = point.get("inversion_settings")
-        return int(settings["max_epochs"]) if settings else -1
+        extra = len(point.get("extra_inversions", []))
+        return (int(settings["max_epochs"]), extra) if settings else (-1, 0)
 
-    best: dict[tuple[Any, ...], int] = {}
+    best: dict[tuple[Any, ...], tuple[int, int]] = {}
     for point in points:
         key = (point["layer"], point["objective"], point["value"], point["seed"])
-        best[key] = max(best.get(key, -1), cap(point))
+        best[key] = max(best.get(key, (-1, 0)), cap(point))
     return [
         point
         for point in points

@@ -1,0 +1,64 @@
+"""The harder judge's options on tiny random data: more inversion attackers (one larger, with a
+learning-rate schedule) and the strongest failure over all of them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mi_losses.attacks.inversion import InversionAttack, warmup_cosine
+from mi_losses.evaluation.channels import ReleaseChannel
+from mi_losses.evaluation.judge import InversionSettings, judge, train_inversion
+from mi_losses.evaluation.points import check_points, format_points
+from mi_losses.evaluation.sequences import sequence_batches
+from tests.apps.test_privacy_frontier import study  # noqa: F401  (the fixture)
+
+SMALL = InversionSettings(d_model=16, num_heads=2, batch_size=16, max_epochs=1)
+LARGER = InversionSettings(
+    d_model=32, num_layers=3, num_heads=4, batch_size=16, max_epochs=2, learning_rate=2e-3,
+    schedule="cosine", selection_seed=5,
+)  # fmt: skip
+
+
+def test_extra_attackers_enter_the_strongest_failure(study) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    data, encoder = study
+    channel = ReleaseChannel("santext", 1.0, data.table, data.prior, data.candidates)
+    point = judge(
+        channel, encoder, data, layer="santext", objective="none", parameter="epsilon",
+        value=1.0, seed=0, inversion=SMALL, batch_size=8, extra_inversions=[LARGER],
+    )  # fmt: skip
+    check_points([point])
+    (extra,) = point["extra_inversions"]
+    assert extra["settings"]["d_model"] == 32 and extra["settings"]["schedule"] == "cosine"
+    assert 0.0 <= extra["failure"] <= 1.0 and extra["curve"]
+    assert point["strongest_attack_failure"] == min(
+        point["nn_failure"],
+        point["bayes_attack_failure"],
+        point["inversion_failure"],
+        extra["failure"],
+    )
+    assert "(cap 1+1" in format_points([point])
+    # A strongest failure that ignores a lower extra attacker is rejected.
+    low = dict(point, extra_inversions=[dict(extra, failure=0.0)])
+    with pytest.raises(ValueError, match="lowest"):
+        check_points([low])
+
+
+def test_cosine_schedule_decays_to_zero_at_the_step_budget(study) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    data, _ = study
+    channel = ReleaseChannel("santext", 1.0, data.table, data.prior, data.candidates)
+    settings = InversionSettings(
+        d_model=16, num_heads=2, batch_size=16, max_epochs=2, patience=100, schedule="cosine"
+    )
+    val = [
+        {**batch, "embeddings": data.table[batch["input_ids"]]}
+        for batch in sequence_batches(data.val, 8)
+    ]
+    attack = train_inversion(channel, data, val, settings, seed=0)
+    assert attack.training_end["steps"] == 8  # 64 sequences, batches of 16, two epochs
+    assert attack.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert [warmup_cosine(0, 4, step) for step in (0, 2, 4, 9)] == pytest.approx(
+        [1.0, 0.5, 0.0, 0.0]
+    )
+    with pytest.raises(ValueError, match="schedule"):
+        InversionAttack(torch.arange(3), torch.randn(3, 4), schedule="linear")  # type: ignore[arg-type]
