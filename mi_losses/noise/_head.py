@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from mi_losses._validation import as_bool_mask
+from mi_losses._validation import as_bool_mask, check_positive_int
 from mi_losses.noise.output import NoisyEmbeddings
 
 
@@ -110,6 +110,35 @@ class GaussianHead(nn.Module):
         if log_std_offset is not None:
             log_stds = log_stds + log_std_offset
         return means, torch.exp(torch.clamp(log_stds, self.log_min, self.log_max))
+
+
+def token_mlp(
+    owner: str,
+    embedding_dim: int,
+    hidden_dim: int,
+    *,
+    min_std: float,
+    max_std: float,
+    init_std: float,
+    mean_scale: float,
+) -> tuple[nn.Sequential, GaussianHead]:
+    """The context-free layers' MLP of one clean embedding, options checked: the hidden layer
+    ``GELU(Linear(LayerNorm(x)))`` and the bounded :class:`GaussianHead` on it."""
+    check_positive_int(owner, "embedding_dim", embedding_dim)
+    check_positive_int(owner, "hidden_dim", hidden_dim)
+    check_head_options(owner, min_std, max_std, init_std, mean_scale)
+    hidden = nn.Sequential(
+        nn.LayerNorm(embedding_dim), nn.Linear(embedding_dim, hidden_dim), nn.GELU()
+    )
+    head = GaussianHead(
+        hidden_dim,
+        embedding_dim,
+        min_std=min_std,
+        max_std=max_std,
+        init_std=init_std,
+        mean_scale=mean_scale,
+    )
+    return hidden, head
 
 
 def draw_noise(

@@ -5,17 +5,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import nn
 
-from mi_losses._validation import check_positive_int
-from mi_losses.noise._head import (
-    GaussianHead,
-    as_mask,
-    check_embeddings,
-    check_head_options,
-    draw_noise,
-    read_only,
-)
+from mi_losses.noise._head import as_mask, check_embeddings, draw_noise, read_only, token_mlp
 from mi_losses.noise.output import NoisyEmbeddings
 from mi_losses.noise.pretrained import PretrainedMixin
 
@@ -62,17 +53,11 @@ class GaussianNoiseLayer(PretrainedMixin):
         mean_scale: float = 0.05,
     ) -> None:
         super().__init__()
-        owner = type(self).__name__
-        check_positive_int(owner, "embedding_dim", embedding_dim)
-        check_positive_int(owner, "hidden_dim", hidden_dim)
-        check_head_options(owner, min_std, max_std, init_std, mean_scale)
         self.embedding_dim = embedding_dim
-        self.hidden = nn.Sequential(
-            nn.LayerNorm(embedding_dim), nn.Linear(embedding_dim, hidden_dim), nn.GELU()
-        )
-        self.head = GaussianHead(
-            hidden_dim,
+        self.hidden, self.head = token_mlp(
+            type(self).__name__,
             embedding_dim,
+            hidden_dim,
             min_std=min_std,
             max_std=max_std,
             init_std=init_std,

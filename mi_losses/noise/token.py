@@ -23,8 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mi_losses._validation import check_positive_int
-from mi_losses.noise._head import GaussianHead, check_head_options, draw_noise
+from mi_losses.noise._head import draw_noise, token_mlp
 from mi_losses.noise.output import NoisyEmbeddings
 from mi_losses.noise.pretrained import PretrainedMixin
 
@@ -143,22 +142,17 @@ class LearnedTokenNoise(TokenNoise):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        check_positive_int(owner, "embedding_dim", embedding_dim)
-        check_positive_int(owner, "hidden_dim", hidden_dim)
-        check_head_options(owner, min_std, max_std, init_std, mean_scale)
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 0:
-            raise ValueError(f"{owner}: vocab_size must be an int >= 0, got {vocab_size!r}")
-        self.hidden = nn.Sequential(
-            nn.LayerNorm(embedding_dim), nn.Linear(embedding_dim, hidden_dim), nn.GELU()
-        )
-        self.head = GaussianHead(
-            hidden_dim,
+        self.hidden, self.head = token_mlp(
+            owner,
             embedding_dim,
+            hidden_dim,
             min_std=min_std,
             max_std=max_std,
             init_std=init_std,
             mean_scale=mean_scale,
         )
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 0:
+            raise ValueError(f"{owner}: vocab_size must be an int >= 0, got {vocab_size!r}")
         self.log_std_offset = nn.Parameter(torch.zeros(vocab_size), requires_grad=vocab_size > 0)
 
     @torch.no_grad()
