@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mi_losses.evaluation.sequences import Batch
+from mi_losses.huggingface.model import frozen_model
 from mi_losses.losses.distillation import mean_pool
 
 
@@ -35,13 +36,7 @@ class SentenceEncoder(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        if not hasattr(model, "get_input_embeddings"):
-            raise TypeError(
-                f"SentenceEncoder: model must be a transformers model with "
-                f"get_input_embeddings(), got {type(model).__name__}"
-            )
-        self.model = model
-        self.model.requires_grad_(False)
+        self.model = frozen_model(type(self).__name__, model)
         self.train(False)
 
     def train(self, mode: bool = True) -> SentenceEncoder:

@@ -46,6 +46,17 @@ def load_pretrained(model_name_or_path: str, head: Head = "base", **kwargs: Any)
     return classes[head].from_pretrained(model_name_or_path, **kwargs)
 
 
+def frozen_model(owner: str, model: nn.Module) -> nn.Module:
+    """``model``, checked to be a ``transformers`` model (``get_input_embeddings()``), with its
+    parameters frozen."""
+    if not hasattr(model, "get_input_embeddings"):
+        raise TypeError(
+            f"{owner}: model must be a transformers model with get_input_embeddings(), got "
+            f"{type(model).__name__}"
+        )
+    return model.requires_grad_(False)
+
+
 class NoisyForward(NamedTuple):
     """What :class:`NoisyInputEmbeddingsModel` returns.
 
@@ -104,13 +115,7 @@ class NoisyInputEmbeddingsModel(nn.Module):
         special_token_ids: tuple[int, ...] | list[int] = (),
     ) -> None:
         super().__init__()
-        if not hasattr(model, "get_input_embeddings"):
-            raise TypeError(
-                f"model must be a transformers model with get_input_embeddings(), got "
-                f"{type(model).__name__}"
-            )
-        self.model = model
-        self.model.requires_grad_(False)
+        self.model = frozen_model(type(self).__name__, model)
         if isinstance(noise_layer, (str, os.PathLike)):
             device = self.embedding_table.device
             noise_layer = PretrainedMixin.from_pretrained(noise_layer, device=device)
