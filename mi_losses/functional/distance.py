@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from mi_losses._validation import (
@@ -17,12 +15,10 @@ from mi_losses._validation import (
     check_same_device,
     check_same_dtype,
     compute_dtype,
-    host_fallback,
 )
 from mi_losses.functional._pairs import check_active_values
-from mi_losses.kernels.directions import effective_masks
-from mi_losses.kernels.factors import sides
-from mi_losses.kernels.scores import scores
+from mi_losses.kernels.directions import Direction, effective_masks
+from mi_losses.kernels.reference import accurate_scores
 from mi_losses.options import KernelOptions, check_options
 from mi_losses.types import Kernel
 
@@ -121,8 +117,9 @@ def pairwise_square_mahalanobis_distance(
     for `x` `(M, S, E)` against `y` and `stds` `(N, S, E)`, with $a$ = `x_mask` `(M, S)` and
     $b$ = `y_mask` `(N, S)` (all positions when `None`): the values of
     `square_mahalanobis_distance(x[:, None], y[None], stds[None], a[:, None] & b[None])`
-    without the `(M, N, S, E)` tensor, forward or backward. `kernel` sets the rounding check
-    ([numerics](math.md#numerics)).
+    without the `(M, N, S, E)` tensor, forward or backward. The matrix is the pair scores of the
+    kernel's reference path without their normalisers (one expanded form and one float64
+    fallback for the library); `kernel` sets the rounding check ([numerics](math.md#numerics)).
 
     Example:
         >>> x, y = torch.zeros(3, 2, 4), torch.ones(5, 2, 4)
@@ -140,81 +137,9 @@ def pairwise_square_mahalanobis_distance(
             ("stds",),
             lambda: {"x": a, "y": b, "stds": b},
         )
-    distance = pairwise_mahalanobis(x, y, stds, a, b, compute_dtype(dtype), options.accuracy_check)
-    return distance.to(dtype)
-
-
-def pairwise_mahalanobis(
-    queries: torch.Tensor,
-    centres: torch.Tensor,
-    stds: torch.Tensor,
-    query_mask: torch.Tensor,
-    component_mask: torch.Tensor,
-    dtype: torch.dtype,
-    accuracy_check: bool = True,
-) -> torch.Tensor:
-    """The pairwise distances from differentiable torch operations (any order of derivatives).
-
-    Masks are bool. Features are centred on the (detached) mean of the active centres and scaled
-    by the largest active std, then the square is expanded into matrix products (docs/math.md,
-    Performance). Where that rounding would exceed the tolerance for some pair, a float32
-    evaluation is redone in float64; in float64 the flagged pairs are evaluated directly.
-    """
-    a, b = effective_masks(query_mask, component_mask)
-    pairs = Pairs(queries, centres, stds, a, b)
-    distance, excess = _expanded(pairs, dtype)
-    if not accuracy_check:
-        return distance
-    return _accurate(distance, excess, pairs, dtype)
-
-
-class Pairs(NamedTuple):
-    """The distances' inputs: ``(M, S, E)`` queries, ``(N, S, E)`` centres and stds, and the
-    effective bool masks ``a`` ``(M, S)``, ``b`` ``(N, S)``."""
-
-    queries: torch.Tensor
-    centres: torch.Tensor
-    stds: torch.Tensor
-    a: torch.Tensor
-    b: torch.Tensor
-
-
-@host_fallback
-def _accurate(
-    distance: torch.Tensor, excess: torch.Tensor, pairs: Pairs, dtype: torch.dtype
-) -> torch.Tensor:
-    """``distance``, or where its rounding ``excess`` is positive the float64 re-evaluation
-    (eagerly under ``torch.compile``: compiled results are checked too)."""
-    if bool(excess.max() > 0) if excess.numel() else False:
-        if dtype != torch.float64:
-            distance, excess = _expanded(pairs, torch.float64)
-            distance = distance.to(dtype)
-        if bool(excess.max() > 0):
-            rows, cols = (excess > 0).nonzero(as_tuple=True)
-            direct = _direct(pairs, rows, cols, torch.float64)
-            distance = distance.index_put((rows, cols), direct.to(distance.dtype))
-    return distance
-
-
-def _expanded(pairs: Pairs, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``D`` by matrix products, and per pair the rounding error beyond the tolerance."""
-    queries, centres, stds, a, b = pairs
-    s = sides(queries, None, centres, None, stds, a, b, dtype)
-    block = scores(s, check=True)
-    assert block.excess is not None
-    assert s.components.p is not None
-    distance = torch.where(
-        block.valid, block.z + s.queries.a @ s.components.p.T, 0.0
-    )  # z = -(D + sum_P p)
-    return (-distance).clamp_min(0.0), block.excess
-
-
-def _direct(
-    pairs: Pairs, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """``D`` of the pairs ``(rows, cols)`` from the differences themselves (no cancellation)."""
-    queries, centres, stds, a, b = pairs
-    active = (a[rows] & b[cols]).unsqueeze(-1)
-    difference = torch.where(active, queries[rows].to(dtype) - centres[cols].to(dtype), 0.0)
-    sigma = torch.where(active, stds[cols].to(dtype), 1.0)
-    return 0.5 * (difference / sigma).square().sum((-1, -2))
+    a, b = effective_masks(a, b)
+    # The centres as clean embeddings with zero means (an expanded zero, no memory).
+    pairs = Direction(x, None, y, y.new_zeros(()).expand(y.shape), stds, a, b)
+    block = accurate_scores(pairs, compute_dtype(dtype), check=options.accuracy_check)
+    # z = -D where the pair is valid; -z >= 0 up to rounding.
+    return torch.where(block.valid, -block.z, 0.0).clamp_min(0.0).to(dtype)

@@ -32,7 +32,11 @@ from mi_losses._validation import (
     check_positive_at_active,
     compute_dtype,
 )
-from mi_losses.types import Granularity
+from mi_losses.functional._pairs import direction_estimates
+from mi_losses.kernels import make_plan, stream
+from mi_losses.kernels.directions import block_rows
+from mi_losses.options import KernelOptions, check_options
+from mi_losses.types import Granularity, Kernel
 
 __all__ = [
     "PairwiseBounds",
@@ -41,7 +45,6 @@ __all__ = [
 ]
 
 _HALF_LOG_TWO_PI_E = 0.5 * math.log(2.0 * math.pi * math.e)
-_BLOCK_ELEMENTS = 1 << 22  # elements of one (block, N, S, E) Bhattacharyya block
 
 
 class PairwiseBounds(NamedTuple):
@@ -59,14 +62,16 @@ def kolchinsky_tracey_entropy_bounds(
     *,
     granularity: Granularity = "sequence",
     validate_args: bool = True,
+    kernel: Kernel | KernelOptions = "auto",
 ) -> PairwiseBounds:
     r"""Bounds on the entropy of the batch's empirical mixture $\frac1N\sum_j \mathcal N(c_j, \sigma_j)$.
 
     $$H_D = \frac1N\sum_i H(p_i) - \frac1N\sum_i \log\frac{1}{|V_i|}\sum_{j\in V_i} e^{-D(p_i\|p_j)}$$
 
-    `upper` uses $D = \mathrm{KL}$ (matrix products, memory $O(N^2)$), `lower` the
-    Bhattacharyya distance (blocks of samples, recomputed in the backward pass), Kolchinsky &
-    Tracey (2017). This bounds the mixture over **this batch's samples** (the empirical
+    `upper` uses $D = \mathrm{KL}$ (the pairwise kernel's scores: matrix products, memory
+    linear in $N$, its float64 fallback; `kernel` picks the path), `lower` the Bhattacharyya
+    distance (blocks of samples, recomputed in the backward pass; no matrix-product form, so
+    the kernel cannot run it), Kolchinsky & Tracey (2017). This bounds the mixture over **this batch's samples** (the empirical
     channel), not the layer's output distribution; masks follow
     [the pair active sets](math.md#pair-active-sets). Arguments: [the glossary](glossary.md);
     returns :class:`PairwiseBounds` in nats, differentiable twice, `0` when nothing is active.
@@ -85,6 +90,7 @@ def kolchinsky_tracey_entropy_bounds(
         clean_input_embeddings,
         granularity,
         validate_args,
+        kernel,
     )
     return PairwiseBounds(conditional + lower, conditional + upper)
 
@@ -97,6 +103,7 @@ def kolchinsky_tracey_mutual_information_bounds(
     *,
     granularity: Granularity = "sequence",
     validate_args: bool = True,
+    kernel: Kernel | KernelOptions = "auto",
 ) -> PairwiseBounds:
     r"""Bounds on the MI of the batch's **empirical channel**, ``I_D = H_D - (1/N) sum_i H(p_i)``.
 
@@ -129,6 +136,7 @@ def kolchinsky_tracey_mutual_information_bounds(
         clean_input_embeddings,
         granularity,
         validate_args,
+        kernel,
     )
     return PairwiseBounds(lower, upper)
 
@@ -140,6 +148,7 @@ def _bounds(
     clean_input_embeddings: torch.Tensor,
     granularity: Granularity,
     validate_args: bool,
+    kernel: Kernel | KernelOptions,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(mean_i H(p_i), I_Bhattacharyya, I_KL)`` in the result dtype."""
     check_granularity(granularity)
@@ -149,6 +158,7 @@ def _bounds(
         "clean_input_embeddings": clean_input_embeddings,
     }
     check_bool("", "validate_args", validate_args)
+    options, _ = check_options(kernel, None)
     out = check_embeddings(inputs, "clean_input_embeddings")
     mask = as_bool_mask(
         "noise_mask",
@@ -179,46 +189,62 @@ def _bounds(
         zero = centres.sum() + stds.sum()
         return zero.to(out), zero.to(out), zero.to(out)
     valid = (a @ a.T) > 0
-    kl = _kl(centres, stds, log_stds, a)
-    bhattacharyya = _bhattacharyya(centres, stds, log_stds, a)
+    bhattacharyya = _bhattacharyya(centres, stds, log_stds, a, options.max_block_bytes)
     return (
         entropy.mean().to(out),
         _negative_log_mean_exp(-bhattacharyya, valid).mean().to(out),
-        _negative_log_mean_exp(-kl, valid).mean().to(out),
+        _kl_bound(centres, stds, mask, dtype, options).to(out),
     )
 
 
-def _kl(
-    centres: torch.Tensor, stds: torch.Tensor, log_stds: torch.Tensor, a: torch.Tensor
+def _kl_bound(
+    centres: torch.Tensor,
+    stds: torch.Tensor,
+    mask: torch.Tensor,
+    dtype: torch.dtype,
+    options: KernelOptions,
 ) -> torch.Tensor:
-    """``KL(p_i || p_j)`` over ``P(i, j)``, ``(N, N)``, from matrix products only."""
+    """``mean_i -log (1/|V_i|) sum_{j in V_i} exp(-KL(p_i || p_j))`` through the pairwise kernel.
+
+    Per shared position, ``KL = sum_e [0.5 (c_i - c_j)^2 / s_j^2 + 0.5 s_i^2 / s_j^2 + log s_j
+    - log s_i - 1/2]`` is the kernel's mutual-information score ``-z_ij`` (queries against their
+    own batch, own term included) on ``3E`` features: queries ``[c, s, 0]``, component centres
+    ``[c, 0, 0]`` and stds ``[s, s, 1/s]``. The second block gives ``s_i^2 / s_j^2`` and, as the
+    own term, ``1/2 + log s_i``; the third (zero distance) turns ``2 log s_j`` into ``log s_j``
+    and ``2 log s_i`` into ``log s_i``; the ``2 pi`` constants cancel.
+    """
+    zero = torch.zeros_like(centres)
+    queries = torch.cat([centres, stds, zero], -1)
+    clean = torch.cat([centres, zero, zero], -1)
+    spreads = torch.cat([stds, stds, stds.reciprocal()], -1)
     n = centres.shape[0]
-    with torch.no_grad():
-        weight = a.unsqueeze(-1)
-        reference = (weight * centres).sum(0) / weight.sum(0).clamp_min(1.0)
-    c = (centres - reference) * a.unsqueeze(-1)
-    precision = a.unsqueeze(-1) / stds.square()
-    flat = c.reshape(n, -1)
-    # sum_e [log s_j - log s_i - 1/2] per shared position, as [a u, a] . [a, a v]^T.
-    own = -(log_stds.sum(-1) + 0.5 * stds.shape[-1])
-    constants = torch.cat([a * own, a], 1) @ torch.cat([a, a * log_stds.sum(-1)], 1).T
-    spread = (stds.square() * a.unsqueeze(-1)).reshape(n, -1) @ precision.reshape(n, -1).T
-    quadratic = flat.square() @ precision.reshape(n, -1).T
-    quadratic = quadratic - 2.0 * flat @ (c * precision).reshape(n, -1).T
-    quadratic = quadratic + a @ (c.square() * precision).sum(-1).T
-    return constants + 0.5 * (spread + quadratic)
+    plan = make_plan(
+        [(0, n, 0, n)], with_own=True, dtype=dtype, options=options, with_statistics=False
+    )
+    result = stream(queries, clean, zero.new_zeros(()).expand_as(clean), spreads, mask, mask, plan)
+    (estimate,) = direction_estimates(result, [n], with_own=True, with_components=False)
+    return estimate.value
 
 
 def _bhattacharyya(
-    centres: torch.Tensor, stds: torch.Tensor, log_stds: torch.Tensor, a: torch.Tensor
+    centres: torch.Tensor,
+    stds: torch.Tensor,
+    log_stds: torch.Tensor,
+    a: torch.Tensor,
+    budget: int,
 ) -> torch.Tensor:
-    """Bhattacharyya distances over ``P(i, j)``, ``(N, N)``, in blocks of rows."""
+    """Bhattacharyya distances over ``P(i, j)``, ``(N, N)``, in blocks of rows (recomputed in
+    the backward pass) of at most ``budget`` bytes.
+
+    The pairwise kernel cannot run it: ``(c_i - c_j)^2 / (s_i^2 + s_j^2)`` is no sum of
+    products of per-sample factors (its denominator mixes both samples), so it is no matrix
+    product; this is the library's one direct ``(block, N, S, E)`` evaluation.
+    """
     n = centres.shape[0]
     variances = stds.square()
-    block = max(1, _BLOCK_ELEMENTS // max(1, n * centres[0].numel()))
     rows = []
-    for start in range(0, n, block):
-        stop = min(start + block, n)
+    row_bytes = 4 * n * centres[0].numel() * centres.element_size()  # about four temporaries
+    for start, stop in block_rows(n, row_bytes, budget):
         args = (centres[start:stop], variances[start:stop], a[start:stop], centres, variances, a)
         if torch.is_grad_enabled():
             rows.append(checkpoint(_bhattacharyya_block, *args, use_reentrant=False))

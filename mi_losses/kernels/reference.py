@@ -12,9 +12,11 @@ from typing import NamedTuple
 
 import torch
 
+from mi_losses._validation import host_fallback
+from mi_losses.kernels.directions import Direction
 from mi_losses.kernels.directions import directions as all_directions
 from mi_losses.kernels.factors import sides
-from mi_losses.kernels.scores import direct_scores, exp_normal, scores, statistics
+from mi_losses.kernels.scores import Scores, direct_scores, exp_normal, scores, statistics
 
 
 class Result(NamedTuple):
@@ -51,6 +53,40 @@ def log_sum_exp(z: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
     return (total.clamp_min(1.0).log() + peak).masked_fill(~has, -math.inf)
 
 
+def pair_scores(
+    d: Direction, dtype: torch.dtype, *, check: bool, direct: bool = False,
+    constants: bool = True, statistics: bool = False,
+) -> Scores:  # fmt: skip
+    """The :class:`~mi_losses.kernels.scores.Scores` of every pair of one direction, with a
+    graph: the expanded form, the rounding excess (``check``), and with ``direct`` the flagged
+    pairs evaluated from their differences. ``constants=False`` leaves out the normalisers ``p``
+    (then ``-z`` is the distance ``0.5 sum_P ((y_i - c_j) / sigma_j)^2``, without the
+    cancellation of adding and removing ``sum_P p_js``); ``statistics``: the pair sums of ``p``."""
+    s = sides(*d, dtype, check=check or direct)
+    if not constants:
+        c = s.components
+        assert c.h is not None and c.p is not None
+        s = s._replace(components=c._replace(k=-c.h, p=torch.zeros_like(c.p)))
+    block = scores(s, check=check or direct, constants=statistics)
+    if direct and block.excess is not None and bool((block.excess > 0).any()):
+        block = block._replace(z=direct_scores(block, block.excess > 0, d, s, dtype))
+    return block
+
+
+@host_fallback
+def accurate_scores(d: Direction, dtype: torch.dtype, *, check: bool) -> Scores:
+    """:func:`pair_scores` without the normalisers, all pairs at once, and where the rounding
+    check flags a pair the float64 re-evaluation of docs/math.md#numerics (flagged pairs from
+    their differences), cast back to ``dtype``: the distance matrix's one implementation. Under
+    ``torch.compile`` it runs eagerly (a graph break), so compiled results are checked too."""
+    wide = dtype == torch.float64
+    block = pair_scores(d, dtype, check=check, direct=check and wide, constants=False)
+    if not check or wide or block.excess is None or not bool((block.excess > 0).any()):
+        return block
+    exact = pair_scores(d, torch.float64, check=True, direct=True, constants=False)
+    return exact._replace(z=exact.z.to(dtype))
+
+
 def reference(
     inputs: tuple[torch.Tensor, ...],
     directions: tuple[tuple[int, int, int, int], ...],
@@ -67,12 +103,9 @@ def reference(
     log_sum_exps, counts, all_stats = [], [], []
     excess = inputs[0].new_full((), -math.inf, dtype=dtype)
     for d in all_directions(inputs, directions, with_own):
-        s = sides(*d, dtype, check=check or direct)
-        block = scores(s, check=check or direct, constants=with_statistics)
+        block = pair_scores(d, dtype, check=check, direct=direct, statistics=with_statistics)
         if block.excess is not None and block.excess.numel():
             excess = torch.maximum(excess, block.excess.amax())
-            if direct and bool(excess > 0):
-                block = block._replace(z=direct_scores(block, block.excess > 0, d, s, dtype))
         count = block.valid.sum(-1)
         log_sum_exps.append(log_sum_exp(block.z, count > 0))
         counts.append(count.to(dtype))

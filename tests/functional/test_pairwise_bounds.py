@@ -11,6 +11,7 @@ from mi_losses.functional import (
     kolchinsky_tracey_entropy_bounds,
     kolchinsky_tracey_mutual_information_bounds,
 )
+from mi_losses.options import KernelOptions
 from tests.helpers import make_inputs, make_mask
 
 ARGS = ("means_tensor", "stds_tensor", "clean_input_embeddings")
@@ -204,6 +205,8 @@ def test_bad_inputs() -> None:
         kolchinsky_tracey_mutual_information_bounds(args[0], -args[1], None, args[2])
     with pytest.raises(ValueError, match="noise_mask must have shape"):
         kolchinsky_tracey_mutual_information_bounds(*args[:2], torch.ones(4, 3), args[2])
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        kolchinsky_tracey_entropy_bounds(*args[:2], None, args[2], kernel="fast")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("dim", "snr"), [(1, 1.0), (4, 0.5), (4, 4.0)])
@@ -224,3 +227,40 @@ def test_bhattacharyya_bound_is_below_the_population_mi_on_average(dim, snr) -> 
     lower = torch.tensor(lowers)
     assert float(lower.mean()) <= truth + 3 * float(lower.std()) / math.sqrt(len(lowers))
     assert max(uppers) <= math.log(32) + 1e-9
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+def test_kl_bound_is_the_same_on_every_kernel_path(granularity: str) -> None:
+    """The KL bound runs through the pairwise kernel: the reference path and the streaming path
+    in one block and in many (a tiny budget) give the same values and gradients."""
+    inputs = make_inputs(10, 3, 4, seed=11, requires_grad=True)
+    mask = make_mask("random", 10, 3, seed=4)
+    args = [inputs[n] for n in ARGS]
+    results = []
+    for kernel in ("reference", "streaming", KernelOptions("streaming", max_block_bytes=64)):
+        bounds = kolchinsky_tracey_mutual_information_bounds(
+            *args[:2], mask, args[2], granularity=granularity, kernel=kernel
+        )
+        results.append((bounds.upper, *torch.autograd.grad(bounds.upper, args)))
+    for got in results[1:]:
+        for g, w in zip(got, results[0], strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_kl_bound_float32_far_from_the_origin() -> None:
+    """Near-duplicate samples 1e4 stds from the batch mean: the expanded KL loses every digit in
+    float32; the kernel's rounding check re-evaluates them, within 1e-4 of float64."""
+    g = torch.Generator().manual_seed(12)
+    clean = 1e4 * torch.randn(12, 2, 3, generator=g, dtype=torch.float64)
+    clean[6:] = clean[:6] + 1e-2 * torch.randn(6, 2, 3, generator=g, dtype=torch.float64)
+    stds = 0.5 + torch.rand(12, 2, 3, generator=g, dtype=torch.float64)
+    means = torch.zeros_like(clean)
+    x32 = [t.float() for t in (means, stds, clean)]
+    want = reference(*[t.double() for t in x32[:2]], None, x32[2].double(), "sequence")[2]
+    got = kolchinsky_tracey_mutual_information_bounds(*x32[:2], None, x32[2]).upper
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    unchecked = kolchinsky_tracey_mutual_information_bounds(
+        *x32[:2], None, x32[2], kernel=KernelOptions(accuracy_check=False)
+    ).upper
+    assert abs(float(unchecked) - float(want)) > 1e-3  # the check is what makes it right
