@@ -75,12 +75,9 @@ def chunk_scores(
     ``inplace`` (only without autograd) reuses the product's ``(N, C)`` buffer for every step.
     """
     weighted = centres * precision
-    if inplace:
-        right = torch.cat([-0.5 * precision, weighted], dim=1)
-        scores = features @ right.T
-        return scores.add_(log_weight - 0.5 * (weighted * centres).sum(-1))
-    right = torch.cat([-0.5 * precision, weighted], dim=1)
-    return features @ right.T + (log_weight - 0.5 * (weighted * centres).sum(-1))
+    offset = log_weight - 0.5 * (weighted * centres).sum(-1)
+    scores = features @ torch.cat([-0.5 * precision, weighted], dim=1).T
+    return scores.add_(offset) if inplace else scores + offset
 
 
 def chunk_log_sum_exp(scores: torch.Tensor) -> torch.Tensor:
