@@ -15,13 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from mi_losses.kernels.vocabulary import (
-    Vocabulary,
-    centre_of,
-    chunk_rows,
-    chunk_scores,
-    query_features,
-)
+from mi_losses.kernels.vocabulary import Vocabulary, chunk_scores, query_side, rows
 
 __all__ = ["gaussian_token_log_posterior"]
 
@@ -70,7 +64,6 @@ def gaussian_token_log_posterior(
         )
     dtype = torch.float64 if noisy_embeddings.dtype == torch.float64 else torch.float32
     queries = noisy_embeddings.to(dtype)
-    reference = centre_of(queries)
     vocabulary = Vocabulary(
         table.to(dtype),
         means.to(dtype),
@@ -78,6 +71,6 @@ def gaussian_token_log_posterior(
         log_prior.to(dtype),
         torch.ones(table.shape[0], dtype=torch.bool, device=table.device),
     )
-    centres, _, precision, log_weight = chunk_rows(vocabulary, 0, table.shape[0], reference)
-    scores = chunk_scores(query_features(queries - reference), centres, precision, log_weight)
+    q, f = query_side(queries)
+    scores = chunk_scores(q, rows(vocabulary, 0, table.shape[0], f), vocabulary.log_prior)
     return scores.log_softmax(-1)

@@ -4,14 +4,17 @@ For a query ``y`` ``(E,)`` and a vocabulary row ``v`` with centre ``c_v = W_v + 
 ``sigma_v`` and prior ``p_v``, the score is the log joint density
 
     score_v(y) = log p_v + log N(y ; c_v, diag sigma_v^2)
-               = log p_v - sum_e log sigma_ve - E/2 log 2 pi - 0.5 sum_e (y_e - c_ve)^2 / sigma_ve^2.
+               = log p_v + z_v(y),
 
-The score of all queries against a chunk of ``C`` rows is one matrix product,
-``[y^2, y] . [-1/(2 sigma^2), c/sigma^2]^T`` plus a per-row constant, on coordinates centred on the
-(detached) mean of the queries. Rows with ``p_v = 0`` get the score ``-inf`` and their values are
-never read (they are replaced by ``c = 0, sigma = 1`` before any arithmetic). Nothing larger than
-``(N, C)`` is formed: the log-mixture ``log q(y) = logsumexp_v score_v(y)`` is accumulated over
-chunks with a running ``logaddexp``, and its backward pass recomputes each chunk.
+``z`` the pairwise kernel's score (docs/math.md#performance) with the vocabulary rows as
+components of one position: the same factors (:mod:`~mi_losses.kernels.factors`, features
+centred on the detached mean of the queries) and the same written-out chain rule
+(:mod:`~mi_losses.kernels.chain`). Rows with ``p_v = 0`` get the score ``-inf`` and their values
+are never read. Nothing larger than ``(N, C)`` is formed: ``log q(y) = logsumexp_v score_v(y)``
+is accumulated over chunks with a running ``logaddexp``, and the backward pass recomputes each
+chunk. The prior's log enters as a per-row offset of the scores, which the kernel's planned
+entry has no place for (an extra feature of std ``1/p_v`` would carry it, at the price of a
+copy of the table, means and stds: measured 1.7-4x slower with 2.6-10x the memory).
 """
 
 from __future__ import annotations
@@ -21,8 +24,16 @@ from typing import Any, NamedTuple
 
 import torch
 
+from mi_losses.kernels.chain import chain_components, chain_queries
 from mi_losses.kernels.directions import ranges as chunk_bounds
-from mi_losses.kernels.factors import HALF_LOG_TWO_PI
+from mi_losses.kernels.factors import (
+    HALF_LOG_TWO_PI,
+    Components,
+    Frame,
+    Queries,
+    component_factors,
+    query_factors,
+)
 from mi_losses.kernels.scores import exp_normal
 
 
@@ -44,40 +55,37 @@ class Vocabulary(NamedTuple):
     support: torch.Tensor
 
 
-def chunk_rows(
-    vocabulary: Vocabulary, start: int, stop: int, reference: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Centred centres, stds, precisions ``1/sigma^2`` and log-weights of rows ``[start, stop)``.
+def query_side(queries: torch.Tensor) -> tuple[Queries, Frame]:
+    """The query factors of ``y`` ``(N, E)`` and their frame: centred on the detached mean of
+    the queries, unscaled; the frame's constant is ``E/2 log 2 pi``."""
+    n, e = queries.shape
+    with torch.no_grad():
+        reference = queries.mean(0, keepdim=True) if n else queries.new_zeros(1, e)
+        constant = queries.new_full((1,), e * HALF_LOG_TWO_PI)
+    f = Frame(reference, torch.ones_like(reference), constant)
+    active = torch.ones((n, 1), dtype=torch.bool, device=queries.device)
+    return query_factors(queries[:, None], None, active, f, queries.dtype, check=False), f
 
-    The log-weight ``log p_v - sum_e log sigma_v - E/2 log 2 pi`` is ``-inf`` off the support,
-    where the centres and stds are the safe placeholders ``0`` and ``1``.
-    """
-    keep = vocabulary.support[start:stop]
-    rows = keep.unsqueeze(-1)
-    centres = vocabulary.table[start:stop] + vocabulary.means[start:stop] - reference
-    centres = torch.where(rows, centres, 0.0)
-    stds = torch.where(rows, vocabulary.stds[start:stop], 1.0)
-    log_prior = torch.where(keep, vocabulary.log_prior[start:stop], -math.inf)
-    log_weight = log_prior - stds.log().sum(-1) - stds.shape[-1] * HALF_LOG_TWO_PI
-    return centres, stds, stds.square().reciprocal(), log_weight
+
+def rows(vocabulary: Vocabulary, start: int, stop: int, f: Frame) -> Components:
+    """The component factors of rows ``[start, stop)`` (one position; off the support: zeros)."""
+    cut = slice(start, stop)
+    table, means, stds = (t[cut, None] for t in vocabulary[:3])
+    return component_factors(
+        table, means, stds, vocabulary.support[cut, None], f, table.dtype, check=False
+    )
 
 
 def chunk_scores(
-    features: torch.Tensor,
-    centres: torch.Tensor,
-    precision: torch.Tensor,
-    log_weight: torch.Tensor,
-    *,
-    inplace: bool = False,
+    q: Queries, c: Components, log_prior: torch.Tensor, *, inplace: bool = False
 ) -> torch.Tensor:
-    """``(N, C)`` scores from query ``features = [y^2, y]`` ``(N, 2E)`` and one chunk's rows.
-
-    ``inplace`` (only without autograd) reuses the product's ``(N, C)`` buffer for every step.
-    """
-    weighted = centres * precision
-    offset = log_weight - 0.5 * (weighted * centres).sum(-1)
-    scores = features @ torch.cat([-0.5 * precision, weighted], dim=1).T
-    return scores.add_(offset) if inplace else scores + offset
+    """``(N, C)`` scores ``log p_v + z_v(y)`` of the queries against one chunk of rows
+    (``-inf`` off the support); ``inplace`` (without autograd) makes them in one buffer."""
+    assert c.k is not None
+    offset = c.k[:, 0] + log_prior
+    if inplace:
+        return torch.addmm(offset, q.y2, c.w.T, alpha=-0.5).addmm_(q.y, c.wc.T)
+    return offset - 0.5 * q.y2 @ c.w.T + q.y @ c.wc.T
 
 
 def chunk_log_sum_exp(scores: torch.Tensor) -> torch.Tensor:
@@ -87,17 +95,16 @@ def chunk_log_sum_exp(scores: torch.Tensor) -> torch.Tensor:
     return exp_normal(scores.sub_(peak), inplace=True).sum(1).log_().add_(peak.squeeze(1))
 
 
-def query_features(queries: torch.Tensor) -> torch.Tensor:
-    """``[y^2, y]``, ``(N, 2E)``: the left factor of every chunk's matrix product."""
-    return torch.cat([queries.square(), queries], dim=1)
-
-
-def centre_of(queries: torch.Tensor) -> torch.Tensor:
-    """The detached mean of the queries ``(E,)``: the origin the expansion is evaluated at."""
-    with torch.no_grad():
-        if queries.shape[0] == 0:
-            return queries.new_zeros(queries.shape[1:])
-        return queries.mean(0)
+def own_terms(
+    queries: torch.Tensor, vocabulary: Vocabulary, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``log N(y_i ; W_t + mu_t, sigma_t)`` of each query's own row ``t = tokens[i]``, the
+    residual ``(y - c_t) / sigma_t`` and ``sigma_t`` ``(N, E)``."""
+    table, means, stds = (t[tokens] for t in vocabulary[:3])
+    # (y - W) - mu, not y - (W + mu): W + mu rounds mu away when the data sit far from 0.
+    residual = ((queries - table) - means) / stds
+    own = -0.5 * residual.square().sum(-1) - stds.log().sum(-1)
+    return own - queries.shape[-1] * HALF_LOG_TWO_PI, residual, stds
 
 
 def known_prior_terms(
@@ -110,47 +117,30 @@ def known_prior_terms(
     memory ``O(N * chunk_size)`` beyond the inputs and one gradient per input, in the forward
     and the first backward pass (the own rows' gradients are added into the same buffers).
     """
-    reference = centre_of(queries)
     own, log_q = _KnownPriorTerms.apply(  # type: ignore[no-untyped-call]
-        queries - reference,
-        vocabulary.table,
-        vocabulary.means,
-        vocabulary.stds,
-        vocabulary.log_prior,
-        vocabulary.support,
-        reference,
-        tokens,
-        chunk_size,
+        queries, *vocabulary, tokens, chunk_size
     )
     return own, log_q
 
 
-def _own_rows(
-    queries: torch.Tensor,
-    vocabulary: Vocabulary,
-    tokens: torch.Tensor,
-    reference: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(y_i - c_t) / sigma_t^2``-ready pieces of the own rows: difference, stds, precision."""
-    centres = vocabulary.table[tokens] + vocabulary.means[tokens] - reference
-    stds = vocabulary.stds[tokens]
-    return queries - centres, stds, stds.square().reciprocal()
+def _log_mixture(queries: torch.Tensor, vocabulary: Vocabulary, chunk_size: int) -> torch.Tensor:
+    """``log q`` ``(N,)`` in differentiable operations (the second derivatives: autograd keeps
+    every chunk's scores)."""
+    q, f = query_side(queries)
+    parts = [
+        chunk_scores(q, rows(vocabulary, start, stop, f), vocabulary.log_prior[start:stop])
+        for start, stop in chunk_bounds(vocabulary.table.shape[0], chunk_size)
+    ]
+    return torch.logsumexp(torch.cat(parts, 1), 1)
 
 
 class _KnownPriorTerms(torch.autograd.Function):
     """The own term and the running ``logsumexp`` over vocabulary chunks; the backward pass
-    recomputes each chunk.
-
-    With posterior weights ``G_iv = g_i exp(score_iv - log q_i)`` (``g`` the incoming gradient
-    of ``log q``) and centred ``y``, ``c``, precision ``P = 1/sigma^2``:
-
-        d/dy_i     = sum_v G_iv P_v (c_v - y_i)
-        d/dc_v     = P_v (sum_i G_iv y_i - G_v c_v),                 G_v = sum_i G_iv
-        d/dsigma_v = (P_v / sigma_v) (sum_i G_iv (y_i - c_v)^2 - G_v sigma_v^2)
-        d/dlog p_v = G_v
-
-    and the own term's gradients are added at the rows ``t_i``. Everything is written in
-    differentiable operations, so that a second backward pass is exact.
+    recomputes each chunk. With the weights ``G_iv = g_i exp(score_iv - log q_i)`` (``g`` the
+    incoming gradient of ``log q``), the factors' gradients are the kernel's (``G w``,
+    ``G w c'``, ``G^T y'^2``, ``G^T y'``, ``G^T 1``: :mod:`~mi_losses.kernels.chain`),
+    ``d log p_v = sum_i G_iv``, and the own term's are added at the rows ``t_i``. When a graph
+    is being built (second derivatives) the backward pass differentiates :func:`_log_mixture`.
     """
 
     @staticmethod
@@ -161,121 +151,97 @@ class _KnownPriorTerms(torch.autograd.Function):
         stds: torch.Tensor,
         log_prior: torch.Tensor,
         support: torch.Tensor,
-        reference: torch.Tensor,
         tokens: torch.Tensor,
         chunk_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         vocabulary = Vocabulary(table, means, stds, log_prior, support)
-        difference, own_stds, own_precision = _own_rows(queries, vocabulary, tokens, reference)
-        own = -0.5 * (difference.square() * own_precision).sum(-1) - own_stds.log().sum(-1)
-        own = own - queries.shape[-1] * HALF_LOG_TWO_PI
-        features = query_features(queries)
+        own = own_terms(queries, vocabulary, tokens)[0]
+        q, f = query_side(queries)
         total = queries.new_full(queries.shape[:1], -math.inf)
         for start, stop in chunk_bounds(table.shape[0], chunk_size):
-            centres, _, precision, log_weight = chunk_rows(vocabulary, start, stop, reference)
-            scores = chunk_scores(features, centres, precision, log_weight, inplace=True)
+            c = rows(vocabulary, start, stop, f)
+            scores = chunk_scores(q, c, log_prior[start:stop], inplace=True)
             total = torch.logaddexp(total, chunk_log_sum_exp(scores))
         return own, total
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        queries, table, means, stds, log_prior, support, reference, tokens, chunk_size = inputs
-        ctx.save_for_backward(
-            queries, table, means, stds, log_prior, support, reference, tokens, output[1]
-        )
+        *tensors, chunk_size = inputs
+        ctx.save_for_backward(*tensors, output[1])
         ctx.chunk_size = chunk_size
 
     @staticmethod
     def backward(
         ctx: Any, grad_own: torch.Tensor, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        saved = ctx.saved_tensors
-        queries, table, means, stds, log_prior, support, reference, tokens, log_q = saved
-        vocabulary = Vocabulary(table, means, stds, log_prior, support)
-        features = query_features(queries)
+        queries, *columns, tokens, log_q = ctx.saved_tensors
+        vocabulary = Vocabulary(*columns)
+        needs = ctx.needs_input_grad[:5]
+        if torch.is_grad_enabled():
+            return (
+                *_second_order(ctx, queries, vocabulary, tokens, grad_own, grad),
+                None,
+                None,
+                None,
+            )
         # Queries whose mixture is empty (log q = -inf) get no gradient instead of NaN.
         finite = torch.isfinite(log_q)
-        safe_log_q = torch.where(finite, log_q, 0.0)
-        grad = torch.where(finite, grad, 0.0)
-        # Under create_graph the chunks are concatenated (differentiable); otherwise they are
-        # written into preallocated gradients, so the peak stays one (V, E) tensor per input.
-        differentiable = torch.is_grad_enabled()
-        grad_c = _RowGradient(table, differentiable)
-        grad_s = _RowGradient(stds, differentiable)
-        grad_p = _RowGradient(log_prior, differentiable)
-        difference, own_stds, own_precision = _own_rows(queries, vocabulary, tokens, reference)
-        toward = grad_own.unsqueeze(-1) * difference * own_precision
-        grad_queries = -toward
-        for start, stop in chunk_bounds(table.shape[0], ctx.chunk_size):
-            centres, stds_, precision, log_weight = chunk_rows(vocabulary, start, stop, reference)
-            if differentiable:
-                scores = chunk_scores(features, centres, precision, log_weight)
-                weights = grad.unsqueeze(-1) * exp_normal(scores - safe_log_q.unsqueeze(-1))
-            else:  # one (N, C) buffer for the scores and the weights
-                weights = chunk_scores(features, centres, precision, log_weight, inplace=True)
-                weights = exp_normal(weights.sub_(safe_log_q.unsqueeze(-1)), inplace=True)
-                weights.mul_(grad.unsqueeze(-1))
-            row_totals = weights.sum(0)
-            through = weights @ torch.cat([precision, centres * precision], dim=1)
-            through_precision, through_weighted = through.chunk(2, dim=1)
-            grad_queries = grad_queries + through_weighted - queries * through_precision
-            moments = weights.T @ features
-            second, first = moments.chunk(2, dim=1)
-            keep = support[start:stop]
-            rows = keep.unsqueeze(-1)
-            totals = row_totals.unsqueeze(-1)
-            grad_c.put(start, torch.where(rows, precision * (first - totals * centres), 0.0))
-            spread = second - 2.0 * centres * first + totals * (centres.square() - stds_.square())
-            grad_s.put(start, torch.where(rows, precision / stds_ * spread, 0.0))
-            grad_p.put(start, torch.where(keep, row_totals, 0.0))
-        # The own term: d/dc_t = g (y - c_t) P_t, d/dsigma_t = g ((y - c_t)^2 P_t - 1) / sigma_t.
-        grad_c.add_rows(tokens, toward)
-        own_spread = difference.square() * own_precision - 1.0
-        grad_s.add_rows(tokens, grad_own.unsqueeze(-1) * own_spread / own_stds)
-        needs = ctx.needs_input_grad
-        grad_centres = grad_c.result()
-        return (
-            grad_queries if needs[0] else None,
-            grad_centres if needs[1] else None,
-            (grad_centres.clone() if needs[1] else grad_centres) if needs[2] else None,
-            grad_s.result() if needs[3] else None,
-            grad_p.result() if needs[4] else None,
-            None,
-            None,
-            None,
-            None,
+        log_q, grad = torch.where(finite, log_q, 0.0), torch.where(finite, grad, 0.0)
+        q, f = query_side(queries)
+        d_y, d_y2 = torch.zeros_like(q.y), torch.zeros_like(q.y)
+        grad_c, grad_s = torch.zeros_like(vocabulary.table), torch.zeros_like(vocabulary.stds)
+        grad_p = torch.zeros_like(vocabulary.log_prior)
+        for start, stop in chunk_bounds(vocabulary.table.shape[0], ctx.chunk_size):
+            c = rows(vocabulary, start, stop, f)
+            weights = chunk_scores(q, c, vocabulary.log_prior[start:stop], inplace=True)
+            weights = exp_normal(weights.sub_(log_q.unsqueeze(-1)), inplace=True)
+            weights.mul_(grad.unsqueeze(-1))
+            d_y.addmm_(weights, c.wc)
+            d_y2.addmm_(weights, c.w)
+            transposed = weights.T
+            totals = transposed @ q.a
+            shape = torch.Size((stop - start, 1, queries.shape[1]))
+            g = chain_components(c, f, shape, transposed @ q.y2, transposed @ q.y, totals)
+            grad_c[start:stop] = g.centres[:, 0]
+            grad_s[start:stop] = g.stds[:, 0]
+            grad_p[start:stop] = totals[:, 0]
+        shape = torch.Size((queries.shape[0], 1, queries.shape[1]))
+        grad_queries = chain_queries(q, f, shape, d_y, d_y2, None).queries
+        # The own term: d/dc_t = g r / sigma_t = -d/dy, d/dsigma_t = g (r^2 - 1) / sigma_t.
+        _, residual, own_stds = own_terms(queries, vocabulary, tokens)
+        toward = grad_own.unsqueeze(-1) * residual / own_stds
+        grad_c.index_add_(0, tokens, toward)
+        grad_s.index_add_(0, tokens, grad_own.unsqueeze(-1) * (residual.square() - 1.0) / own_stds)
+        grad_queries = grad_queries[:, 0].sub_(toward)
+        found = (grad_queries, grad_c, grad_c.clone() if needs[1] else grad_c, grad_s, grad_p)
+        grads = (g if need else None for g, need in zip(found, needs, strict=True))
+        return (*grads, None, None, None)
+
+
+def _second_order(
+    ctx: Any,
+    queries: torch.Tensor,
+    vocabulary: Vocabulary,
+    tokens: torch.Tensor,
+    grad_own: torch.Tensor,
+    grad: torch.Tensor,
+) -> list[torch.Tensor | None]:
+    """The first derivatives as a graph: autograd through :func:`own_terms` and
+    :func:`_log_mixture`."""
+    inputs = (queries, *vocabulary[:4])
+    wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:5], strict=True) if need]
+    own = own_terms(queries, vocabulary, tokens)[0]
+    log_q = _log_mixture(queries, vocabulary, ctx.chunk_size)
+    found = iter(
+        torch.autograd.grad(
+            (own, log_q), wanted, (grad_own, grad), create_graph=True, allow_unused=True
         )
-
-
-class _RowGradient:
-    """The gradient of a ``(V, ...)`` input assembled from row chunks and indexed rows."""
-
-    def __init__(self, like: torch.Tensor, differentiable: bool) -> None:
-        self.like = like
-        self.chunks: list[torch.Tensor] | None = [] if differentiable else None
-        self.buffer = None if differentiable else torch.empty_like(like)
-        self.indexed: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def put(self, start: int, rows: torch.Tensor) -> None:
-        if self.chunks is not None:
-            self.chunks.append(rows)
-        elif self.buffer is not None:
-            self.buffer[start : start + rows.shape[0]] = rows
-
-    def add_rows(self, index: torch.Tensor, rows: torch.Tensor) -> None:
-        """Add ``rows`` at ``index`` (repeats accumulate)."""
-        if self.buffer is not None:
-            self.buffer.index_add_(0, index, rows.to(self.buffer.dtype))
-        else:
-            self.indexed.append((index, rows))
-
-    def result(self) -> torch.Tensor:
-        if self.buffer is not None:
-            return self.buffer
-        total = torch.cat(self.chunks) if self.chunks else torch.zeros_like(self.like)
-        for index, rows in self.indexed:
-            total = total.index_add(0, index, rows)
-        return total
+    )
+    out: list[torch.Tensor | None] = []
+    for tensor, need in zip(inputs, ctx.needs_input_grad[:5], strict=True):
+        value = next(found) if need else None
+        out.append(torch.zeros_like(tensor) if need and value is None else value)
+    return out
 
 
 def best_rows(
@@ -287,13 +253,12 @@ def best_rows(
     ``-inf``); ``top_k`` must not exceed the support size.
     """
     with torch.no_grad():
-        reference = centre_of(queries)
-        features = query_features(queries - reference)
+        q, f = query_side(queries)
         best = queries.new_full((queries.shape[0], 0), -math.inf)
         best_index = torch.zeros((queries.shape[0], 0), dtype=torch.int64, device=queries.device)
         for start, stop in chunk_bounds(vocabulary.table.shape[0], chunk_size):
-            centres, _, precision, log_weight = chunk_rows(vocabulary, start, stop, reference)
-            scores = chunk_scores(features, centres, precision, log_weight, inplace=True)
+            c = rows(vocabulary, start, stop, f)
+            scores = chunk_scores(q, c, vocabulary.log_prior[start:stop], inplace=True)
             index = torch.arange(start, stop, device=queries.device).expand_as(scores)
             candidates = torch.cat([best, scores], dim=1)
             candidate_index = torch.cat([best_index, index], dim=1)
