@@ -15,6 +15,9 @@ from mi_losses.functional import (
     vocabulary_mutual_information_estimate,
     vocabulary_noise_parameters,
 )
+from mi_losses.kernels.directions import Direction
+from mi_losses.kernels.reference import pair_scores
+from mi_losses.kernels.vocabulary import Vocabulary, chunk_scores, query_side, rows
 from mi_losses.noise import GaussianNoiseLayer
 from tests import vocabulary_reference as ref
 
@@ -314,3 +317,35 @@ def test_token_prior() -> None:
         token_prior(counts, 5)
     with pytest.raises(ValueError, match="no mass"):
         token_prior(torch.zeros(0, dtype=torch.long), 5, smoothing=0.0)
+
+
+def test_vocabulary_scores_are_the_kernels_pair_scores() -> None:
+    """One score for the library: a chunk's vocabulary scores minus the log prior are the pair
+    scores ``log N(y_i ; c_v, sigma_v)`` of the kernel's reference path (rows as components of
+    one position), and both equal a direct float64 evaluation; rows off the support are
+    ``-inf``, whatever they hold."""
+    c = make_channel(3)
+    support = c["prior"] > 0
+    table, stds = c["table"].clone(), c["stds"].clone()
+    table[~support], stds[~support] = math.nan, -1.0  # never read
+    log_prior = torch.where(support, c["prior"].log(), -math.inf)
+    queries = c["noisy"].flatten(0, 1)
+    vocabulary = Vocabulary(table, c["means"], stds, log_prior, support)
+    q, f = query_side(queries)
+    got = chunk_scores(q, rows(vocabulary, 0, V, f), log_prior)
+    centres = c["table"] + c["means"]
+    direct = (
+        -0.5 * ((queries[:, None] - centres[None]) / c["stds"][None]).square()
+        - c["stds"][None].log()
+        - 0.5 * math.log(2 * math.pi)
+    ).sum(-1)
+    torch.testing.assert_close(got[:, support], (direct + log_prior)[:, support])
+    assert bool((got[:, ~support] == -math.inf).all())
+    one = torch.ones(queries.shape[0], 1, dtype=torch.bool)
+    pairs = Direction(
+        queries[:, None], None, table[:, None], c["means"][:, None], stds[:, None], one,
+        support[:, None],
+    )  # fmt: skip
+    kernel = pair_scores(pairs, torch.float64, check=True)
+    torch.testing.assert_close(kernel.z[:, support], direct[:, support])
+    torch.testing.assert_close(kernel.z[:, support], (got - log_prior)[:, support])
