@@ -35,6 +35,7 @@ from mi_losses._validation import (
 from mi_losses.functional._pairs import direction_estimates
 from mi_losses.kernels import make_plan, stream
 from mi_losses.kernels.directions import block_rows
+from mi_losses.kernels.dispatch import transformed
 from mi_losses.options import KernelOptions, check_options
 from mi_losses.types import Granularity, Kernel
 
@@ -71,7 +72,8 @@ def kolchinsky_tracey_entropy_bounds(
     `upper` uses $D = \mathrm{KL}$ (the pairwise kernel's scores: matrix products, memory
     linear in $N$, its float64 fallback; `kernel` picks the path), `lower` the Bhattacharyya
     distance (blocks of samples, recomputed in the backward pass; no matrix-product form, so
-    the kernel cannot run it), Kolchinsky & Tracey (2017). This bounds the mixture over **this batch's samples** (the empirical
+    the kernel cannot run it; under `torch.func` transforms the blocks are kept, not
+    recomputed), Kolchinsky & Tracey (2017). This bounds the mixture over **this batch's samples** (the empirical
     channel), not the layer's output distribution; masks follow
     [the pair active sets](math.md#pair-active-sets). Arguments: [the glossary](glossary.md);
     returns :class:`PairwiseBounds` in nats, differentiable twice, `0` when nothing is active.
@@ -244,9 +246,11 @@ def _bhattacharyya(
     variances = stds.square()
     rows = []
     row_bytes = 4 * n * centres[0].numel() * centres.element_size()  # about four temporaries
+    # Checkpoints need saved-tensor hooks, which torch.func transforms do not support.
+    recompute = torch.is_grad_enabled() and not transformed((centres, stds))
     for start, stop in block_rows(n, row_bytes, budget):
         args = (centres[start:stop], variances[start:stop], a[start:stop], centres, variances, a)
-        if torch.is_grad_enabled():
+        if recompute:
             rows.append(checkpoint(_bhattacharyya_block, *args, use_reentrant=False))
         else:
             rows.append(_bhattacharyya_block(*args))

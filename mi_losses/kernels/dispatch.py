@@ -47,7 +47,7 @@ def make_plan(
     return Plan(tuple(directions), with_own, dtype, options, with_statistics)
 
 
-def _transformed(tensors: tuple[torch.Tensor, ...]) -> bool:
+def transformed(tensors: tuple[torch.Tensor, ...]) -> bool:
     """Whether a ``torch.func`` transform wraps any of ``tensors`` (not asked under compile)."""
     if torch.compiler.is_compiling():
         return False
@@ -74,12 +74,12 @@ def choose(plan: Plan, tensors: tuple[torch.Tensor, ...]) -> str:
     """
     kernel, device = plan.options.kernel, tensors[0].device
     if kernel == "auto":
-        if _transformed(tensors) or torch.compiler.is_compiling():
+        if transformed(tensors) or torch.compiler.is_compiling():
             return "reference"
         if device.type == "cuda" and triton_unavailable(device) is None:
             return "triton"
         return "streaming"
-    if kernel != "reference" and _transformed(tensors):
+    if kernel != "reference" and transformed(tensors):
         raise ValueError(
             f"kernel={kernel!r} cannot run under torch.func transforms (its backward pass is a "
             "custom autograd.Function); use kernel='reference' or 'auto'"

@@ -264,3 +264,33 @@ def test_kl_bound_float32_far_from_the_origin() -> None:
         *x32[:2], None, x32[2], kernel=KernelOptions(accuracy_check=False)
     ).upper
     assert abs(float(unchecked) - float(want)) > 1e-3  # the check is what makes it right
+
+
+def test_torch_func_grad_equals_autograd() -> None:
+    """``torch.func.grad`` runs (the kernel's reference path; Bhattacharyya blocks without
+    checkpoints, whose saved-tensor hooks transforms refuse) and equals autograd."""
+    inputs = make_inputs(6, 3, 4, seed=13)
+    mask = make_mask("random", 6, 3, seed=5)
+    args = [inputs[n] for n in ARGS]
+
+    def total(means, stds, clean):
+        bounds = kolchinsky_tracey_mutual_information_bounds(means, stds, mask, clean)
+        return bounds.lower + bounds.upper
+
+    got = torch.func.grad(total, argnums=(0, 1, 2))(*args)
+    leaves = [a.clone().requires_grad_(True) for a in args]
+    want = torch.autograd.grad(total(*leaves), leaves)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_torch_compile_equals_eager() -> None:
+    inputs = make_inputs(6, 3, 4, seed=14)
+    args = [inputs[n] for n in ARGS]
+
+    def both(means, stds, clean):
+        return tuple(kolchinsky_tracey_entropy_bounds(means, stds, None, clean))
+
+    for got, want in zip(torch.compile(both)(*args), both(*args), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
