@@ -4,12 +4,18 @@
 - :mod:`~mi_losses.kernels.factors`: the scores as products of per-sample factors.
 - :mod:`~mi_losses.kernels.scores`: a block's scores, the rounding check, the statistics.
 - :mod:`~mi_losses.kernels.chain`: the factors' gradients back to the inputs.
-- :mod:`~mi_losses.kernels.reference`: plain PyTorch, all scores at once, autograd throughout.
+- :mod:`~mi_losses.kernels.reference`: plain PyTorch, all scores at once, autograd throughout
+  (also the distance matrix of ``pairwise_square_mahalanobis_distance``).
 - :mod:`~mi_losses.kernels.streaming`: blocks with a running log-sum-exp, linear memory.
 - :mod:`~mi_losses.kernels.triton`: the same blocks as fused Triton kernels (CUDA).
 - :mod:`~mi_losses.kernels.accuracy`: the float64 fallback around any of them.
 - :mod:`~mi_losses.kernels.dispatch`: which path runs a call (``KernelOptions.kernel``).
-- :mod:`~mi_losses.kernels.vocabulary`: the chunked scores against a vocabulary table.
+- :mod:`~mi_losses.kernels.vocabulary`: the same factors against a vocabulary table, plus a
+  log prior per row (the vocabulary MI, the Bayes attack, the token posterior).
+
+Every Gaussian pair score of the library is made here; the Kolchinsky-Tracey KL bound runs
+through :func:`stream` on augmented features. Only the Bhattacharyya distance (no product form)
+is evaluated elsewhere (``functional/pairwise_bounds.py``).
 """
 
 from mi_losses.kernels.dispatch import Plan, choose, make_plan, stream

@@ -2,7 +2,8 @@
 
 It is the oracle of the other paths, and the path ``kernel="auto"`` takes under ``torch.func``
 transforms and ``torch.compile``; the other paths' backward passes differentiate it when a graph
-is being built (second derivatives), and the float64 fallback runs it.
+is being built (second derivatives), and the float64 fallback runs it. :func:`accurate_scores`
+is the distance matrix (``pairwise_square_mahalanobis_distance``) from the same scores.
 """
 
 from __future__ import annotations
