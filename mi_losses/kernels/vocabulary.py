@@ -189,8 +189,9 @@ class _KnownPriorTerms(torch.autograd.Function):
         log_q, grad = torch.where(finite, log_q, 0.0), torch.where(finite, grad, 0.0)
         q, f = query_side(queries)
         d_y, d_y2 = torch.zeros_like(q.y), torch.zeros_like(q.y)
-        grad_c, grad_s = torch.zeros_like(vocabulary.table), torch.zeros_like(vocabulary.stds)
-        grad_p = torch.zeros_like(vocabulary.log_prior)
+        # Every row is written by its chunk, then the own rows are added.
+        grad_c, grad_s = torch.empty_like(vocabulary.table), torch.empty_like(vocabulary.stds)
+        grad_p = torch.empty_like(vocabulary.log_prior)
         for start, stop in chunk_bounds(vocabulary.table.shape[0], ctx.chunk_size):
             c = rows(vocabulary, start, stop, f)
             weights = chunk_scores(q, c, vocabulary.log_prior[start:stop], inplace=True)
