@@ -1,20 +1,13 @@
 """Chunked Bayes scores of noisy token embeddings against every row of a vocabulary.
 
-For a query ``y`` ``(E,)`` and a vocabulary row ``v`` with centre ``c_v = W_v + mu_v``, std
-``sigma_v`` and prior ``p_v``, the score is the log joint density
-
-    score_v(y) = log p_v + log N(y ; c_v, diag sigma_v^2)
-               = log p_v + z_v(y),
-
-``z`` the pairwise kernel's score (docs/math.md#performance) with the vocabulary rows as
-components of one position: the same factors (:mod:`~mi_losses.kernels.factors`, features
-centred on the detached mean of the queries) and the same written-out chain rule
-(:mod:`~mi_losses.kernels.chain`). Rows with ``p_v = 0`` get the score ``-inf`` and their values
-are never read. Nothing larger than ``(N, C)`` is formed: ``log q(y) = logsumexp_v score_v(y)``
-is accumulated over chunks with a running ``logaddexp``, and the backward pass recomputes each
-chunk. The prior's log enters as a per-row offset of the scores, which the kernel's planned
-entry has no place for (an extra feature of std ``1/p_v`` would carry it, at the price of a
-copy of the table, means and stds: measured 1.7-4x slower with 2.6-10x the memory).
+For a query ``y`` ``(E,)`` and a row ``v`` with centre ``c_v = W_v + mu_v``, std ``sigma_v`` and
+prior ``p_v``: ``score_v(y) = log p_v + log N(y ; c_v, diag sigma_v^2) = log p_v + z_v(y)``, with
+``z`` the pairwise kernel's score (rows as components of one position): the same factors and
+the same written-out chain rule. Rows with ``p_v = 0`` score ``-inf`` and are never read.
+``log q(y) = logsumexp_v score_v(y)`` runs over chunks of rows (a running ``logaddexp``, each
+chunk recomputed in the backward pass): nothing larger than ``(N, C)`` is formed. The kernel's
+planned entry has no place for the per-row ``log p_v`` (a feature of std ``1/p_v`` would carry
+it, at the price of copies of the table: measured 1.7-4x slower with 2.6-10x the memory).
 """
 
 from __future__ import annotations
