@@ -74,15 +74,21 @@ def pair_scores(
     return block
 
 
-@host_fallback
 def accurate_scores(d: Direction, dtype: torch.dtype, *, check: bool) -> Scores:
-    """:func:`pair_scores` without the normalisers, all pairs at once, and where the rounding
-    check flags a pair the float64 re-evaluation of docs/math.md#numerics (flagged pairs from
-    their differences), cast back to ``dtype``: the distance matrix's one implementation. Under
+    """:func:`pair_scores` without the normalisers, all pairs at once, and with ``check``
+    where the rounding check flags a pair the float64 re-evaluation of docs/math.md#numerics
+    (flagged pairs from their differences), cast back to ``dtype``: the distance matrix's one
+    implementation."""
+    block = pair_scores(d, dtype, check=check, constants=False)
+    return _re_evaluated(block, d, dtype) if check else block
+
+
+@host_fallback
+def _re_evaluated(block: Scores, d: Direction, dtype: torch.dtype) -> Scores:
+    """``block``, or where a pair is flagged the float64 re-evaluation. Under
     ``torch.compile`` it runs eagerly (a graph break), so compiled results are checked too."""
-    wide = dtype == torch.float64
-    block = pair_scores(d, dtype, check=check, direct=check and wide, constants=False)
-    if not check or wide or block.excess is None or not bool((block.excess > 0).any()):
+    assert block.excess is not None
+    if not bool((block.excess > 0).any()):
         return block
     exact = pair_scores(d, torch.float64, check=True, direct=True, constants=False)
     return exact._replace(z=exact.z.to(dtype))
