@@ -1,4 +1,4 @@
-"""The MiniLM case study (``configs/hf/minilm.yaml``), end to end on a few sequences of
+"""The MiniLM case study (``configs/hf/minilm_gaussian.yaml``), end to end on a few sequences of
 all-MiniLM-L6-v2.
 
 Needs the optional extra (``pip install -e ".[hf]"``, which ``.[dev]`` and CI include); without
@@ -45,7 +45,7 @@ from mi_losses.noise import IsotropicNoise  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a real model, or several processes
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "hf" / "minilm.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "hf" / "minilm_gaussian.yaml"
 TEXTS = [
     "The if statement is used for conditional execution.",
     "A list is a mutable sequence, typically used to store collections of homogeneous items.",
