@@ -135,7 +135,7 @@ def substitution_report(
     log_channel = layer.dense_log_probabilities(outputs=candidates.to(layer.candidates.device))
     channels: dict[str, StudyChannel] = {
         "learned": ReleaseChannel(
-            "substitution", layer.epsilon, table, prior, candidates, log_channel=log_channel.cpu()
+            "substitution", layer.epsilon, table, prior, candidates, log_channel=log_channel
         )
     }
     if baselines:
