@@ -200,32 +200,36 @@ def test_text_split_is_by_topic_and_disjoint() -> None:
     assert not train_rows & set(val_rows)
 
 
+def _short_run(config: Path, steps: int, tmp_path: Path, report_path: Path) -> list[str]:
+    """The arguments of a run of ``config`` on a few sequences for ``steps`` training steps, with
+    a two-step inversion attack, logging into ``tmp_path``."""
+    return [
+        "fit",
+        "--config",
+        str(config),
+        f"--trainer.max_steps={steps}",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.val_check_interval=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--trainer.callbacks.init_args.report_path={report_path}",
+        "--trainer.callbacks.init_args.inversion_max_steps=2",
+        "--trainer.callbacks.init_args.inversion_val_check_interval=1",
+        "--data.batch_size=4",
+        "--data.num_val=16",
+        "--data.eval_batch_size=8",
+    ]
+
+
 def test_whole_pipeline_writes_report_and_logs_component_losses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from mi_losses.apps.hf.__main__ import run
 
     report_path = tmp_path / "report.json"
-    cli = run(
-        [
-            "fit",
-            "--config",
-            str(CONFIG),
-            "--trainer.max_steps=4",
-            "--trainer.log_every_n_steps=1",
-            "--trainer.val_check_interval=2",
-            "--trainer.limit_val_batches=1",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
-            f"--trainer.callbacks.init_args.report_path={report_path}",
-            "--trainer.callbacks.init_args.inversion_max_steps=2",
-            "--trainer.callbacks.init_args.inversion_val_check_interval=1",
-            "--data.batch_size=4",
-            "--data.num_val=16",
-            "--data.eval_batch_size=8",
-            "--model.noise_layer.init_args.hidden_dim=16",
-        ]
-    )
+    hidden = "--model.noise_layer.init_args.hidden_dim=16"
+    cli = run([*_short_run(CONFIG, 4, tmp_path, report_path), hidden])
     report = json.loads(report_path.read_text())
     results = report["results"]
     assert set(results) == {"learned", "isotropic_equal_utility", "frequency_rule"}
@@ -285,25 +289,7 @@ def test_main_job_trains_judges_and_saves_the_discrete_channel(tmp_path: Path) -
     from mi_losses.mechanisms import LearnedSubstitution
 
     report_path = tmp_path / "report.json"
-    cli = run(
-        [
-            "fit",
-            "--config",
-            str(MAIN_JOB),
-            "--trainer.max_steps=2",
-            "--trainer.log_every_n_steps=1",
-            "--trainer.val_check_interval=2",
-            "--trainer.limit_val_batches=1",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
-            f"--trainer.callbacks.init_args.report_path={report_path}",
-            "--trainer.callbacks.init_args.inversion_max_steps=2",
-            "--trainer.callbacks.init_args.inversion_val_check_interval=1",
-            "--data.batch_size=4",
-            "--data.num_val=16",
-            "--data.eval_batch_size=8",
-        ]
-    )
+    cli = run(_short_run(MAIN_JOB, 2, tmp_path, report_path))
     report = json.loads(report_path.read_text())
     results = report["results"]
     assert set(results) == {"learned", "santext", "frequency_rule"}

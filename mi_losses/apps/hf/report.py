@@ -56,6 +56,30 @@ def study_data(evaluation: Evaluation, datamodule: Any) -> StudyData:
     )
 
 
+def judge_row(
+    name: str,
+    channel: StudyChannel,
+    evaluation: Evaluation,
+    data: StudyData,
+    inversion: InversionSettings | None,
+) -> dict[str, Any]:
+    """:func:`mi_losses.evaluation.judge` of one report row on the report's draw (its seed, its
+    batch size)."""
+    return judge(
+        channel,
+        evaluation.encoder,
+        data,
+        layer=name,
+        objective="report",
+        parameter="",
+        value=0.0,
+        seed=evaluation.seed,
+        eval_seed=evaluation.seed,
+        inversion=inversion,
+        batch_size=int(evaluation.batches[0]["input_ids"].shape[0]),
+    )
+
+
 def add_inversion(
     report: dict[str, Any],
     evaluation: Evaluation,
@@ -77,23 +101,10 @@ def add_inversion(
     start = time.perf_counter()
     table = evaluation.encoder.word_embedding_table.detach()
     data = study_data(evaluation, datamodule)
-    batch_size = int(evaluation.batches[0]["input_ids"].shape[0])
     for name, layer in layers.items():
         row = report["results"][name]
         channel = GaussianTokenChannel(layer, table, evaluation.prior, data.candidates)
-        point = judge(
-            channel,
-            evaluation.encoder,
-            data,
-            layer=name,
-            objective="report",
-            parameter="",
-            value=0.0,
-            seed=evaluation.seed,
-            eval_seed=evaluation.seed,
-            inversion=settings,
-            batch_size=batch_size,
-        )
+        point = judge_row(name, channel, evaluation, data, settings)
         for key in ("bayes_attack_failure", "retrieval_at_1"):
             if not math.isclose(point[key], row[key], abs_tol=1e-9):
                 raise RuntimeError(
@@ -142,21 +153,8 @@ def substitution_report(
         channels["santext"] = ReleaseChannel("santext", layer.epsilon, table, prior, candidates)
         rule = FrequencyRuleNoise(evaluation.counts, frequency_k, 2.0, 0.02)
         channels["frequency_rule"] = GaussianTokenChannel(rule, table, prior, candidates)
-    batch_size = int(evaluation.batches[0]["input_ids"].shape[0])
     results = {
-        name: judge(
-            channel,
-            evaluation.encoder,
-            data,
-            layer=name,
-            objective="report",
-            parameter="",
-            value=0.0,
-            seed=evaluation.seed,
-            eval_seed=evaluation.seed,
-            inversion=inversion,
-            batch_size=batch_size,
-        )
+        name: judge_row(name, channel, evaluation, data, inversion)
         for name, channel in channels.items()
     }
     with torch.no_grad():
