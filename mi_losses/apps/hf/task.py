@@ -98,7 +98,9 @@ class HFObfuscation(pl.LightningModule):
             (logits).
         noise_layer: the noise layer's class (or any callable) taking the embedding width ``E``;
             in YAML ``class_path``/``init_args`` without ``embedding_dim``. Default
-            :class:`~mi_losses.noise.GaussianNoiseLayer`.
+            :class:`~mi_losses.noise.GaussianNoiseLayer`. A
+            :class:`~mi_losses.mechanisms.LearnedSubstitution` gets its candidates from the
+            training text in :meth:`set_training_counts`.
         privacy_loss: default ``SubBatchMutualInformation(granularity="token")``;
             :class:`~mi_losses.mechanisms.SubstitutionMutualInformation` for a substitution layer
             (and for it only).
