@@ -12,6 +12,7 @@ from torch import nn
 
 from mi_losses._validation import as_bool_mask
 from mi_losses.huggingface.masks import noise_mask as build_noise_mask
+from mi_losses.mechanisms import LearnedSubstitution, Release
 from mi_losses.noise import NoisyEmbeddings, PretrainedMixin
 
 Head = Literal["base", "causal_lm", "masked_lm"]
@@ -64,13 +65,14 @@ class NoisyForward(NamedTuple):
         output: the model's output (a ``transformers`` ``ModelOutput``) on the noisy embeddings.
         clean_input_embeddings: ``x``, ``(B, S, E)``, the rows of the input embedding table.
         noisy: the noise layer's :class:`~mi_losses.noise.NoisyEmbeddings` (``noisy``, ``means``,
-            ``stds``), the arguments the privacy losses take.
+            ``stds``), the arguments the privacy losses take; for a substitution layer its
+            :class:`~mi_losses.mechanisms.Release` (``noisy``, ``released`` token ids).
         noise_mask: ``(B, S)`` bool, the noised positions.
     """
 
     output: Any
     clean_input_embeddings: torch.Tensor
-    noisy: NoisyEmbeddings
+    noisy: NoisyEmbeddings | Release
     noise_mask: torch.Tensor
 
 
@@ -90,7 +92,11 @@ class NoisyInputEmbeddingsModel(nn.Module):
             ``forward`` takes it), returning :class:`~mi_losses.noise.NoisyEmbeddings`; or the
             directory of a layer saved with ``save_pretrained`` (loaded with
             :meth:`~mi_losses.noise.PretrainedMixin.from_pretrained`, whatever its class, on the
-            model's device). A layer with an ``embedding_dim`` must have the model's.
+            model's device). A layer with an ``embedding_dim`` must have the model's. A
+            :class:`~mi_losses.mechanisms.LearnedSubstitution` (its output vocabulary the model's
+            vocabulary) releases tokens instead: the released token's embedding row replaces the
+            clean one (:meth:`~mi_losses.mechanisms.LearnedSubstitution.release`, a
+            straight-through draw that trains through the model).
         special_token_ids: token ids never noised (e.g. ``tokenizer.all_special_ids``).
 
     Example:
@@ -125,6 +131,14 @@ class NoisyInputEmbeddingsModel(nn.Module):
                 f"noise_layer has embedding_dim={width}, but the model's input embeddings have "
                 f"width {self.embedding_dim}"
             )
+        if isinstance(noise_layer, LearnedSubstitution):
+            vocab_size = int(self.embedding_table.shape[0])
+            if (noise_layer.vocab_size, noise_layer.num_outputs) != (vocab_size, vocab_size):
+                raise ValueError(
+                    f"noise_layer (LearnedSubstitution) must have vocab_size = num_outputs = "
+                    f"{vocab_size}, the model's vocabulary (it releases the model's tokens), got "
+                    f"vocab_size={noise_layer.vocab_size}, num_outputs={noise_layer.num_outputs}"
+                )
         self.noise_layer = noise_layer
         self.special_token_ids = tuple(int(i) for i in special_token_ids)
         parameters = inspect.signature(noise_layer.forward).parameters
@@ -197,11 +211,31 @@ class NoisyInputEmbeddingsModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
     ) -> NoisyEmbeddings:
         """The noise layer's output on ``(B, S, E)`` embeddings at ``noise_mask``."""
+        if self.releases_tokens:
+            raise TypeError(
+                "add_noise: a LearnedSubstitution reads token ids, not embeddings; use release"
+            )
         if self._layer_reads_attention:
             return self.noise_layer(  # type: ignore[no-any-return]
                 clean_input_embeddings, noise_mask, attention_mask=attention_mask
             )
         return self.noise_layer(clean_input_embeddings, noise_mask)  # type: ignore[no-any-return]
+
+    @property
+    def releases_tokens(self) -> bool:
+        """Whether the layer releases tokens (a substitution layer) rather than adding noise."""
+        return isinstance(self.noise_layer, LearnedSubstitution)
+
+    def release(self, input_ids: torch.Tensor, noise_mask: torch.Tensor) -> Release:
+        """A substitution layer's release of ``input_ids`` ``(B, S)`` at ``noise_mask``, embedded
+        by the model's table (in the layer's dtype, as :meth:`embed`)."""
+        if not isinstance(self.noise_layer, LearnedSubstitution):
+            raise TypeError(
+                f"release needs a LearnedSubstitution noise layer, got "
+                f"{type(self.noise_layer).__name__} (use add_noise)"
+            )
+        table = self.embedding_table.to(self.noise_layer.logits.dtype)
+        return self.noise_layer.release(input_ids, table, noise_mask)
 
     def run(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
@@ -241,6 +275,10 @@ class NoisyInputEmbeddingsModel(nn.Module):
             noise_mask = self.noise_mask(input_ids, attention_mask, special_tokens_mask)
         noise_mask = as_bool_mask("noise_mask", noise_mask, shape, device, validate_values=True)
         clean = self.embed(input_ids)
-        noisy = self.add_noise(clean, noise_mask, attention_mask)
+        noisy: NoisyEmbeddings | Release
+        if self.releases_tokens:
+            noisy = self.release(input_ids, noise_mask)
+        else:
+            noisy = self.add_noise(clean, noise_mask, attention_mask)
         output = self.run(noisy.noisy, attention_mask, **kwargs)
         return NoisyForward(output, clean, noisy, noise_mask)

