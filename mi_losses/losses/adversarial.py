@@ -2,7 +2,7 @@ r"""Adversarial privacy: a learned attacker the noise layer is trained against, 
 
 An adversary trained alongside the layer from scratch, one step per layer step, stays weak: the
 layer learns to fool it with changes that an attacker trained afresh undoes (Elazar & Goldberg
-2018; [the adversary page](../adversary.md)). :class:`AdversarialPrivacy` keeps its adversary
+2018; [the adversary page](adversary.md)). :class:`AdversarialPrivacy` keeps its adversary
 strong, each as an option of :class:`AdversarySettings`:
 
 - pre-training on the starting layer's release before the layer trains (a step budget, or until
@@ -130,6 +130,12 @@ class AdversaryBatch(NamedTuple):
             name (outside its candidates), never attacked.
         attention_mask: ``(B, S)`` bool.
         noise_mask: ``(B, S)`` bool; the attacked positions are ``noise_mask & (labels >= 0)``.
+
+    Example:
+        >>> mask = torch.ones(1, 3, dtype=torch.bool)
+        >>> batch = AdversaryBatch(torch.randn(1, 3, 4), torch.tensor([[0, -1, 2]]), mask, mask)
+        >>> int((batch.noise_mask & (batch.labels >= 0)).sum())
+        2
     """
 
     released: torch.Tensor
@@ -170,6 +176,15 @@ class AdversarySettings:
         restart_every: a fresh adversary replaces the current one every this many layer steps
             (the old one joins the pool); ``0``: never.
         restart_steps: steps of the fresh adversary's pre-training.
+
+    Example:
+        >>> AdversarySettings(objective="accuracy_hinge", target_accuracy=0.4, attack_steps=3)
+        ... # doctest: +ELLIPSIS
+        AdversarySettings(objective='accuracy_hinge', target_accuracy=0.4, attack_steps=3, ...)
+        >>> AdversarySettings(attack_steps=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: AdversarySettings: attack_steps must be an int >= 1, got 0
     """
 
     objective: AdversaryObjective = "negative_cross_entropy"
@@ -379,7 +394,7 @@ class AdversarialPrivacy(nn.Module):
 
     def forward(self, batch: AdversaryBatch) -> torch.Tensor:
         """The privacy term of the strongest adversary on ``batch`` (a scalar, in nats)."""
-        index = self.strongest(batch) if len(self.pool) else 0
+        index = self.strongest(batch)
         self.last_strongest = index
         attack = self.attack if index == 0 else self.pool[index - 1]
         attack.eval()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -50,6 +52,9 @@ def test_a_pretrained_pooled_restarted_adversary_trains_either_layer(study, laye
     assert len(task.pretrain_losses) == 5
     assert task.adversary.steps == 7 and task.adversary.restarts == [3, 6]
     assert len(task.adversary.pool) == 2  # snapshot at 2, restart at 3 (full: oldest left), 6
+    assert len(task.history) == 7
+    assert all(0.0 <= row["privacy"] <= math.log(len(data.candidates)) for row in task.history)
+    assert all(math.isfinite(row["strongest_attack_loss"]) for row in task.history)
     assert any(
         not torch.equal(a, b)
         for a, b in zip(layer_before, task.noise_layer.parameters(), strict=True)

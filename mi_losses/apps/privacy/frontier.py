@@ -198,6 +198,8 @@ def _learned_sequence_channel(
             f"(losses {task.adversary.last_attack_losses})",
             flush=True,
         )
+        for row in task.history[:: max(1, len(task.history) // 8)] + task.history[-1:]:
+            print("  " + ", ".join(f"{key} {value:.4g}" for key, value in row.items()), flush=True)
     if noise_layer == "token":
         return GaussianTokenChannel(task.noise_layer, data.table, data.prior, data.candidates)  # type: ignore[arg-type]
     return SequenceChannel(task.noise_layer, data.table, data.prior, data.candidates)

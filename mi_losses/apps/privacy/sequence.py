@@ -25,6 +25,7 @@ embeddings (:class:`~mi_losses.losses.RetrievalDistillation` or ``1 - cos``,
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from functools import partial
 from typing import Any, Literal
@@ -185,6 +186,8 @@ class SequenceObfuscation(pl.LightningModule):
             lookup[candidates] = torch.arange(candidates.shape[0])
             self.register_buffer("label_lookup", lookup)
         self.pretrain_losses: list[float] = []
+        self.history: list[dict[str, float]] = []
+        """What ``training_step`` logged at every step (floats, without the ``train/`` prefix)."""
 
     def release(self, batch: dict[str, torch.Tensor]) -> tuple[NoisyEmbeddings, torch.Tensor]:
         """The layer's output on ``batch`` and the clean embeddings ``(B, S, E)``."""
@@ -251,7 +254,12 @@ class SequenceObfuscation(pl.LightningModule):
         }
         if self.adversary is not None:
             logged["train/strongest_adversary"] = torch.tensor(float(self.adversary.last_strongest))
+            strongest_loss = self.adversary.last_attack_losses[self.adversary.last_strongest :]
+            logged["train/strongest_attack_loss"] = torch.tensor(strongest_loss[:1] or [math.nan])[
+                0
+            ]
         self.log_dict(logged, on_step=True, batch_size=int(noise_mask.shape[0]))
+        self.history.append({key.removeprefix("train/"): float(v) for key, v in logged.items()})
         return loss
 
     def configure_optimizers(self) -> Any:
