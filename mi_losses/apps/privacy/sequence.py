@@ -43,6 +43,8 @@ from mi_losses.losses import (
     HiddenStateDistillation,
     RetrievalDistillation,
     SubBatchMutualInformation,
+    kmeans_prototypes,
+    prototype_pull_loss,
 )
 from mi_losses.noise import LearnedTokenNoise, SequenceGaussianNoiseLayer
 from mi_losses.noise.output import NoisyEmbeddings
@@ -100,6 +102,11 @@ class SequenceObfuscation(pl.LightningModule):
         max_length: longest sequence (the adversary's position embedding).
         layer: ``"sequence"`` (:class:`~mi_losses.noise.SequenceGaussianNoiseLayer`) or
             ``"token"`` (:class:`~mi_losses.noise.LearnedTokenNoise`, context-free).
+        prototype_weight: ``> 0`` adds ``prototype_weight *``
+            :func:`~mi_losses.losses.prototype_pull_loss` of the released means ``x + mu`` to
+            the loss (a mean that maps many tokens to one); needs ``candidates`` and ``prior``.
+        num_prototypes: ``K``, prototypes from :func:`~mi_losses.losses.kmeans_prototypes` of
+            the candidates' embeddings weighted by the prior.
     """
 
     def __init__(
@@ -120,6 +127,8 @@ class SequenceObfuscation(pl.LightningModule):
         adversary: AdversarySettings | None = None,
         max_length: int = 64,
         layer: LayerKind = "sequence",
+        prototype_weight: float = 0.0,
+        num_prototypes: int = 64,
     ) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
@@ -185,6 +194,17 @@ class SequenceObfuscation(pl.LightningModule):
             lookup = torch.full((int(table.shape[0]),), -1, dtype=torch.long)
             lookup[candidates] = torch.arange(candidates.shape[0])
             self.register_buffer("label_lookup", lookup)
+        if prototype_weight < 0.0:
+            raise ValueError(f"prototype_weight must be >= 0, got {prototype_weight}")
+        self.prototype_weight = prototype_weight
+        prototypes = None
+        if prototype_weight > 0.0:
+            if candidates is None or prior is None:
+                raise ValueError("prototype_weight > 0 needs candidates and prior")
+            points = table[candidates].detach().float()
+            prototypes = kmeans_prototypes(points, prior[candidates].float(), num_prototypes)
+        self.prototypes: torch.Tensor | None
+        self.register_buffer("prototypes", prototypes)
         self.pretrain_losses: list[float] = []
         self.history: list[dict[str, float]] = []
         """What ``training_step`` logged at every step (floats, without the ``train/`` prefix)."""
@@ -247,11 +267,16 @@ class SequenceObfuscation(pl.LightningModule):
         noisy_sentence = encoder.sentence_embedding(out.noisy, attention_mask)
         utility = self.utility_loss(noisy_sentence.unsqueeze(1), clean_sentence.unsqueeze(1))
         loss = self.alpha * privacy + (1.0 - self.alpha) * utility
+        if self.prototypes is not None:
+            pull = prototype_pull_loss((clean + out.means)[noise_mask], self.prototypes)
+            loss = loss + self.prototype_weight * pull
         logged = {
             "train/privacy": privacy.detach(),
             "train/utility_loss": utility.detach(),
             "train/std_mean": out.stds.detach()[noise_mask].mean(),
         }
+        if self.prototypes is not None:
+            logged["train/prototype_pull"] = pull.detach()
         if self.adversary is not None:
             logged["train/strongest_adversary"] = torch.tensor(float(self.adversary.last_strongest))
             strongest_loss = self.adversary.last_attack_losses[self.adversary.last_strongest :]
