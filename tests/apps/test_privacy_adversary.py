@@ -123,3 +123,21 @@ def test_the_prototype_pull_moves_the_released_means_towards_shared_points(study
     fit(task, DataLoader(SequenceDataset(data.train), batch_size=16), 12)
     pulls = [row["prototype_pull"] for row in task.history]
     assert pulls[-1] < 0.8 * pulls[0]  # 0.41 -> 0.29 in 12 steps
+
+
+def test_the_nearest_attack_starts_as_nearest_neighbour(study) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from mi_losses.apps.privacy.sequence import _release_attack
+
+    data, _ = study
+    candidates = data.candidates
+    attack = _release_attack(candidates, data.table, S, True).eval()
+    generator = torch.Generator().manual_seed(3)
+    ids = candidates[torch.randint(0, len(candidates), (4, S), generator=generator)]
+    released = data.table[ids] + 0.4 * torch.randn(4, S, data.table.shape[1], generator=generator)
+    mask = torch.ones(4, S, dtype=torch.bool)
+    guesses = attack(released, mask, mask).argmax(-1)
+    nearest = torch.cdist(released, data.table[candidates].unsqueeze(0)).argmin(-1)
+    assert torch.equal(guesses, nearest)
+    assert not torch.equal(
+        guesses, _release_attack(candidates, data.table, S, False)(released, mask, mask).argmax(-1)
+    )

@@ -164,6 +164,7 @@ def _learned_sequence_channel(
     seed: int,
     adversary: AdversarySettings | None = None,
     noise_layer: LayerKind = "sequence",
+    nearest_attack: bool = False,
 ) -> StudyChannel:
     """A :class:`~mi_losses.noise.SequenceGaussianNoiseLayer` (or, ``noise_layer="token"``, a
     context-free :class:`~mi_losses.noise.LearnedTokenNoise`) trained on ``objective``."""
@@ -180,6 +181,7 @@ def _learned_sequence_channel(
         adversary=adversary if adversarial else None,
         max_length=int(data.train.input_ids.shape[1]),
         layer=noise_layer,
+        nearest_attack=nearest_attack,
     )
     loader = DataLoader(
         SequenceDataset(data.train),
@@ -218,6 +220,7 @@ def run(
     substitution: SubstitutionSettings | None = None,
     adversary: AdversarySettings | None = None,
     sequence_layer: LayerKind = "sequence",
+    adversary_nearest: bool = False,
     seeds: list[int] | None = None,
     learned_steps: int = 60,
     cache_dir: str = "/tmp/mi_losses_privacy_cache",
@@ -242,6 +245,7 @@ def run(
             objective is then ``adversarial_<its objective>`` and its settings are recorded.
         sequence_layer: the layer the sequence objectives train: ``"sequence"`` or ``"token"``
             (context-free, judged as ``learned_token``).
+        adversary_nearest: the adversary starts as nearest neighbour (its posterior input).
         seeds: seeds of the layer's and the inversion attack's training (the validation
             noise is always drawn from seed 0, shared by every attacker of a point).
         learned_steps: training steps of the learned layers.
@@ -281,7 +285,7 @@ def run(
     for objective, alpha in zip(sequence_objectives or [], sequence_alphas or [], strict=True):
         build = partial(
             _learned_sequence_channel, encoder, data, objective, alpha, learned_steps,
-            adversary=adversary, noise_layer=sequence_layer,
+            adversary=adversary, noise_layer=sequence_layer, nearest_attack=adversary_nearest,
         )  # fmt: skip
         label = (
             f"adversarial_{adversary.objective}"
@@ -314,7 +318,7 @@ def run(
             )
             point["build_seconds"] = build_seconds
             if adversary is not None and objective.startswith("adversarial_"):
-                point["adversary"] = asdict(adversary)
+                point["adversary"] = asdict(adversary) | {"nearest": adversary_nearest}
             points.append(point)
             out_path.write_text(json.dumps(points, indent=1) + "\n")
             print(summary(point), flush=True)

@@ -55,27 +55,44 @@ LayerKind = Literal["sequence", "token"]
 
 
 class ReleaseAttack(nn.Module):
-    """An :class:`~mi_losses.attacks.inversion.InversionAttack` without a posterior, called as
+    """An :class:`~mi_losses.attacks.inversion.InversionAttack` called as
     :class:`~mi_losses.losses.AdversarialPrivacy` calls its attack:
-    ``(released, attention_mask, noise_mask)`` to logits ``(B, S, C)``."""
+    ``(released, attention_mask, noise_mask)`` to logits ``(B, S, C)``.
 
-    def __init__(self, attack: InversionAttack) -> None:
+    With ``nearest=True`` the attack starts as nearest neighbour: its posterior input is
+    ``log_softmax(-scale * ||y - w_c||^2)`` over the candidates' rows ``w_c``, with a learned
+    ``scale`` (started at ``init_scale``), added to its logits (as the one-token Bayes posterior
+    for a context-free layer); without, it reads the release alone.
+    """
+
+    def __init__(
+        self, attack: InversionAttack, *, nearest: bool = False, init_scale: float = 10.0
+    ) -> None:
         super().__init__()
         self.attack = attack
+        self.nearest = nearest
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)), requires_grad=nearest)
 
     def forward(
         self, released: torch.Tensor, attention_mask: torch.Tensor, noise_mask: torch.Tensor
     ) -> torch.Tensor:
-        logits: torch.Tensor = self.attack(AttackInputs(released, None), attention_mask, noise_mask)
+        log_posterior = None
+        if self.nearest:
+            rows: torch.Tensor = self.attack.candidate_table  # type: ignore[assignment]  # a buffer
+            squared = torch.cdist(released.float(), rows.unsqueeze(0)).pow(2)
+            log_posterior = torch.log_softmax(-self.log_scale.exp() * squared, dim=-1)
+        inputs = AttackInputs(released, log_posterior)
+        logits: torch.Tensor = self.attack(inputs, attention_mask, noise_mask)
         return logits
 
 
 def _release_attack(
-    candidates: torch.Tensor, table: torch.Tensor, max_length: int
+    candidates: torch.Tensor, table: torch.Tensor, max_length: int, nearest: bool
 ) -> ReleaseAttack:
-    return ReleaseAttack(
-        InversionAttack(candidates, table[candidates], max_length=max_length, use_posterior=False)
+    attack = InversionAttack(
+        candidates, table[candidates], max_length=max_length, use_posterior=nearest
     )
+    return ReleaseAttack(attack, nearest=nearest)
 
 
 class SequenceObfuscation(pl.LightningModule):
@@ -107,6 +124,7 @@ class SequenceObfuscation(pl.LightningModule):
             the loss (a mean that maps many tokens to one); needs ``candidates`` and ``prior``.
         num_prototypes: ``K``, prototypes from :func:`~mi_losses.losses.kmeans_prototypes` of
             the candidates' embeddings weighted by the prior.
+        nearest_attack: the adversary starts as nearest neighbour (:class:`ReleaseAttack`).
     """
 
     def __init__(
@@ -129,6 +147,7 @@ class SequenceObfuscation(pl.LightningModule):
         layer: LayerKind = "sequence",
         prototype_weight: float = 0.0,
         num_prototypes: int = 64,
+        nearest_attack: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
@@ -187,7 +206,7 @@ class SequenceObfuscation(pl.LightningModule):
                     )
                 log_prior = prior[candidates].double().log()
             self.adversary = AdversarialPrivacy(
-                partial(_release_attack, candidates, table, max_length),
+                partial(_release_attack, candidates, table, max_length, nearest_attack),
                 settings,
                 log_prior=log_prior,
             )
