@@ -141,3 +141,19 @@ def test_the_nearest_attack_starts_as_nearest_neighbour(study) -> None:  # type:
     assert not torch.equal(
         guesses, _release_attack(candidates, data.table, S, False)(released, mask, mask).argmax(-1)
     )
+
+
+def test_committed_adversary_points_have_the_schema_and_valid_settings() -> None:
+    import json
+    from pathlib import Path
+
+    from mi_losses.evaluation.points import check_points
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "privacy_adversary.json"
+    points = json.loads(path.read_text())
+    check_points(points)
+    for point in points:
+        settings = dict(point["adversary"])
+        assert isinstance(settings.pop("nearest"), bool)
+        assert point["objective"] == f"adversarial_{AdversarySettings(**settings).objective}"
+        assert point["bayes_attack_failure"] is None  # the sequence layer has no Bayes attacker
