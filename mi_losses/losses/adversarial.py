@@ -176,6 +176,9 @@ class AdversarySettings:
         restart_every: a fresh adversary replaces the current one every this many layer steps
             (the old one joins the pool); ``0``: never.
         restart_steps: steps of the fresh adversary's pre-training.
+        layer_temperature: the layer's term reads the attack's logits divided by this (``> 0``):
+            above 1 it softens a confident attack, whose posterior would otherwise give the
+            bounded terms no gradient (the adversary itself trains at temperature 1).
 
     Example:
         >>> AdversarySettings(objective="accuracy_hinge", target_accuracy=0.4, attack_steps=3)
@@ -198,6 +201,7 @@ class AdversarySettings:
     snapshot_every: int = 0
     restart_every: int = 0
     restart_steps: int = 0
+    layer_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         check_choice("AdversarySettings", "objective", self.objective, get_args(AdversaryObjective))
@@ -208,6 +212,10 @@ class AdversarySettings:
         if not self.learning_rate > 0.0:
             raise ValueError(
                 f"AdversarySettings: learning_rate must be > 0, got {self.learning_rate}"
+            )
+        if not self.layer_temperature > 0.0:
+            raise ValueError(
+                f"AdversarySettings: layer_temperature must be > 0, got {self.layer_temperature}"
             )
         if not self.pretrain_min_delta >= 0.0:
             raise ValueError(
@@ -400,7 +408,7 @@ class AdversarialPrivacy(nn.Module):
         attack.eval()
         logits, labels = self._attacked(attack, batch, constant=True)
         return adversarial_privacy_loss(
-            logits,
+            logits / self.settings.layer_temperature,
             labels,
             self.settings.objective,
             log_prior=self.log_prior,

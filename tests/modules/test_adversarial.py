@@ -252,3 +252,25 @@ def test_pretraining_lowers_the_attack_loss_and_stops_on_a_plateau() -> None:
         AdversarySettings(pretrain_steps=100, pretrain_window=5, learning_rate=1e-9),
     ).attach(lambda: one_hot_batch(0))
     assert len(plateau.pretrain()) == 10  # two windows without a fall of 0.01
+
+
+def test_the_layer_term_reads_the_logits_over_the_layer_temperature() -> None:
+    settings = AdversarySettings(objective="posterior_entropy", layer_temperature=4.0)
+    adversary = AdversarialPrivacy(OneHotAttack, settings)
+    with torch.no_grad():
+        adversary.attack.weight.copy_(20.0 * torch.eye(C))  # confident: saturated at T = 1
+    batch = one_hot_batch(2)
+    logits, labels = AdversarialPrivacy._attacked(adversary.attack, batch)
+    expected = adversarial_privacy_loss(logits / 4.0, labels, "posterior_entropy")
+    assert float(adversary(batch).detach()) == pytest.approx(float(expected))
+    released = batch.released.clone().requires_grad_(True)
+    adversary(batch._replace(released=released)).backward()
+    cold = AdversarialPrivacy(OneHotAttack, AdversarySettings(objective="posterior_entropy"))
+    with torch.no_grad():
+        cold.attack.weight.copy_(20.0 * torch.eye(C))
+    released_cold = batch.released.clone().requires_grad_(True)
+    cold(batch._replace(released=released_cold)).backward()
+    assert released.grad is not None and released_cold.grad is not None
+    assert float(released.grad.abs().sum()) > 100 * float(released_cold.grad.abs().sum())
+    with pytest.raises(ValueError, match=r"layer_temperature must be > 0, got 0\.0"):
+        AdversarySettings(layer_temperature=0.0)
