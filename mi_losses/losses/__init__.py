@@ -1,5 +1,11 @@
 """Loss modules: configuration as plain values, math in :mod:`mi_losses.functional`."""
 
+from mi_losses.losses.adversarial import (
+    AdversarialPrivacy,
+    AdversaryBatch,
+    AdversarySettings,
+    adversarial_privacy_loss,
+)
 from mi_losses.losses.base import ComponentLossModule, MixtureLossModule, MutualInformationLoss
 from mi_losses.losses.distance import MahalanobisDistance
 from mi_losses.losses.distillation import (
@@ -9,9 +15,13 @@ from mi_losses.losses.distillation import (
 )
 from mi_losses.losses.mixture_entropy import GaussianMixtureEntropy
 from mi_losses.losses.mutual_information import SubBatchMutualInformation
+from mi_losses.losses.prototypes import kmeans_prototypes, prototype_pull_loss
 from mi_losses.losses.vocabulary import VocabularyMutualInformation
 
 __all__ = [
+    "AdversarialPrivacy",
+    "AdversaryBatch",
+    "AdversarySettings",
     "ComponentLossModule",
     "GaussianMixtureEntropy",
     "HiddenStateDistillation",
@@ -22,4 +32,7 @@ __all__ = [
     "RetrievalDistillation",
     "SubBatchMutualInformation",
     "VocabularyMutualInformation",
+    "adversarial_privacy_loss",
+    "kmeans_prototypes",
+    "prototype_pull_loss",
 ]

@@ -204,7 +204,7 @@ def test_adversarial_objective_trains_layer_and_adversary_and_raises_the_noise(s
         encoder, alpha=1.0, objective="adversarial", hidden_dim=8, candidates=data.candidates,
         max_length=S, init_std=0.3,
     )  # fmt: skip
-    assert task.attack is not None
+    assert task.adversary is not None
     clean, mask = data.table[data.train.input_ids], data.train.noise_mask
 
     def mean_std() -> float:
@@ -213,17 +213,16 @@ def test_adversarial_objective_trains_layer_and_adversary_and_raises_the_noise(s
             return float(task.noise_layer(clean, mask).stds[mask].mean())
 
     std_before = mean_std()
-    attack_before = [p.detach().clone() for p in task.attack.parameters()]
+    attack_before = [p.detach().clone() for p in task.adversary.attack.parameters()]
     loader = DataLoader(SequenceDataset(data.train), batch_size=16)
     trainer = pl.Trainer(
         accelerator="cpu", max_steps=8, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(task, train_dataloaders=loader)
-    assert trainer.global_step == 8  # Lightning counts the layer's 4 steps and the adversary's 4
-    assert any(
-        not torch.equal(a, b) for a, b in zip(attack_before, task.attack.parameters(), strict=True)
-    )
+    assert trainer.global_step == 8  # the layer's steps (the adversary has its own optimizer)
+    after = task.adversary.attack.parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(attack_before, after, strict=True))
     # alpha 1: the layer only maximises the adversary's cross-entropy, so its noise grows.
     assert mean_std() > std_before * 1.05
 

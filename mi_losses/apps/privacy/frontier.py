@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from mi_losses.apps.privacy.sequence import LayerKind
 from mi_losses.apps.privacy.substitution import SubstitutionSettings, substitution_channel
 from mi_losses.evaluation.channels import (
     GaussianTokenChannel,
@@ -41,6 +43,7 @@ from mi_losses.evaluation.channels import (
 from mi_losses.evaluation.judge import InversionSettings, judge
 from mi_losses.evaluation.points import check_points, format_points
 from mi_losses.evaluation.sequences import SequenceDataset, StudyData
+from mi_losses.losses import AdversarySettings
 from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, TokenNoise
 
 BASELINES = ("isotropic", "frequency_rule", "laplace_dp", "santext")
@@ -159,17 +162,26 @@ def _learned_sequence_channel(
     alpha: float,
     steps: int,
     seed: int,
+    adversary: AdversarySettings | None = None,
+    noise_layer: LayerKind = "sequence",
+    nearest_attack: bool = False,
 ) -> StudyChannel:
-    """A :class:`~mi_losses.noise.SequenceGaussianNoiseLayer` trained on ``objective``."""
+    """A :class:`~mi_losses.noise.SequenceGaussianNoiseLayer` (or, ``noise_layer="token"``, a
+    context-free :class:`~mi_losses.noise.LearnedTokenNoise`) trained on ``objective``."""
     from mi_losses.apps.privacy.sequence import SequenceObfuscation
 
     pl.seed_everything(seed, verbose=False)
+    adversarial = objective == "adversarial"
     task = SequenceObfuscation(
         encoder,
         alpha=alpha,
         objective=objective,  # type: ignore[arg-type]
-        candidates=data.candidates if objective == "adversarial" else None,
+        candidates=data.candidates if adversarial else None,
+        prior=data.prior if adversarial else None,
+        adversary=adversary if adversarial else None,
         max_length=int(data.train.input_ids.shape[1]),
+        layer=noise_layer,
+        nearest_attack=nearest_attack,
     )
     loader = DataLoader(
         SequenceDataset(data.train),
@@ -178,9 +190,20 @@ def _learned_sequence_channel(
         drop_last=True,
         generator=torch.Generator().manual_seed(seed),
     )
-    # Lightning counts every optimizer's steps: the adversary's too.
-    optimizers = 1 + (task.attack_steps if task.attack is not None else 0)
-    _fit(task, steps * optimizers, train_dataloaders=loader)
+    _fit(task, steps, train_dataloaders=loader)
+    if task.adversary is not None:
+        losses = task.pretrain_losses
+        print(
+            f"adversary: pre-training {len(losses)} steps, loss {losses[:1]} -> {losses[-1:]}; "
+            f"restarts at {task.adversary.restarts}; pool {len(task.adversary.pool)}; "
+            f"last strongest {task.adversary.last_strongest} "
+            f"(losses {task.adversary.last_attack_losses})",
+            flush=True,
+        )
+        for row in task.history[:: max(1, len(task.history) // 8)] + task.history[-1:]:
+            print("  " + ", ".join(f"{key} {value:.4g}" for key, value in row.items()), flush=True)
+    if noise_layer == "token":
+        return GaussianTokenChannel(task.noise_layer, data.table, data.prior, data.candidates)  # type: ignore[arg-type]
     return SequenceChannel(task.noise_layer, data.table, data.prior, data.candidates)
 
 
@@ -195,6 +218,9 @@ def run(
     sequence_alphas: list[float] | None = None,
     substitution_alphas: list[float] | None = None,
     substitution: SubstitutionSettings | None = None,
+    adversary: AdversarySettings | None = None,
+    sequence_layer: LayerKind = "sequence",
+    adversary_nearest: bool = False,
     seeds: list[int] | None = None,
     learned_steps: int = 60,
     cache_dir: str = "/tmp/mi_losses_privacy_cache",
@@ -214,6 +240,12 @@ def run(
         sequence_alphas: ``alpha`` per entry of ``sequence_objectives``.
         substitution_alphas: ``alpha`` of the learned substitution channel.
         substitution: its settings (defaults of :class:`SubstitutionSettings`).
+        adversary: how the ``"adversarial"`` objective's adversary is kept strong and what the
+            layer minimises (:class:`~mi_losses.losses.AdversarySettings`); the point's
+            objective is then ``adversarial_<its objective>`` and its settings are recorded.
+        sequence_layer: the layer the sequence objectives train: ``"sequence"`` or ``"token"``
+            (context-free, judged as ``learned_token``).
+        adversary_nearest: the adversary starts as nearest neighbour (its posterior input).
         seeds: seeds of the layer's and the inversion attack's training (the validation
             noise is always drawn from seed 0, shared by every attacker of a point).
         learned_steps: training steps of the learned layers.
@@ -251,8 +283,17 @@ def run(
         build = partial(_learned_token_channel, data, alpha, learned_steps)
         jobs.append(("learned_token", "exact_vocabulary_mi", "alpha", alpha, build))
     for objective, alpha in zip(sequence_objectives or [], sequence_alphas or [], strict=True):
-        build = partial(_learned_sequence_channel, encoder, data, objective, alpha, learned_steps)
-        jobs.append(("learned_sequence", objective, "alpha", alpha, build))
+        build = partial(
+            _learned_sequence_channel, encoder, data, objective, alpha, learned_steps,
+            adversary=adversary, noise_layer=sequence_layer, nearest_attack=adversary_nearest,
+        )  # fmt: skip
+        label = (
+            f"adversarial_{adversary.objective}"
+            if adversary and objective == "adversarial"
+            else objective
+        )
+        layer_name = "learned_token" if sequence_layer == "token" else "learned_sequence"
+        jobs.append((layer_name, label, "alpha", alpha, build))
     for alpha in substitution_alphas or []:
         recipe = substitution or SubstitutionSettings()
         build = partial(substitution_channel, encoder, data, alpha, learned_steps, recipe)
@@ -276,6 +317,8 @@ def run(
                 extra_inversions=extra_inversions or (),
             )
             point["build_seconds"] = build_seconds
+            if adversary is not None and objective.startswith("adversarial_"):
+                point["adversary"] = asdict(adversary) | {"nearest": adversary_nearest}
             points.append(point)
             out_path.write_text(json.dumps(points, indent=1) + "\n")
             print(summary(point), flush=True)
