@@ -119,6 +119,8 @@ def test_settings_are_checked_and_name_the_objective() -> None:
     assert TokenTermSettings().objective == "exact_vocabulary_mi"
     named = TokenTermSettings(term="sub_batch", entropy_weight=0.1, num_prototypes=512)
     assert named.objective == "sub_batch+entropy_0.1+prototypes_512_pull_1"
+    exact = TokenTermSettings(num_prototypes=8, mean_scale=0.0)
+    assert exact.objective == "exact_vocabulary_mi+prototypes_8_pull_1+mean_scale_0"
     with pytest.raises(ValueError, match="term must be one of"):
         TokenTermSettings(term="adversarial")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\], got 2"):

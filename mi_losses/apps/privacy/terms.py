@@ -50,6 +50,8 @@ class TokenTermSettings:
         num_prototypes: ``> 0``: a many-to-one mean with that many prototypes, fitted on the
             training text's tokens.
         prototype_pull: the prototype gates' initial value, in ``[0, 1]``.
+        mean_scale: bound of the layer's own learned shift per coordinate (``0``: none, so a
+            gate of 1 merges a cluster exactly).
     """
 
     term: TokenTerm = "vocabulary_mi"
@@ -57,6 +59,7 @@ class TokenTermSettings:
     entropy_weight: float = 0.0
     num_prototypes: int = 0
     prototype_pull: float = 1.0
+    mean_scale: float = 0.05
 
     def __post_init__(self) -> None:
         if self.term not in TERMS:
@@ -76,6 +79,8 @@ class TokenTermSettings:
             name += f"+entropy_{self.entropy_weight:g}"
         if self.num_prototypes:
             name += f"+prototypes_{self.num_prototypes}_pull_{self.prototype_pull:g}"
+        if self.mean_scale != 0.05:
+            name += f"+mean_scale_{self.mean_scale:g}"
         return name
 
 
@@ -139,6 +144,7 @@ def term_task(
         vocab_size=vocab_size,
         num_prototypes=settings.num_prototypes,
         prototype_pull=settings.prototype_pull,
+        mean_scale=settings.mean_scale,
     )
     return TermObfuscation(
         settings.term,
