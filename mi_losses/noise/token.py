@@ -10,7 +10,8 @@ known for every token, the exact known-prior mutual information and the Bayes-op
 - :class:`FrequencyRuleNoise`: the ``k`` most frequent training tokens get ``large_std``, every
   other token ``small_std``, no shift (baseline).
 - :class:`LearnedTokenNoise`: :class:`~mi_losses.noise.GaussianNoiseLayer`'s MLP and bounded
-  head on the token's clean embedding, plus an optional learned per-token offset of ``log sigma``.
+  head on the token's clean embedding, plus an optional learned per-token offset of ``log sigma``
+  and an optional many-to-one mean (each token pulled towards the prototype of its cluster).
 - :func:`as_token_noise`: a context-free embedding layer (``GaussianNoiseLayer``) seen as a
   token layer.
 """
@@ -128,6 +129,14 @@ class LearnedTokenNoise(TokenNoise):
         vocab_size: if ``> 0``, add a learned per-token offset to ``log sigma`` (a ``(V,)``
             parameter, zero-initialised; see :meth:`warm_start`), so the layer can give single
             tokens a std of their own.
+        num_prototypes: if ``> 0`` (needs ``vocab_size``), a many-to-one mean: every token ``v``
+            is also pulled towards the prototype ``P_c(v)`` of its cluster,
+            ``mu_v += g_v (P_c(v) - W_v)``, with a learned per-token gate
+            ``g_v = clamp(gate_v, 0, 1)``; at ``g = 1`` every token of a cluster has the same
+            centre, so one noisy token cannot name its cluster's member without context. The
+            ``num_prototypes`` prototypes are k-means centroids of table rows and every token
+            is assigned to the nearest (:meth:`fit_prototypes`, called before the first use).
+        prototype_pull: the gates' initial value, in ``[0, 1]``.
     """
 
     def __init__(
@@ -139,6 +148,8 @@ class LearnedTokenNoise(TokenNoise):
         init_std: float = 0.02,
         mean_scale: float = 0.05,
         vocab_size: int = 0,
+        num_prototypes: int = 0,
+        prototype_pull: float = 1.0,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -154,6 +165,47 @@ class LearnedTokenNoise(TokenNoise):
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 0:
             raise ValueError(f"{owner}: vocab_size must be an int >= 0, got {vocab_size!r}")
         self.log_std_offset = nn.Parameter(torch.zeros(vocab_size), requires_grad=vocab_size > 0)
+        if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, int):
+            raise ValueError(f"{owner}: num_prototypes must be an int >= 0, got {num_prototypes!r}")
+        if num_prototypes < 0 or (num_prototypes > 0 and vocab_size == 0):
+            raise ValueError(
+                f"{owner}: num_prototypes must be >= 0 and needs vocab_size > 0, got "
+                f"num_prototypes={num_prototypes}, vocab_size={vocab_size}"
+            )
+        if isinstance(prototype_pull, bool) or not 0.0 <= prototype_pull <= 1.0:
+            raise ValueError(f"{owner}: prototype_pull must lie in [0, 1], got {prototype_pull!r}")
+        # Registered only when asked, so that a layer without prototypes keeps its state dict.
+        self.prototype_gate: nn.Parameter | None = None
+        if num_prototypes:
+            gate = torch.full((vocab_size,), float(prototype_pull))
+            self.prototype_gate = nn.Parameter(gate)
+            self.register_buffer("prototypes", torch.zeros(num_prototypes, embedding_dim))
+            self.register_buffer("prototype_of", torch.full((vocab_size,), -1, dtype=torch.long))
+
+    @torch.no_grad()
+    def fit_prototypes(
+        self,
+        table: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        *,
+        iterations: int = 20,
+        seed: int = 0,
+    ) -> None:
+        """Cluster ``table[rows]`` (all rows if ``None``) into the prototypes by k-means
+        (:func:`kmeans`) and assign every vocabulary token to its nearest prototype (L2)."""
+        if self.prototype_gate is None:
+            raise ValueError("LearnedTokenNoise.fit_prototypes needs num_prototypes > 0")
+        prototypes: torch.Tensor = self.prototypes  # type: ignore[assignment]  # a buffer
+        assigned: torch.Tensor = self.prototype_of  # type: ignore[assignment]  # a buffer
+        if table.shape[0] != assigned.shape[0]:
+            raise ValueError(
+                f"LearnedTokenNoise.fit_prototypes: table must have {assigned.shape[0]} rows "
+                f"(vocab_size), got {table.shape[0]}"
+            )
+        points = table if rows is None else table[rows]
+        centroids, _ = kmeans(points, prototypes.shape[0], iterations=iterations, seed=seed)
+        prototypes.copy_(centroids)
+        assigned.copy_(_nearest(table, centroids))
 
     @torch.no_grad()
     def warm_start(self, token_ids: torch.Tensor, std: float) -> None:
@@ -176,7 +228,49 @@ class LearnedTokenNoise(TokenNoise):
         if self.log_std_offset.numel():
             offset = self.log_std_offset if rows is None else self.log_std_offset[rows]
             offset = offset.unsqueeze(-1)
-        return self.head(hidden, offset)  # type: ignore[no-any-return]
+        means, stds = self.head(hidden, offset)
+        if self.prototype_gate is not None:
+            means = means + self._prototype_pull(self.prototype_gate, table, rows)
+        return means, stds
+
+    def _prototype_pull(
+        self, gate: torch.Tensor, table: torch.Tensor, rows: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``g_v (P_c(v) - W_v)`` of ``table[rows]``, ``(R, E)``."""
+        assigned: torch.Tensor = self.prototype_of  # type: ignore[assignment]  # a buffer
+        if bool((assigned < 0).any()):
+            raise RuntimeError("LearnedTokenNoise: call fit_prototypes(table) before using it")
+        prototypes: torch.Tensor = self.prototypes  # type: ignore[assignment]  # a buffer
+        gate = gate.clamp(0.0, 1.0)
+        if rows is not None:
+            assigned, gate, table = assigned[rows], gate[rows], table[rows]
+        return gate.unsqueeze(-1) * (prototypes[assigned].to(table.dtype) - table)
+
+
+def _nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centroid (L2) of every point, ``(N,)``."""
+    return torch.cdist(points.double(), centroids.double()).argmin(-1)
+
+
+def kmeans(
+    points: torch.Tensor, k: int, *, iterations: int = 20, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means of ``points`` ``(N, E)``: ``(centroids (k, E), assignment (N,))``.
+
+    Starts from ``k`` distinct points drawn with ``seed``; a cluster that loses every point
+    keeps its centroid. The assignment is to the nearest final centroid (L2).
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= points.shape[0]:
+        raise ValueError(f"kmeans: k must be an int in [1, {points.shape[0]}], got {k!r}")
+    data = points.detach().double()
+    start = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed))[:k]
+    centroids = data[start.to(data.device)].clone()
+    for _ in range(iterations):
+        assignment = _nearest(data, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, data)
+        counts = torch.bincount(assignment, minlength=k).unsqueeze(-1)
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+    return centroids.to(points.dtype), _nearest(data, centroids)
 
 
 class _EmbeddingLayerAsTokenNoise(TokenNoise):

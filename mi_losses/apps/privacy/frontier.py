@@ -15,7 +15,9 @@ study's context-free layer trained on the exact vocabulary MI, ``alpha``), ``lap
 ``santext`` (``epsilon``), ``learned_sequence`` (a sequence-dependent layer trained on the
 sub-batch MI or its InfoNCE lower bound, ``alpha``), ``learned_substitution`` (a learned
 discrete channel over each token's nearest candidates on its exact MI, ``alpha``:
-:mod:`mi_losses.apps.privacy.substitution`).
+:mod:`mi_losses.apps.privacy.substitution`); ``--token_terms`` trains the context-free layer on
+another privacy term (``learned_token`` with that term as ``objective``:
+:mod:`mi_losses.apps.privacy.terms`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from torch.utils.data import DataLoader
 
 from mi_losses.apps.privacy.sequence import LayerKind
 from mi_losses.apps.privacy.substitution import SubstitutionSettings, substitution_channel
+from mi_losses.apps.privacy.terms import TokenTermSettings
 from mi_losses.evaluation.channels import (
     GaussianTokenChannel,
     ReleaseChannel,
@@ -155,6 +158,25 @@ def _learned_token_channel(data: StudyData, alpha: float, steps: int, seed: int)
     return GaussianTokenChannel(layer, data.table, data.prior, data.candidates)
 
 
+def _term_token_channel(
+    data: StudyData, settings: TokenTermSettings, steps: int, seed: int
+) -> StudyChannel:
+    """The context-free layer trained on ``settings``' privacy term
+    (:mod:`mi_losses.apps.privacy.terms`), prototypes fitted on the training text's tokens."""
+    from mi_losses.apps.hf.data import HFTextDataModule
+    from mi_losses.apps.privacy.terms import term_task
+
+    pl.seed_everything(seed, verbose=False)
+    task = term_task(settings, int(data.table.shape[0]))
+    layer: Any = task.noise_layer
+    if settings.num_prototypes:
+        layer.fit_prototypes(data.table, data.candidates, seed=seed)
+    _fit(task, steps, datamodule=HFTextDataModule(seed=0, num_val=len(data.val)))
+    token_layer = task.token_noise()
+    assert token_layer is not None
+    return GaussianTokenChannel(token_layer, data.table, data.prior, data.candidates)
+
+
 def _learned_sequence_channel(
     encoder: torch.nn.Module,
     data: StudyData,
@@ -221,6 +243,7 @@ def run(
     adversary: AdversarySettings | None = None,
     sequence_layer: LayerKind = "sequence",
     adversary_nearest: bool = False,
+    token_terms: list[TokenTermSettings] | None = None,
     seeds: list[int] | None = None,
     learned_steps: int = 60,
     cache_dir: str = "/tmp/mi_losses_privacy_cache",
@@ -246,6 +269,8 @@ def run(
         sequence_layer: the layer the sequence objectives train: ``"sequence"`` or ``"token"``
             (context-free, judged as ``learned_token``).
         adversary_nearest: the adversary starts as nearest neighbour (its posterior input).
+        token_terms: context-free layers trained on a chosen privacy term, one point each
+            (:class:`~mi_losses.apps.privacy.terms.TokenTermSettings`).
         seeds: seeds of the layer's and the inversion attack's training (the validation
             noise is always drawn from seed 0, shared by every attacker of a point).
         learned_steps: training steps of the learned layers.
@@ -298,6 +323,9 @@ def run(
         recipe = substitution or SubstitutionSettings()
         build = partial(substitution_channel, encoder, data, alpha, learned_steps, recipe)
         jobs.append(("learned_substitution", "exact_channel_mi", "alpha", alpha, build))
+    for term in token_terms or []:
+        build = partial(_term_token_channel, data, term, learned_steps)
+        jobs.append(("learned_token", term.objective, "alpha", term.alpha, build))
     points: list[dict[str, Any]] = []
     for layer, objective, parameter, value, build in jobs:
         for seed in seeds or [0]:
