@@ -15,7 +15,7 @@ from mi_losses.losses.distillation import (
 )
 from mi_losses.losses.mixture_entropy import GaussianMixtureEntropy
 from mi_losses.losses.mutual_information import SubBatchMutualInformation
-from mi_losses.losses.prototypes import kmeans_prototypes, prototype_pull_loss
+from mi_losses.losses.prototypes import kmeans_prototypes, nearest_prototype, prototype_pull_loss
 from mi_losses.losses.vocabulary import VocabularyMutualInformation
 
 __all__ = [
@@ -34,5 +34,6 @@ __all__ = [
     "VocabularyMutualInformation",
     "adversarial_privacy_loss",
     "kmeans_prototypes",
+    "nearest_prototype",
     "prototype_pull_loss",
 ]

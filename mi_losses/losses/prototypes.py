@@ -13,7 +13,7 @@ import torch
 
 from mi_losses._validation import check_ndim
 
-__all__ = ["kmeans_prototypes", "prototype_pull_loss"]
+__all__ = ["kmeans_prototypes", "nearest_prototype", "prototype_pull_loss"]
 
 
 def prototype_pull_loss(means: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -47,15 +47,22 @@ def prototype_pull_loss(means: torch.Tensor, prototypes: torch.Tensor) -> torch.
 
 @torch.no_grad()
 def kmeans_prototypes(
-    points: torch.Tensor, weights: torch.Tensor, k: int, *, steps: int = 20, seed: int = 0
+    points: torch.Tensor,
+    weights: torch.Tensor | None,
+    k: int,
+    *,
+    steps: int = 20,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """Weighted k-means (Lloyd's iterations) of ``points`` ``(M, E)`` with ``weights`` ``(M,)``.
+    """Weighted k-means (Lloyd's iterations, in float64) of ``points`` ``(M, E)``.
 
-    Starts from ``k`` points drawn with probability proportional to ``weights`` (seeded); an
-    empty cluster keeps its centre.
+    Starts from ``k`` distinct points drawn with ``seed``: uniformly when ``weights`` is
+    ``None`` (every point of weight 1), else with probability proportional to ``weights``
+    ``(M,)``; a cluster that loses every point keeps its centre.
 
     Returns:
-        The ``(k, E)`` prototypes.
+        The ``(k, E)`` prototypes, in ``points``' dtype; the nearest one (L2) of every point
+        is :func:`nearest_prototype`.
 
     Example:
         >>> points = torch.tensor([[0.0], [0.1], [5.0], [5.2]])
@@ -63,24 +70,37 @@ def kmeans_prototypes(
         tensor([0.0500, 5.1000])
     """
     check_ndim("points", points, 2, "(M, E)")
-    if weights.shape != points.shape[:1] or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+    if weights is not None and (
+        weights.shape != points.shape[:1] or bool((weights < 0).any()) or float(weights.sum()) <= 0
+    ):
         raise ValueError(
             f"weights must have shape ({points.shape[0]},), be >= 0 and not all 0, "
             f"got shape {tuple(weights.shape)}"
         )
-    nonzero = int((weights > 0).sum())
+    nonzero = points.shape[0] if weights is None else int((weights > 0).sum())
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= nonzero:
         raise ValueError(f"k must be an int in [1, {nonzero}] (points of weight > 0), got {k!r}")
+    data = points.detach().double()
     generator = torch.Generator().manual_seed(seed)
-    start = torch.multinomial(weights.double().cpu(), k, replacement=False, generator=generator)
-    centres = points[start.to(points.device)].clone()
-    weights = weights.to(points.dtype)
+    if weights is None:
+        start = torch.randperm(data.shape[0], generator=generator)[:k]
+        mass_of = torch.ones(data.shape[0], dtype=data.dtype, device=data.device)
+    else:
+        start = torch.multinomial(weights.double().cpu(), k, replacement=False, generator=generator)
+        mass_of = weights.to(data)
+    centres = data[start.to(data.device)].clone()
     for _ in range(steps):
-        nearest = torch.cdist(points, centres).argmin(-1)
-        totals = torch.zeros_like(centres).index_add_(0, nearest, points * weights.unsqueeze(-1))
-        mass = torch.zeros(k, dtype=points.dtype, device=points.device).index_add_(
-            0, nearest, weights
+        assignment = nearest_prototype(data, centres)
+        totals = torch.zeros_like(centres).index_add_(0, assignment, data * mass_of.unsqueeze(-1))
+        mass = torch.zeros(k, dtype=data.dtype, device=data.device).index_add_(
+            0, assignment, mass_of
         )
-        filled = mass > 0
-        centres[filled] = totals[filled] / mass[filled].unsqueeze(-1)
-    return centres
+        centres = torch.where(
+            (mass > 0).unsqueeze(-1), totals / mass.clamp_min(1e-300).unsqueeze(-1), centres
+        )
+    return centres.to(points.dtype)
+
+
+def nearest_prototype(points: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest prototype (L2, in float64) of every point, ``(M,)``."""
+    return torch.cdist(points.double(), prototypes.double()).argmin(-1)

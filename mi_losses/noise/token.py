@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mi_losses.losses.prototypes import kmeans_prototypes, nearest_prototype
 from mi_losses.noise._head import draw_noise, token_mlp
 from mi_losses.noise.output import NoisyEmbeddings
 from mi_losses.noise.pretrained import PretrainedMixin
@@ -192,7 +193,7 @@ class LearnedTokenNoise(TokenNoise):
         seed: int = 0,
     ) -> None:
         """Cluster ``table[rows]`` (all rows if ``None``) into the prototypes by k-means
-        (:func:`kmeans`) and assign every vocabulary token to its nearest prototype (L2)."""
+        (:func:`~mi_losses.losses.kmeans_prototypes`) and assign every vocabulary token to its nearest prototype (L2)."""
         if self.prototype_gate is None:
             raise ValueError("LearnedTokenNoise.fit_prototypes needs num_prototypes > 0")
         prototypes: torch.Tensor = self.prototypes  # type: ignore[assignment]  # a buffer
@@ -203,9 +204,11 @@ class LearnedTokenNoise(TokenNoise):
                 f"(vocab_size), got {table.shape[0]}"
             )
         points = table if rows is None else table[rows]
-        centroids, _ = kmeans(points, prototypes.shape[0], iterations=iterations, seed=seed)
+        centroids = kmeans_prototypes(
+            points, None, prototypes.shape[0], steps=iterations, seed=seed
+        )
         prototypes.copy_(centroids)
-        assigned.copy_(_nearest(table, centroids))
+        assigned.copy_(nearest_prototype(table, centroids))
 
     @torch.no_grad()
     def warm_start(self, token_ids: torch.Tensor, std: float) -> None:
@@ -245,32 +248,6 @@ class LearnedTokenNoise(TokenNoise):
         if rows is not None:
             assigned, gate, table = assigned[rows], gate[rows], table[rows]
         return gate.unsqueeze(-1) * (prototypes[assigned].to(table.dtype) - table)
-
-
-def _nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest centroid (L2) of every point, ``(N,)``."""
-    return torch.cdist(points.double(), centroids.double()).argmin(-1)
-
-
-def kmeans(
-    points: torch.Tensor, k: int, *, iterations: int = 20, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means of ``points`` ``(N, E)``: ``(centroids (k, E), assignment (N,))``.
-
-    Starts from ``k`` distinct points drawn with ``seed``; a cluster that loses every point
-    keeps its centroid. The assignment is to the nearest final centroid (L2).
-    """
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= points.shape[0]:
-        raise ValueError(f"kmeans: k must be an int in [1, {points.shape[0]}], got {k!r}")
-    data = points.detach().double()
-    start = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed))[:k]
-    centroids = data[start.to(data.device)].clone()
-    for _ in range(iterations):
-        assignment = _nearest(data, centroids)
-        sums = torch.zeros_like(centroids).index_add_(0, assignment, data)
-        counts = torch.bincount(assignment, minlength=k).unsqueeze(-1)
-        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-    return centroids.to(points.dtype), _nearest(data, centroids)
 
 
 class _EmbeddingLayerAsTokenNoise(TokenNoise):

@@ -62,14 +62,15 @@ def test_warm_start_gives_chosen_tokens_their_own_std() -> None:
 
 
 def test_kmeans_centroids_are_the_means_of_their_clusters() -> None:
-    from mi_losses.noise.token import kmeans
+    from mi_losses.losses.prototypes import kmeans_prototypes, nearest_prototype
 
     generator = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     points = (centres.repeat_interleave(5, 0) + 0.1 * torch.randn(15, 2, generator=generator))[
         torch.randperm(15, generator=generator)
     ]
-    centroids, assignment = kmeans(points, 3, seed=1)
+    centroids = kmeans_prototypes(points, None, 3, seed=1)
+    assignment = nearest_prototype(points, centroids)
     # Three blobs, three clusters of five points each; every centroid is its cluster's mean.
     assert sorted(torch.bincount(assignment, minlength=3).tolist()) == [5, 5, 5]
     for cluster in range(3):
@@ -80,7 +81,7 @@ def test_kmeans_centroids_are_the_means_of_their_clusters() -> None:
     nearest = torch.cdist(points, centroids).argmin(-1)
     assert torch.equal(assignment, nearest)
     with pytest.raises(ValueError, match=r"k must be an int in \[1, 15\]"):
-        kmeans(points, 16)
+        kmeans_prototypes(points, None, 16)
 
 
 def test_prototype_mean_pulls_every_token_towards_its_cluster() -> None:
