@@ -10,7 +10,7 @@ from mi_losses.attacks.inversion import InversionAttack, warmup_cosine
 from mi_losses.evaluation.channels import ReleaseChannel
 from mi_losses.evaluation.judge import InversionSettings, judge, train_inversion
 from mi_losses.evaluation.points import check_points, format_points
-from mi_losses.evaluation.sequences import sequence_batches
+from mi_losses.evaluation.sequences import TokenizedSequences, sequence_batches
 from tests.apps.test_privacy_frontier import study  # noqa: F401  (the fixture)
 
 SMALL = InversionSettings(d_model=16, num_heads=2, batch_size=16, max_epochs=1)
@@ -62,3 +62,65 @@ def test_cosine_schedule_decays_to_zero_at_the_step_budget(study) -> None:  # ty
     )
     with pytest.raises(ValueError, match="schedule"):
         InversionAttack(torch.arange(3), torch.randn(3, 4), schedule="linear")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("attack_text_fraction", [0.0, 0.5])
+def test_disjoint_attack_text_keeps_the_layer_and_the_attack_apart(
+    study,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path,
+    attack_text_fraction: float,
+) -> None:  # type: ignore[no-untyped-def]
+    """``run``: the learned layer's trainer and the attack's trainer each record the training
+    sequences they are given; with a fraction they never share one and together cover all."""
+    import importlib
+
+    import mi_losses.apps.privacy.substitution as substitution_module
+    import mi_losses.evaluation as evaluation
+    import mi_losses.huggingface as huggingface
+    from mi_losses.apps.privacy import frontier
+    from mi_losses.apps.privacy.substitution import SubstitutionSettings
+
+    judge_module = importlib.import_module("mi_losses.evaluation.judge")  # not the function
+    data, encoder = study
+    monkeypatch.setattr(huggingface, "load_pretrained", lambda *args, **kwargs: None)
+    monkeypatch.setattr(evaluation, "SentenceEncoder", lambda model: encoder)
+    monkeypatch.setattr(frontier, "load_study_data", lambda encoder, cache_dir: data)
+    seen: dict[str, list[set[tuple[int, ...]]]] = {"layer": [], "attack": []}
+
+    def spy(role: str, original):  # type: ignore[no-untyped-def]
+        def loader(sequences: TokenizedSequences, batch_size: int, seed: int):  # type: ignore[no-untyped-def]
+            seen[role].append({tuple(row) for row in sequences.input_ids.tolist()})
+            return original(sequences, batch_size, seed)
+
+        return loader
+
+    for role, module in (("layer", substitution_module), ("attack", judge_module)):
+        monkeypatch.setattr(module, "training_loader", spy(role, module.training_loader))
+    points = frontier.run(
+        str(tmp_path / "run.json"),
+        frequency_ks=[3],
+        substitution_alphas=[0.5],
+        substitution=SubstitutionSettings(num_candidates=4, batch_size=8),
+        learned_steps=2,
+        inversion=SMALL,
+        attack_text_fraction=attack_text_fraction,
+        attack_text_seed=1,
+    )
+    everything = {tuple(row) for row in data.train.input_ids.tolist()}
+    assert len(everything) == len(data.train)  # distinct rows: a shared row would be seen
+    (layer,) = seen["layer"]  # one learned layer trained; two points attacked
+    first, second = seen["attack"]
+    assert first == second
+    if attack_text_fraction:
+        assert not layer & first
+        assert layer | first == everything
+        assert len(first) == 32 and len(layer) == 32
+    else:
+        assert layer == first == everything
+    for point in points:
+        assert point["attack_train_sequences"] == len(first)
+        assert point["layer_train_sequences"] == len(data.train) - (
+            len(first) if attack_text_fraction else 0
+        )
+        assert point["attack_text_fraction"] == attack_text_fraction

@@ -146,7 +146,11 @@ def _learned_token_channel(data: StudyData, alpha: float, steps: int, seed: int)
         utility_weight=1.0 - alpha,
         warm_start_k=20,
     )
-    _fit(task, steps, datamodule=HFTextDataModule(seed=0, num_val=len(data.val)))
+    datamodule = HFTextDataModule(seed=0, num_val=len(data.val))
+    # The study's sequences (the layer's part where the judge's text is disjoint) and counts.
+    datamodule.train_sequences, datamodule.val_sequences = data.train, data.val
+    task.set_training_counts(data.counts)
+    _fit(task, steps, datamodule=datamodule)
     layer = task.token_noise()
     assert layer is not None
     return GaussianTokenChannel(layer, data.table, data.prior, data.candidates)
@@ -201,6 +205,8 @@ def run(
     inversion: InversionSettings | None = None,
     extra_inversions: list[InversionSettings] | None = None,
     skip_inversion: bool = False,
+    attack_text_fraction: float = 0.0,
+    attack_text_seed: int = 0,
     num_threads: int | None = 1,
 ) -> list[dict[str, Any]]:
     """Judge every requested layer for every seed; write the points to ``output`` after each.
@@ -222,6 +228,12 @@ def run(
         extra_inversions: more inversion attackers per point (the strongest failure is over
             all of them).
         skip_inversion: judge by nearest neighbour and Bayes only.
+        attack_text_fraction: ``0``: the layers and the inversion attacks train on the same
+            training sequences; else this share of them (a permutation from
+            ``attack_text_seed``, :meth:`~mi_losses.evaluation.sequences.StudyData.disjoint_training`)
+            trains the attacks only and the rest the learned layers only (the fixed layers
+            are unchanged; the token counts stay the whole training text's).
+        attack_text_seed: seed of that split.
         num_threads: torch CPU threads.
     """
     from mi_losses.apps.hf.data import model_directory, transformers_offline
@@ -234,39 +246,46 @@ def run(
     transformers_offline()
     encoder = SentenceEncoder(load_pretrained(model_directory(None), local_files_only=True))
     data = load_study_data(encoder, cache_dir)
+    layer_data, attack_data = data, data
+    if attack_text_fraction:
+        layer_data, attack_data = data.disjoint_training(attack_text_fraction, attack_text_seed)
     out_path = Path(output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, str, str, float, Callable[[int], StudyChannel]]] = []
     build: Callable[[int], StudyChannel]
     for std in isotropic_stds or []:
-        build = partial(_gaussian_channel, IsotropicNoise(std), data)
+        build = partial(_gaussian_channel, IsotropicNoise(std), layer_data)
         jobs.append(("isotropic", "none", "std", std, build))
     for k in frequency_ks or []:
-        build = partial(_gaussian_channel, FrequencyRuleNoise(data.counts, k), data)
+        build = partial(_gaussian_channel, FrequencyRuleNoise(layer_data.counts, k), layer_data)
         jobs.append(("frequency_rule", "none", "k", k, build))
     for name, epsilons in (("laplace_dp", laplace_epsilons), ("santext", santext_epsilons)):
         for epsilon in epsilons or []:
-            jobs.append((name, "none", "epsilon", epsilon, partial(_release, name, epsilon, data)))
+            jobs.append(
+                (name, "none", "epsilon", epsilon, partial(_release, name, epsilon, layer_data))
+            )
     for alpha in learned_token_alphas or []:
-        build = partial(_learned_token_channel, data, alpha, learned_steps)
+        build = partial(_learned_token_channel, layer_data, alpha, learned_steps)
         jobs.append(("learned_token", "exact_vocabulary_mi", "alpha", alpha, build))
     for objective, alpha in zip(sequence_objectives or [], sequence_alphas or [], strict=True):
-        build = partial(_learned_sequence_channel, encoder, data, objective, alpha, learned_steps)
+        build = partial(
+            _learned_sequence_channel, encoder, layer_data, objective, alpha, learned_steps
+        )
         jobs.append(("learned_sequence", objective, "alpha", alpha, build))
     for alpha in substitution_alphas or []:
         recipe = substitution or SubstitutionSettings()
-        build = partial(substitution_channel, encoder, data, alpha, learned_steps, recipe)
+        build = partial(substitution_channel, encoder, layer_data, alpha, learned_steps, recipe)
         jobs.append(("learned_substitution", "exact_channel_mi", "alpha", alpha, build))
     points: list[dict[str, Any]] = []
     for layer, objective, parameter, value, build in jobs:
         for seed in seeds or [0]:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             channel = build(seed)
             build_seconds = time.perf_counter() - start
             point = judge(
                 channel,
                 encoder,
-                data,
+                attack_data,
                 layer=layer,
                 objective=objective,
                 parameter=parameter,
@@ -276,6 +295,11 @@ def run(
                 extra_inversions=extra_inversions or (),
             )
             point["build_seconds"] = build_seconds
+            point["cpu_seconds"] = time.process_time() - cpu_start
+            point["attack_text_fraction"] = attack_text_fraction
+            point["attack_text_seed"] = attack_text_seed if attack_text_fraction else None
+            point["layer_train_sequences"] = len(layer_data.train)
+            point["attack_train_sequences"] = len(attack_data.train)
             points.append(point)
             out_path.write_text(json.dumps(points, indent=1) + "\n")
             print(summary(point), flush=True)
