@@ -3,13 +3,15 @@ learning-rate schedule) and the strongest failure over all of them."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from mi_losses.attacks.inversion import InversionAttack, warmup_cosine
 from mi_losses.evaluation.channels import ReleaseChannel
 from mi_losses.evaluation.judge import InversionSettings, judge, train_inversion
-from mi_losses.evaluation.points import check_points, format_points
+from mi_losses.evaluation.points import REQUIRED_KEYS, check_points, format_attackers, format_points
 from mi_losses.evaluation.sequences import TokenizedSequences, sequence_batches
 from tests.apps.test_privacy_frontier import study  # noqa: F401  (the fixture)
 
@@ -38,6 +40,12 @@ def test_extra_attackers_enter_the_strongest_failure(study) -> None:  # type: ig
         extra["failure"],
     )
     assert "(cap 1+1" in format_points([point])
+    # One row per point, every attacker in its own column with its size.
+    header, _, row = format_attackers([point]).splitlines()
+    assert header.count("attacker 2 fail") == 1
+    assert f"| {extra['failure']:.3f} (" in row and "32x3, cosine) |" in row
+    assert f"| {point['inversion_failure']:.3f} (" in row and "16x2) |" in row
+    assert row.endswith("| shared | n/a |")
     # A strongest failure that ignores a lower extra attacker is rejected.
     low = dict(point, extra_inversions=[dict(extra, failure=0.0)])
     with pytest.raises(ValueError, match="lowest"):
@@ -124,3 +132,39 @@ def test_disjoint_attack_text_keeps_the_layer_and_the_attack_apart(
             len(first) if attack_text_fraction else 0
         )
         assert point["attack_text_fraction"] == attack_text_fraction
+
+
+def test_combine_attackers_writes_the_json_and_one_row_per_point(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mi_losses.apps.privacy.frontier import HARDER_END, HARDER_START, combine_attackers
+
+    base = {key: 0.4 for key in REQUIRED_KEYS}
+    base |= {"layer": "laplace_dp", "objective": "none", "parameter": "epsilon", "value": 80.0}
+    first = base | {
+        "seed": 0, "inversion_failure": 0.3, "strongest_attack_failure": 0.2,
+        "inversion_epochs": 12.5, "inversion_stopped_early": True,
+        "inversion_settings": {"d_model": 128, "num_layers": 2, "schedule": "constant"},
+        "extra_inversions": [{
+            "failure": 0.2, "epochs": 40.0, "stopped_early": False,
+            "settings": {"d_model": 192, "num_layers": 3, "schedule": "cosine"},
+        }],
+        "attack_text_fraction": 0.5, "attack_train_sequences": 638, "cpu_seconds": 512.3,
+    }  # fmt: skip
+    second = base | {"seed": 1, "inversion_failure": None}  # no attack run, nothing recorded
+    (tmp_path / "a.json").write_text(json.dumps([first]))
+    (tmp_path / "b.json").write_text(json.dumps([second]))
+    page = tmp_path / "page.md"
+    page.write_text(f"intro\n{HARDER_START}\nold\n{HARDER_END}\noutro\n")
+    out = tmp_path / "harder.json"
+    combine_attackers([str(tmp_path / "a.json"), str(tmp_path / "b.json")], str(out), str(page))
+    assert json.loads(out.read_text()) == [first, second]  # not averaged over seeds
+    text = page.read_text()
+    assert "old" not in text and text.startswith("intro") and text.endswith("outro\n")
+    rows = text.split(HARDER_START)[1].split(HARDER_END)[0].strip().splitlines()[2:]
+    assert rows == [
+        "| laplace_dp | epsilon 80 | 0 | 0.400 | 0.400 | 0.400 | 0.300 (12.5; 128x2) | "
+        "0.200 (cap; 192x3, cosine) | 0.200 | 638 disjoint | 512 |",
+        "| laplace_dp | epsilon 80 | 1 | 0.400 | 0.400 | 0.400 | n/a | n/a | 0.400 | shared | n/a |",
+    ]
+    with pytest.raises(ValueError, match="lowest"):
+        (tmp_path / "c.json").write_text(json.dumps([first | {"strongest_attack_failure": 0.3}]))
+        combine_attackers([str(tmp_path / "c.json")], str(out), None)

@@ -39,7 +39,7 @@ from mi_losses.evaluation.channels import (
     StudyChannel,
 )
 from mi_losses.evaluation.judge import InversionSettings, judge
-from mi_losses.evaluation.points import check_points, format_points
+from mi_losses.evaluation.points import check_points, format_attackers, format_points
 from mi_losses.evaluation.sequences import SequenceDataset, StudyData
 from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, TokenNoise
 
@@ -58,6 +58,8 @@ STYLES = {
 
 TABLE_START = "<!-- frontier-table -->"
 TABLE_END = "<!-- /frontier-table -->"
+HARDER_START = "<!-- harder-judge-table -->"
+HARDER_END = "<!-- /harder-judge-table -->"
 
 
 def load_study_data(
@@ -337,21 +339,45 @@ def combine(
     plot(points, figure)
     plot_curves(points, curves)
     table = format_points(points, order=list(STYLES))
-    if page is not None and Path(page).is_file():
-        text = Path(page).read_text()
-        if TABLE_START in text and TABLE_END in text:
-            head, rest = text.split(TABLE_START, 1)
-            _, tail = rest.split(TABLE_END, 1)
-            Path(page).write_text(f"{head}{TABLE_START}\n{table}\n{TABLE_END}{tail}")
+    _write_table(page, TABLE_START, TABLE_END, table)
+    print(table)
+    return points
+
+
+def _write_table(page: str | None, start: str, end: str, table: str) -> None:
+    """Replace what lies between the markers ``start`` and ``end`` of ``page`` by ``table``."""
+    if page is None or not Path(page).is_file():
+        return
+    text = Path(page).read_text()
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        Path(page).write_text(f"{head}{start}\n{table}\n{end}{tail}")
+
+
+def combine_attackers(
+    inputs: list[str],
+    output_json: str = "docs/privacy_harder_judge.json",
+    page: str | None = "docs/frontier.md",
+) -> list[dict[str, Any]]:
+    """Join runs judged by several attackers (the harder judge) without averaging: write the
+    JSON and one row per point (:func:`~mi_losses.evaluation.points.format_attackers`) between
+    the page's ``harder-judge-table`` markers."""
+    points = [point for name in inputs for point in json.loads(Path(name).read_text())]
+    check_points(points)
+    Path(output_json).write_text(json.dumps(points, indent=1) + "\n")
+    table = format_attackers(points)
+    _write_table(page, HARDER_START, HARDER_END, table)
     print(table)
     return points
 
 
 def main(args: list[str] | None = None) -> None:
-    """Command line: ``run`` and ``combine`` with their arguments as ``--name value``."""
+    """Command line: ``run``, ``combine`` and ``combine_attackers`` with their arguments as
+    ``--name value``."""
     from jsonargparse import CLI
 
-    CLI([run, combine], args=args)
+    CLI([run, combine, combine_attackers], args=args)
 
 
 if __name__ == "__main__":
