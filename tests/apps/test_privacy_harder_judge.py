@@ -168,3 +168,18 @@ def test_combine_attackers_writes_the_json_and_one_row_per_point(tmp_path) -> No
     with pytest.raises(ValueError, match="lowest"):
         (tmp_path / "c.json").write_text(json.dumps([first | {"strongest_attack_failure": 0.3}]))
         combine_attackers([str(tmp_path / "c.json")], str(out), None)
+
+
+def test_committed_harder_judge_json_has_the_schema() -> None:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "privacy_harder_judge.json"
+    points = json.loads(path.read_text())
+    check_points(points)  # includes: the strongest failure is the lowest over every attacker
+    disjoint = [point for point in points if point.get("attack_text_fraction")]
+    assert disjoint
+    for point in disjoint:
+        # The two parts of the 1,276 training sequences, and the larger attacker beside.
+        assert point["layer_train_sequences"] + point["attack_train_sequences"] == 1276
+        assert point["inversion_settings"]["selection_seed"] is not None
+        assert [a["settings"]["d_model"] for a in point["extra_inversions"]] == [192]
