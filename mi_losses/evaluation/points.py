@@ -153,7 +153,8 @@ def format_attackers(points: list[dict[str, Any]]) -> str:
     the CPU time of the point (the layer's training included).
 
     ``attack text``: ``shared`` where the attacks trained on the layer's training text, else
-    the number of training sequences of the attacks (disjoint from the layer's).
+    the number of training sequences of the attacks, ``disjoint`` from the layer's or ``of the
+    layer's`` (the control of ``attack_on_layer_text``).
     """
     extra = max((len(point.get("extra_inversions", [])) for point in points), default=0)
     titles = [
@@ -171,7 +172,10 @@ def format_attackers(points: list[dict[str, Any]]) -> str:
         attackers = [_attack_cell(a) for a in (first, *point.get("extra_inversions", []))]
         attackers += ["n/a"] * (1 + extra - len(attackers))
         fraction = point.get("attack_text_fraction") or 0
-        text = f"{point['attack_train_sequences']} disjoint" if fraction else "shared"
+        text = "shared"
+        if fraction:
+            kind = "of the layer's" if point.get("attack_on_layer_text") else "disjoint"
+            text = f"{point['attack_train_sequences']} {kind}"
         cpu = point.get("cpu_seconds")
         cells = [
             point["layer"],

@@ -72,15 +72,19 @@ def test_cosine_schedule_decays_to_zero_at_the_step_budget(study) -> None:  # ty
         InversionAttack(torch.arange(3), torch.randn(3, 4), schedule="linear")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("attack_text_fraction", [0.0, 0.5])
+@pytest.mark.parametrize(
+    ("attack_text_fraction", "attack_on_layer_text"), [(0.0, False), (0.5, False), (0.5, True)]
+)
 def test_disjoint_attack_text_keeps_the_layer_and_the_attack_apart(
     study,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
     tmp_path,
     attack_text_fraction: float,
+    attack_on_layer_text: bool,
 ) -> None:  # type: ignore[no-untyped-def]
     """``run``: the learned layer's trainer and the attack's trainer each record the training
-    sequences they are given; with a fraction they never share one and together cover all."""
+    sequences they are given; with a fraction they never share one and together cover all
+    (the control ``attack_on_layer_text``: the attack trains on the layer's part)."""
     import importlib
 
     import mi_losses.apps.privacy.substitution as substitution_module
@@ -114,13 +118,16 @@ def test_disjoint_attack_text_keeps_the_layer_and_the_attack_apart(
         inversion=SMALL,
         attack_text_fraction=attack_text_fraction,
         attack_text_seed=1,
+        attack_on_layer_text=attack_on_layer_text,
     )
     everything = {tuple(row) for row in data.train.input_ids.tolist()}
     assert len(everything) == len(data.train)  # distinct rows: a shared row would be seen
     (layer,) = seen["layer"]  # one learned layer trained; two points attacked
     first, second = seen["attack"]
     assert first == second
-    if attack_text_fraction:
+    if attack_on_layer_text:
+        assert layer == first and len(layer) == 32
+    elif attack_text_fraction:
         assert not layer & first
         assert layer | first == everything
         assert len(first) == 32 and len(layer) == 32
@@ -128,10 +135,11 @@ def test_disjoint_attack_text_keeps_the_layer_and_the_attack_apart(
         assert layer == first == everything
     for point in points:
         assert point["attack_train_sequences"] == len(first)
-        assert point["layer_train_sequences"] == len(data.train) - (
-            len(first) if attack_text_fraction else 0
-        )
+        assert point["layer_train_sequences"] == len(layer)
         assert point["attack_text_fraction"] == attack_text_fraction
+    if not attack_text_fraction:
+        with pytest.raises(ValueError, match="attack_on_layer_text needs an attack_text_fraction"):
+            frontier.run(str(tmp_path / "bad.json"), attack_on_layer_text=True)
 
 
 def test_combine_attackers_writes_the_json_and_one_row_per_point(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -165,6 +173,8 @@ def test_combine_attackers_writes_the_json_and_one_row_per_point(tmp_path) -> No
         "0.200 (cap; 192x3, cosine) | 0.200 | 638 disjoint | 512 |",
         "| laplace_dp | epsilon 80 | 1 | 0.400 | 0.400 | 0.400 | n/a | n/a | 0.400 | shared | n/a |",
     ]
+    control = format_attackers([first | {"attack_on_layer_text": True}])
+    assert control.endswith("| 638 of the layer's | 512 |")
     with pytest.raises(ValueError, match="lowest"):
         (tmp_path / "c.json").write_text(json.dumps([first | {"strongest_attack_failure": 0.3}]))
         combine_attackers([str(tmp_path / "c.json")], str(out), None)

@@ -209,6 +209,7 @@ def run(
     skip_inversion: bool = False,
     attack_text_fraction: float = 0.0,
     attack_text_seed: int = 0,
+    attack_on_layer_text: bool = False,
     num_threads: int | None = 1,
 ) -> list[dict[str, Any]]:
     """Judge every requested layer for every seed; write the points to ``output`` after each.
@@ -236,6 +237,8 @@ def run(
             trains the attacks only and the rest the learned layers only (the fixed layers
             are unchanged; the token counts stay the whole training text's).
         attack_text_seed: seed of that split.
+        attack_on_layer_text: with ``attack_text_fraction``, the attacks train on the layer's
+            part instead (a control: as little text, not disjoint).
         num_threads: torch CPU threads.
     """
     from mi_losses.apps.hf.data import model_directory, transformers_offline
@@ -248,9 +251,13 @@ def run(
     transformers_offline()
     encoder = SentenceEncoder(load_pretrained(model_directory(None), local_files_only=True))
     data = load_study_data(encoder, cache_dir)
+    if attack_on_layer_text and not attack_text_fraction:
+        raise ValueError("attack_on_layer_text needs an attack_text_fraction in (0, 1), got 0")
     layer_data, attack_data = data, data
     if attack_text_fraction:
         layer_data, attack_data = data.disjoint_training(attack_text_fraction, attack_text_seed)
+        if attack_on_layer_text:
+            attack_data = layer_data
     out_path = Path(output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, str, str, float, Callable[[int], StudyChannel]]] = []
@@ -300,6 +307,7 @@ def run(
             point["cpu_seconds"] = time.process_time() - cpu_start
             point["attack_text_fraction"] = attack_text_fraction
             point["attack_text_seed"] = attack_text_seed if attack_text_fraction else None
+            point["attack_on_layer_text"] = attack_on_layer_text
             point["layer_train_sequences"] = len(layer_data.train)
             point["attack_train_sequences"] = len(attack_data.train)
             points.append(point)
