@@ -2,7 +2,8 @@
 
 A point is one layer judged by every attacker that applies (``layer``, ``objective``,
 ``parameter``, ``value``, ``seed``, the utility, each attacker's failure, the strongest one);
-:func:`check_points` checks a list of them, :func:`format_points` prints mean ± std over seeds.
+:func:`check_points` checks a list of them, :func:`format_points` prints mean ± std over seeds,
+:func:`format_attackers` one row per point with every attacker's failure.
 """
 
 from __future__ import annotations
@@ -127,3 +128,67 @@ def check_points(points: list[dict[str, Any]]) -> None:
         applicable += [attack["failure"] for attack in point.get("extra_inversions", [])]
         if not math.isclose(point["strongest_attack_failure"], min(applicable)):
             raise ValueError("strongest_attack_failure must be the lowest failure")
+
+
+def _attack_cell(attack: dict[str, Any]) -> str:
+    """``"0.351 (18.5; 128x2)"``: an inversion attacker's failure, the epoch at which early
+    stopping ended it (``cap`` where the epoch cap did), its width x layers and schedule;
+    ``"n/a"`` where it was not run. ``attack``: ``failure``, ``epochs``, ``stopped_early``,
+    ``settings`` (the keys of a point's ``extra_inversions`` entry)."""
+    if attack.get("failure") is None:
+        return "n/a"
+    notes = []
+    if attack.get("epochs") is not None:
+        notes.append(f"{attack['epochs']:.1f}" if attack.get("stopped_early") else "cap")
+    settings = attack.get("settings") or {}
+    if settings:
+        schedule = ", cosine" if settings.get("schedule") == "cosine" else ""
+        notes.append(f"{settings['d_model']}x{settings['num_layers']}{schedule}")
+    return f"{attack['failure']:.3f} ({'; '.join(notes)})" if notes else f"{attack['failure']:.3f}"
+
+
+def format_attackers(points: list[dict[str, Any]]) -> str:
+    """One Markdown row per point: utility, every attacker's failure (each inversion attacker's
+    with the epoch at which it stopped and its size), the strongest failure, the attack text and
+    the CPU time of the point (the layer's training included).
+
+    ``attack text``: ``shared`` where the attacks trained on the layer's training text, else
+    the number of training sequences of the attacks, ``disjoint`` from the layer's or ``of the
+    layer's`` (the control of ``attack_on_layer_text``).
+    """
+    extra = max((len(point.get("extra_inversions", [])) for point in points), default=0)
+    titles = [
+        "layer", "parameter", "seed", "retrieval@1", "NN fail", "Bayes fail",
+        "inversion fail (epoch)", *(f"attacker {i + 2} fail (epoch)" for i in range(extra)),
+        "strongest fail", "attack text", "CPU s",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    for point in points:
+        first = {key: point.get(f"inversion_{key}") for key in ("epochs", "stopped_early")}
+        first |= {
+            "failure": point["inversion_failure"],
+            "settings": point.get("inversion_settings"),
+        }
+        attackers = [_attack_cell(a) for a in (first, *point.get("extra_inversions", []))]
+        attackers += ["n/a"] * (1 + extra - len(attackers))
+        fraction = point.get("attack_text_fraction") or 0
+        text = "shared"
+        if fraction:
+            kind = "of the layer's" if point.get("attack_on_layer_text") else "disjoint"
+            text = f"{point['attack_train_sequences']} {kind}"
+        cpu = point.get("cpu_seconds")
+        cells = [
+            point["layer"],
+            f"{point['parameter']} {point['value']:g}",
+            str(point["seed"]),
+            *(
+                "n/a" if point[key] is None else f"{point[key]:.3f}"
+                for key in ("retrieval_at_1", "nn_failure", "bayes_attack_failure")
+            ),
+            *attackers,
+            f"{point['strongest_attack_failure']:.3f}",
+            text,
+            "n/a" if cpu is None else f"{cpu:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

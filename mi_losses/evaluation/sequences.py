@@ -6,12 +6,13 @@
 - :class:`StudyData`: training and validation sequences, the vocabulary table, the training
   token counts (the attacker's prior) and the clean sentence embeddings of the validation
   sequences (the retrieval gallery): what :func:`~mi_losses.evaluation.judge` needs besides the
-  channel and the encoder.
+  channel and the encoder. :meth:`StudyData.disjoint_training` splits its training text into a
+  layer's part and an attacker's part.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -140,4 +141,42 @@ class StudyData:
         }
         return cls(
             splits["train"], splits["val"], data["table"], data["counts"], data["clean_sentences"]
+        )
+
+    def disjoint_training(self, attack_fraction: float, seed: int) -> tuple[StudyData, StudyData]:
+        """The study for a judge on text the layer never trained on: ``(layer's, attacker's)``.
+
+        A permutation of the training sequences from ``torch.Generator().manual_seed(seed)``
+        gives the attacker its first ``round(attack_fraction * N)`` and the layer the rest (each
+        part in its original order). Only ``train`` differs between the two: both keep the
+        table, the validation text and the ``counts`` of the whole training text (so the prior,
+        the candidates and the frequency rule's ranking are the same for every layer).
+
+        Args:
+            attack_fraction: share of the training sequences for the attacker, in ``(0, 1)``.
+            seed: seed of the permutation.
+
+        Example:
+            >>> ids = torch.arange(8).reshape(4, 2)
+            >>> ones = torch.ones(4, 2, dtype=torch.bool)
+            >>> data = StudyData(TokenizedSequences(ids, ones, ones), TokenizedSequences(ids, ones, ones),
+            ...                  torch.zeros(8, 3), torch.ones(8), torch.zeros(4, 3))
+            >>> layer, attack = data.disjoint_training(0.5, seed=0)
+            >>> len(layer.train), len(attack.train)
+            (2, 2)
+        """
+        count = len(self.train)
+        if not 0.0 < attack_fraction < 1.0:
+            raise ValueError(f"attack_fraction must lie in (0, 1), got {attack_fraction}")
+        attack_count = round(attack_fraction * count)
+        if not 0 < attack_count < count:
+            raise ValueError(
+                f"attack_fraction {attack_fraction} of {count} training sequences leaves a part "
+                "empty"
+            )
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+        attack_rows = order[:attack_count].sort().values
+        layer_rows = order[attack_count:].sort().values
+        return replace(self, train=self.train[layer_rows]), replace(
+            self, train=self.train[attack_rows]
         )

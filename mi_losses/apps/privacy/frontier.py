@@ -44,7 +44,7 @@ from mi_losses.evaluation.channels import (
     StudyChannel,
 )
 from mi_losses.evaluation.judge import InversionSettings, judge
-from mi_losses.evaluation.points import check_points, format_points
+from mi_losses.evaluation.points import check_points, format_attackers, format_points
 from mi_losses.evaluation.sequences import SequenceDataset, StudyData
 from mi_losses.losses import AdversarySettings
 from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, TokenNoise
@@ -64,6 +64,8 @@ STYLES = {
 
 TABLE_START = "<!-- frontier-table -->"
 TABLE_END = "<!-- /frontier-table -->"
+HARDER_START = "<!-- harder-judge-table -->"
+HARDER_END = "<!-- /harder-judge-table -->"
 
 
 def load_study_data(
@@ -134,10 +136,20 @@ def _fit(task: pl.LightningModule, steps: int, **data: Any) -> None:
     task.eval()
 
 
+def _study_datamodule(task: Any, data: StudyData) -> Any:
+    """The text data module of a context-free layer's task on the study's sequences (the
+    layer's part where the judge's text is disjoint), the task's prior from their counts."""
+    from mi_losses.apps.hf.data import HFTextDataModule
+
+    datamodule = HFTextDataModule(seed=0, num_val=len(data.val))
+    datamodule.train_sequences, datamodule.val_sequences = data.train, data.val
+    task.set_training_counts(data.counts)
+    return datamodule
+
+
 def _learned_token_channel(data: StudyData, alpha: float, steps: int, seed: int) -> StudyChannel:
     """The main job's context-free layer (exact vocabulary MI, retrieval utility), trained by
     :class:`~mi_losses.apps.hf.task.HFObfuscation` from the frequency rule (``k = 20``)."""
-    from mi_losses.apps.hf.data import HFTextDataModule
     from mi_losses.apps.hf.task import HFObfuscation
     from mi_losses.losses import RetrievalDistillation, VocabularyMutualInformation
     from mi_losses.noise import LearnedTokenNoise
@@ -152,7 +164,7 @@ def _learned_token_channel(data: StudyData, alpha: float, steps: int, seed: int)
         utility_weight=1.0 - alpha,
         warm_start_k=20,
     )
-    _fit(task, steps, datamodule=HFTextDataModule(seed=0, num_val=len(data.val)))
+    _fit(task, steps, datamodule=_study_datamodule(task, data))
     layer = task.token_noise()
     assert layer is not None
     return GaussianTokenChannel(layer, data.table, data.prior, data.candidates)
@@ -163,7 +175,6 @@ def _term_token_channel(
 ) -> StudyChannel:
     """The context-free layer trained on ``settings``' privacy term
     (:mod:`mi_losses.apps.privacy.terms`), prototypes fitted on the training text's tokens."""
-    from mi_losses.apps.hf.data import HFTextDataModule
     from mi_losses.apps.privacy.terms import term_task
 
     pl.seed_everything(seed, verbose=False)
@@ -171,7 +182,7 @@ def _term_token_channel(
     layer: Any = task.noise_layer
     if settings.num_prototypes:
         layer.fit_prototypes(data.table, data.candidates, seed=seed)
-    _fit(task, steps, datamodule=HFTextDataModule(seed=0, num_val=len(data.val)))
+    _fit(task, steps, datamodule=_study_datamodule(task, data))
     token_layer = task.token_noise()
     assert token_layer is not None
     return GaussianTokenChannel(token_layer, data.table, data.prior, data.candidates)
@@ -250,6 +261,9 @@ def run(
     inversion: InversionSettings | None = None,
     extra_inversions: list[InversionSettings] | None = None,
     skip_inversion: bool = False,
+    attack_text_fraction: float = 0.0,
+    attack_text_seed: int = 0,
+    attack_on_layer_text: bool = False,
     num_threads: int | None = 1,
 ) -> list[dict[str, Any]]:
     """Judge every requested layer for every seed; write the points to ``output`` after each.
@@ -279,6 +293,14 @@ def run(
         extra_inversions: more inversion attackers per point (the strongest failure is over
             all of them).
         skip_inversion: judge by nearest neighbour and Bayes only.
+        attack_text_fraction: ``0``: the layers and the inversion attacks train on the same
+            training sequences; else this share of them (a permutation from
+            ``attack_text_seed``, :meth:`~mi_losses.evaluation.sequences.StudyData.disjoint_training`)
+            trains the attacks only and the rest the learned layers only (the fixed layers
+            are unchanged; the token counts stay the whole training text's).
+        attack_text_seed: seed of that split.
+        attack_on_layer_text: with ``attack_text_fraction``, the attacks train on the layer's
+            part instead (a control: as little text, not disjoint).
         num_threads: torch CPU threads.
     """
     from mi_losses.apps.hf.data import model_directory, transformers_offline
@@ -291,25 +313,34 @@ def run(
     transformers_offline()
     encoder = SentenceEncoder(load_pretrained(model_directory(None), local_files_only=True))
     data = load_study_data(encoder, cache_dir)
+    if attack_on_layer_text and not attack_text_fraction:
+        raise ValueError("attack_on_layer_text needs an attack_text_fraction in (0, 1), got 0")
+    layer_data, attack_data = data, data
+    if attack_text_fraction:
+        layer_data, attack_data = data.disjoint_training(attack_text_fraction, attack_text_seed)
+        if attack_on_layer_text:
+            attack_data = layer_data
     out_path = Path(output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, str, str, float, Callable[[int], StudyChannel]]] = []
     build: Callable[[int], StudyChannel]
     for std in isotropic_stds or []:
-        build = partial(_gaussian_channel, IsotropicNoise(std), data)
+        build = partial(_gaussian_channel, IsotropicNoise(std), layer_data)
         jobs.append(("isotropic", "none", "std", std, build))
     for k in frequency_ks or []:
-        build = partial(_gaussian_channel, FrequencyRuleNoise(data.counts, k), data)
+        build = partial(_gaussian_channel, FrequencyRuleNoise(layer_data.counts, k), layer_data)
         jobs.append(("frequency_rule", "none", "k", k, build))
     for name, epsilons in (("laplace_dp", laplace_epsilons), ("santext", santext_epsilons)):
         for epsilon in epsilons or []:
-            jobs.append((name, "none", "epsilon", epsilon, partial(_release, name, epsilon, data)))
+            jobs.append(
+                (name, "none", "epsilon", epsilon, partial(_release, name, epsilon, layer_data))
+            )
     for alpha in learned_token_alphas or []:
-        build = partial(_learned_token_channel, data, alpha, learned_steps)
+        build = partial(_learned_token_channel, layer_data, alpha, learned_steps)
         jobs.append(("learned_token", "exact_vocabulary_mi", "alpha", alpha, build))
     for objective, alpha in zip(sequence_objectives or [], sequence_alphas or [], strict=True):
         build = partial(
-            _learned_sequence_channel, encoder, data, objective, alpha, learned_steps,
+            _learned_sequence_channel, encoder, layer_data, objective, alpha, learned_steps,
             adversary=adversary, noise_layer=sequence_layer, nearest_attack=adversary_nearest,
         )  # fmt: skip
         label = (
@@ -321,21 +352,21 @@ def run(
         jobs.append((layer_name, label, "alpha", alpha, build))
     for alpha in substitution_alphas or []:
         recipe = substitution or SubstitutionSettings()
-        build = partial(substitution_channel, encoder, data, alpha, learned_steps, recipe)
+        build = partial(substitution_channel, encoder, layer_data, alpha, learned_steps, recipe)
         jobs.append(("learned_substitution", "exact_channel_mi", "alpha", alpha, build))
     for term in token_terms or []:
-        build = partial(_term_token_channel, data, term, learned_steps)
+        build = partial(_term_token_channel, layer_data, term, learned_steps)
         jobs.append(("learned_token", term.objective, "alpha", term.alpha, build))
     points: list[dict[str, Any]] = []
     for layer, objective, parameter, value, build in jobs:
         for seed in seeds or [0]:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             channel = build(seed)
             build_seconds = time.perf_counter() - start
             point = judge(
                 channel,
                 encoder,
-                data,
+                attack_data,
                 layer=layer,
                 objective=objective,
                 parameter=parameter,
@@ -347,6 +378,12 @@ def run(
             point["build_seconds"] = build_seconds
             if adversary is not None and objective.startswith("adversarial_"):
                 point["adversary"] = asdict(adversary) | {"nearest": adversary_nearest}
+            point["cpu_seconds"] = time.process_time() - cpu_start
+            point["attack_text_fraction"] = attack_text_fraction
+            point["attack_text_seed"] = attack_text_seed if attack_text_fraction else None
+            point["attack_on_layer_text"] = attack_on_layer_text
+            point["layer_train_sequences"] = len(layer_data.train)
+            point["attack_train_sequences"] = len(attack_data.train)
             points.append(point)
             out_path.write_text(json.dumps(points, indent=1) + "\n")
             print(summary(point), flush=True)
@@ -384,21 +421,45 @@ def combine(
     plot(points, figure)
     plot_curves(points, curves)
     table = format_points(points, order=list(STYLES))
-    if page is not None and Path(page).is_file():
-        text = Path(page).read_text()
-        if TABLE_START in text and TABLE_END in text:
-            head, rest = text.split(TABLE_START, 1)
-            _, tail = rest.split(TABLE_END, 1)
-            Path(page).write_text(f"{head}{TABLE_START}\n{table}\n{TABLE_END}{tail}")
+    _write_table(page, TABLE_START, TABLE_END, table)
+    print(table)
+    return points
+
+
+def _write_table(page: str | None, start: str, end: str, table: str) -> None:
+    """Replace what lies between the markers ``start`` and ``end`` of ``page`` by ``table``."""
+    if page is None or not Path(page).is_file():
+        return
+    text = Path(page).read_text()
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        Path(page).write_text(f"{head}{start}\n{table}\n{end}{tail}")
+
+
+def combine_attackers(
+    inputs: list[str],
+    output_json: str = "docs/privacy_harder_judge.json",
+    page: str | None = "docs/frontier.md",
+) -> list[dict[str, Any]]:
+    """Join runs judged by several attackers (the harder judge) without averaging: write the
+    JSON and one row per point (:func:`~mi_losses.evaluation.points.format_attackers`) between
+    the page's ``harder-judge-table`` markers."""
+    points = [point for name in inputs for point in json.loads(Path(name).read_text())]
+    check_points(points)
+    Path(output_json).write_text(json.dumps(points, indent=1) + "\n")
+    table = format_attackers(points)
+    _write_table(page, HARDER_START, HARDER_END, table)
     print(table)
     return points
 
 
 def main(args: list[str] | None = None) -> None:
-    """Command line: ``run`` and ``combine`` with their arguments as ``--name value``."""
+    """Command line: ``run``, ``combine`` and ``combine_attackers`` with their arguments as
+    ``--name value``."""
     from jsonargparse import CLI
 
-    CLI([run, combine], args=args)
+    CLI([run, combine, combine_attackers], args=args)
 
 
 if __name__ == "__main__":
