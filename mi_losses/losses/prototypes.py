@@ -102,5 +102,10 @@ def kmeans_prototypes(
 
 
 def nearest_prototype(points: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest prototype (L2, in float64) of every point, ``(M,)``."""
+    """Index of the nearest prototype (L2, in float64) of every point, ``(M,)``.
+
+    Example:
+        >>> nearest_prototype(torch.tensor([[0.2], [4.0]]), torch.tensor([[0.0], [5.0]]))
+        tensor([0, 1])
+    """
     return torch.cdist(points.double(), prototypes.double()).argmin(-1)
