@@ -19,13 +19,12 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from mi_losses.kernels.chain import (
-    ComponentGrads,
     Grads,
-    QueryGrads,
-    chain,
-    chain_components,
-    chain_own,
-    chain_queries,
+    Targets,
+    add_component_grads,
+    add_grads,
+    add_own_grads,
+    add_query_grads,
 )
 from mi_losses.kernels.directions import Direction, block_rows, directions, ranges
 from mi_losses.kernels.factors import (
@@ -53,39 +52,6 @@ from mi_losses.kernels.scores import (
 # temporaries stay in the CPU caches and are reused by the allocator, where whole-tensor
 # temporaries of tens of MiB are fresh memory (page faults) at every operation.
 CHUNK_BYTES = 1 << 20
-
-
-class Targets(NamedTuple):
-    """Where one direction's gradients are added, ``(rows, S, E)`` rows of the inputs' gradient
-    buffers (``None`` where not wanted). Clean embeddings and means share one buffer
-    (``d mu = d x``); ``own_*`` are the queries' rows of it and of the stds' (own terms)."""
-
-    queries: torch.Tensor | None
-    own_centres: torch.Tensor | None
-    own_stds: torch.Tensor | None
-    centres: torch.Tensor | None
-    stds: torch.Tensor | None
-
-    def add_queries(self, g: QueryGrads, start: int, stop: int) -> None:
-        """Add the gradients of the queries' positions ``[start, stop)``."""
-        _add(self.queries, g.queries, start, stop)
-        if g.own is not None:
-            _add(self.own_centres, g.own.minus_centres, start, stop, alpha=-1.0)
-            _add(self.own_stds, g.own.stds, start, stop)
-
-    def add_components(self, g: ComponentGrads, rows: slice, start: int, stop: int) -> None:
-        """Add the gradients of components ``rows`` at positions ``[start, stop)``."""
-        _add(None if self.centres is None else self.centres[rows], g.centres, start, stop)
-        _add(None if self.stds is None else self.stds[rows], g.stds, start, stop)
-
-
-def _add(
-    target: torch.Tensor | None, value: torch.Tensor, start: int, stop: int, alpha: float = 1.0
-) -> None:
-    if target is not None:
-        if start != 0 or stop != target.shape[1]:
-            target = target[:, start:stop]
-        target.add_(value, alpha=alpha)
 
 
 class Saved(NamedTuple):
@@ -232,16 +198,12 @@ class TorchBlocks:
             return
         assert saved.scores is not None
         weights = exp_normal(saved.scores - log_sum_exp.unsqueeze(-1)).mul_(grad.unsqueeze(-1))
-        every = slice(None)
         for start, stop in _positions(d, dtype):
-            part = d.positions(start, stop)
             s = saved.factors
             if s is None:
                 f = saved.frame.positions(start, stop)
-                s = sides(*part, dtype, check=False, values=False, frame_=f)
-            query_grads, component_grads = chain(part, s, _factor_grads(s, weights))
-            out.add_queries(query_grads, start, stop)
-            out.add_components(component_grads, every, start, stop)
+                s = sides(*d.positions(start, stop), dtype, check=False, values=False, frame_=f)
+            add_grads(s, _factor_grads(s, weights), out.positions(start, stop))
 
     def _stream_backward(
         self, d: Direction, saved: Saved, upstream: tuple[torch.Tensor, torch.Tensor],
@@ -255,7 +217,7 @@ class TorchBlocks:
         own_term = d.own if again else None  # q enters the scores only
         queries = query_factors(d.queries, own_term, d.a, f, dtype, check=False, values=again)
         queries = queries._replace(own=None)
-        m, positions = d.queries.shape[:2]
+        m = d.queries.shape[0]
         # The queries' rows of the gradient buffer are this direction's alone (the plan's query
         # spans never overlap) and hold zeros: d y' is summed there, then finished in place.
         d_y = out.queries.flatten(1) if out.queries is not None else torch.zeros_like(queries.y)
@@ -276,20 +238,15 @@ class TorchBlocks:
             if d_q is not None:
                 d_q.addmm_(g, comps.b, alpha=-1.0)
             transposed = g.T
-            component_grads = chain_components(
-                comps, f, part.clean.shape, transposed @ queries.y2, transposed @ queries.y,
-                transposed @ queries.a,
+            add_component_grads(
+                comps, f, transposed @ queries.y2, transposed @ queries.y, transposed @ queries.a,
+                out.components(c0, c1),
             )  # fmt: skip
-            out.add_components(component_grads, slice(c0, c1), 0, positions)
-        grads = chain_queries(queries, f, d.queries.shape, d_y, d_y2, None)
+        add_query_grads(queries, f, d_y, d_y2, None, out, summed=out.queries is not None)
         del queries, d_y2  # before the own terms' residuals are made
         if d.own is not None:
             assert d_q is not None
-            own = chain_own(*own_residual(d.queries, d.own, d.a, dtype), d.a.to(dtype), d_q)
-            grads = QueryGrads(grads.queries.add_(own.minus_centres), own)
-        if out.queries is not None:  # already in place
-            out = out._replace(queries=None)
-        out.add_queries(grads, 0, positions)
+            add_own_grads(*own_residual(d.queries, d.own, d.a, dtype), d.a.to(dtype), d_q, out)
 
 
 def join(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ statistics and the rounding check, all in registers. One launch per direction wr
 per-query ``logsumexp``, statistics and largest rounding excess. The backward kernel
 recomputes a block of scores and writes the weights ``g_i exp(z_ij - logsumexp_i)``; two matrix
 products per block (``dL = W R``, ``dR = W^T L``) give the factors' gradients, and the written-out
-chain rule of :func:`mi_losses.kernels.chain.chain` finishes it. Dots run in the factors'
+chain rule of :func:`mi_losses.kernels.chain.add_grads` finishes it. Dots run in the factors'
 dtype (float32 for float32, bfloat16 and float16 inputs) with IEEE precision (no TF32).
 """
 
@@ -22,12 +22,12 @@ import torch
 import triton
 import triton.language as tl
 
-from mi_losses.kernels.chain import Grads, chain
+from mi_losses.kernels.chain import Grads, Targets, add_grads
 from mi_losses.kernels.directions import Direction, block_rows
 from mi_losses.kernels.factors import Sides, sides
 from mi_losses.kernels.reference import Result
 from mi_losses.kernels.scores import TOLERANCES
-from mi_losses.kernels.streaming import Saved, Targets
+from mi_losses.kernels.streaming import Saved
 
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 
@@ -265,10 +265,7 @@ class TritonBlocks:
         out: Targets,
     ) -> None:
         s = sides(*d, dtype, check=False, frame_=saved.frame)
-        query_grads, component_grads = chain(d, s, self._grads(s, log_sum_exp, grad, budget))
-        positions = d.queries.shape[1]
-        out.add_queries(query_grads, 0, positions)
-        out.add_components(component_grads, slice(None), 0, positions)
+        add_grads(s, self._grads(s, log_sum_exp, grad, budget), out)
 
     def _grads(self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int) -> Grads:
         f_ = _flat(s)
