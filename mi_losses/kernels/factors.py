@@ -32,11 +32,10 @@ HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 class Frame(NamedTuple):
     """The detached per-feature frame of a direction, ``(S, E)``: features are centred on
     ``reference`` (the mean active component centre) and divided by the scale ``t`` (the largest
-    active component std); ``constant`` ``(S,)`` is ``sum_e log t + E/2 log 2 pi``."""
+    active component std)."""
 
     reference: torch.Tensor
     inverse: torch.Tensor  # 1 / t
-    constant: torch.Tensor
 
     def positions(self, start: int, stop: int) -> Frame:
         """The frame of positions ``[start, stop)``."""
@@ -63,7 +62,7 @@ class Components(NamedTuple):
     wc: torch.Tensor  # w c', (n, F)
     c: torch.Tensor  # c', (n, F)
     b: torch.Tensor  # component mask as 0/1, (n, S)
-    ratio: torch.Tensor | None = None  # sigma / t, 1 / t where inactive, (n, S, E)
+    stds: torch.Tensor | None = None  # sigma, 1 where inactive, (n, S, E)
     k: torch.Tensor | None = None  # -(h + b p), (n, S)
     p: torch.Tensor | None = None  # b p, (n, S)
     h: torch.Tensor | None = None  # h, (n, S)
@@ -110,7 +109,7 @@ def keep(t: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor
     """``t`` where the 0/1 ``mask`` (broadcast to it) is 1, ``fill`` elsewhere, whatever ``t``
     holds there (NaN and inf included): a product and a NaN replacement, each one vectorised
     pass (a broadcast boolean ``where`` is several times slower on CPU). Differentiable."""
-    kept = t * mask if fill == 0.0 else torch.addcmul(1.0 - mask, t, mask)
+    kept = t * mask if fill == 0.0 else (t * mask).add_(1.0 - mask, alpha=fill)
     return kept.nan_to_num_(fill, math.inf, -math.inf)
 
 
@@ -130,8 +129,7 @@ def frame(
         else:
             scale = torch.ones_like(reference)
         scale = scale.masked_fill_(scale <= 0, 1.0)
-        constant = scale.log().sum(-1).add_(clean.shape[-1] * HALF_LOG_TWO_PI)
-        return Frame(reference, scale.reciprocal_(), constant)
+        return Frame(reference, scale.reciprocal_())
 
 
 def query_factors(
@@ -184,14 +182,14 @@ def component_factors(
     if means is not None:
         centred = centred.add_(means.to(dtype))
     scaled_c = keep(centred, active).mul_(f.inverse)
-    ratio = keep(stds.to(dtype), active, 1.0).mul_(f.inverse)  # sigma / t, 1 / t where inactive
-    precision = ratio.pow(-2).mul_(active)  # w, 0 where inactive
+    sigma = keep(stds.to(dtype), active, 1.0)
+    precision = (sigma * f.inverse).pow_(-2).mul_(active)  # w = (t / sigma)^2, 0 where inactive
     weighted = precision * scaled_c
-    s = Components(precision.flatten(1), weighted.flatten(1), scaled_c.flatten(1), on, ratio)
+    s = Components(precision.flatten(1), weighted.flatten(1), scaled_c.flatten(1), on, sigma)
     if not values:
         return s
     h = torch.linalg.vecdot(weighted, scaled_c).mul_(0.5)
-    p = ratio.log().sum(-1).add_(f.constant).mul_(on)  # b (sum_e log sigma + E/2 log 2 pi)
+    p = sigma.log().sum(-1).add_(clean.shape[-1] * HALF_LOG_TWO_PI).mul_(on)
     largest = None
     if check:
         with torch.no_grad():
