@@ -51,7 +51,7 @@ from mi_losses.kernels.scores import (
 # The factors of a direction (queries and components) are made CHUNK_BYTES at a time: small
 # temporaries stay in the CPU caches and are reused by the allocator, where whole-tensor
 # temporaries of tens of MiB are fresh memory (page faults) at every operation.
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 21
 
 
 class Saved(NamedTuple):
