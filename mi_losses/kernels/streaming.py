@@ -47,6 +47,7 @@ from mi_losses.kernels.scores import (
     statistics,
     weights,
 )
+from mi_losses.options import KernelOptions
 
 # The factors of a direction (queries and components) are made CHUNK_BYTES at a time: small
 # temporaries stay in the CPU caches and are reused by the allocator, where whole-tensor
@@ -56,12 +57,14 @@ CHUNK_BYTES = 1 << 21
 
 class Saved(NamedTuple):
     """What the backward pass of one direction keeps: the frame, the scores when they fit one
-    block (``None``: made again), and the factors only when all positions are one chunk (the
-    backward pass makes them at its peak anyway): memory stays linear in the samples."""
+    block (``None``: made again), and the factors of each chunk of positions only when all
+    positions are one chunk (the backward pass makes them at its peak anyway) or
+    :attr:`~mi_losses.options.KernelOptions.keep_factors` asks: memory stays linear in the
+    samples by default."""
 
     frame: Frame
     scores: torch.Tensor | None
-    factors: Sides | None = None
+    factors: list[Sides] | None = None
     blocks: bool = False  # the scores were made in several blocks of components
 
 
@@ -70,8 +73,9 @@ class Blocks(Protocol):
     returns its :class:`Result` and what its backward pass needs."""
 
     def forward(
-        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
-    ) -> tuple[Result, Saved]: ...
+        self, d: Direction, dtype: torch.dtype, options: KernelOptions, *, check: bool,
+        with_statistics: bool,
+    ) -> tuple[Result, Saved]: ...  # fmt: skip
 
     def backward(
         self,
@@ -79,7 +83,7 @@ class Blocks(Protocol):
         saved: Saved,
         log_sum_exp: torch.Tensor,
         grad: torch.Tensor,
-        budget: int,
+        options: KernelOptions,
         dtype: torch.dtype,
         out: Targets,
     ) -> None: ...
@@ -114,18 +118,23 @@ class TorchBlocks:
     """Blocks evaluated with torch operations (any device)."""
 
     def forward(
-        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
-    ) -> tuple[Result, Saved]:
+        self, d: Direction, dtype: torch.dtype, options: KernelOptions, *, check: bool,
+        with_statistics: bool,
+    ) -> tuple[Result, Saved]:  # fmt: skip
+        budget = options.max_block_bytes
         if len(columns(d.queries.shape[0], d.clean.shape[0], dtype, budget)) > 1:
             return self._stream(d, dtype, budget, check=check, with_statistics=with_statistics)
         total: Sums | None = None
-        frames = []
+        frames, kept = [], []
         chunks = _positions(d, dtype)
+        # One chunk's factors are made at the backward pass's peak anyway: kept.
+        keep = options.keep_factors or len(chunks) == 1
         for start, stop in chunks:
             s = sides(*d.positions(start, stop), dtype, check=check)
             total = add_sums(total, pair_sums(s, check=check, constants=with_statistics))
             frames.append(s.frame)
-        kept = s if len(chunks) == 1 else None  # made at the backward pass's peak anyway
+            if keep:
+                kept.append(s)
         assert total is not None
         block = finish(total, check=check)
         count = block.valid.sum(-1).to(dtype)
@@ -137,7 +146,7 @@ class TorchBlocks:
         joined = (
             frames[0] if len(frames) == 1 else Frame(*map(torch.cat, zip(*frames, strict=True)))
         )
-        return Result(lse, count, stats, excess), Saved(joined, block.z, kept)
+        return Result(lse, count, stats, excess), Saved(joined, block.z, kept or None)
 
     def _stream(
         self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
@@ -189,17 +198,18 @@ class TorchBlocks:
         saved: Saved,
         log_sum_exp: torch.Tensor,
         grad: torch.Tensor,
-        budget: int,
+        options: KernelOptions,
         dtype: torch.dtype,
         out: Targets,
     ) -> None:
         if saved.blocks:
+            budget = options.max_block_bytes
             self._stream_backward(d, saved, (log_sum_exp, grad), budget, dtype, out)
             return
         assert saved.scores is not None
         weights = exp_normal(saved.scores - log_sum_exp.unsqueeze(-1)).mul_(grad.unsqueeze(-1))
-        for start, stop in _positions(d, dtype):
-            s = saved.factors
+        for i, (start, stop) in enumerate(_positions(d, dtype)):
+            s = saved.factors[i] if saved.factors is not None else None
             if s is None:
                 f = saved.frame.positions(start, stop)
                 s = sides(*d.positions(start, stop), dtype, check=False, values=False, frame_=f)
@@ -272,10 +282,11 @@ class StreamingLogSumExp(torch.autograd.Function):
         check: bool,
     ) -> tuple[torch.Tensor, ...]:
         inputs = (queries, clean, means, stds, query_mask, component_mask)
-        budget, stats = plan.options.max_block_bytes, plan.with_statistics
+        options, stats = plan.options, plan.with_statistics
         parts = directions(inputs, plan.directions, plan.with_own)
         runs = [
-            blocks.forward(d, plan.dtype, budget, check=check, with_statistics=stats) for d in parts
+            blocks.forward(d, plan.dtype, options, check=check, with_statistics=stats)
+            for d in parts
         ]
         results = [result for result, _ in runs]
         excess = torch.stack([r.excess for r in results]).amax() if len(results) > 1 else None
@@ -337,9 +348,7 @@ class StreamingLogSumExp(torch.autograd.Function):
                 _row_slice(centres, c0, c1),
                 _row_slice(stds, c0, c1),
             )
-            ctx.blocks.backward(
-                d, saved, lse[rows], grad[rows], plan.options.max_block_bytes, plan.dtype, out
-            )
+            ctx.blocks.backward(d, saved, lse[rows], grad[rows], plan.options, plan.dtype, out)
         found = (queries, centres, centres, stds)
         return (
             *(

@@ -28,6 +28,7 @@ from mi_losses.kernels.factors import Sides, sides
 from mi_losses.kernels.reference import Result
 from mi_losses.kernels.scores import TOLERANCES
 from mi_losses.kernels.streaming import Saved
+from mi_losses.options import KernelOptions
 
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 
@@ -228,8 +229,9 @@ class TritonBlocks:
     """The blocks of :class:`~mi_losses.kernels.streaming.StreamingLogSumExp` as Triton kernels."""
 
     def forward(
-        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
-    ) -> tuple[Result, Saved]:
+        self, d: Direction, dtype: torch.dtype, options: KernelOptions, *, check: bool,
+        with_statistics: bool,
+    ) -> tuple[Result, Saved]:  # fmt: skip
         s = sides(*d, dtype, check=check)
         return self._forward(s, check, with_statistics), Saved(s.frame, None)  # made again later
 
@@ -260,12 +262,12 @@ class TritonBlocks:
         saved: Saved,
         log_sum_exp: torch.Tensor,
         grad: torch.Tensor,
-        budget: int,
+        options: KernelOptions,
         dtype: torch.dtype,
         out: Targets,
     ) -> None:
         s = sides(*d, dtype, check=False, frame_=saved.frame)
-        add_grads(s, self._grads(s, log_sum_exp, grad, budget), out)
+        add_grads(s, self._grads(s, log_sum_exp, grad, options.max_block_bytes), out)
 
     def _grads(self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int) -> Grads:
         f_ = _flat(s)
