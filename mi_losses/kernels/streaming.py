@@ -137,12 +137,13 @@ class TorchBlocks:
                 kept.append(s)
         assert total is not None
         block = finish(total, check=check)
-        count = block.valid.sum(-1).to(dtype)
+        count = block.valid.sum(-1, dtype=dtype)
         lse = log_sum_exp(block.z, count > 0)
         stats = torch.stack(statistics(block)) if with_statistics else None
-        excess = lse.new_full((), -math.inf)
         if block.excess is not None and block.excess.numel():
             excess = block.excess.amax()
+        else:
+            excess = lse.new_full((), -math.inf)
         joined = (
             frames[0] if len(frames) == 1 else Frame(*map(torch.cat, zip(*frames, strict=True)))
         )
@@ -207,7 +208,8 @@ class TorchBlocks:
             self._stream_backward(d, saved, (log_sum_exp, grad), budget, dtype, out)
             return
         assert saved.scores is not None
-        weights = exp_normal(saved.scores - log_sum_exp.unsqueeze(-1)).mul_(grad.unsqueeze(-1))
+        weights = exp_normal(saved.scores - log_sum_exp.unsqueeze(-1), inplace=True)
+        weights.mul_(grad.unsqueeze(-1))
         for i, (start, stop) in enumerate(_positions(d, dtype)):
             s = saved.factors[i] if saved.factors is not None else None
             if s is None:
