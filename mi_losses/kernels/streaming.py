@@ -6,7 +6,8 @@ pass multiplies the weights ``G = g_i exp(z_ij - logsumexp_i)`` of each block in
 of :func:`~mi_losses.kernels.factors.sides`; :mod:`~mi_losses.kernels.chain` carries them to
 the inputs, added into the gradient buffers block by block. Scores that fit one block are kept
 for the backward pass; factors are made one cache-sized chunk of positions at a time (kept only
-when there is a single chunk), so memory stays linear in the number of samples. With
+when there is a single chunk, or when ``KernelOptions(keep_factors=True)`` trades memory for
+time), so memory stays linear in the number of samples by default. With
 ``create_graph=True`` the backward pass differentiates the reference path (exact second
 derivatives). The Triton path (:mod:`mi_losses.kernels.triton`) runs inside the same
 :class:`StreamingLogSumExp` with fused block kernels."""
