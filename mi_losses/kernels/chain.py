@@ -1,6 +1,6 @@
 """The chain rule from the factors' gradients back to the inputs, written out (first order,
 no graph, fused multiply-adds in place): what the streaming and Triton backward passes end with.
-Inactive positions get exact zeros."""
+Each gradient is added into its buffer by the pass that makes it; inactive positions get zeros."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import NamedTuple
 
 import torch
 
-from mi_losses.kernels.directions import Direction
 from mi_losses.kernels.factors import Components, Frame, Queries, Sides
 
 
@@ -25,81 +24,89 @@ class Grads(NamedTuple):
     k: torch.Tensor
 
 
-class OwnGrads(NamedTuple):
-    """Gradients of the queries' own terms: ``minus_centres`` is ``-d x = -d mu``."""
+class Targets(NamedTuple):
+    """Where one direction's gradients are added, ``(rows, S, E)`` rows of the inputs' gradient
+    buffers (``None`` where not wanted). Clean embeddings and means share one buffer
+    (``d mu = d x``); ``own_*`` are the queries' rows of it and of the stds' (own terms)."""
 
-    minus_centres: torch.Tensor
-    stds: torch.Tensor
+    queries: torch.Tensor | None
+    own_centres: torch.Tensor | None
+    own_stds: torch.Tensor | None
+    centres: torch.Tensor | None
+    stds: torch.Tensor | None
+
+    def positions(self, start: int, stop: int) -> Targets:
+        """The buffers' positions ``[start, stop)``."""
+        whole = (start == 0 and stop == t.shape[1] for t in self if t is not None)
+        if all(whole):
+            return self
+        return Targets(*(None if t is None else t[:, start:stop] for t in self))
+
+    def components(self, start: int, stop: int) -> Targets:
+        """The buffers of components ``[start, stop)`` (the query buffers left out)."""
+        centres, stds = (None if t is None else t[start:stop] for t in (self.centres, self.stds))
+        return Targets(None, None, None, centres, stds)
 
 
-class QueryGrads(NamedTuple):
-    """Gradients of one direction's query inputs, ``(m, S, E)`` in the compute dtype."""
-
-    queries: torch.Tensor
-    own: OwnGrads | None
-
-
-class ComponentGrads(NamedTuple):
-    """Gradients of one direction's component inputs, ``(n, S, E)``; ``d mu = d x``."""
-
-    centres: torch.Tensor
-    stds: torch.Tensor
-
-
-def chain_queries(
-    s: Queries, f: Frame, shape: torch.Size, d_y: torch.Tensor, d_y2: torch.Tensor,
-    d_q: torch.Tensor | None,
-) -> QueryGrads:  # fmt: skip
-    """The chain rule from the query factors' gradients (:class:`Grads` ``y``, ``y2``, ``q``)
-    back to the inputs ``shape`` ``(m, S, E)``, written out (first order, no graph; ``d_y`` is
-    overwritten). Inactive positions get exact zeros (their values are never read)."""
+def add_query_grads(
+    s: Queries, f: Frame, d_y: torch.Tensor, d_y2: torch.Tensor, d_q: torch.Tensor | None,
+    out: Targets, *, summed: bool = False,
+) -> None:  # fmt: skip
+    """Add the gradients of the query inputs from the query factors' (:class:`Grads` ``y``,
+    ``y2``, ``q``; ``d_y`` is overwritten): ``d y = a (d_y' - y' d_y2) / t``. ``summed``:
+    ``d_y`` is ``out.queries`` itself (it held zeros, ``d_y'`` was summed there)."""
     with torch.no_grad():
-        grad = d_y.addcmul_(s.y, d_y2, value=-1.0).view(shape).mul_(f.inverse)
-        grad.mul_(s.a.unsqueeze(-1))
-        if s.own is None:
-            return QueryGrads(grad, None)
-        assert d_q is not None
-        own = chain_own(*s.own, s.a, d_q)
-        return QueryGrads(grad.add_(own.minus_centres), own)
+        if out.queries is not None:
+            grad = d_y.addcmul_(s.y, d_y2, value=-1.0).view(out.queries.shape).mul_(f.inverse)
+            if summed:
+                grad.mul_(s.a.unsqueeze(-1))
+            else:
+                out.queries.addcmul_(grad, s.a.unsqueeze(-1))
+        if s.own is not None:
+            assert d_q is not None
+            add_own_grads(*s.own, s.a, d_q, out)
 
 
-def chain_own(
-    residual: torch.Tensor, sigma_i: torch.Tensor, a: torch.Tensor, d_q: torch.Tensor
-) -> OwnGrads:
-    """The chain rule of the own term ``q = -a (|r|^2 / 2 + sum log sigma_i + ...)``,
-    ``r = (y - x - mu) / sigma_i``, from its gradient ``d_q`` ``(m, S)``; ``-d x = d y``."""
+def add_own_grads(
+    residual: torch.Tensor, sigma_i: torch.Tensor, a: torch.Tensor, d_q: torch.Tensor,
+    out: Targets,
+) -> None:  # fmt: skip
+    """Add the gradients of the own term ``q = -a (|r|^2 / 2 + sum log sigma_i + ...)``,
+    ``r = (y - x - mu) / sigma_i``, from its gradient ``d_q`` ``(m, S)``: ``d y = -d x``
+    ``= -a d_q r / sigma_i``, ``d sigma_i = -a d_q (1 - r^2) / sigma_i``."""
     with torch.no_grad():
-        scaled = (d_q * -a).unsqueeze(-1) / sigma_i  # d_own / sigma_i
-        d_residual = scaled * residual  # d r / sigma_i
-        # d sigma_i = (d_own / sigma_i) (1 - r^2)
-        return OwnGrads(d_residual, scaled.addcmul_(d_residual, residual, value=-1.0))
+        scaled = (d_q * a).neg_().unsqueeze(-1) / sigma_i  # d_own / sigma_i
+        d_residual = scaled.mul(residual)  # d r / sigma_i
+        if out.queries is not None:
+            out.queries.add_(d_residual)
+        if out.own_centres is not None:
+            out.own_centres.sub_(d_residual)
+        if out.own_stds is not None:
+            out.own_stds.add_(scaled.addcmul_(d_residual, residual, value=-1.0))
 
 
-def chain_components(
-    s: Components, f: Frame, shape: torch.Size, d_w: torch.Tensor, d_wc: torch.Tensor,
-    d_k: torch.Tensor,
-) -> ComponentGrads:  # fmt: skip
-    """The chain rule from the component factors' gradients (:class:`Grads` ``w``, ``wc``,
-    ``k``) back to the inputs ``shape`` ``(n, S, E)``, written out like :func:`chain_queries`
-    (``d_wc`` is overwritten)."""
+def add_component_grads(
+    s: Components, f: Frame, d_w: torch.Tensor, d_wc: torch.Tensor, d_k: torch.Tensor,
+    out: Targets,
+) -> None:  # fmt: skip
+    """Add the gradients of the component inputs from the component factors' (:class:`Grads`
+    ``w``, ``wc``, ``k``; ``d_w`` and ``d_wc`` are overwritten). With ``U = d_w``, ``V = d_wc``,
+    ``g = d_k`` (``G^T y'^2``, ``G^T y'``, ``G^T a``): ``d x = w (V - g c') / t`` and
+    ``d sigma = (w (U - 2 c' V + g c'^2) - b g) / sigma``, ``sigma = t ratio``."""
     with torch.no_grad():
-        inverse = f.inverse
-        w, c, d_wc = s.w.view(shape), s.c.view(shape), d_wc.view(shape)
-        d_k = d_k.unsqueeze(-1)
-        # d w: from -y'^2 w / 2, from w c', from h = sum w c'^2 / 2 (k = -(h + b p)):
-        # d_wc c - (d_w + d_k c^2) / 2 = c (d_wc - d_k c / 2) - d_w / 2.
-        d_precision = torch.addcmul(d_wc, d_k, c, value=-0.5).mul_(c)
-        d_precision.add_(d_w.view(shape), alpha=-0.5)
-        d_x = d_wc.addcmul_(d_k, c, value=-1.0).mul_(w).mul_(inverse)  # 0 where inactive
-        # w = (t / sigma)^2 and p = sum log(sigma / t): d sigma = -(2 w d_w + d_p) / sigma,
-        # with t / sigma = sqrt(w) (0 where inactive).
-        d_sigma = d_precision.mul_(w).mul_(2.0).add_(d_k).mul_(w.sqrt()).mul_(-inverse)
-        return ComponentGrads(d_x, d_sigma)
+        assert s.ratio is not None
+        shape = s.ratio.shape
+        c, w, v = s.c.view(shape), s.w.view(shape), d_wc.view(shape)
+        g = d_k.unsqueeze(-1)
+        if out.stds is not None:
+            u = d_w.view(shape).addcmul_(c, torch.addcmul(v, g, c, value=-0.5), value=-2.0)
+            u.mul_(w).sub_((d_k * s.b).unsqueeze(-1)).mul_(f.inverse)
+            out.stds.addcdiv_(u, s.ratio)
+        if out.centres is not None:
+            out.centres.addcmul_(v.addcmul_(g, c, value=-1.0).mul_(f.inverse), w)
 
 
-def chain(inputs: Direction, s: Sides, d: Grads) -> tuple[QueryGrads, ComponentGrads]:
-    """:func:`chain_queries` and :func:`chain_components` of one direction."""
-    return (
-        chain_queries(s.queries, s.frame, inputs.queries.shape, d.y, d.y2, d.q),
-        chain_components(s.components, s.frame, inputs.clean.shape, d.w, d.wc, d.k),
-    )
+def add_grads(s: Sides, d: Grads, out: Targets) -> None:
+    """:func:`add_query_grads` and :func:`add_component_grads` of one direction."""
+    add_query_grads(s.queries, s.frame, d.y, d.y2, d.q, out)
+    add_component_grads(s.components, s.frame, d.w, d.wc, d.k, out)

@@ -6,7 +6,8 @@ pass multiplies the weights ``G = g_i exp(z_ij - logsumexp_i)`` of each block in
 of :func:`~mi_losses.kernels.factors.sides`; :mod:`~mi_losses.kernels.chain` carries them to
 the inputs, added into the gradient buffers block by block. Scores that fit one block are kept
 for the backward pass; factors are made one cache-sized chunk of positions at a time (kept only
-when there is a single chunk), so memory stays linear in the number of samples. With
+when there is a single chunk, or when ``KernelOptions(keep_factors=True)`` trades memory for
+time), so memory stays linear in the number of samples by default. With
 ``create_graph=True`` the backward pass differentiates the reference path (exact second
 derivatives). The Triton path (:mod:`mi_losses.kernels.triton`) runs inside the same
 :class:`StreamingLogSumExp` with fused block kernels."""
@@ -19,13 +20,12 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from mi_losses.kernels.chain import (
-    ComponentGrads,
     Grads,
-    QueryGrads,
-    chain,
-    chain_components,
-    chain_own,
-    chain_queries,
+    Targets,
+    add_component_grads,
+    add_grads,
+    add_own_grads,
+    add_query_grads,
 )
 from mi_losses.kernels.directions import Direction, block_rows, directions, ranges
 from mi_losses.kernels.factors import (
@@ -48,54 +48,24 @@ from mi_losses.kernels.scores import (
     statistics,
     weights,
 )
+from mi_losses.options import KernelOptions
 
 # The factors of a direction (queries and components) are made CHUNK_BYTES at a time: small
 # temporaries stay in the CPU caches and are reused by the allocator, where whole-tensor
 # temporaries of tens of MiB are fresh memory (page faults) at every operation.
-CHUNK_BYTES = 1 << 20
-
-
-class Targets(NamedTuple):
-    """Where one direction's gradients are added, ``(rows, S, E)`` rows of the inputs' gradient
-    buffers (``None`` where not wanted). Clean embeddings and means share one buffer
-    (``d mu = d x``); ``own_*`` are the queries' rows of it and of the stds' (own terms)."""
-
-    queries: torch.Tensor | None
-    own_centres: torch.Tensor | None
-    own_stds: torch.Tensor | None
-    centres: torch.Tensor | None
-    stds: torch.Tensor | None
-
-    def add_queries(self, g: QueryGrads, start: int, stop: int) -> None:
-        """Add the gradients of the queries' positions ``[start, stop)``."""
-        _add(self.queries, g.queries, start, stop)
-        if g.own is not None:
-            _add(self.own_centres, g.own.minus_centres, start, stop, alpha=-1.0)
-            _add(self.own_stds, g.own.stds, start, stop)
-
-    def add_components(self, g: ComponentGrads, rows: slice, start: int, stop: int) -> None:
-        """Add the gradients of components ``rows`` at positions ``[start, stop)``."""
-        _add(None if self.centres is None else self.centres[rows], g.centres, start, stop)
-        _add(None if self.stds is None else self.stds[rows], g.stds, start, stop)
-
-
-def _add(
-    target: torch.Tensor | None, value: torch.Tensor, start: int, stop: int, alpha: float = 1.0
-) -> None:
-    if target is not None:
-        if start != 0 or stop != target.shape[1]:
-            target = target[:, start:stop]
-        target.add_(value, alpha=alpha)
+CHUNK_BYTES = 1 << 21
 
 
 class Saved(NamedTuple):
     """What the backward pass of one direction keeps: the frame, the scores when they fit one
-    block (``None``: made again), and the factors only when all positions are one chunk (the
-    backward pass makes them at its peak anyway): memory stays linear in the samples."""
+    block (``None``: made again), and the factors of each chunk of positions only when all
+    positions are one chunk (the backward pass makes them at its peak anyway) or
+    :attr:`~mi_losses.options.KernelOptions.keep_factors` asks: memory stays linear in the
+    samples by default."""
 
     frame: Frame
     scores: torch.Tensor | None
-    factors: Sides | None = None
+    factors: list[Sides] | None = None
     blocks: bool = False  # the scores were made in several blocks of components
 
 
@@ -104,8 +74,9 @@ class Blocks(Protocol):
     returns its :class:`Result` and what its backward pass needs."""
 
     def forward(
-        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
-    ) -> tuple[Result, Saved]: ...
+        self, d: Direction, dtype: torch.dtype, options: KernelOptions, *, check: bool,
+        with_statistics: bool,
+    ) -> tuple[Result, Saved]: ...  # fmt: skip
 
     def backward(
         self,
@@ -113,7 +84,7 @@ class Blocks(Protocol):
         saved: Saved,
         log_sum_exp: torch.Tensor,
         grad: torch.Tensor,
-        budget: int,
+        options: KernelOptions,
         dtype: torch.dtype,
         out: Targets,
     ) -> None: ...
@@ -148,30 +119,36 @@ class TorchBlocks:
     """Blocks evaluated with torch operations (any device)."""
 
     def forward(
-        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
-    ) -> tuple[Result, Saved]:
+        self, d: Direction, dtype: torch.dtype, options: KernelOptions, *, check: bool,
+        with_statistics: bool,
+    ) -> tuple[Result, Saved]:  # fmt: skip
+        budget = options.max_block_bytes
         if len(columns(d.queries.shape[0], d.clean.shape[0], dtype, budget)) > 1:
             return self._stream(d, dtype, budget, check=check, with_statistics=with_statistics)
         total: Sums | None = None
-        frames = []
+        frames, kept = [], []
         chunks = _positions(d, dtype)
+        # One chunk's factors are made at the backward pass's peak anyway: kept.
+        keep = options.keep_factors or len(chunks) == 1
         for start, stop in chunks:
             s = sides(*d.positions(start, stop), dtype, check=check)
             total = add_sums(total, pair_sums(s, check=check, constants=with_statistics))
             frames.append(s.frame)
-        kept = s if len(chunks) == 1 else None  # made at the backward pass's peak anyway
+            if keep:
+                kept.append(s)
         assert total is not None
         block = finish(total, check=check)
-        count = block.valid.sum(-1).to(dtype)
+        count = block.valid.sum(-1, dtype=dtype)
         lse = log_sum_exp(block.z, count > 0)
         stats = torch.stack(statistics(block)) if with_statistics else None
-        excess = lse.new_full((), -math.inf)
         if block.excess is not None and block.excess.numel():
             excess = block.excess.amax()
+        else:
+            excess = lse.new_full((), -math.inf)
         joined = (
             frames[0] if len(frames) == 1 else Frame(*map(torch.cat, zip(*frames, strict=True)))
         )
-        return Result(lse, count, stats, excess), Saved(joined, block.z, kept)
+        return Result(lse, count, stats, excess), Saved(joined, block.z, kept or None)
 
     def _stream(
         self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
@@ -223,25 +200,23 @@ class TorchBlocks:
         saved: Saved,
         log_sum_exp: torch.Tensor,
         grad: torch.Tensor,
-        budget: int,
+        options: KernelOptions,
         dtype: torch.dtype,
         out: Targets,
     ) -> None:
         if saved.blocks:
+            budget = options.max_block_bytes
             self._stream_backward(d, saved, (log_sum_exp, grad), budget, dtype, out)
             return
         assert saved.scores is not None
-        weights = exp_normal(saved.scores - log_sum_exp.unsqueeze(-1)).mul_(grad.unsqueeze(-1))
-        every = slice(None)
-        for start, stop in _positions(d, dtype):
-            part = d.positions(start, stop)
-            s = saved.factors
+        weights = exp_normal(saved.scores - log_sum_exp.unsqueeze(-1), inplace=True)
+        weights.mul_(grad.unsqueeze(-1))
+        for i, (start, stop) in enumerate(_positions(d, dtype)):
+            s = saved.factors[i] if saved.factors is not None else None
             if s is None:
                 f = saved.frame.positions(start, stop)
-                s = sides(*part, dtype, check=False, values=False, frame_=f)
-            query_grads, component_grads = chain(part, s, _factor_grads(s, weights))
-            out.add_queries(query_grads, start, stop)
-            out.add_components(component_grads, every, start, stop)
+                s = sides(*d.positions(start, stop), dtype, check=False, values=False, frame_=f)
+            add_grads(s, _factor_grads(s, weights), out.positions(start, stop))
 
     def _stream_backward(
         self, d: Direction, saved: Saved, upstream: tuple[torch.Tensor, torch.Tensor],
@@ -255,7 +230,7 @@ class TorchBlocks:
         own_term = d.own if again else None  # q enters the scores only
         queries = query_factors(d.queries, own_term, d.a, f, dtype, check=False, values=again)
         queries = queries._replace(own=None)
-        m, positions = d.queries.shape[:2]
+        m = d.queries.shape[0]
         # The queries' rows of the gradient buffer are this direction's alone (the plan's query
         # spans never overlap) and hold zeros: d y' is summed there, then finished in place.
         d_y = out.queries.flatten(1) if out.queries is not None else torch.zeros_like(queries.y)
@@ -276,20 +251,15 @@ class TorchBlocks:
             if d_q is not None:
                 d_q.addmm_(g, comps.b, alpha=-1.0)
             transposed = g.T
-            component_grads = chain_components(
-                comps, f, part.clean.shape, transposed @ queries.y2, transposed @ queries.y,
-                transposed @ queries.a,
+            add_component_grads(
+                comps, f, transposed @ queries.y2, transposed @ queries.y, transposed @ queries.a,
+                out.components(c0, c1),
             )  # fmt: skip
-            out.add_components(component_grads, slice(c0, c1), 0, positions)
-        grads = chain_queries(queries, f, d.queries.shape, d_y, d_y2, None)
+        add_query_grads(queries, f, d_y, d_y2, None, out, summed=out.queries is not None)
         del queries, d_y2  # before the own terms' residuals are made
         if d.own is not None:
             assert d_q is not None
-            own = chain_own(*own_residual(d.queries, d.own, d.a, dtype), d.a.to(dtype), d_q)
-            grads = QueryGrads(grads.queries.add_(own.minus_centres), own)
-        if out.queries is not None:  # already in place
-            out = out._replace(queries=None)
-        out.add_queries(grads, 0, positions)
+            add_own_grads(*own_residual(d.queries, d.own, d.a, dtype), d.a.to(dtype), d_q, out)
 
 
 def join(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
@@ -315,10 +285,11 @@ class StreamingLogSumExp(torch.autograd.Function):
         check: bool,
     ) -> tuple[torch.Tensor, ...]:
         inputs = (queries, clean, means, stds, query_mask, component_mask)
-        budget, stats = plan.options.max_block_bytes, plan.with_statistics
+        options, stats = plan.options, plan.with_statistics
         parts = directions(inputs, plan.directions, plan.with_own)
         runs = [
-            blocks.forward(d, plan.dtype, budget, check=check, with_statistics=stats) for d in parts
+            blocks.forward(d, plan.dtype, options, check=check, with_statistics=stats)
+            for d in parts
         ]
         results = [result for result, _ in runs]
         excess = torch.stack([r.excess for r in results]).amax() if len(results) > 1 else None
@@ -380,9 +351,7 @@ class StreamingLogSumExp(torch.autograd.Function):
                 _row_slice(centres, c0, c1),
                 _row_slice(stds, c0, c1),
             )
-            ctx.blocks.backward(
-                d, saved, lse[rows], grad[rows], plan.options.max_block_bytes, plan.dtype, out
-            )
+            ctx.blocks.backward(d, saved, lse[rows], grad[rows], plan.options, plan.dtype, out)
         found = (queries, centres, centres, stds)
         return (
             *(

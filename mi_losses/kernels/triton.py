@@ -9,7 +9,7 @@ statistics and the rounding check, all in registers. One launch per direction wr
 per-query ``logsumexp``, statistics and largest rounding excess. The backward kernel
 recomputes a block of scores and writes the weights ``g_i exp(z_ij - logsumexp_i)``; two matrix
 products per block (``dL = W R``, ``dR = W^T L``) give the factors' gradients, and the written-out
-chain rule of :func:`mi_losses.kernels.chain.chain` finishes it. Dots run in the factors'
+chain rule of :func:`mi_losses.kernels.chain.add_grads` finishes it. Dots run in the factors'
 dtype (float32 for float32, bfloat16 and float16 inputs) with IEEE precision (no TF32).
 """
 
@@ -22,12 +22,13 @@ import torch
 import triton
 import triton.language as tl
 
-from mi_losses.kernels.chain import Grads, chain
+from mi_losses.kernels.chain import Grads, Targets, add_grads
 from mi_losses.kernels.directions import Direction, block_rows
 from mi_losses.kernels.factors import Sides, sides
 from mi_losses.kernels.reference import Result
 from mi_losses.kernels.scores import TOLERANCES
-from mi_losses.kernels.streaming import Saved, Targets
+from mi_losses.kernels.streaming import Saved
+from mi_losses.options import KernelOptions
 
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 
@@ -228,8 +229,9 @@ class TritonBlocks:
     """The blocks of :class:`~mi_losses.kernels.streaming.StreamingLogSumExp` as Triton kernels."""
 
     def forward(
-        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
-    ) -> tuple[Result, Saved]:
+        self, d: Direction, dtype: torch.dtype, options: KernelOptions, *, check: bool,
+        with_statistics: bool,
+    ) -> tuple[Result, Saved]:  # fmt: skip
         s = sides(*d, dtype, check=check)
         return self._forward(s, check, with_statistics), Saved(s.frame, None)  # made again later
 
@@ -260,15 +262,12 @@ class TritonBlocks:
         saved: Saved,
         log_sum_exp: torch.Tensor,
         grad: torch.Tensor,
-        budget: int,
+        options: KernelOptions,
         dtype: torch.dtype,
         out: Targets,
     ) -> None:
         s = sides(*d, dtype, check=False, frame_=saved.frame)
-        query_grads, component_grads = chain(d, s, self._grads(s, log_sum_exp, grad, budget))
-        positions = d.queries.shape[1]
-        out.add_queries(query_grads, 0, positions)
-        out.add_components(component_grads, slice(None), 0, positions)
+        add_grads(s, self._grads(s, log_sum_exp, grad, options.max_block_bytes), out)
 
     def _grads(self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int) -> Grads:
         f_ = _flat(s)
