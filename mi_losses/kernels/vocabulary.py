@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from mi_losses.kernels.chain import chain_components, chain_queries
+from mi_losses.kernels.chain import Targets, add_component_grads, add_query_grads
 from mi_losses.kernels.directions import ranges as chunk_bounds
 from mi_losses.kernels.factors import (
     HALF_LOG_TWO_PI,
@@ -182,8 +182,8 @@ class _KnownPriorTerms(torch.autograd.Function):
         log_q, grad = torch.where(finite, log_q, 0.0), torch.where(finite, grad, 0.0)
         q, f = query_side(queries)
         d_y, d_y2 = torch.zeros_like(q.y), torch.zeros_like(q.y)
-        # Every row is written by its chunk, then the own rows are added.
-        grad_c, grad_s = torch.empty_like(vocabulary.table), torch.empty_like(vocabulary.stds)
+        # Every row's gradient is added by its chunk, then the own rows'.
+        grad_c, grad_s = torch.zeros_like(vocabulary.table), torch.zeros_like(vocabulary.stds)
         grad_p = torch.empty_like(vocabulary.log_prior)
         for start, stop in chunk_bounds(vocabulary.table.shape[0], ctx.chunk_size):
             c = rows(vocabulary, start, stop, f)
@@ -194,13 +194,11 @@ class _KnownPriorTerms(torch.autograd.Function):
             d_y2.addmm_(weights, c.w)
             transposed = weights.T
             totals = transposed @ q.a
-            shape = torch.Size((stop - start, 1, queries.shape[1]))
-            g = chain_components(c, f, shape, transposed @ q.y2, transposed @ q.y, totals)
-            grad_c[start:stop] = g.centres[:, 0]
-            grad_s[start:stop] = g.stds[:, 0]
+            rows_out = Targets(None, None, None, grad_c[start:stop, None], grad_s[start:stop, None])
+            add_component_grads(c, f, transposed @ q.y2, transposed @ q.y, totals, rows_out)
             grad_p[start:stop] = totals[:, 0]
-        shape = torch.Size((queries.shape[0], 1, queries.shape[1]))
-        grad_queries = chain_queries(q, f, shape, d_y, d_y2, None).queries
+        grad_queries = torch.zeros_like(queries).unsqueeze(1)
+        add_query_grads(q, f, d_y, d_y2, None, Targets(grad_queries, None, None, None, None))
         # The own term: d/dc_t = g r / sigma_t = -d/dy, d/dsigma_t = g (r^2 - 1) / sigma_t.
         _, residual, own_stds = own_terms(queries, vocabulary, tokens)
         toward = grad_own.unsqueeze(-1) * residual / own_stds
