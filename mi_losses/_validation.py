@@ -6,6 +6,7 @@ keyword options and the modules' YAML values.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar, cast, get_args
 
@@ -286,3 +287,12 @@ def check_positive_int(owner: str, option: str, value: object, *, optional: bool
 def check_granularity(granularity: object) -> None:
     """Raise unless ``granularity`` is one of :data:`mi_losses.types.Granularity`."""
     check_choice("", "granularity", granularity, get_args(Granularity))
+
+
+def check_number(owner: str, name: str, value: object, *, positive: bool) -> float:
+    """``value`` as a float, or a ``ValueError`` naming it (finite, ``> 0`` or ``>= 0``)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):  # type: ignore[operator]
+        expected = "> 0" if positive else ">= 0"
+        raise ValueError(f"{owner}: {name} must be a finite number {expected}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from mi_losses.losses.distillation import (
 from mi_losses.losses.mixture_entropy import GaussianMixtureEntropy
 from mi_losses.losses.mutual_information import SubBatchMutualInformation
 from mi_losses.losses.prototypes import kmeans_prototypes, nearest_prototype, prototype_pull_loss
+from mi_losses.losses.substitution import SubstitutionMutualInformation
 from mi_losses.losses.vocabulary import VocabularyMutualInformation
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "MutualInformationLoss",
     "RetrievalDistillation",
     "SubBatchMutualInformation",
+    "SubstitutionMutualInformation",
     "VocabularyMutualInformation",
     "adversarial_privacy_loss",
     "kmeans_prototypes",

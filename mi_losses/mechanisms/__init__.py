@@ -3,7 +3,7 @@
 :mod:`mi_losses.mechanisms.metric_dp`: multivariate Laplace with nearest-token projection
 (Feyisetan et al. 2020) and SanText (Yue et al. 2021), with their channels and Bayes posterior.
 :mod:`mi_losses.mechanisms.substitution`: a learned substitution channel over each token's
-nearest candidates, with its exact MI as a loss module; saved and loaded as a directory.
+nearest candidates (its exact MI as a loss module: :class:`~mi_losses.losses.SubstitutionMutualInformation`); saved and loaded as a directory.
 """
 
 from mi_losses.mechanisms.metric_dp import (
@@ -18,14 +18,12 @@ from mi_losses.mechanisms.metric_dp import (
 from mi_losses.mechanisms.substitution import (
     LearnedSubstitution,
     Release,
-    SubstitutionMutualInformation,
     nearest_candidates,
 )
 
 __all__ = [
     "LearnedSubstitution",
     "Release",
-    "SubstitutionMutualInformation",
     "channel_mutual_information",
     "laplace_channel_log_probabilities",
     "laplace_release",

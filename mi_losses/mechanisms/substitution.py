@@ -12,7 +12,7 @@ with ``logits`` a learned ``(V, K)`` parameter, initialised to SanText's logits 
 candidates (:meth:`LearnedSubstitution.nearest`, or :meth:`~LearnedSubstitution.initialise` on a
 layer built from plain data). Its known-prior MI is exact and differentiable
 (:func:`~mi_losses.mechanisms.channel_mutual_information` with sparse outputs;
-:class:`SubstitutionMutualInformation` is it as a loss module); a release is a draw
+:class:`~mi_losses.losses.SubstitutionMutualInformation` is it as a loss module); a release is a draw
 (:meth:`LearnedSubstitution.sample`) or, for training through a frozen model, a straight-through
 Gumbel-softmax one-hot over the candidates (:meth:`~LearnedSubstitution.relaxed`,
 :meth:`~LearnedSubstitution.release`: the forward pass is a true draw, the gradient that of the
@@ -30,14 +30,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mi_losses import keys
-from mi_losses._validation import as_bool_mask, check_positive_int
-from mi_losses.losses.base import ComponentLossModule
+from mi_losses._validation import as_bool_mask, check_number, check_positive_int
 from mi_losses.mechanisms.metric_dp import channel_mutual_information
 from mi_losses.noise.pretrained import PretrainedMixin
-from mi_losses.types import Estimate, Units
 
-__all__ = ["LearnedSubstitution", "Release", "SubstitutionMutualInformation", "nearest_candidates"]
+__all__ = ["LearnedSubstitution", "Release", "nearest_candidates"]
 
 FLOOR_LOG_PROBABILITY = -1.0e4
 """The log probability :meth:`LearnedSubstitution.dense_log_probabilities` writes off the
@@ -94,15 +91,6 @@ class Release(NamedTuple):
 
     noisy: torch.Tensor
     released: torch.Tensor
-
-
-def _check_number(owner: str, name: str, value: object, *, positive: bool) -> float:
-    """``value`` as a float, or a ``ValueError`` naming it (finite, ``> 0`` or ``>= 0``)."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= 0 if positive else value < 0):  # type: ignore[operator]
-        expected = "> 0" if positive else ">= 0"
-        raise ValueError(f"{owner}: {name} must be a finite number {expected}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
 
 
 class LearnedSubstitution(PretrainedMixin):
@@ -163,8 +151,8 @@ class LearnedSubstitution(PretrainedMixin):
                 f"got {num_candidates}"
             )
         self.num_candidates = num_candidates
-        self.epsilon = _check_number(owner, "epsilon", epsilon, positive=False)
-        self.temperature = _check_number(owner, "temperature", temperature, positive=True)
+        self.epsilon = check_number(owner, "epsilon", epsilon, positive=False)
+        self.temperature = check_number(owner, "temperature", temperature, positive=True)
         self.register_buffer("candidates", torch.full((vocab_size, num_candidates), -1))
         self.logits = nn.Parameter(torch.zeros(vocab_size, num_candidates))
 
@@ -384,60 +372,3 @@ class LearnedSubstitution(PretrainedMixin):
             width = int(outputs.shape[0])
         dense = torch.full((rows.shape[0], width), FLOOR_LOG_PROBABILITY, device=columns.device)
         return dense.scatter_(1, columns, self.log_probabilities()[rows].float())
-
-
-class SubstitutionMutualInformation(ComponentLossModule):
-    """The exact known-prior MI of a :class:`LearnedSubstitution` as a privacy loss.
-
-    $I(X; Y)$ in nats per token (:meth:`LearnedSubstitution.mutual_information`) with
-    $p_x \\propto n_x + s$: the training token counts $n_x$ plus the pseudo-count $s$ =
-    ``prior_smoothing`` (``0``: the training prior, its support the tokens seen; the privacy
-    frontier's smoothed prior is ``0.5``). It reads no batch: the channel is known for every
-    token. The component ``mutual_information_loss`` is kept for
-    :class:`~mi_losses.callbacks.ComponentLossLogger`.
-
-    Args:
-        prior_smoothing: pseudo-count $s \\ge 0$ of every vocabulary token.
-        units: ``"nats"`` or ``"bits"``.
-
-    Example:
-        >>> layer = LearnedSubstitution.nearest(torch.eye(3), torch.eye(3), num_candidates=2)
-        >>> loss = SubstitutionMutualInformation()
-        >>> value = loss(layer, torch.tensor([4.0, 1.0, 0.0]))
-        >>> bool(value == loss.component_losses["mutual_information_loss"])
-        True
-    """
-
-    def __init__(self, prior_smoothing: float = 0.0, units: Units = "nats") -> None:
-        super().__init__(units=units)
-        owner = type(self).__name__
-        self.prior_smoothing = _check_number(
-            owner, "prior_smoothing", prior_smoothing, positive=False
-        )
-
-    def forward(self, layer: LearnedSubstitution, token_counts: torch.Tensor) -> torch.Tensor:
-        """The MI of ``layer`` under the prior of ``token_counts`` ``(V,)``; a scalar in the
-        logits' dtype."""
-        if not isinstance(layer, LearnedSubstitution):
-            raise TypeError(
-                f"{type(self).__name__}: layer must be a LearnedSubstitution, got "
-                f"{type(layer).__name__}"
-            )
-        if token_counts.shape != (layer.vocab_size,) or bool((token_counts < 0).any()):
-            raise ValueError(
-                f"token_counts must be non-negative counts of shape ({layer.vocab_size},), "
-                f"got {tuple(token_counts.shape)}"
-            )
-        prior = token_counts.double() + self.prior_smoothing
-        if not bool((prior > 0).any()):
-            raise ValueError("token_counts must count at least one token (or prior_smoothing > 0)")
-        value = layer.mutual_information(prior).to(layer.logits.dtype)
-        estimate = Estimate(
-            value=value,
-            components={keys.MUTUAL_INFORMATION: value.detach()},
-            num_queries=(prior > 0).sum(),
-        )
-        return self._output(estimate)
-
-    def extra_repr(self) -> str:
-        return f"prior_smoothing={self.prior_smoothing}, {super().extra_repr()}"

@@ -20,8 +20,12 @@ from mi_losses.apps.hf.report import HFObfuscationReport
 from mi_losses.apps.hf.task import HFObfuscation
 from mi_losses.callbacks import ComponentLossLogger
 from mi_losses.huggingface import NoisyInputEmbeddingsModel, load_pretrained
-from mi_losses.losses import RetrievalDistillation, VocabularyMutualInformation
-from mi_losses.mechanisms import LearnedSubstitution, Release, SubstitutionMutualInformation
+from mi_losses.losses import (
+    RetrievalDistillation,
+    SubstitutionMutualInformation,
+    VocabularyMutualInformation,
+)
+from mi_losses.mechanisms import LearnedSubstitution, Release
 from mi_losses.noise import GaussianNoiseLayer
 
 pytest.importorskip("transformers")

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from mi_losses.apps.privacy.frontier import _learned_sequence_channel
+from mi_losses.apps.privacy.builders import learned_sequence_channel
 from mi_losses.apps.privacy.sequence import SequenceObfuscation
 from mi_losses.evaluation.channels import GaussianTokenChannel, SequenceChannel
 from mi_losses.evaluation.sequences import SequenceDataset
@@ -100,7 +100,7 @@ def test_prior_kl_needs_the_prior_and_adversary_needs_the_adversarial_objective(
 def test_the_frontier_builder_trains_the_requested_layer(study, layer: str, channel: type) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     data, encoder = study
     settings = AdversarySettings(objective="accuracy_hinge", target_accuracy=0.2, pretrain_steps=2)
-    built = _learned_sequence_channel(
+    built = learned_sequence_channel(
         encoder, data, "adversarial", 0.3, 2, 0, adversary=settings,
         noise_layer=layer,  # type: ignore[arg-type]
     )  # fmt: skip

@@ -12,12 +12,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from mi_losses.mechanisms import (
-    LearnedSubstitution,
-    SubstitutionMutualInformation,
-    channel_mutual_information,
-    nearest_candidates,
-)
+from mi_losses.losses import SubstitutionMutualInformation
+from mi_losses.mechanisms import LearnedSubstitution, channel_mutual_information, nearest_candidates
 from mi_losses.mechanisms.substitution import FLOOR_LOG_PROBABILITY
 from mi_losses.noise import GaussianNoiseLayer, PretrainedMixin
 

@@ -17,7 +17,7 @@ library layer (``layer(x, mask)``) or a token layer of :mod:`mi_losses.noise.tok
 (:class:`~mi_losses.mechanisms.LearnedSubstitution`: each noised token released as one of its
 ``K`` nearest training-text tokens, trained through its straight-through Gumbel-softmax draw),
 whose privacy loss is its exact channel MI,
-:class:`~mi_losses.mechanisms.SubstitutionMutualInformation`.
+:class:`~mi_losses.losses.SubstitutionMutualInformation`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ from mi_losses.losses import (
     HiddenStateDistillation,
     MutualInformationLoss,
     SubBatchMutualInformation,
+    SubstitutionMutualInformation,
     VocabularyMutualInformation,
 )
-from mi_losses.mechanisms import LearnedSubstitution, Release, SubstitutionMutualInformation
+from mi_losses.mechanisms import LearnedSubstitution, Release
 from mi_losses.noise import (
     GaussianNoiseLayer,
     NoisyEmbeddings,
@@ -102,7 +103,7 @@ class HFObfuscation(pl.LightningModule):
             :class:`~mi_losses.mechanisms.LearnedSubstitution` gets its candidates from the
             training text in :meth:`set_training_counts`.
         privacy_loss: default ``SubBatchMutualInformation(granularity="token")``;
-            :class:`~mi_losses.mechanisms.SubstitutionMutualInformation` for a substitution layer
+            :class:`~mi_losses.losses.SubstitutionMutualInformation` for a substitution layer
             (and for it only).
         utility_loss: default ``HiddenStateDistillation()`` (cosine of mean-pooled states).
         privacy_weight: weight of the privacy loss.

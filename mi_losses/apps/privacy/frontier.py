@@ -30,24 +30,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
+from mi_losses.apps.privacy import builders
 from mi_losses.apps.privacy.sequence import LayerKind
 from mi_losses.apps.privacy.substitution import SubstitutionSettings, substitution_channel
 from mi_losses.apps.privacy.terms import TokenTermSettings
 from mi_losses.evaluation.channels import (
-    GaussianTokenChannel,
-    ReleaseChannel,
-    SequenceChannel,
     StudyChannel,
 )
 from mi_losses.evaluation.judge import InversionSettings, judge
 from mi_losses.evaluation.points import check_points, format_attackers, format_points
-from mi_losses.evaluation.sequences import SequenceDataset, StudyData
+from mi_losses.evaluation.sequences import StudyData
 from mi_losses.losses import AdversarySettings
-from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise, TokenNoise
+from mi_losses.noise import FrequencyRuleNoise, IsotropicNoise
 
 BASELINES = ("isotropic", "frequency_rule", "laplace_dp", "santext")
 """The ``layer`` values of the baselines."""
@@ -108,136 +104,6 @@ def load_study_data(
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(data.to_dict(), path)
     return data
-
-
-def _gaussian_channel(layer: TokenNoise, data: StudyData, seed: int) -> StudyChannel:
-    """A fixed context-free layer (``seed`` only seeds the attacker)."""
-    return GaussianTokenChannel(layer, data.table, data.prior, data.candidates)
-
-
-def _release(mechanism: str, epsilon: float, data: StudyData, seed: int) -> StudyChannel:
-    """A metric-DP mechanism (``seed`` also seeds the Laplace channel's Monte Carlo estimate)."""
-    return ReleaseChannel(mechanism, epsilon, data.table, data.prior, data.candidates, seed=seed)
-
-
-def _fit(task: pl.LightningModule, steps: int, **data: Any) -> None:
-    """Train ``task`` for ``steps`` optimizer steps, quietly, without validation."""
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(task, **data)
-    task.eval()
-
-
-def _study_datamodule(task: Any, data: StudyData) -> Any:
-    """The text data module of a context-free layer's task on the study's sequences (the
-    layer's part where the judge's text is disjoint), the task's prior from their counts."""
-    from mi_losses.apps.hf.data import HFTextDataModule
-
-    datamodule = HFTextDataModule(seed=0, num_val=len(data.val))
-    datamodule.train_sequences, datamodule.val_sequences = data.train, data.val
-    task.set_training_counts(data.counts)
-    return datamodule
-
-
-def _learned_token_channel(data: StudyData, alpha: float, steps: int, seed: int) -> StudyChannel:
-    """The main job's context-free layer (exact vocabulary MI, retrieval utility), trained by
-    :class:`~mi_losses.apps.hf.task.HFObfuscation` from the frequency rule (``k = 20``)."""
-    from mi_losses.apps.hf.task import HFObfuscation
-    from mi_losses.losses import RetrievalDistillation, VocabularyMutualInformation
-    from mi_losses.noise import LearnedTokenNoise
-
-    pl.seed_everything(seed, verbose=False)
-    vocab_size = int(data.table.shape[0])
-    task = HFObfuscation(
-        noise_layer=partial(LearnedTokenNoise, init_std=0.15, vocab_size=vocab_size),
-        privacy_loss=VocabularyMutualInformation(),
-        utility_loss=RetrievalDistillation(temperature=0.05),
-        privacy_weight=alpha,
-        utility_weight=1.0 - alpha,
-        warm_start_k=20,
-    )
-    _fit(task, steps, datamodule=_study_datamodule(task, data))
-    layer = task.token_noise()
-    assert layer is not None
-    return GaussianTokenChannel(layer, data.table, data.prior, data.candidates)
-
-
-def _term_token_channel(
-    data: StudyData, settings: TokenTermSettings, steps: int, seed: int
-) -> StudyChannel:
-    """The context-free layer trained on ``settings``' privacy term
-    (:mod:`mi_losses.apps.privacy.terms`), prototypes fitted on the training text's tokens."""
-    from mi_losses.apps.privacy.terms import term_task
-
-    pl.seed_everything(seed, verbose=False)
-    task = term_task(settings, int(data.table.shape[0]))
-    layer: Any = task.noise_layer
-    if settings.num_prototypes:
-        layer.fit_prototypes(data.table, data.candidates, seed=seed)
-    _fit(task, steps, datamodule=_study_datamodule(task, data))
-    token_layer = task.token_noise()
-    assert token_layer is not None
-    return GaussianTokenChannel(token_layer, data.table, data.prior, data.candidates)
-
-
-def _learned_sequence_channel(
-    encoder: torch.nn.Module,
-    data: StudyData,
-    objective: str,
-    alpha: float,
-    steps: int,
-    seed: int,
-    adversary: AdversarySettings | None = None,
-    noise_layer: LayerKind = "sequence",
-    nearest_attack: bool = False,
-) -> StudyChannel:
-    """A :class:`~mi_losses.noise.SequenceGaussianNoiseLayer` (or, ``noise_layer="token"``, a
-    context-free :class:`~mi_losses.noise.LearnedTokenNoise`) trained on ``objective``."""
-    from mi_losses.apps.privacy.sequence import SequenceObfuscation
-
-    pl.seed_everything(seed, verbose=False)
-    adversarial = objective == "adversarial"
-    task = SequenceObfuscation(
-        encoder,
-        alpha=alpha,
-        objective=objective,  # type: ignore[arg-type]
-        candidates=data.candidates if adversarial else None,
-        prior=data.prior if adversarial else None,
-        adversary=adversary if adversarial else None,
-        max_length=int(data.train.input_ids.shape[1]),
-        layer=noise_layer,
-        nearest_attack=nearest_attack,
-    )
-    loader = DataLoader(
-        SequenceDataset(data.train),
-        batch_size=16,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    _fit(task, steps, train_dataloaders=loader)
-    if task.adversary is not None:
-        losses = task.pretrain_losses
-        print(
-            f"adversary: pre-training {len(losses)} steps, loss {losses[:1]} -> {losses[-1:]}; "
-            f"restarts at {task.adversary.restarts}; pool {len(task.adversary.pool)}; "
-            f"last strongest {task.adversary.last_strongest} "
-            f"(losses {task.adversary.last_attack_losses})",
-            flush=True,
-        )
-        for row in task.history[:: max(1, len(task.history) // 8)] + task.history[-1:]:
-            print("  " + ", ".join(f"{key} {value:.4g}" for key, value in row.items()), flush=True)
-    if noise_layer == "token":
-        return GaussianTokenChannel(task.noise_layer, data.table, data.prior, data.candidates)  # type: ignore[arg-type]
-    return SequenceChannel(task.noise_layer, data.table, data.prior, data.candidates)
 
 
 def run(
@@ -325,22 +191,30 @@ def run(
     jobs: list[tuple[str, str, str, float, Callable[[int], StudyChannel]]] = []
     build: Callable[[int], StudyChannel]
     for std in isotropic_stds or []:
-        build = partial(_gaussian_channel, IsotropicNoise(std), layer_data)
+        build = partial(builders.gaussian_channel, IsotropicNoise(std), layer_data)
         jobs.append(("isotropic", "none", "std", std, build))
     for k in frequency_ks or []:
-        build = partial(_gaussian_channel, FrequencyRuleNoise(layer_data.counts, k), layer_data)
+        build = partial(
+            builders.gaussian_channel, FrequencyRuleNoise(layer_data.counts, k), layer_data
+        )
         jobs.append(("frequency_rule", "none", "k", k, build))
     for name, epsilons in (("laplace_dp", laplace_epsilons), ("santext", santext_epsilons)):
         for epsilon in epsilons or []:
             jobs.append(
-                (name, "none", "epsilon", epsilon, partial(_release, name, epsilon, layer_data))
+                (
+                    name,
+                    "none",
+                    "epsilon",
+                    epsilon,
+                    partial(builders.release_channel, name, epsilon, layer_data),
+                )
             )
     for alpha in learned_token_alphas or []:
-        build = partial(_learned_token_channel, layer_data, alpha, learned_steps)
+        build = partial(builders.learned_token_channel, layer_data, alpha, learned_steps)
         jobs.append(("learned_token", "exact_vocabulary_mi", "alpha", alpha, build))
     for objective, alpha in zip(sequence_objectives or [], sequence_alphas or [], strict=True):
         build = partial(
-            _learned_sequence_channel, encoder, layer_data, objective, alpha, learned_steps,
+            builders.learned_sequence_channel, encoder, layer_data, objective, alpha, learned_steps,
             adversary=adversary, noise_layer=sequence_layer, nearest_attack=adversary_nearest,
         )  # fmt: skip
         label = (
@@ -355,7 +229,7 @@ def run(
         build = partial(substitution_channel, encoder, layer_data, alpha, learned_steps, recipe)
         jobs.append(("learned_substitution", "exact_channel_mi", "alpha", alpha, build))
     for term in token_terms or []:
-        build = partial(_term_token_channel, layer_data, term, learned_steps)
+        build = partial(builders.term_token_channel, layer_data, term, learned_steps)
         jobs.append(("learned_token", term.objective, "alpha", term.alpha, build))
     points: list[dict[str, Any]] = []
     for layer, objective, parameter, value, build in jobs:
