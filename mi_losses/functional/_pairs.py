@@ -12,7 +12,6 @@ from mi_losses import keys
 from mi_losses._validation import (
     check_finite_at_active,
     check_positive_at_active,
-    compute_dtype,
     host_check,
 )
 from mi_losses.functional._mixture import query_mean
@@ -37,17 +36,18 @@ def check_active_values(
 
     ``tensors`` maps a name to a ``(rows, S, E)`` tensor; ``active()`` makes, for every name,
     the ``(rows, S)`` bool positions that are read; names in ``positive`` must be finite and
-    ``> 0`` there, the others finite. The common case costs one reduction per tensor and one
-    host sync: when every value is good (the sums and the sum of the logs of the positive ones
-    are finite) no position is looked at; else ``active()`` is called, once, and each input is
-    checked at its active positions.
+    ``> 0`` there, the others finite. The common case costs one pass per tensor (its minimum
+    and maximum) and one host sync: when every value is good (the log of each positive
+    tensor's minimum, and every other minimum and maximum, are finite) no position is looked
+    at; else ``active()`` is called, once, and each input is checked at its active positions.
     """
     with torch.no_grad():
-        sums = [
-            (t.log() if name in positive else t).sum(dtype=compute_dtype(t.dtype))
-            for name, t in tensors.items()
-        ]
-        if math.isfinite(torch.stack(sums).sum().item()):
+        bounds = []
+        for name, t in tensors.items():
+            if t.numel():
+                low, high = torch.aminmax(t)
+                bounds += [low.log() if name in positive else low, high]
+        if not bounds or math.isfinite(torch.stack(bounds).sum(dtype=torch.float64).item()):
             return
     positions = active()
     for name, tensor in tensors.items():
