@@ -96,7 +96,8 @@ def direction_estimates(
         valid = part.num_valid > 0
         log_count = part.num_valid.clamp_min(1.0).log()
         per_query = torch.where(valid, log_count - part.log_sum_exp, 0.0)
-        value = query_mean(per_query, valid)
+        num_queries = valid.sum()
+        value = per_query.sum() / num_queries.clamp_min(1)  # per_query is 0 where not valid
         components = {}
         if with_components:
             assert part.stats is not None
@@ -114,5 +115,5 @@ def direction_estimates(
                 )
                 components[keys.STD_LOG] = query_mean(own, valid)
                 components[keys.MUTUAL_INFORMATION] = value.detach()
-        estimates.append(Estimate(value, components, valid.sum(), per_query))
+        estimates.append(Estimate(value, components, num_queries, per_query))
     return estimates

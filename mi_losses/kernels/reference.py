@@ -17,7 +17,14 @@ from mi_losses._validation import host_fallback
 from mi_losses.kernels.directions import Direction
 from mi_losses.kernels.directions import directions as all_directions
 from mi_losses.kernels.factors import sides
-from mi_losses.kernels.scores import Scores, direct_scores, exp_normal, scores, statistics
+from mi_losses.kernels.scores import (
+    Scores,
+    direct_scores,
+    exp_normal,
+    scores,
+    softmax,
+    statistics,
+)
 
 
 class Result(NamedTuple):
@@ -38,7 +45,9 @@ class Result(NamedTuple):
     excess: torch.Tensor
 
     def queries(self, start: int, stop: int) -> Result:
-        """The results of queries ``[start, stop)``."""
+        """The results of queries ``[start, stop)`` (``self`` when that is all of them)."""
+        if start == 0 and stop == self.log_sum_exp.shape[0]:
+            return self
         stats = None if self.stats is None else self.stats[:, start:stop]
         return Result(self.log_sum_exp[start:stop], self.num_valid[start:stop], stats, self.excess)
 
@@ -117,6 +126,6 @@ def reference(
         log_sum_exps.append(log_sum_exp(block.z, count > 0))
         counts.append(count.to(dtype))
         if with_statistics:
-            all_stats.append(torch.stack(statistics(block._replace(z=block.z.detach()))))
+            all_stats.append(torch.stack(statistics(block, softmax(block.z)[0])))
     stats = torch.cat(all_stats, 1) if with_statistics else None
     return Result(torch.cat(log_sum_exps), torch.cat(counts), stats, excess)

@@ -21,10 +21,24 @@ def exp_normal(x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """``exp(x)`` with results below the smallest normal number set to 0 (a subnormal result is
     many times slower on CPU; the terms lost are below ``1e-38`` of the largest). ``inplace``
     (without autograd) overwrites ``x``."""
-    cutoff = math.log(torch.finfo(x.dtype).tiny)
+    cutoff = math.log(torch.finfo(x.dtype).tiny)  # threshold: x <= cutoff -> -inf (NaN kept)
     if inplace:
-        return x.masked_fill_(x < cutoff, -math.inf).exp_()
-    return torch.where(x < cutoff, -math.inf, x).exp()
+        return torch.nn.functional.threshold(x, cutoff, -math.inf, inplace=True).exp_()
+    return torch.nn.functional.threshold(x, cutoff, -math.inf).exp()
+
+
+def softmax(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(exp(z - logsumexp), logsumexp)`` over the last axis, without a graph: weights ``0``
+    and ``logsumexp`` ``-inf`` for the rows without a finite score; terms below the smallest
+    normal number are dropped (:func:`exp_normal`). The weights are normalised by their sum,
+    not by a rounded ``logsumexp``."""
+    with torch.no_grad():
+        peak = z.amax(-1, keepdim=True) if z.shape[-1] else z.sum(-1, keepdim=True)
+        peak = peak.nan_to_num_(math.nan, math.inf, 0.0)  # -inf (no finite score) -> 0
+        e = exp_normal(z - peak, inplace=True)
+        total = e.sum(-1, keepdim=True)
+        log_sum_exp = total.log().add_(peak).squeeze(-1)  # log 0 = -inf without a valid pair
+        return e.div_(total.clamp_min_(torch.finfo(e.dtype).tiny)), log_sum_exp
 
 
 def weights(s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -128,18 +142,18 @@ def scores(s: Sides, *, check: bool, constants: bool = False) -> Scores:
     return finish(pair_sums(s, check=check, constants=constants), check=check)
 
 
-def statistics(block: Scores) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Softmax-weighted ``(sum_j w z, sum_j w own, sum_j w constants)`` per query (detached;
-    normalised by the sum of the weights, not by a rounded ``logsumexp``)."""
+def statistics(block: Scores, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(sum_j w z, sum_j w own, sum_j w constants)`` per query (detached) with ``weights``
+    the softmax of ``block.z`` (:func:`softmax`)."""
     assert block.constants is not None
     with torch.no_grad():
-        peak = block.z.amax(-1, keepdim=True) if block.z.shape[-1] else block.z.sum(-1, True)
-        e = exp_normal(block.z - torch.where(torch.isfinite(peak), peak, 0.0))
-        total = e.sum(-1).clamp_min(torch.finfo(e.dtype).tiny)
         z = torch.where(block.valid, block.z, 0.0)
-        own = (e * block.own).sum(-1) if block.own is not None else torch.zeros_like(total)
-        sums = torch.stack([(e * z).sum(-1), own, (e * block.constants).sum(-1)])
-        return tuple(sums / total)
+        own = (
+            (weights * block.own).sum(-1)
+            if block.own is not None
+            else weights.new_zeros(weights.shape[0])
+        )
+        return (weights * z).sum(-1), own, (weights * block.constants).sum(-1)
 
 
 def direct_scores(

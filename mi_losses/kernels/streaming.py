@@ -37,7 +37,7 @@ from mi_losses.kernels.factors import (
     query_factors,
     sides,
 )
-from mi_losses.kernels.reference import Result, log_sum_exp, reference
+from mi_losses.kernels.reference import Result, reference
 from mi_losses.kernels.scores import (
     Sums,
     add_sums,
@@ -45,6 +45,7 @@ from mi_losses.kernels.scores import (
     finish,
     pair_sums,
     scores,
+    softmax,
     statistics,
     weights,
 )
@@ -64,7 +65,7 @@ class Saved(NamedTuple):
     samples by default."""
 
     frame: Frame
-    scores: torch.Tensor | None
+    scores: torch.Tensor | None  # z (several blocks), or the softmax weights (one block)
     factors: list[Sides] | None = None
     blocks: bool = False  # the scores were made in several blocks of components
 
@@ -139,8 +140,8 @@ class TorchBlocks:
         assert total is not None
         block = finish(total, check=check)
         count = block.valid.sum(-1, dtype=dtype)
-        lse = log_sum_exp(block.z, count > 0)
-        stats = torch.stack(statistics(block)) if with_statistics else None
+        softmax_weights, lse = softmax(block.z)
+        stats = torch.stack(statistics(block, softmax_weights)) if with_statistics else None
         if block.excess is not None and block.excess.numel():
             excess = block.excess.amax()
         else:
@@ -148,7 +149,7 @@ class TorchBlocks:
         joined = (
             frames[0] if len(frames) == 1 else Frame(*map(torch.cat, zip(*frames, strict=True)))
         )
-        return Result(lse, count, stats, excess), Saved(joined, block.z, kept or None)
+        return Result(lse, count, stats, excess), Saved(joined, softmax_weights, kept or None)
 
     def _stream(
         self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
@@ -209,8 +210,7 @@ class TorchBlocks:
             self._stream_backward(d, saved, (log_sum_exp, grad), budget, dtype, out)
             return
         assert saved.scores is not None
-        weights = exp_normal(saved.scores - log_sum_exp.unsqueeze(-1), inplace=True)
-        weights.mul_(grad.unsqueeze(-1))
+        weights = saved.scores * grad.unsqueeze(-1)  # the softmax weights times the gradient
         for i, (start, stop) in enumerate(_positions(d, dtype)):
             s = saved.factors[i] if saved.factors is not None else None
             if s is None:
