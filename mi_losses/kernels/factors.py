@@ -32,11 +32,10 @@ HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 class Frame(NamedTuple):
     """The detached per-feature frame of a direction, ``(S, E)``: features are centred on
     ``reference`` (the mean active component centre) and divided by the scale ``t`` (the largest
-    active component std); ``constant`` ``(S,)`` is ``sum_e log t + E/2 log 2 pi``."""
+    active component std)."""
 
     reference: torch.Tensor
     inverse: torch.Tensor  # 1 / t
-    constant: torch.Tensor
 
     def positions(self, start: int, stop: int) -> Frame:
         """The frame of positions ``[start, stop)``."""
@@ -106,52 +105,49 @@ class Sides(NamedTuple):
         return torch.cat([-0.5 * s.w, s.wc, s.k, -s.b], 1)
 
 
-def keep(t: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-    """``t`` where the 0/1 ``mask`` (broadcast to it) is 1, ``fill`` elsewhere, whatever ``t``
+def keep(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``t`` where the 0/1 ``mask`` (broadcast to it) is 1, ``0`` elsewhere, whatever ``t``
     holds there (NaN and inf included): a product and a NaN replacement, each one vectorised
-    pass (a broadcast boolean ``where`` is several times slower on CPU). Differentiable."""
-    kept = t * mask if fill == 0.0 else (t * mask).add_(1.0 - mask, alpha=fill)
-    return kept.nan_to_num_(fill, math.inf, -math.inf)
+    pass (a broadcast boolean ``where`` is slower on CPU). Differentiable."""
+    return (t * mask).nan_to_num_(0.0, math.inf, -math.inf)
 
 
 def frame(
-    clean: torch.Tensor, means: torch.Tensor | None, stds: torch.Tensor, b: torch.Tensor,
+    clean: torch.Tensor, means: torch.Tensor | None, stds: torch.Tensor, active: torch.Tensor,
     dtype: torch.dtype,
 ) -> Frame:  # fmt: skip
-    """The :class:`Frame` of components ``x + mu``, ``sigma`` ``(n, S, E)`` active at ``b``."""
+    """The :class:`Frame` of components ``x + mu``, ``sigma`` ``(n, S, E)`` active at the 0/1
+    ``active`` ``(n, S, 1)``."""
     with torch.no_grad():
-        on = b.to(dtype)
-        active = on.unsqueeze(-1)
         centres = clean.to(dtype) if means is None else clean.to(dtype) + means.to(dtype)
-        count = on.sum(0).clamp_min_(1.0).unsqueeze(-1)
-        reference = keep(centres, active).sum(0).div_(count)
-        if clean.shape[0]:
-            scale = keep(stds.to(dtype), active).amax(0)
+        reference = keep(centres, active).sum(0).div_(active.sum(0).clamp_min_(1.0))
+        if clean.shape[0]:  # tiny where no component is active (no query is either): unread
+            scale = keep(stds.to(dtype), active).amax(0).clamp_min_(torch.finfo(dtype).tiny)
         else:
             scale = torch.ones_like(reference)
-        scale = scale.masked_fill_(scale <= 0, 1.0)
-        constant = scale.log().sum(-1).add_(clean.shape[-1] * HALF_LOG_TWO_PI)
-        return Frame(reference, scale.reciprocal_(), constant)
+        return Frame(reference, scale.reciprocal_())
 
 
 def query_factors(
     queries: torch.Tensor, own: Own | None, a: torch.Tensor, f: Frame, dtype: torch.dtype, *,
     check: bool = True, values: bool = True,
 ) -> Queries:  # fmt: skip
-    """The :class:`Queries` of ``y`` ``(m, S, E)`` active at ``a`` ``(m, S)`` in frame ``f``."""
+    """The :class:`Queries` of ``y`` ``(m, S, E)`` active at ``a`` ``(m, S)`` (bool) in frame
+    ``f``."""
     on = a.to(dtype)
     # Differences before masks (their derivatives are constants), masks before any product.
     scaled_y = keep(queries.to(dtype) - f.reference, on.unsqueeze(-1)).mul_(f.inverse)
     scaled_y = scaled_y.flatten(1)
-    residual = None if own is None else own_residual(queries, own, on, dtype)
+    residual = None if own is None else own_residual(queries, own, a, dtype)
     s = Queries(scaled_y, scaled_y.square(), on, residual)
     if not values:
         return s
     q = None
     if residual is not None:
         r, sigma_i = residual
-        q = torch.linalg.vecdot(r, r).mul_(0.5).add_(sigma_i.log().sum(-1))
-        q = q.add_(queries.shape[-1] * HALF_LOG_TWO_PI).mul_(on).neg_()
+        # -(|r|^2 / 2 + sum_e log sigma_i) - a E/2 log 2 pi (r = 0, sigma_i = 1 where inactive)
+        q = torch.addcmul(sigma_i.log(), r, r, value=0.5).sum(-1)
+        q = q.add_(on, alpha=queries.shape[-1] * HALF_LOG_TWO_PI).neg_()
     squares = None
     if check:
         with torch.no_grad():
@@ -163,40 +159,43 @@ def own_residual(
     queries: torch.Tensor, own: Own, a: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The queries' own residual ``r = (y - x - mu) / sigma_i`` and ``sigma_i`` ``(m, S, E)``
-    (``0`` and ``1`` where inactive); ``a`` ``(m, S)`` bool or 0/1."""
-    active = a.to(dtype).unsqueeze(-1)
+    (``0`` and ``1`` where inactive); ``a`` ``(m, S)`` bool."""
+    active = a.unsqueeze(-1)
     own_x, own_mu, own_sigma = (t.to(dtype) for t in own)
-    sigma_i = keep(own_sigma, active, 1.0)
+    sigma_i = torch.where(active, own_sigma, 1.0)
     # (y - x) - mu, not y - (x + mu): x + mu rounds mu away when the data sit far from 0.
-    return keep((queries.to(dtype) - own_x).sub_(own_mu), active) / sigma_i, sigma_i
+    return keep((queries.to(dtype) - own_x).sub_(own_mu), active.to(dtype)) / sigma_i, sigma_i
 
 
 def component_factors(
     clean: torch.Tensor, means: torch.Tensor | None, stds: torch.Tensor, b: torch.Tensor,
     f: Frame, dtype: torch.dtype, *, check: bool = True, values: bool = True,
+    active: torch.Tensor | None = None,
 ) -> Components:  # fmt: skip
     """The :class:`Components` of centres ``x + mu``, stds ``sigma`` ``(n, S, E)`` active at
-    ``b`` ``(n, S)`` in frame ``f``."""
-    on = b.to(dtype)
-    active = on.unsqueeze(-1)
+    ``b`` ``(n, S)`` (bool) in frame ``f``; ``active``: ``b`` as 0/1 ``(n, S, 1)`` if made."""
+    if active is None:
+        active = b.to(dtype).unsqueeze(-1)
     # (x - r) + mu, not (x + mu) - r: x + mu rounds mu away when the data sit far from 0.
     centred = clean.to(dtype) - f.reference
     if means is not None:
         centred = centred.add_(means.to(dtype))
     scaled_c = keep(centred, active).mul_(f.inverse)
-    # sigma / t, 1 where inactive (the product before the mask: its derivative is a constant)
-    ratio = keep(stds.to(dtype) * f.inverse, active, 1.0)
+    sigma = torch.where(b.unsqueeze(-1), stds.to(dtype), 1.0)  # 1 where inactive
+    ratio = sigma * f.inverse  # sigma / t
     precision = ratio.pow(-2).mul_(active)  # w = (t / sigma)^2, 0 where inactive
     weighted = precision * scaled_c
+    on = active.squeeze(-1)
     s = Components(precision.flatten(1), weighted.flatten(1), scaled_c.flatten(1), on, ratio)
     if not values:
         return s
     h = torch.linalg.vecdot(weighted, scaled_c).mul_(0.5)
-    p = ratio.log().sum(-1).add_(f.constant).mul_(on)  # b (sum_e log sigma + E/2 log 2 pi)
+    # b (sum_e log sigma + E/2 log 2 pi)
+    p = sigma.log().sum(-1).add_(on, alpha=clean.shape[-1] * HALF_LOG_TWO_PI)
     largest = None
     if check:
         with torch.no_grad():
-            largest = s.w.amax(-1) if s.w[0:1].numel() else h.sum(-1)
+            largest = s.w.amax(-1) if s.w.shape[1] else h.sum(-1)
     return s._replace(k=torch.add(h, p).neg_(), p=p, h=h, largest=largest)
 
 
@@ -219,9 +218,11 @@ def sides(
     queries' :class:`Own` (mutual information) or ``None``. Differentiable to any order.
     ``check=False`` leaves out what only the rounding check needs, ``values=False`` all that
     only the scores' values need (the backward pass); ``frame_`` a :class:`Frame` made before."""
-    f = frame_ if frame_ is not None else frame(clean, means, stds, b, dtype)
+    active = b.to(dtype).unsqueeze(-1)
+    f = frame_ if frame_ is not None else frame(clean, means, stds, active, dtype)
+    components = component_factors(
+        clean, means, stds, b, f, dtype, check=check, values=values, active=active
+    )
     return Sides(
-        query_factors(queries, own, a, f, dtype, check=check, values=values),
-        component_factors(clean, means, stds, b, f, dtype, check=check, values=values),
-        f,
+        query_factors(queries, own, a, f, dtype, check=check, values=values), components, f
     )

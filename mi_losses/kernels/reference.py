@@ -78,8 +78,10 @@ def pair_scores(
         assert c.h is not None and c.p is not None
         s = s._replace(components=c._replace(k=-c.h, p=torch.zeros_like(c.p)))
     block = scores(s, check=check or direct, constants=statistics)
-    if direct and block.excess is not None and bool((block.excess > 0).any()):
-        block = block._replace(z=direct_scores(block, block.excess > 0, d, s, dtype))
+    if direct and block.excess is not None:
+        flagged = ~(block.excess <= 0)  # NaN flagged too
+        if bool(flagged.any()):
+            block = block._replace(z=direct_scores(block, flagged, d, s, dtype))
     return block
 
 
@@ -97,7 +99,7 @@ def _re_evaluated(block: Scores, d: Direction, dtype: torch.dtype) -> Scores:
     """``block``, or where a pair is flagged the float64 re-evaluation. Under
     ``torch.compile`` it runs eagerly (a graph break), so compiled results are checked too."""
     assert block.excess is not None
-    if not bool((block.excess > 0).any()):
+    if bool((block.excess <= 0).all()):
         return block
     exact = pair_scores(d, torch.float64, check=True, direct=True, constants=False)
     return exact._replace(z=exact.z.to(dtype))

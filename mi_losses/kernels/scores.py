@@ -83,20 +83,26 @@ def pair_sums(s: Sides, *, check: bool, constants: bool = False) -> Sums:
     """The :class:`Sums` of the pairs of ``s``; ``constants`` (implied by ``check``) also the
     pair sums of ``p``."""
     q, c = s.queries, s.components
-    assert c.k is not None and c.p is not None
-    z = torch.addmm(torch.addmm(q.a @ c.k.T, q.y2, c.w.T, alpha=-0.5), q.y, c.wc.T)
+    assert c.k is not None and c.p is not None and c.h is not None
+    # The products over positions in one: a [k, b, p, h]^T (p and h only when asked).
+    per_position = [c.k, c.b] + ([c.p] if check or constants else []) + ([c.h] if check else [])
+    n = c.b.shape[0]
+    sums = torch.split(q.a @ torch.cat(per_position).T, [n] * len(per_position), 1)
+    z = torch.addmm(torch.addmm(sums[0], q.y2, c.w.T, alpha=-0.5), q.y, c.wc.T)
     own = None
     if q.q is not None:
-        own_sum = q.q @ c.b.T
-        z = z - own_sum
-        own = own_sum.detach()
-    with torch.no_grad():
-        count = q.a @ c.b.T
-        sums = q.a @ c.p.T if check or constants else None
-        if not check:
-            return Sums(z, count, sums, own, None, None, None)
-        assert c.h is not None
-        return Sums(z, count, sums, own, q.a @ c.h.T, q.squares, c.largest)
+        own = q.q @ c.b.T
+        z = z - own
+        own = _detached(own)
+    p_sums = _detached(sums[2]) if len(sums) > 2 else None
+    if not check:
+        return Sums(z, sums[1], p_sums, own, None, None, None)
+    return Sums(z, sums[1], p_sums, own, _detached(sums[3]), q.squares, c.largest)
+
+
+def _detached(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without its graph (``t`` itself when it has none: no operation)."""
+    return t.detach() if t.requires_grad else t
 
 
 def add_sums(total: Sums | None, part: Sums) -> Sums:
@@ -132,7 +138,7 @@ def finish(t: Sums, *, check: bool) -> Scores:
             distance = t.z + t.constants if t.own is None else (t.z + t.constants).add_(t.own)
             error = torch.addcmul(t.halves, t.squares.unsqueeze(-1), t.largest)
             error.mul_(0.5 * torch.finfo(dtype).eps).sub_(distance.abs_(), alpha=relative)
-            excess = error.sub_(absolute).nan_to_num_(nan=math.inf).masked_fill_(invalid, -math.inf)
+            excess = error.sub_(absolute).masked_fill_(invalid, -math.inf)  # NaN: re-evaluated
     return Scores(t.z.masked_fill(invalid, -math.inf), valid, t.constants, t.own, excess)
 
 

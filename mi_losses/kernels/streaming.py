@@ -109,7 +109,7 @@ def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
 def _factor_grads(s: Sides, weights: torch.Tensor) -> Grads:
     """The factors' gradients from the weights ``G`` of the pairs of ``s``."""
     q, c = s.queries, s.components
-    d_q = -(weights @ c.b) if q.own is not None else None
+    d_q = weights @ c.b if q.own is not None else None  # minus the gradient of q
     transposed = weights.T
     return Grads(
         weights @ c.wc, weights @ c.w, d_q, transposed @ q.y2, transposed @ q.y, transposed @ q.a
@@ -156,7 +156,7 @@ class TorchBlocks:
     ) -> tuple[Result, Saved]:
         """Blocks of components with a running log-sum-exp; the query factors are made once,
         the components' one block at a time."""
-        f = frame(d.clean, d.means, d.stds, d.b, dtype)
+        f = frame(d.clean, d.means, d.stds, d.b.to(dtype).unsqueeze(-1), dtype)
         queries = query_factors(d.queries, d.own, d.a, f, dtype, check=check)
         m, n = d.queries.shape[0], d.clean.shape[0]
         # Scores that take a quarter of the budget are kept: two matrix products fewer later.
@@ -249,7 +249,7 @@ class TorchBlocks:
             d_y.addmm_(g, comps.wc)
             d_y2.addmm_(g, comps.w)
             if d_q is not None:
-                d_q.addmm_(g, comps.b, alpha=-1.0)
+                d_q.addmm_(g, comps.b)  # minus the gradient of q
             transposed = g.T
             add_component_grads(
                 comps, f, transposed @ queries.y2, transposed @ queries.y, transposed @ queries.a,

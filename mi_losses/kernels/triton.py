@@ -290,4 +290,5 @@ class TritonBlocks:
         width, positions = s.queries.y.shape[1], s.queries.a.shape[1]
         d_y2, d_y, _, d_q = torch.split(grad_left, [width, width, positions, positions], 1)
         d_wn, d_wc, d_k, _ = torch.split(grad_right, [width, width, positions, positions], 1)
-        return Grads(d_y, -2.0 * d_y2, d_q if s.queries.q is not None else None, d_wn, d_wc, d_k)
+        minus_d_q = -d_q if s.queries.q is not None else None  # Grads holds minus d q
+        return Grads(d_y, -2.0 * d_y2, minus_d_q, d_wn, d_wc, d_k)
