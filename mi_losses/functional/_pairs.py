@@ -93,14 +93,15 @@ def direction_estimates(
     for size in sizes:
         part = stream.queries(offset, offset + size)
         offset += size
-        valid = part.num_valid > 0
         log_count = part.num_valid.clamp_min(1.0).log()
-        per_query = torch.where(valid, log_count - part.log_sum_exp, 0.0)
-        num_queries = valid.sum()
-        value = per_query.sum() / num_queries.clamp_min(1)  # per_query is 0 where not valid
+        # 0 where not valid (logsumexp -inf: log_count - logsumexp is inf there)
+        per_query = (log_count - part.log_sum_exp).masked_fill_(part.num_valid == 0, 0.0)
+        num_queries = torch.count_nonzero(part.num_valid)
+        value = per_query.sum() / num_queries.clamp_min(1)
         components = {}
         if with_components:
             assert part.stats is not None
+            valid = part.num_valid > 0
             score, own, constants = part.stats
             lse = torch.where(valid, part.log_sum_exp.detach(), 0.0)
             mahalanobis = -score - own - constants

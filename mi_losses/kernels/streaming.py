@@ -207,7 +207,8 @@ class TorchBlocks:
     ) -> None:
         if saved.blocks:
             budget = options.max_block_bytes
-            self._stream_backward(d, saved, (log_sum_exp, grad), budget, dtype, out)
+            finite = finite_log_sum_exp(log_sum_exp)
+            self._stream_backward(d, saved, (finite, grad), budget, dtype, out)
             return
         assert saved.scores is not None
         weights = saved.scores * grad.unsqueeze(-1)  # the softmax weights times the gradient
@@ -262,6 +263,12 @@ class TorchBlocks:
             add_own_grads(*own_residual(d.queries, d.own, d.a, dtype), d.a.to(dtype), d_q, out)
 
 
+def finite_log_sum_exp(log_sum_exp: torch.Tensor) -> torch.Tensor:
+    """``log_sum_exp`` with ``0`` for the queries without a valid pair (``-inf``; their
+    gradient is 0): ``z - logsumexp`` is then ``-inf``, not NaN, for their pairs."""
+    return log_sum_exp.nan_to_num(math.nan, math.inf, 0.0)
+
+
 def join(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
     """``torch.cat(parts, dim)`` without a copy for a single part."""
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
@@ -303,6 +310,7 @@ class StreamingLogSumExp(torch.autograd.Function):
         if excess is None:
             excess = results[0].excess if results else queries.new_full((), -math.inf)
         ctx.mark_non_differentiable(*outputs[1:], excess)
+        ctx.set_materialize_grads(False)  # the outputs without gradient get no zeros
         return (*outputs, excess)
 
     @staticmethod
@@ -326,9 +334,7 @@ class StreamingLogSumExp(torch.autograd.Function):
                 value = next(grads) if need else None
                 result.append(torch.zeros_like(tensor) if need and value is None else value)
             return (*result, None, None, None, None, None)
-        empty = num_valid == 0  # logsumexp -inf, no gradient
-        lse = lse.masked_fill(empty, 0.0)
-        grad = grad.masked_fill(empty, 0.0)
+        grad = grad.masked_fill(num_valid == 0, 0.0)  # logsumexp -inf: no gradient
 
         def buffer(like: torch.Tensor, need: bool) -> torch.Tensor | None:
             return torch.zeros(like.shape, dtype=plan.dtype, device=like.device) if need else None
@@ -351,7 +357,11 @@ class StreamingLogSumExp(torch.autograd.Function):
                 _row_slice(centres, c0, c1),
                 _row_slice(stds, c0, c1),
             )
-            ctx.blocks.backward(d, saved, lse[rows], grad[rows], plan.options, plan.dtype, out)
+            upstream = (
+                _row_slice(lse, rows.start, rows.stop),
+                _row_slice(grad, rows.start, rows.stop),
+            )
+            ctx.blocks.backward(d, saved, *upstream, plan.options, plan.dtype, out)
         found = (queries, centres, centres, stds)
         return (
             *(

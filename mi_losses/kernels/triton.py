@@ -27,7 +27,7 @@ from mi_losses.kernels.directions import Direction, block_rows
 from mi_losses.kernels.factors import Sides, sides
 from mi_losses.kernels.reference import Result
 from mi_losses.kernels.scores import TOLERANCES
-from mi_losses.kernels.streaming import Saved
+from mi_losses.kernels.streaming import Saved, finite_log_sum_exp
 from mi_losses.options import KernelOptions
 
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
@@ -267,7 +267,8 @@ class TritonBlocks:
         out: Targets,
     ) -> None:
         s = sides(*d, dtype, check=False, frame_=saved.frame)
-        add_grads(s, self._grads(s, log_sum_exp, grad, options.max_block_bytes), out)
+        finite = finite_log_sum_exp(log_sum_exp)
+        add_grads(s, self._grads(s, finite, grad, options.max_block_bytes), out)
 
     def _grads(self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int) -> Grads:
         f_ = _flat(s)
