@@ -62,7 +62,7 @@ class Components(NamedTuple):
     wc: torch.Tensor  # w c', (n, F)
     c: torch.Tensor  # c', (n, F)
     b: torch.Tensor  # component mask as 0/1, (n, S)
-    ratio: torch.Tensor | None = None  # sigma / t, 1 where inactive, (n, S, E)
+    sigma: torch.Tensor | None = None  # sigma, 1 where inactive, (n, S, E)
     k: torch.Tensor | None = None  # -(h + b p), (n, S)
     p: torch.Tensor | None = None  # b p, (n, S)
     h: torch.Tensor | None = None  # h, (n, S)
@@ -183,11 +183,10 @@ def component_factors(
         centred = centred.add_(means.to(dtype))
     scaled_c = keep(centred, active).mul_(f.inverse)
     sigma = keep(stds.to(dtype), active, 1.0)
-    ratio = sigma * f.inverse  # sigma / t
-    precision = ratio.pow(-2).mul_(active)  # w = (t / sigma)^2, 0 where inactive
+    precision = (sigma * f.inverse).pow_(-2).mul_(active)  # w = (t / sigma)^2, 0 where inactive
     weighted = precision * scaled_c
     on = active.squeeze(-1)
-    s = Components(precision.flatten(1), weighted.flatten(1), scaled_c.flatten(1), on, ratio)
+    s = Components(precision.flatten(1), weighted.flatten(1), scaled_c.flatten(1), on, sigma)
     if not values:
         return s
     h = torch.linalg.vecdot(weighted, scaled_c).mul_(0.5)
