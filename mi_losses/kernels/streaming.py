@@ -314,7 +314,9 @@ class StreamingLogSumExp(torch.autograd.Function):
         return (*outputs, excess)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad: torch.Tensor | None, *_: Any) -> tuple[torch.Tensor | None, ...]:
+        if grad is None:  # no gradient reached the logsumexp (grads are not materialised)
+            return (None,) * 9
         *inputs, lse, num_valid = ctx.saved_tensors
         plan, needs = ctx.plan, ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():
