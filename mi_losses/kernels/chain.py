@@ -93,15 +93,16 @@ def add_component_grads(
     """Add the gradients of the component inputs from the component factors' (:class:`Grads`
     ``w``, ``wc``, ``k``; ``d_w`` and ``d_wc`` are overwritten). With ``U = d_w``, ``V = d_wc``,
     ``g = d_k`` (``G^T y'^2``, ``G^T y'``, ``G^T a``): ``d x = w (V - g c') / t`` and
-    ``d sigma = (w (U - 2 c' V + g c'^2) - b g) / sigma``."""
+    ``d sigma = (w (U - 2 c' V + g c'^2) - b g) / sigma``, ``sigma = t ratio``."""
     with torch.no_grad():
-        assert s.sigma is not None
-        shape = s.sigma.shape
+        assert s.ratio is not None
+        shape = s.ratio.shape
         c, w, v = s.c.view(shape), s.w.view(shape), d_wc.view(shape)
         g = d_k.unsqueeze(-1)
         if out.stds is not None:
             u = d_w.view(shape).addcmul_(c, torch.addcmul(v, g, c, value=-0.5), value=-2.0)
-            out.stds.addcdiv_(u.mul_(w).sub_((d_k * s.b).unsqueeze(-1)), s.sigma)
+            u.mul_(w).sub_((d_k * s.b).unsqueeze(-1)).mul_(f.inverse)
+            out.stds.addcdiv_(u, s.ratio)
         if out.centres is not None:
             out.centres.addcmul_(v.addcmul_(g, c, value=-1.0).mul_(f.inverse), w)
 

@@ -32,10 +32,11 @@ HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 class Frame(NamedTuple):
     """The detached per-feature frame of a direction, ``(S, E)``: features are centred on
     ``reference`` (the mean active component centre) and divided by the scale ``t`` (the largest
-    active component std)."""
+    active component std); ``constant`` ``(S,)`` is ``sum_e log t + E/2 log 2 pi``."""
 
     reference: torch.Tensor
     inverse: torch.Tensor  # 1 / t
+    constant: torch.Tensor
 
     def positions(self, start: int, stop: int) -> Frame:
         """The frame of positions ``[start, stop)``."""
@@ -62,7 +63,7 @@ class Components(NamedTuple):
     wc: torch.Tensor  # w c', (n, F)
     c: torch.Tensor  # c', (n, F)
     b: torch.Tensor  # component mask as 0/1, (n, S)
-    sigma: torch.Tensor | None = None  # sigma, 1 where inactive, (n, S, E)
+    ratio: torch.Tensor | None = None  # sigma / t, 1 where inactive, (n, S, E)
     k: torch.Tensor | None = None  # -(h + b p), (n, S)
     p: torch.Tensor | None = None  # b p, (n, S)
     h: torch.Tensor | None = None  # h, (n, S)
@@ -126,7 +127,8 @@ def frame(
             scale = keep(stds.to(dtype), active).amax(0).clamp_min_(torch.finfo(dtype).tiny)
         else:
             scale = torch.ones_like(reference)
-        return Frame(reference, scale.reciprocal_())
+        constant = scale.log().sum(-1).add_(clean.shape[-1] * HALF_LOG_TWO_PI)
+        return Frame(reference, scale.reciprocal_(), constant)
 
 
 def query_factors(
@@ -182,16 +184,16 @@ def component_factors(
     if means is not None:
         centred = centred.add_(means.to(dtype))
     scaled_c = keep(centred, active).mul_(f.inverse)
-    sigma = keep(stds.to(dtype), active, 1.0)
-    precision = (sigma * f.inverse).pow_(-2).mul_(active)  # w = (t / sigma)^2, 0 where inactive
+    # sigma / t, 1 where inactive (the product before the mask: its derivative is a constant)
+    ratio = keep(stds.to(dtype) * f.inverse, active, 1.0)
+    precision = ratio.pow(-2).mul_(active)  # w = (t / sigma)^2, 0 where inactive
     weighted = precision * scaled_c
     on = active.squeeze(-1)
-    s = Components(precision.flatten(1), weighted.flatten(1), scaled_c.flatten(1), on, sigma)
+    s = Components(precision.flatten(1), weighted.flatten(1), scaled_c.flatten(1), on, ratio)
     if not values:
         return s
     h = torch.linalg.vecdot(weighted, scaled_c).mul_(0.5)
-    # b (sum_e log sigma + E/2 log 2 pi)
-    p = sigma.log().sum(-1).add_(on, alpha=clean.shape[-1] * HALF_LOG_TWO_PI)
+    p = ratio.log().sum(-1).addcmul_(on, f.constant)  # b (sum_e log sigma + E/2 log 2 pi)
     largest = None
     if check:
         with torch.no_grad():

@@ -50,11 +50,12 @@ class Vocabulary(NamedTuple):
 
 def query_side(queries: torch.Tensor) -> tuple[Queries, Frame]:
     """The query factors of ``y`` ``(N, E)`` and their frame: centred on the detached mean of
-    the queries, unscaled."""
+    the queries, unscaled; the frame's constant is ``E/2 log 2 pi``."""
     n, e = queries.shape
     with torch.no_grad():
         reference = queries.mean(0, keepdim=True) if n else queries.new_zeros(1, e)
-    f = Frame(reference, torch.ones_like(reference))
+        constant = queries.new_full((1,), e * HALF_LOG_TWO_PI)
+    f = Frame(reference, torch.ones_like(reference), constant)
     active = torch.ones((n, 1), dtype=torch.bool, device=queries.device)
     return query_factors(queries[:, None], None, active, f, queries.dtype, check=False), f
 
