@@ -93,8 +93,8 @@ def direction_estimates(
     for size in sizes:
         part = stream.queries(offset, offset + size)
         offset += size
-        log_count = part.num_valid.clamp_min(1.0).log()
-        # 0 where not valid (logsumexp -inf: log_count - logsumexp is inf there)
+        log_count = part.num_valid.log()
+        # 0 where not valid (log 0 - logsumexp = -inf - -inf: NaN there, no gradient)
         per_query = (log_count - part.log_sum_exp).masked_fill_(part.num_valid == 0, 0.0)
         num_queries = torch.count_nonzero(part.num_valid)
         value = per_query.sum() / num_queries.clamp_min(1)

@@ -139,9 +139,9 @@ def query_factors(
     ``f``."""
     on = a.to(dtype)
     # Differences before masks (their derivatives are constants), masks before any product.
-    scaled_y = keep(queries.to(dtype) - f.reference, on.unsqueeze(-1)).mul_(f.inverse)
-    scaled_y = scaled_y.flatten(1)
-    residual = None if own is None else own_residual(queries, own, on, dtype)
+    active = on.unsqueeze(-1)
+    scaled_y = keep(queries.to(dtype) - f.reference, active).mul_(f.inverse).flatten(1)
+    residual = None if own is None else own_residual(queries, own, active, dtype)
     s = Queries(scaled_y, scaled_y.square(), on, residual)
     if not values:
         return s
@@ -162,8 +162,8 @@ def own_residual(
     queries: torch.Tensor, own: Own, a: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The queries' own residual ``r = (y - x - mu) / sigma_i`` and ``sigma_i`` ``(m, S, E)``
-    (``0`` and ``1`` where inactive); ``a`` ``(m, S)`` bool or 0/1."""
-    active = a.to(dtype).unsqueeze(-1)
+    (``0`` and ``1`` where inactive); ``a`` ``(m, S)`` bool or 0/1, or ``(m, S, 1)`` 0/1."""
+    active = a.to(dtype) if a.dim() == queries.dim() else a.to(dtype).unsqueeze(-1)
     own_x, own_mu, own_sigma = (t.to(dtype) for t in own)
     sigma_i = keep(own_sigma, active, 1.0)
     # (y - x) - mu, not y - (x + mu): x + mu rounds mu away when the data sit far from 0.
