@@ -97,7 +97,7 @@ def add_component_grads(
     with torch.no_grad():
         assert s.ratio is not None
         shape = s.ratio.shape
-        c, w, v = s.c.view(shape), s.w.view(shape), d_wc.view(shape)
+        c, w, v = s.c, s.w.view(shape), d_wc.view(shape)
         g = d_k.unsqueeze(-1)
         if out.stds is not None:
             u = d_w.view(shape).addcmul_(c, torch.addcmul(v, g, c, value=-0.5), value=-2.0)

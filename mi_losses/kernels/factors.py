@@ -61,7 +61,7 @@ class Components(NamedTuple):
 
     w: torch.Tensor  # w = (t / sigma)^2, 0 where inactive, (n, F)
     wc: torch.Tensor  # w c', (n, F)
-    c: torch.Tensor  # c', (n, F)
+    c: torch.Tensor  # c', (n, S, E)
     b: torch.Tensor  # component mask as 0/1, (n, S)
     ratio: torch.Tensor | None = None  # sigma / t, 1 where inactive, (n, S, E)
     k: torch.Tensor | None = None  # -(h + b p), (n, S)
@@ -189,7 +189,7 @@ def component_factors(
     precision = ratio.pow(-2).mul_(active)  # w = (t / sigma)^2, 0 where inactive
     weighted = precision * scaled_c
     on = active.squeeze(-1)
-    s = Components(precision.flatten(1), weighted.flatten(1), scaled_c.flatten(1), on, ratio)
+    s = Components(precision.flatten(1), weighted.flatten(1), scaled_c, on, ratio)
     if not values:
         return s
     h = torch.linalg.vecdot(weighted, scaled_c).mul_(0.5)
