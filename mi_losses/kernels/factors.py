@@ -9,7 +9,7 @@ entropy) and ``p_js = sum_e log sigma_jse + E/2 log 2 pi``. Features are centred
 reference ``r`` and divided by a detached scale ``t`` (the :class:`Frame`; the score does not
 depend on them): ``y' = a (y - r) / t``, ``c' = (c - r) / t``, ``w = b (t / sigma)^2``. Then
 
-    z = -y'^2 w^T / 2 + y' (w c')^T + a k^T - (a q) b^T,        k = -(h + b p),  h = sum_e w c'^2 / 2
+    z = -y'^2 w^T / 2 + y' (w c')^T + a k^T - (a q) b^T,        k = -(h2 / 2 + b p),  h2 = sum_e w c'^2
 
 (:func:`pair_sums`; the Triton kernels read the same as one product ``L R^T`` of
 concatenated factors); :mod:`~mi_losses.kernels.chain` carries the factors' gradients back to
@@ -57,16 +57,16 @@ class Queries(NamedTuple):
 
 class Components(NamedTuple):
     """The component factors (``n`` components). Without ``values`` (the backward pass) ``k``,
-    ``p``, ``h`` and ``largest`` are ``None``."""
+    ``p``, ``h2`` and ``largest`` are ``None``."""
 
     w: torch.Tensor  # w = (t / sigma)^2, 0 where inactive, (n, F)
     wc: torch.Tensor  # w c', (n, F)
     c: torch.Tensor  # c', (n, S, E)
     b: torch.Tensor  # component mask as 0/1, (n, S)
     ratio: torch.Tensor | None = None  # sigma / t, 1 where inactive, (n, S, E)
-    k: torch.Tensor | None = None  # -(h + b p), (n, S)
+    k: torch.Tensor | None = None  # -(h2 / 2 + b p), (n, S)
     p: torch.Tensor | None = None  # b p, (n, S)
-    h: torch.Tensor | None = None  # h, (n, S)
+    h2: torch.Tensor | None = None  # h2 = sum_e w c'^2, (n, S)
     largest: torch.Tensor | None = None  # max_k w, (n,) (rounding check)
 
     def rows(self, start: int, stop: int) -> Components:
@@ -100,7 +100,7 @@ class Sides(NamedTuple):
 
     @property
     def right(self) -> torch.Tensor:
-        """``R = [-w/2, w c', -(h + b p), -b]`` ``(n, 2F + 2S)``."""
+        """``R = [-w/2, w c', -(h2 / 2 + b p), -b]`` ``(n, 2F + 2S)``."""
         s = self.components
         assert s.k is not None
         return torch.cat([-0.5 * s.w, s.wc, s.k, -s.b], 1)
@@ -192,13 +192,13 @@ def component_factors(
     s = Components(precision.flatten(1), weighted.flatten(1), scaled_c, on, ratio)
     if not values:
         return s
-    h = torch.linalg.vecdot(weighted, scaled_c).mul_(0.5)
+    h2 = torch.linalg.vecdot(weighted, scaled_c)
     p = ratio.log().sum(-1).addcmul_(on, f.constant)  # b (sum_e log sigma + E/2 log 2 pi)
     largest = None
     if check:
         with torch.no_grad():
-            largest = s.w.amax(-1) if s.w.shape[1] else h.sum(-1)
-    return s._replace(k=torch.add(h, p).neg_(), p=p, h=h, largest=largest)
+            largest = s.w.amax(-1) if s.w.shape[1] else h2.sum(-1)
+    return s._replace(k=torch.add(p, h2, alpha=0.5).neg_(), p=p, h2=h2, largest=largest)
 
 
 def sides(

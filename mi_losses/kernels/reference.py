@@ -75,8 +75,8 @@ def pair_scores(
     s = sides(*d, dtype, check=check or direct)
     if not constants:
         c = s.components
-        assert c.h is not None and c.p is not None
-        s = s._replace(components=c._replace(k=-c.h, p=torch.zeros_like(c.p)))
+        assert c.h2 is not None and c.p is not None
+        s = s._replace(components=c._replace(k=-0.5 * c.h2, p=torch.zeros_like(c.p)))
     block = scores(s, check=check or direct, constants=statistics)
     if direct and block.excess is not None:
         flagged = ~(block.excess <= 0)  # NaN flagged too

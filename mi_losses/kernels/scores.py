@@ -74,7 +74,7 @@ class Sums(NamedTuple):
     positions: torch.Tensor  # |P(i, j)|
     constants: torch.Tensor | None  # sum_P p_js
     own: torch.Tensor | None  # sum_P q_is
-    halves: torch.Tensor | None  # sum_P h_js (rounding check)
+    doubled: torch.Tensor | None  # sum_P h2_js, twice the halves (rounding check)
     squares: torch.Tensor | None  # |y'_i|^2, (m,) (rounding check)
     largest: torch.Tensor | None  # max w_j, (n,) (rounding check)
 
@@ -83,16 +83,16 @@ def pair_sums(s: Sides, *, check: bool, constants: bool = False) -> Sums:
     """The :class:`Sums` of the pairs of ``s``; ``constants`` (implied by ``check``) also the
     pair sums of ``p``."""
     q, c = s.queries, s.components
-    assert c.k is not None and c.p is not None and c.h is not None
-    # The products over positions in one: a [k, b, p, h]^T (p and h only when asked).
-    per_position = [c.k, c.b] + ([c.p] if check or constants else []) + ([c.h] if check else [])
+    assert c.k is not None and c.p is not None and c.h2 is not None
+    # The products over positions in one: a [k, b, p, h2]^T (p and h2 only when asked).
+    per_position = [c.k, c.b] + ([c.p] if check or constants else []) + ([c.h2] if check else [])
     n = c.b.shape[0]
     sums = torch.split(q.a @ torch.cat(per_position).T, [n] * len(per_position), 1)
     z = torch.addmm(torch.addmm(sums[0], q.y2, c.w.T, alpha=-0.5), q.y, c.wc.T)
     own = None
     if q.q is not None:
         own = q.q @ c.b.T
-        z = z - own
+        z = z.sub_(own)
         own = _detached(own)
     p_sums = _detached(sums[2]) if len(sums) > 2 else None
     if not check:
@@ -118,7 +118,7 @@ def add_sums(total: Sums | None, part: Sums) -> Sums:
         largest = torch.maximum(largest, part.largest)
     return Sums(
         total.z + part.z, total.positions + part.positions, plus(total.constants, part.constants),
-        plus(total.own, part.own), plus(total.halves, part.halves),
+        plus(total.own, part.own), plus(total.doubled, part.doubled),
         plus(total.squares, part.squares), largest,
     )  # fmt: skip
 
@@ -131,13 +131,16 @@ def finish(t: Sums, *, check: bool) -> Scores:
         excess = None
         if check:
             assert t.constants is not None and t.squares is not None
-            assert t.largest is not None and t.halves is not None
+            assert t.largest is not None and t.doubled is not None
             dtype = t.z.dtype
             relative, absolute = TOLERANCES[dtype]
-            # eps |magnitude| / 2 - relative |distance| - absolute, in place.
-            distance = t.z + t.constants if t.own is None else (t.z + t.constants).add_(t.own)
-            error = torch.addcmul(t.halves, t.squares.unsqueeze(-1), t.largest)
-            error.mul_(0.5 * torch.finfo(dtype).eps).sub_(distance.abs_(), alpha=relative)
+            # eps magnitude / 2 - relative distance - absolute in one buffer, -distance =
+            # z + sum_P p + sum_P q (the distance is negative by rounding only: no abs needed)
+            error = torch.addcmul(t.doubled, t.squares.unsqueeze(-1), t.largest, value=2.0)
+            error.mul_(0.25 * torch.finfo(dtype).eps).add_(t.z, alpha=relative)
+            error.add_(t.constants, alpha=relative)
+            if t.own is not None:
+                error.add_(t.own, alpha=relative)
             excess = error.sub_(absolute).masked_fill_(invalid, -math.inf)  # NaN: re-evaluated
     return Scores(t.z.masked_fill(invalid, -math.inf), valid, t.constants, t.own, excess)
 

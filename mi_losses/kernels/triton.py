@@ -218,8 +218,10 @@ def _flat(s: Sides) -> _Flat:
     def given(t: torch.Tensor | None) -> torch.Tensor:  # a stands in for what is not read
         return q.a if t is None else t
 
+    half = None if c.h2 is None else 0.5 * c.h2  # h, the kernels' halves
+
     tensors = (
-        s.left, s.right, q.a, given(q.q), c.b, given(c.p), given(c.h), given(q.squares),
+        s.left, s.right, q.a, given(q.q), c.b, given(c.p), given(half), given(q.squares),
         given(c.largest),
     )  # fmt: skip
     return _Flat(*(t.contiguous() for t in tensors))
