@@ -94,10 +94,10 @@ def pair_sums(s: Sides, *, check: bool, constants: bool = False) -> Sums:
         own = q.q @ c.b.T
         z = z.sub_(own)
         own = _detached(own)
-    p_sums = _detached(sums[2]) if len(sums) > 2 else None
+    count, p_sums = _detached(sums[1]), _detached(sums[2]) if len(sums) > 2 else None
     if not check:
-        return Sums(z, sums[1], p_sums, own, None, None, None)
-    return Sums(z, sums[1], p_sums, own, _detached(sums[3]), q.squares, c.largest)
+        return Sums(z, count, p_sums, own, None, None, None)
+    return Sums(z, count, p_sums, own, _detached(sums[3]), q.squares, c.largest)
 
 
 def _detached(t: torch.Tensor) -> torch.Tensor:
