@@ -11,7 +11,7 @@ from mi_losses.types import ComponentLossesDict, Estimate
 def query_mean(per_query: torch.Tensor, query_valid: torch.Tensor) -> torch.Tensor:
     """Mean over valid queries; ``0`` (keeping the graph) when none is valid."""
     total = torch.where(query_valid, per_query, 0.0).sum()
-    return total / query_valid.sum().clamp_min(1).to(per_query.dtype)
+    return total / query_valid.sum().clamp_min(1)
 
 
 def average_estimates(estimates: list[Estimate]) -> Estimate:

@@ -93,13 +93,15 @@ def direction_estimates(
     for size in sizes:
         part = stream.queries(offset, offset + size)
         offset += size
-        valid = part.num_valid > 0
-        log_count = part.num_valid.clamp_min(1.0).log()
-        per_query = torch.where(valid, log_count - part.log_sum_exp, 0.0)
-        value = query_mean(per_query, valid)
+        log_count = part.num_valid.log()
+        # 0 where not valid (log 0 - logsumexp = -inf - -inf: NaN there, no gradient)
+        per_query = (log_count - part.log_sum_exp).masked_fill_(part.num_valid == 0, 0.0)
+        num_queries = torch.count_nonzero(part.num_valid)
+        value = per_query.sum() / num_queries.clamp_min(1)
         components = {}
         if with_components:
             assert part.stats is not None
+            valid = part.num_valid > 0
             score, own, constants = part.stats
             lse = torch.where(valid, part.log_sum_exp.detach(), 0.0)
             mahalanobis = -score - own - constants
@@ -114,5 +116,5 @@ def direction_estimates(
                 )
                 components[keys.STD_LOG] = query_mean(own, valid)
                 components[keys.MUTUAL_INFORMATION] = value.detach()
-        estimates.append(Estimate(value, components, valid.sum(), per_query))
+        estimates.append(Estimate(value, components, num_queries, per_query))
     return estimates

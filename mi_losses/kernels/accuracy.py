@@ -23,7 +23,7 @@ def accurate(result: Result, inputs: tuple[torch.Tensor, ...], plan: Any) -> Res
     """``result``, or where its rounding is too large the float64 re-evaluation (``plan`` a
     :class:`~mi_losses.kernels.dispatch.Plan`), cast back to its dtype. Under
     ``torch.compile`` it runs eagerly (a graph break), so compiled results are checked too."""
-    if not bool(result.excess > 0):
+    if result.excess.item() <= 0:  # NaN (a rounding error not known) is re-evaluated too
         return result
     # Cast once: each input's gradient is summed in float64 and rounded once (a sample that is
     # a query and a component would else add two overflowed halves, inf - inf).

@@ -12,9 +12,10 @@ from mi_losses.kernels.factors import Components, Frame, Queries, Sides
 
 
 class Grads(NamedTuple):
-    """Gradients of a loss with respect to the factors ``y, q, wc, k`` of :class:`Sides`
-    (``q`` ``None`` without an own term); for ``y2`` and ``w`` (which enter the scores as
-    ``-y2 w^T / 2``) ``-2`` times the gradients, the products ``G w`` and ``G^T y2``."""
+    """Gradients of a loss with respect to the factors ``y, wc, k`` of :class:`Sides`; for
+    ``q`` (``None`` without an own term) minus the gradient, the product ``G b``; for ``y2``
+    and ``w`` (which enter the scores as ``-y2 w^T / 2``) ``-2`` times the gradients, the
+    products ``G w`` and ``G^T y2``."""
 
     y: torch.Tensor
     y2: torch.Tensor
@@ -72,10 +73,10 @@ def add_own_grads(
     out: Targets,
 ) -> None:  # fmt: skip
     """Add the gradients of the own term ``q = -a (|r|^2 / 2 + sum log sigma_i + ...)``,
-    ``r = (y - x - mu) / sigma_i``, from its gradient ``d_q`` ``(m, S)``: ``d y = -d x``
-    ``= -a d_q r / sigma_i``, ``d sigma_i = -a d_q (1 - r^2) / sigma_i``."""
+    ``r = (y - x - mu) / sigma_i``, from minus its gradient, ``d_q`` ``(m, S)``: ``d y = -d x``
+    ``= a d_q r / sigma_i``, ``d sigma_i = a d_q (1 - r^2) / sigma_i``."""
     with torch.no_grad():
-        scaled = (d_q * a).neg_().unsqueeze(-1) / sigma_i  # d_own / sigma_i
+        scaled = (d_q * a).unsqueeze(-1) / sigma_i  # a d_q / sigma_i
         d_residual = scaled.mul(residual)  # d r / sigma_i
         if out.queries is not None:
             out.queries.add_(d_residual)
@@ -96,7 +97,7 @@ def add_component_grads(
     with torch.no_grad():
         assert s.ratio is not None
         shape = s.ratio.shape
-        c, w, v = s.c.view(shape), s.w.view(shape), d_wc.view(shape)
+        c, w, v = s.c, s.w.view(shape), d_wc.view(shape)
         g = d_k.unsqueeze(-1)
         if out.stds is not None:
             u = d_w.view(shape).addcmul_(c, torch.addcmul(v, g, c, value=-0.5), value=-2.0)

@@ -17,7 +17,14 @@ from mi_losses._validation import host_fallback
 from mi_losses.kernels.directions import Direction
 from mi_losses.kernels.directions import directions as all_directions
 from mi_losses.kernels.factors import sides
-from mi_losses.kernels.scores import Scores, direct_scores, exp_normal, scores, statistics
+from mi_losses.kernels.scores import (
+    Scores,
+    direct_scores,
+    exp_normal,
+    scores,
+    softmax,
+    statistics,
+)
 
 
 class Result(NamedTuple):
@@ -38,7 +45,9 @@ class Result(NamedTuple):
     excess: torch.Tensor
 
     def queries(self, start: int, stop: int) -> Result:
-        """The results of queries ``[start, stop)``."""
+        """The results of queries ``[start, stop)`` (``self`` when that is all of them)."""
+        if start == 0 and stop == self.log_sum_exp.shape[0]:
+            return self
         stats = None if self.stats is None else self.stats[:, start:stop]
         return Result(self.log_sum_exp[start:stop], self.num_valid[start:stop], stats, self.excess)
 
@@ -66,11 +75,13 @@ def pair_scores(
     s = sides(*d, dtype, check=check or direct)
     if not constants:
         c = s.components
-        assert c.h is not None and c.p is not None
-        s = s._replace(components=c._replace(k=-c.h, p=torch.zeros_like(c.p)))
+        assert c.h2 is not None and c.p is not None
+        s = s._replace(components=c._replace(k=-0.5 * c.h2, p=torch.zeros_like(c.p)))
     block = scores(s, check=check or direct, constants=statistics)
-    if direct and block.excess is not None and bool((block.excess > 0).any()):
-        block = block._replace(z=direct_scores(block, block.excess > 0, d, s, dtype))
+    if direct and block.excess is not None:
+        flagged = ~(block.excess <= 0)  # NaN flagged too
+        if bool(flagged.any()):
+            block = block._replace(z=direct_scores(block, flagged, d, s, dtype))
     return block
 
 
@@ -88,7 +99,7 @@ def _re_evaluated(block: Scores, d: Direction, dtype: torch.dtype) -> Scores:
     """``block``, or where a pair is flagged the float64 re-evaluation. Under
     ``torch.compile`` it runs eagerly (a graph break), so compiled results are checked too."""
     assert block.excess is not None
-    if not bool((block.excess > 0).any()):
+    if bool((block.excess <= 0).all()):
         return block
     exact = pair_scores(d, torch.float64, check=True, direct=True, constants=False)
     return exact._replace(z=exact.z.to(dtype))
@@ -117,6 +128,6 @@ def reference(
         log_sum_exps.append(log_sum_exp(block.z, count > 0))
         counts.append(count.to(dtype))
         if with_statistics:
-            all_stats.append(torch.stack(statistics(block._replace(z=block.z.detach()))))
+            all_stats.append(torch.stack(statistics(block, softmax(block.z)[0])))
     stats = torch.cat(all_stats, 1) if with_statistics else None
     return Result(torch.cat(log_sum_exps), torch.cat(counts), stats, excess)

@@ -21,10 +21,24 @@ def exp_normal(x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """``exp(x)`` with results below the smallest normal number set to 0 (a subnormal result is
     many times slower on CPU; the terms lost are below ``1e-38`` of the largest). ``inplace``
     (without autograd) overwrites ``x``."""
-    cutoff = math.log(torch.finfo(x.dtype).tiny)
+    cutoff = math.log(torch.finfo(x.dtype).tiny)  # threshold: x <= cutoff -> -inf (NaN kept)
     if inplace:
-        return x.masked_fill_(x < cutoff, -math.inf).exp_()
-    return torch.where(x < cutoff, -math.inf, x).exp()
+        return torch.nn.functional.threshold(x, cutoff, -math.inf, inplace=True).exp_()
+    return torch.nn.functional.threshold(x, cutoff, -math.inf).exp()
+
+
+def softmax(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(exp(z - logsumexp), logsumexp)`` over the last axis, without a graph: weights ``0``
+    and ``logsumexp`` ``-inf`` for the rows without a finite score; terms below the smallest
+    normal number are dropped (:func:`exp_normal`). The weights are normalised by their sum,
+    not by a rounded ``logsumexp``."""
+    with torch.no_grad():
+        peak = z.amax(-1, keepdim=True) if z.shape[-1] else z.sum(-1, keepdim=True)
+        peak = peak.nan_to_num_(math.nan, math.inf, 0.0)  # -inf (no finite score) -> 0
+        e = exp_normal(z - peak, inplace=True)
+        total = e.sum(-1, keepdim=True)
+        log_sum_exp = total.log().add_(peak).squeeze(-1)  # log 0 = -inf without a valid pair
+        return e.div_(total.clamp_min_(torch.finfo(e.dtype).tiny)), log_sum_exp
 
 
 def weights(s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -60,7 +74,7 @@ class Sums(NamedTuple):
     positions: torch.Tensor  # |P(i, j)|
     constants: torch.Tensor | None  # sum_P p_js
     own: torch.Tensor | None  # sum_P q_is
-    halves: torch.Tensor | None  # sum_P h_js (rounding check)
+    doubled: torch.Tensor | None  # sum_P h2_js, twice the halves (rounding check)
     squares: torch.Tensor | None  # |y'_i|^2, (m,) (rounding check)
     largest: torch.Tensor | None  # max w_j, (n,) (rounding check)
 
@@ -69,20 +83,26 @@ def pair_sums(s: Sides, *, check: bool, constants: bool = False) -> Sums:
     """The :class:`Sums` of the pairs of ``s``; ``constants`` (implied by ``check``) also the
     pair sums of ``p``."""
     q, c = s.queries, s.components
-    assert c.k is not None and c.p is not None
-    z = torch.addmm(torch.addmm(q.a @ c.k.T, q.y2, c.w.T, alpha=-0.5), q.y, c.wc.T)
+    assert c.k is not None and c.p is not None and c.h2 is not None
+    # The products over positions in one: a [k, b, p, h2]^T (p and h2 only when asked).
+    per_position = [c.k, c.b] + ([c.p] if check or constants else []) + ([c.h2] if check else [])
+    n = c.b.shape[0]
+    sums = torch.split(q.a @ torch.cat(per_position).T, [n] * len(per_position), 1)
+    z = torch.addmm(torch.addmm(sums[0], q.y2, c.w.T, alpha=-0.5), q.y, c.wc.T)
     own = None
     if q.q is not None:
-        own_sum = q.q @ c.b.T
-        z = z - own_sum
-        own = own_sum.detach()
-    with torch.no_grad():
-        count = q.a @ c.b.T
-        sums = q.a @ c.p.T if check or constants else None
-        if not check:
-            return Sums(z, count, sums, own, None, None, None)
-        assert c.h is not None
-        return Sums(z, count, sums, own, q.a @ c.h.T, q.squares, c.largest)
+        own = q.q @ c.b.T
+        z = z.sub_(own)
+        own = _detached(own)
+    count, p_sums = _detached(sums[1]), _detached(sums[2]) if len(sums) > 2 else None
+    if not check:
+        return Sums(z, count, p_sums, own, None, None, None)
+    return Sums(z, count, p_sums, own, _detached(sums[3]), q.squares, c.largest)
+
+
+def _detached(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without its graph (``t`` itself when it has none: no operation)."""
+    return t.detach() if t.requires_grad else t
 
 
 def add_sums(total: Sums | None, part: Sums) -> Sums:
@@ -98,7 +118,7 @@ def add_sums(total: Sums | None, part: Sums) -> Sums:
         largest = torch.maximum(largest, part.largest)
     return Sums(
         total.z + part.z, total.positions + part.positions, plus(total.constants, part.constants),
-        plus(total.own, part.own), plus(total.halves, part.halves),
+        plus(total.own, part.own), plus(total.doubled, part.doubled),
         plus(total.squares, part.squares), largest,
     )  # fmt: skip
 
@@ -111,14 +131,17 @@ def finish(t: Sums, *, check: bool) -> Scores:
         excess = None
         if check:
             assert t.constants is not None and t.squares is not None
-            assert t.largest is not None and t.halves is not None
+            assert t.largest is not None and t.doubled is not None
             dtype = t.z.dtype
             relative, absolute = TOLERANCES[dtype]
-            # eps |magnitude| / 2 - relative |distance| - absolute, in place.
-            distance = t.z + t.constants if t.own is None else (t.z + t.constants).add_(t.own)
-            error = torch.addcmul(t.halves, t.squares.unsqueeze(-1), t.largest)
-            error.mul_(0.5 * torch.finfo(dtype).eps).sub_(distance.abs_(), alpha=relative)
-            excess = error.sub_(absolute).nan_to_num_(nan=math.inf).masked_fill_(invalid, -math.inf)
+            # eps magnitude / 2 - relative distance - absolute in one buffer, -distance =
+            # z + sum_P p + sum_P q (the distance is negative by rounding only: no abs needed)
+            error = torch.addcmul(t.doubled, t.squares.unsqueeze(-1), t.largest, value=2.0)
+            error.mul_(0.25 * torch.finfo(dtype).eps).add_(t.z, alpha=relative)
+            error.add_(t.constants, alpha=relative)
+            if t.own is not None:
+                error.add_(t.own, alpha=relative)
+            excess = error.sub_(absolute).masked_fill_(invalid, -math.inf)  # NaN: re-evaluated
     return Scores(t.z.masked_fill(invalid, -math.inf), valid, t.constants, t.own, excess)
 
 
@@ -128,18 +151,18 @@ def scores(s: Sides, *, check: bool, constants: bool = False) -> Scores:
     return finish(pair_sums(s, check=check, constants=constants), check=check)
 
 
-def statistics(block: Scores) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Softmax-weighted ``(sum_j w z, sum_j w own, sum_j w constants)`` per query (detached;
-    normalised by the sum of the weights, not by a rounded ``logsumexp``)."""
+def statistics(block: Scores, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(sum_j w z, sum_j w own, sum_j w constants)`` per query (detached) with ``weights``
+    the softmax of ``block.z`` (:func:`softmax`)."""
     assert block.constants is not None
     with torch.no_grad():
-        peak = block.z.amax(-1, keepdim=True) if block.z.shape[-1] else block.z.sum(-1, True)
-        e = exp_normal(block.z - torch.where(torch.isfinite(peak), peak, 0.0))
-        total = e.sum(-1).clamp_min(torch.finfo(e.dtype).tiny)
         z = torch.where(block.valid, block.z, 0.0)
-        own = (e * block.own).sum(-1) if block.own is not None else torch.zeros_like(total)
-        sums = torch.stack([(e * z).sum(-1), own, (e * block.constants).sum(-1)])
-        return tuple(sums / total)
+        own = (
+            (weights * block.own).sum(-1)
+            if block.own is not None
+            else weights.new_zeros(weights.shape[0])
+        )
+        return (weights * z).sum(-1), own, (weights * block.constants).sum(-1)
 
 
 def direct_scores(

@@ -37,7 +37,7 @@ from mi_losses.kernels.factors import (
     query_factors,
     sides,
 )
-from mi_losses.kernels.reference import Result, log_sum_exp, reference
+from mi_losses.kernels.reference import Result, reference
 from mi_losses.kernels.scores import (
     Sums,
     add_sums,
@@ -45,6 +45,7 @@ from mi_losses.kernels.scores import (
     finish,
     pair_sums,
     scores,
+    softmax,
     statistics,
     weights,
 )
@@ -64,7 +65,7 @@ class Saved(NamedTuple):
     samples by default."""
 
     frame: Frame
-    scores: torch.Tensor | None
+    scores: torch.Tensor | None  # z (several blocks), or the softmax weights (one block)
     factors: list[Sides] | None = None
     blocks: bool = False  # the scores were made in several blocks of components
 
@@ -108,7 +109,7 @@ def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
 def _factor_grads(s: Sides, weights: torch.Tensor) -> Grads:
     """The factors' gradients from the weights ``G`` of the pairs of ``s``."""
     q, c = s.queries, s.components
-    d_q = -(weights @ c.b) if q.own is not None else None
+    d_q = weights @ c.b if q.own is not None else None  # minus the gradient of q
     transposed = weights.T
     return Grads(
         weights @ c.wc, weights @ c.w, d_q, transposed @ q.y2, transposed @ q.y, transposed @ q.a
@@ -139,8 +140,8 @@ class TorchBlocks:
         assert total is not None
         block = finish(total, check=check)
         count = block.valid.sum(-1, dtype=dtype)
-        lse = log_sum_exp(block.z, count > 0)
-        stats = torch.stack(statistics(block)) if with_statistics else None
+        softmax_weights, lse = softmax(block.z)
+        stats = torch.stack(statistics(block, softmax_weights)) if with_statistics else None
         if block.excess is not None and block.excess.numel():
             excess = block.excess.amax()
         else:
@@ -148,14 +149,14 @@ class TorchBlocks:
         joined = (
             frames[0] if len(frames) == 1 else Frame(*map(torch.cat, zip(*frames, strict=True)))
         )
-        return Result(lse, count, stats, excess), Saved(joined, block.z, kept or None)
+        return Result(lse, count, stats, excess), Saved(joined, softmax_weights, kept or None)
 
     def _stream(
         self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
     ) -> tuple[Result, Saved]:
         """Blocks of components with a running log-sum-exp; the query factors are made once,
         the components' one block at a time."""
-        f = frame(d.clean, d.means, d.stds, d.b, dtype)
+        f = frame(d.clean, d.means, d.stds, d.b.to(dtype).unsqueeze(-1), dtype)
         queries = query_factors(d.queries, d.own, d.a, f, dtype, check=check)
         m, n = d.queries.shape[0], d.clean.shape[0]
         # Scores that take a quarter of the budget are kept: two matrix products fewer later.
@@ -206,11 +207,11 @@ class TorchBlocks:
     ) -> None:
         if saved.blocks:
             budget = options.max_block_bytes
-            self._stream_backward(d, saved, (log_sum_exp, grad), budget, dtype, out)
+            finite = finite_log_sum_exp(log_sum_exp)
+            self._stream_backward(d, saved, (finite, grad), budget, dtype, out)
             return
         assert saved.scores is not None
-        weights = exp_normal(saved.scores - log_sum_exp.unsqueeze(-1), inplace=True)
-        weights.mul_(grad.unsqueeze(-1))
+        weights = saved.scores * grad.unsqueeze(-1)  # the softmax weights times the gradient
         for i, (start, stop) in enumerate(_positions(d, dtype)):
             s = saved.factors[i] if saved.factors is not None else None
             if s is None:
@@ -249,7 +250,7 @@ class TorchBlocks:
             d_y.addmm_(g, comps.wc)
             d_y2.addmm_(g, comps.w)
             if d_q is not None:
-                d_q.addmm_(g, comps.b, alpha=-1.0)
+                d_q.addmm_(g, comps.b)  # minus the gradient of q
             transposed = g.T
             add_component_grads(
                 comps, f, transposed @ queries.y2, transposed @ queries.y, transposed @ queries.a,
@@ -260,6 +261,12 @@ class TorchBlocks:
         if d.own is not None:
             assert d_q is not None
             add_own_grads(*own_residual(d.queries, d.own, d.a, dtype), d.a.to(dtype), d_q, out)
+
+
+def finite_log_sum_exp(log_sum_exp: torch.Tensor) -> torch.Tensor:
+    """``log_sum_exp`` with ``0`` for the queries without a valid pair (``-inf``; their
+    gradient is 0): ``z - logsumexp`` is then ``-inf``, not NaN, for their pairs."""
+    return log_sum_exp.nan_to_num(math.nan, math.inf, 0.0)
 
 
 def join(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
@@ -303,10 +310,13 @@ class StreamingLogSumExp(torch.autograd.Function):
         if excess is None:
             excess = results[0].excess if results else queries.new_full((), -math.inf)
         ctx.mark_non_differentiable(*outputs[1:], excess)
+        ctx.set_materialize_grads(False)  # the outputs without gradient get no zeros
         return (*outputs, excess)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad: torch.Tensor | None, *_: Any) -> tuple[torch.Tensor | None, ...]:
+        if grad is None:  # no gradient reached the logsumexp (grads are not materialised)
+            return (None,) * 9
         *inputs, lse, num_valid = ctx.saved_tensors
         plan, needs = ctx.plan, ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():
@@ -326,9 +336,7 @@ class StreamingLogSumExp(torch.autograd.Function):
                 value = next(grads) if need else None
                 result.append(torch.zeros_like(tensor) if need and value is None else value)
             return (*result, None, None, None, None, None)
-        empty = num_valid == 0  # logsumexp -inf, no gradient
-        lse = lse.masked_fill(empty, 0.0)
-        grad = grad.masked_fill(empty, 0.0)
+        grad = grad.masked_fill(num_valid == 0, 0.0)  # logsumexp -inf: no gradient
 
         def buffer(like: torch.Tensor, need: bool) -> torch.Tensor | None:
             return torch.zeros(like.shape, dtype=plan.dtype, device=like.device) if need else None
@@ -351,7 +359,11 @@ class StreamingLogSumExp(torch.autograd.Function):
                 _row_slice(centres, c0, c1),
                 _row_slice(stds, c0, c1),
             )
-            ctx.blocks.backward(d, saved, lse[rows], grad[rows], plan.options, plan.dtype, out)
+            upstream = (
+                _row_slice(lse, rows.start, rows.stop),
+                _row_slice(grad, rows.start, rows.stop),
+            )
+            ctx.blocks.backward(d, saved, *upstream, plan.options, plan.dtype, out)
         found = (queries, centres, centres, stds)
         return (
             *(

@@ -27,7 +27,7 @@ from mi_losses.kernels.directions import Direction, block_rows
 from mi_losses.kernels.factors import Sides, sides
 from mi_losses.kernels.reference import Result
 from mi_losses.kernels.scores import TOLERANCES
-from mi_losses.kernels.streaming import Saved
+from mi_losses.kernels.streaming import Saved, finite_log_sum_exp
 from mi_losses.options import KernelOptions
 
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
@@ -218,8 +218,10 @@ def _flat(s: Sides) -> _Flat:
     def given(t: torch.Tensor | None) -> torch.Tensor:  # a stands in for what is not read
         return q.a if t is None else t
 
+    half = None if c.h2 is None else 0.5 * c.h2  # h, the kernels' halves
+
     tensors = (
-        s.left, s.right, q.a, given(q.q), c.b, given(c.p), given(c.h), given(q.squares),
+        s.left, s.right, q.a, given(q.q), c.b, given(c.p), given(half), given(q.squares),
         given(c.largest),
     )  # fmt: skip
     return _Flat(*(t.contiguous() for t in tensors))
@@ -267,7 +269,8 @@ class TritonBlocks:
         out: Targets,
     ) -> None:
         s = sides(*d, dtype, check=False, frame_=saved.frame)
-        add_grads(s, self._grads(s, log_sum_exp, grad, options.max_block_bytes), out)
+        finite = finite_log_sum_exp(log_sum_exp)
+        add_grads(s, self._grads(s, finite, grad, options.max_block_bytes), out)
 
     def _grads(self, s: Sides, log_sum_exp: torch.Tensor, grad: torch.Tensor, budget: int) -> Grads:
         f_ = _flat(s)
@@ -290,4 +293,5 @@ class TritonBlocks:
         width, positions = s.queries.y.shape[1], s.queries.a.shape[1]
         d_y2, d_y, _, d_q = torch.split(grad_left, [width, width, positions, positions], 1)
         d_wn, d_wc, d_k, _ = torch.split(grad_right, [width, width, positions, positions], 1)
-        return Grads(d_y, -2.0 * d_y2, d_q if s.queries.q is not None else None, d_wn, d_wc, d_k)
+        minus_d_q = -d_q if s.queries.q is not None else None  # Grads holds minus d q
+        return Grads(d_y, -2.0 * d_y2, minus_d_q, d_wn, d_wc, d_k)
