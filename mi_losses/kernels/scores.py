@@ -84,20 +84,19 @@ def pair_sums(s: Sides, *, check: bool, constants: bool = False) -> Sums:
     pair sums of ``p``."""
     q, c = s.queries, s.components
     assert c.k is not None and c.p is not None and c.h2 is not None
-    # The products over positions in one: a [k, b, p, h2]^T (p and h2 only when asked).
-    per_position = [c.k, c.b] + ([c.p] if check or constants else []) + ([c.h2] if check else [])
-    n = c.b.shape[0]
-    sums = torch.split(q.a @ torch.cat(per_position).T, [n] * len(per_position), 1)
-    z = torch.addmm(torch.addmm(sums[0], q.y2, c.w.T, alpha=-0.5), q.y, c.wc.T)
+    z = torch.addmm(torch.addmm(q.a @ c.k.T, q.y2, c.w.T, alpha=-0.5), q.y, c.wc.T)
     own = None
     if q.q is not None:
         own = q.q @ c.b.T
         z = z.sub_(own)
         own = _detached(own)
-    count, p_sums = _detached(sums[1]), _detached(sums[2]) if len(sums) > 2 else None
+    # One product per sum (not one product split: a view would keep all of them alive while
+    # the block is reduced, two more (m, n) matrices at the peak of the many-block rows).
+    count = _detached(q.a @ c.b.T)
+    p_sums = _detached(q.a @ c.p.T) if check or constants else None
     if not check:
         return Sums(z, count, p_sums, own, None, None, None)
-    return Sums(z, count, p_sums, own, _detached(sums[3]), q.squares, c.largest)
+    return Sums(z, count, p_sums, own, _detached(q.a @ c.h2.T), q.squares, c.largest)
 
 
 def _detached(t: torch.Tensor) -> torch.Tensor:
