@@ -45,11 +45,11 @@ def pure_components(
     w = torch.where(active, ratio.pow(-2), 0.0)
     wc = w * c
     if not values:
-        return w.flatten(1), wc.flatten(1), c.flatten(1), ratio
-    h = 0.5 * (wc * c).sum(-1)
-    p = (ratio.log().sum(-1) + f.constant) * on
+        return w.flatten(1), wc.flatten(1), c, ratio
+    h2 = (wc * c).sum(-1)
+    p = ratio.log().sum(-1) + on * f.constant
     largest = w.flatten(1).amax(-1) if check else None
-    return w.flatten(1), wc.flatten(1), c.flatten(1), ratio, -(h + p), p, h, largest
+    return w.flatten(1), wc.flatten(1), c, ratio, -(p + 0.5 * h2), p, h2, largest
 
 
 def pure_queries(
@@ -76,9 +76,11 @@ def install_compiled() -> None:
     compiled_queries = torch.compile(pure_queries, dynamic=True)
     eager_components, eager_queries = factors.component_factors, factors.query_factors
 
-    def component_factors(clean, means, stds, b, f, dtype, *, check=True, values=True):  # type: ignore[no-untyped-def]
+    def component_factors(clean, means, stds, b, f, dtype, *, check=True, values=True, active=None):  # type: ignore[no-untyped-def]
         if torch.is_grad_enabled() or clean.dtype != dtype:
-            return eager_components(clean, means, stds, b, f, dtype, check=check, values=values)
+            return eager_components(
+                clean, means, stds, b, f, dtype, check=check, values=values, active=active
+            )
         on = b.to(dtype)
         w, wc, c, ratio, *rest = compiled_components(clean, means, stds, on, f, check, values)
         return Components(w, wc, c, on, ratio, *rest)

@@ -6,6 +6,7 @@ import ast
 import csv
 import importlib.util
 import math
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -240,11 +241,30 @@ def test_versions_measures_two_checkouts_in_subprocesses_and_reloads(tmp_path: P
     ]
     for record in records:
         assert "error" not in record, record
-        assert record["peak_mib"] > 0 and record["threads"] == 1
+        assert record["peak_mib"] > 0 and record["threads"] == 1 and not record["huge_pages"]
         assert min(record["library"]["raw_times"]) > 0 and min(record["floor"]["raw_times"]) > 0
     assert bench_versions.main(["--load", str(saved), *shapes]) == records
     only_tokens = bench_versions.main(["--load", str(saved), "--shapes", "token,4,8,16"])
     assert only_tokens == records[2:]
+
+
+@pytest.mark.slow
+def test_the_compiled_candidate_matches_the_eager_path() -> None:
+    """``elementwise_candidates.py`` (in its own process: it swaps the kernel's factor
+    functions) compiles the pure factors and gives the eager path's gradients."""
+    script = SCRIPT.parent / "elementwise_candidates.py"
+    shapes = ["--shapes", "sequence,4,8,16", "token,4,8,16", "--min-run-time", "0"]
+    done = subprocess.run(
+        [sys.executable, str(script), *shapes], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| sequence")]
+    rows += [line.split("|") for line in done.stdout.splitlines() if line.startswith("| token")]
+    assert len(rows) == 2, done.stdout
+    for row in rows:
+        eager, first, compiled, difference = (float(row[i].rstrip("x ")) for i in (2, 3, 4, 6))
+        assert eager > 0 and first > 0 and compiled > 0
+        assert difference < 1e-4, row
 
 
 def test_gpu_check_without_cuda_says_so_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
