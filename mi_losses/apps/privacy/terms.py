@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
+from mi_losses._validation import check_choice
 from mi_losses.apps.hf.task import HFObfuscation
 from mi_losses.functional import gaussian_entropy_log_loss, mutual_information_bounds
 from mi_losses.losses import (
@@ -36,7 +37,7 @@ from mi_losses.losses import (
 from mi_losses.noise import LearnedTokenNoise, NoisyEmbeddings
 
 TokenTerm = Literal["vocabulary_mi", "sub_batch", "infonce"]
-TERMS = ("vocabulary_mi", "sub_batch", "infonce")
+TERMS = get_args(TokenTerm)
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,7 @@ class TokenTermSettings:
     mean_scale: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.term not in TERMS:
-            raise ValueError(f"TokenTermSettings: term must be one of {TERMS}, got {self.term!r}")
+        check_choice("TokenTermSettings", "term", self.term, TERMS)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"TokenTermSettings: alpha must lie in [0, 1], got {self.alpha}")
         if not self.entropy_weight >= 0.0:
@@ -96,8 +96,7 @@ class TermObfuscation(HFObfuscation):
     """
 
     def __init__(self, term: TokenTerm, entropy_weight: float = 0.0, **kwargs: Any) -> None:
-        if term not in TERMS:
-            raise ValueError(f"TermObfuscation: term must be one of {TERMS}, got {term!r}")
+        check_choice("TermObfuscation", "term", term, TERMS)
         if "privacy_loss" in kwargs:
             raise ValueError("TermObfuscation: term sets the privacy loss; do not pass one")
         if term == "vocabulary_mi":
