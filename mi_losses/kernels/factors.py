@@ -159,11 +159,10 @@ def query_factors(
 
 
 def own_residual(
-    queries: torch.Tensor, own: Own, a: torch.Tensor, dtype: torch.dtype
+    queries: torch.Tensor, own: Own, active: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The queries' own residual ``r = (y - x - mu) / sigma_i`` and ``sigma_i`` ``(m, S, E)``
-    (``0`` and ``1`` where inactive); ``a`` ``(m, S)`` bool or 0/1, or ``(m, S, 1)`` 0/1."""
-    active = a.to(dtype) if a.dim() == queries.dim() else a.to(dtype).unsqueeze(-1)
+    (``0`` and ``1`` where inactive); ``active`` the query mask as 0/1 ``(m, S, 1)``."""
     own_x, own_mu, own_sigma = (t.to(dtype) for t in own)
     sigma_i = keep(own_sigma, active, 1.0)
     # (y - x) - mu, not y - (x + mu): x + mu rounds mu away when the data sit far from 0.

@@ -260,7 +260,8 @@ class TorchBlocks:
         del queries, d_y2  # before the own terms' residuals are made
         if d.own is not None:
             assert d_q is not None
-            add_own_grads(*own_residual(d.queries, d.own, d.a, dtype), d.a.to(dtype), d_q, out)
+            on = d.a.to(dtype)
+            add_own_grads(*own_residual(d.queries, d.own, on.unsqueeze(-1), dtype), on, d_q, out)
 
 
 def finite_log_sum_exp(log_sum_exp: torch.Tensor) -> torch.Tensor:
