@@ -16,9 +16,20 @@ def ranges(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, total)) for start in range(0, total, max(size, 1))]
 
 
+# Blocks of several are cut at a multiple of this many rows: a block's rows are a matrix
+# product's leading dimension, and one that is not a multiple of a cache line (token B16 S2048
+# E1024: 478 components per block) made the forward products about 1.4x slower on CPU.
+ALIGN_ROWS = 64
+
+
 def block_rows(rows: int, row_bytes: int, budget: int) -> list[tuple[int, int]]:
-    """Ranges of ``rows`` of ``row_bytes`` each, as many per block as the ``budget`` allows."""
-    return ranges(rows, max(1, budget // max(row_bytes, 1)))
+    """Ranges of ``rows`` of ``row_bytes`` each, as many per block as the ``budget`` allows
+    (rounded down to a multiple of :data:`ALIGN_ROWS` when there are several, and at least
+    that many)."""
+    size = max(1, budget // max(row_bytes, 1))
+    if ALIGN_ROWS < size < rows:
+        size -= size % ALIGN_ROWS
+    return ranges(rows, size)
 
 
 def effective_masks(

@@ -15,6 +15,7 @@ from mi_losses.functional import (
     pairwise_square_mahalanobis_distance,
     square_mahalanobis_distance,
 )
+from mi_losses.kernels.directions import ALIGN_ROWS, block_rows
 from mi_losses.options import KernelOptions
 
 # Blocks of one component, blocks that divide nothing, one block for everything (then the
@@ -44,6 +45,20 @@ def _value_and_grads(fn, inputs):
     value = fn(*inputs)
     grads = torch.autograd.grad(value, inputs, allow_unused=True)
     return value.detach(), [None if g is None else g.detach() for g in grads]
+
+
+@pytest.mark.parametrize(
+    ("rows", "per_block"), [(1000, 478), (1000, 64), (1000, 30), (300, 1000), (130, 129), (0, 5)]
+)
+def test_block_rows_cover_the_rows_in_aligned_blocks(rows: int, per_block: int) -> None:
+    blocks = block_rows(rows, 4, 4 * per_block)
+    assert [i for block in blocks for i in range(*block)] == list(range(rows))
+    sizes = {stop - start for start, stop in blocks[:-1]}  # the last one may be shorter
+    assert all(size <= per_block for size in sizes)
+    if per_block > ALIGN_ROWS and len(blocks) > 1:
+        assert sizes == {per_block - per_block % ALIGN_ROWS}
+    elif len(blocks) > 1:
+        assert sizes == {per_block}
 
 
 @pytest.mark.slow
