@@ -13,7 +13,9 @@ subprocesses of a shape run one after the other, ``--rounds`` times; the table k
 checkout's round with the fastest median and gives its time over its own floor, and time and
 memory over the first checkout's (the baseline). Every subprocess's result is appended to
 ``--json`` as it comes, and ``--load`` prints the tables of saved results (several runs
-merged). Run from the repository root, e.g. against the commit before a change::
+merged). A shape may name a fifth field, the block budget in MiB
+(``KernelOptions(max_block_bytes=...)``; default the library's). Run from the repository root,
+e.g. against the commit before a change::
 
     git worktree add --detach ../baseline <commit>
     python benchmarks/bench_versions.py --checkouts base=../baseline new=. --rounds 2
@@ -22,6 +24,7 @@ merged). Run from the repository root, e.g. against the commit before a change::
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -77,15 +80,22 @@ def measure(library: Path, shape: str, min_run_time: float, threads: int) -> dic
     from benchmarks.grids import Case, make_inputs
     from benchmarks.memory import FirstCallMeasured, MemoryMeter
     from benchmarks.timing import time_step
+    from mi_losses.options import KernelOptions
 
     torch.set_num_threads(threads)
-    granularity, batch, seq, emb = shape.split(",")
+    granularity, batch, seq, emb, *budget = shape.split(",")
     case = Case(granularity, int(batch), int(seq), int(emb))
     inputs = make_inputs(case, torch.device("cpu"))
     leaves = [inputs[0], inputs[1], inputs[3], inputs[4]]
+    options: dict[str, Any] = {}
+    if budget and "max_block_bytes" in inspect.signature(estimator).parameters:  # before 0.2
+        options["max_block_bytes"] = int(budget[0]) * MIB
+    elif budget:
+        options["kernel"] = KernelOptions(max_block_bytes=int(budget[0]) * MIB)
 
     def step() -> tuple[torch.Tensor, ...]:
-        return torch.autograd.grad(estimator(*inputs, granularity=granularity), leaves)
+        value = estimator(*inputs, granularity=granularity, **options)
+        return torch.autograd.grad(value, leaves)
 
     # the timer's first (untimed) call of the library measures its memory
     library = FirstCallMeasured(step, MemoryMeter(torch.device("cpu"), "profiler"))
@@ -116,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         "--shapes",
         nargs="+",
         default=SMALL_SHAPES + ISSUE_SHAPES,
-        help="granularity,B,S,E of each shape (float32)",
+        help="granularity,B,S,E of each shape (float32), optionally ,MiB: the block budget",
     )
     parser.add_argument("--rounds", type=int, default=1, help="subprocesses per checkout, shape")
     parser.add_argument(

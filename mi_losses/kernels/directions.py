@@ -16,10 +16,11 @@ def ranges(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, total)) for start in range(0, total, max(size, 1))]
 
 
-# Blocks of several are cut at a multiple of this many rows: a block's rows are a matrix
-# product's leading dimension, and one that is not a multiple of a cache line (token B16 S2048
-# E1024: 478 components per block) made the forward products about 1.4x slower on CPU.
-ALIGN_ROWS = 64
+# Blocks of several are cut at a multiple of this many rows (a 64-byte cache line of float32):
+# a block's rows are the leading dimension of its matrix products, and 478 or 1170 of them
+# (token B16 S2048 E1024, token B8 S1024 E4096) made MKL's forward products about 1.4x slower
+# per row on CPU than 464 or 1152; multiples of 8 or 16 ran at full speed.
+ALIGN_ROWS = 16
 
 
 def block_rows(rows: int, row_bytes: int, budget: int) -> list[tuple[int, int]]:

@@ -55,6 +55,11 @@ from mi_losses.options import KernelOptions
 # temporaries stay in the CPU caches and are reused by the allocator, where whole-tensor
 # temporaries of tens of MiB are fresh memory (page faults) at every operation.
 CHUNK_BYTES = 1 << 21
+# glibc's malloc serves a request of 32 MiB or more (its largest mmap threshold on 64-bit) with
+# fresh pages, each first touch a page fault: on CPU a block's (m, block) matrices stay below
+# it (token B8 S2048 E256 with a 1 GiB budget ran about 1.3x slower with 64 MiB matrices than
+# with 32 MiB ones, though it then kept its scores).
+FRESH_BYTES = 1 << 25
 
 
 class Saved(NamedTuple):
@@ -92,11 +97,18 @@ class Blocks(Protocol):
 
 
 def columns(
-    m: int, n: int, dtype: torch.dtype, budget: int, features: int = 0
+    d: Direction, dtype: torch.dtype, budget: int, *, factors: bool = True
 ) -> list[tuple[int, int]]:
-    """Blocks of the ``n`` components whose ``(m, block)`` scores and weights (about eight
-    matrices) and factors (about six of ``features`` per component) fit the budget."""
-    return block_rows(n, (8 * m + 6 * features) * torch.finfo(dtype).bits // 8, budget)
+    """Blocks of the components of ``d`` whose ``(m, block)`` scores, sums, masks and weights
+    (up to about sixteen matrices at the forward pass's peak) and, with ``factors``, factors
+    (about six of ``S E`` per component) fit the budget; on CPU each matrix stays below
+    :data:`FRESH_BYTES`."""
+    m, itemsize = d.queries.shape[0], torch.finfo(dtype).bits // 8
+    features = d.queries.shape[1] * d.queries.shape[2] if factors else 0
+    per_column = (16 * m + 6 * features) * itemsize
+    if d.queries.device.type == "cpu" and m:
+        budget = min(budget, per_column * max(1, (FRESH_BYTES - 1) // max(m * itemsize, 1)))
+    return block_rows(d.clean.shape[0], per_column, budget)
 
 
 def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
@@ -124,7 +136,7 @@ class TorchBlocks:
         with_statistics: bool,
     ) -> tuple[Result, Saved]:  # fmt: skip
         budget = options.max_block_bytes
-        if len(columns(d.queries.shape[0], d.clean.shape[0], dtype, budget)) > 1:
+        if len(columns(d, dtype, budget, factors=False)) > 1:
             return self._stream(d, dtype, budget, check=check, with_statistics=with_statistics)
         total: Sums | None = None
         frames, kept = [], []
@@ -166,7 +178,7 @@ class TorchBlocks:
         peak = queries.y.new_full((m,), -math.inf)
         total, score, own, constants, count = queries.y.new_zeros((5, m))
         excess = queries.y.new_full((), -math.inf)
-        for c0, c1 in columns(m, d.clean.shape[0], dtype, budget, d.queries[0].numel()):
+        for c0, c1 in columns(d, dtype, budget):
             part = d.components(c0, c1)
             comps = component_factors(
                 part.clean, part.means, part.stds, part.b, f, dtype, check=check
@@ -231,13 +243,12 @@ class TorchBlocks:
         own_term = d.own if again else None  # q enters the scores only
         queries = query_factors(d.queries, own_term, d.a, f, dtype, check=False, values=again)
         queries = queries._replace(own=None)
-        m = d.queries.shape[0]
         # The queries' rows of the gradient buffer are this direction's alone (the plan's query
         # spans never overlap) and hold zeros: d y' is summed there, then finished in place.
         d_y = out.queries.flatten(1) if out.queries is not None else torch.zeros_like(queries.y)
         d_y2 = torch.zeros_like(queries.y)
         d_q = torch.zeros_like(queries.a) if d.own is not None else None
-        for c0, c1 in columns(m, d.clean.shape[0], dtype, budget, d.queries[0].numel()):
+        for c0, c1 in columns(d, dtype, budget):
             part = d.components(c0, c1)
             comps = component_factors(
                 part.clean, part.means, part.stds, part.b, f, dtype, check=False, values=again

@@ -226,25 +226,26 @@ def test_versions_table_keeps_each_checkouts_fastest_round_and_ratios_to_the_fir
 
 @pytest.mark.slow
 def test_versions_measures_two_checkouts_in_subprocesses_and_reloads(tmp_path: Path) -> None:
-    """Both checkouts are this repository: the script runs, saves and reloads its records."""
+    """Both checkouts are this repository: the script runs (a block budget given on the second
+    shape), saves and reloads its records."""
     saved = tmp_path / "runs.json"
     root = str(SCRIPT.parents[1])
-    shapes = ["--shapes", "sequence,4,8,16", "token,4,8,16", "--min-run-time", "0"]
+    shapes = ["--shapes", "sequence,4,8,16", "token,4,8,16,1", "--min-run-time", "0"]
     records = bench_versions.main(
         ["--checkouts", f"a={root}", f"b={root}", *shapes, "--json", str(saved)]
     )
     assert [(r["shape"], r["checkout"]) for r in records] == [
         ("sequence,4,8,16", "a"),
         ("sequence,4,8,16", "b"),
-        ("token,4,8,16", "a"),
-        ("token,4,8,16", "b"),
+        ("token,4,8,16,1", "a"),
+        ("token,4,8,16,1", "b"),
     ]
     for record in records:
         assert "error" not in record, record
         assert record["peak_mib"] > 0 and record["threads"] == 1 and not record["huge_pages"]
         assert min(record["library"]["raw_times"]) > 0 and min(record["floor"]["raw_times"]) > 0
     assert bench_versions.main(["--load", str(saved), *shapes]) == records
-    only_tokens = bench_versions.main(["--load", str(saved), "--shapes", "token,4,8,16"])
+    only_tokens = bench_versions.main(["--load", str(saved), "--shapes", "token,4,8,16,1"])
     assert only_tokens == records[2:]
 
 

@@ -15,7 +15,8 @@ from mi_losses.functional import (
     pairwise_square_mahalanobis_distance,
     square_mahalanobis_distance,
 )
-from mi_losses.kernels.directions import ALIGN_ROWS, block_rows
+from mi_losses.kernels.directions import ALIGN_ROWS, Direction, block_rows
+from mi_losses.kernels.streaming import FRESH_BYTES, columns
 from mi_losses.options import KernelOptions
 
 # Blocks of one component, blocks that divide nothing, one block for everything (then the
@@ -48,7 +49,8 @@ def _value_and_grads(fn, inputs):
 
 
 @pytest.mark.parametrize(
-    ("rows", "per_block"), [(1000, 478), (1000, 64), (1000, 30), (300, 1000), (130, 129), (0, 5)]
+    ("rows", "per_block"),
+    [(1000, 478), (1000, 64), (1000, 30), (1000, 10), (300, 1000), (130, 129), (0, 5)],
 )
 def test_block_rows_cover_the_rows_in_aligned_blocks(rows: int, per_block: int) -> None:
     blocks = block_rows(rows, 4, 4 * per_block)
@@ -59,6 +61,22 @@ def test_block_rows_cover_the_rows_in_aligned_blocks(rows: int, per_block: int) 
         assert sizes == {per_block - per_block % ALIGN_ROWS}
     elif len(blocks) > 1:
         assert sizes == {per_block}
+
+
+@pytest.mark.parametrize("queries", [8192, 100, 0])
+def test_component_blocks_stay_below_fresh_pages_on_cpu(queries: int) -> None:
+    """Each ``(m, block)`` matrix of a block stays below glibc's largest mmap threshold, however
+    large the budget; the blocks cover every component."""
+    n, e = 20_000, 2
+    d = Direction(
+        torch.zeros(queries, 1, e), None, *torch.zeros(3, n, 1, e),
+        torch.ones(queries, 1, dtype=torch.bool), torch.ones(n, 1, dtype=torch.bool),
+    )  # fmt: skip
+    blocks = columns(d, torch.float32, 2**30)
+    assert [i for block in blocks for i in range(*block)] == list(range(n))
+    assert all(queries * (stop - start) * 4 < FRESH_BYTES for start, stop in blocks)
+    if queries == 8192:
+        assert len(blocks) > 1
 
 
 @pytest.mark.slow
