@@ -171,9 +171,9 @@ class TorchBlocks:
         f = frame(d.clean, d.means, d.stds, d.b.to(dtype).unsqueeze(-1), dtype)
         queries = query_factors(d.queries, d.own, d.a, f, dtype, check=check)
         m, n = d.queries.shape[0], d.clean.shape[0]
-        # Scores that take a quarter of the budget are kept: two matrix products fewer later.
+        # Scores that take half the budget are kept: two matrix products fewer later.
         kept = (
-            queries.y.new_empty((m, n)) if m * n * queries.y.element_size() <= budget // 4 else None
+            queries.y.new_empty((m, n)) if m * n * queries.y.element_size() <= budget // 2 else None
         )
         peak = queries.y.new_full((m,), -math.inf)
         total, score, own, constants, count = queries.y.new_zeros((5, m))
