@@ -131,3 +131,23 @@ def reference(
             all_stats.append(torch.stack(statistics(block, softmax(block.z)[0])))
     stats = torch.cat(all_stats, 1) if with_statistics else None
     return Result(torch.cat(log_sum_exps), torch.cat(counts), stats, excess)
+
+
+def graph_grads(
+    outputs: tuple[torch.Tensor, ...],
+    upstream: tuple[torch.Tensor, ...],
+    inputs: tuple[torch.Tensor, ...],
+    needs: tuple[bool, ...],
+) -> list[torch.Tensor | None]:
+    """The gradients of ``outputs`` (weighted by ``upstream``) with respect to the ``inputs``
+    that ``needs`` asks for, as a graph (a custom backward pass while ``create_graph=True``:
+    second derivatives by autograd); zeros for an input the outputs do not depend on."""
+    wanted = [t for t, need in zip(inputs, needs, strict=True) if need]
+    found = iter(
+        torch.autograd.grad(outputs, wanted, upstream, create_graph=True, allow_unused=True)
+    )
+    grads: list[torch.Tensor | None] = []
+    for tensor, need in zip(inputs, needs, strict=True):
+        value = next(found) if need else None
+        grads.append(torch.zeros_like(tensor) if need and value is None else value)
+    return grads

@@ -37,7 +37,7 @@ from mi_losses.kernels.factors import (
     query_factors,
     sides,
 )
-from mi_losses.kernels.reference import Result, reference
+from mi_losses.kernels.reference import Result, graph_grads, reference
 from mi_losses.kernels.scores import (
     Sums,
     add_sums,
@@ -333,21 +333,12 @@ class StreamingLogSumExp(torch.autograd.Function):
         plan, needs = ctx.plan, ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():
             # A graph is being built (second derivatives): differentiate the reference path.
-            wanted = [t for t, need in zip(inputs[:4], needs, strict=True) if need]
             exact = reference(
                 tuple(inputs), plan.directions, with_own=plan.with_own, dtype=plan.dtype,
                 check=False, with_statistics=False,
             )  # fmt: skip
-            grads = iter(
-                torch.autograd.grad(
-                    exact.log_sum_exp, wanted, grad, create_graph=True, allow_unused=True
-                )
-            )
-            result = []
-            for tensor, need in zip(inputs[:4], needs, strict=True):
-                value = next(grads) if need else None
-                result.append(torch.zeros_like(tensor) if need and value is None else value)
-            return (*result, None, None, None, None, None)
+            grads = graph_grads((exact.log_sum_exp,), (grad,), tuple(inputs[:4]), needs)
+            return (*grads, None, None, None, None, None)
         grad = grad.masked_fill(num_valid == 0, 0.0)  # logsumexp -inf: no gradient
 
         def buffer(like: torch.Tensor, need: bool) -> torch.Tensor | None:

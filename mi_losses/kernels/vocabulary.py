@@ -27,6 +27,7 @@ from mi_losses.kernels.factors import (
     component_factors,
     query_factors,
 )
+from mi_losses.kernels.reference import graph_grads
 from mi_losses.kernels.scores import exp_normal
 
 
@@ -220,20 +221,10 @@ def _second_order(
 ) -> list[torch.Tensor | None]:
     """The first derivatives as a graph: autograd through :func:`own_terms` and
     :func:`_log_mixture`."""
-    inputs = (queries, *vocabulary[:4])
-    wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:5], strict=True) if need]
     own = own_terms(queries, vocabulary, tokens)[0]
     log_q = _log_mixture(queries, vocabulary, ctx.chunk_size)
-    found = iter(
-        torch.autograd.grad(
-            (own, log_q), wanted, (grad_own, grad), create_graph=True, allow_unused=True
-        )
-    )
-    out: list[torch.Tensor | None] = []
-    for tensor, need in zip(inputs, ctx.needs_input_grad[:5], strict=True):
-        value = next(found) if need else None
-        out.append(torch.zeros_like(tensor) if need and value is None else value)
-    return out
+    inputs = (queries, *vocabulary[:4])
+    return graph_grads((own, log_q), (grad_own, grad), inputs, ctx.needs_input_grad[:5])
 
 
 def best_rows(
