@@ -23,6 +23,24 @@ def ranges(total: int, size: int) -> list[tuple[int, int]]:
 ALIGN_ROWS = 16
 
 
+# glibc's malloc serves a request of 32 MiB or more (its largest mmap threshold on 64-bit) with
+# fresh pages, each first touch a page fault: on CPU the matrices of a block stay below it
+# (token B8 S2048 E256 with a 1 GiB budget took 7.0 s with 64 MiB blocks, 4.1 s with them
+# capped, though it then kept its scores).
+FRESH_BYTES = 1 << 25
+
+
+def below_fresh(columns: int, rows: int, itemsize: int, device: torch.device) -> int:
+    """At most ``columns``, and on the CPU few enough that a ``(rows, columns)`` matrix stays
+    below :data:`FRESH_BYTES` (a multiple of :data:`ALIGN_ROWS` when that cuts it)."""
+    if device.type != "cpu" or rows == 0:
+        return columns
+    limit = max(1, (FRESH_BYTES - 1) // (rows * itemsize))
+    if limit >= columns:
+        return columns
+    return limit - limit % ALIGN_ROWS if limit > ALIGN_ROWS else limit
+
+
 def block_rows(rows: int, row_bytes: int, budget: int) -> list[tuple[int, int]]:
     """Ranges of ``rows`` of ``row_bytes`` each, as many per block as the ``budget`` allows
     (rounded down to a multiple of :data:`ALIGN_ROWS` when there are several, and at least

@@ -27,7 +27,13 @@ from mi_losses.kernels.chain import (
     add_own_grads,
     add_query_grads,
 )
-from mi_losses.kernels.directions import Direction, block_rows, directions, ranges
+from mi_losses.kernels.directions import (
+    Direction,
+    below_fresh,
+    block_rows,
+    directions,
+    ranges,
+)
 from mi_losses.kernels.factors import (
     Frame,
     Sides,
@@ -55,11 +61,6 @@ from mi_losses.options import KernelOptions
 # temporaries stay in the CPU caches and are reused by the allocator, where whole-tensor
 # temporaries of tens of MiB are fresh memory (page faults) at every operation.
 CHUNK_BYTES = 1 << 21
-# glibc's malloc serves a request of 32 MiB or more (its largest mmap threshold on 64-bit) with
-# fresh pages, each first touch a page fault: on CPU a block's (m, block) matrices stay below
-# it (token B8 S2048 E256 with a 1 GiB budget ran about 1.3x slower with 64 MiB matrices than
-# with 32 MiB ones, though it then kept its scores).
-FRESH_BYTES = 1 << 25
 
 
 class Saved(NamedTuple):
@@ -102,13 +103,13 @@ def columns(
     """Blocks of the components of ``d`` whose ``(m, block)`` scores, sums, masks and weights
     (up to about sixteen matrices at the forward pass's peak) and, with ``factors``, factors
     (about six of ``S E`` per component) fit the budget; on CPU each matrix stays below
-    :data:`FRESH_BYTES`."""
+    :data:`~mi_losses.kernels.directions.FRESH_BYTES`."""
     m, itemsize = d.queries.shape[0], torch.finfo(dtype).bits // 8
     features = d.queries.shape[1] * d.queries.shape[2] if factors else 0
     per_column = (16 * m + 6 * features) * itemsize
-    if d.queries.device.type == "cpu" and m:
-        budget = min(budget, per_column * max(1, (FRESH_BYTES - 1) // max(m * itemsize, 1)))
-    return block_rows(d.clean.shape[0], per_column, budget)
+    n = d.clean.shape[0]
+    budget = min(budget, per_column * below_fresh(n, m, itemsize, d.queries.device))
+    return block_rows(n, per_column, budget)
 
 
 def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 
 from mi_losses.kernels.chain import Targets, add_component_grads, add_query_grads
-from mi_losses.kernels.directions import ranges as chunk_bounds
+from mi_losses.kernels.directions import below_fresh, ranges
 from mi_losses.kernels.factors import (
     HALF_LOG_TWO_PI,
     Components,
@@ -68,6 +68,13 @@ def rows(vocabulary: Vocabulary, start: int, stop: int, f: Frame) -> Components:
     return component_factors(
         table, means, stds, vocabulary.support[cut, None], f, table.dtype, check=False
     )
+
+
+def chunks(queries: torch.Tensor, vocabulary: Vocabulary, size: int) -> list[tuple[int, int]]:
+    """Ranges of at most ``size`` vocabulary rows; on the CPU their ``(N, C)`` scores stay
+    below :data:`~mi_losses.kernels.directions.FRESH_BYTES` (fresh pages at every chunk)."""
+    size = below_fresh(size, queries.shape[0], queries.element_size(), queries.device)
+    return ranges(vocabulary.table.shape[0], size)
 
 
 def chunk_scores(
@@ -123,7 +130,7 @@ def _log_mixture(queries: torch.Tensor, vocabulary: Vocabulary, chunk_size: int)
     q, f = query_side(queries)
     parts = [
         chunk_scores(q, rows(vocabulary, start, stop, f), vocabulary.log_prior[start:stop])
-        for start, stop in chunk_bounds(vocabulary.table.shape[0], chunk_size)
+        for start, stop in chunks(queries, vocabulary, chunk_size)
     ]
     return torch.logsumexp(torch.cat(parts, 1), 1)
 
@@ -152,7 +159,7 @@ class _KnownPriorTerms(torch.autograd.Function):
         own = own_terms(queries, vocabulary, tokens)[0]
         q, f = query_side(queries)
         total = queries.new_full(queries.shape[:1], -math.inf)
-        for start, stop in chunk_bounds(table.shape[0], chunk_size):
+        for start, stop in chunks(queries, vocabulary, chunk_size):
             c = rows(vocabulary, start, stop, f)
             scores = chunk_scores(q, c, log_prior[start:stop], inplace=True)
             total = torch.logaddexp(total, chunk_log_sum_exp(scores))
@@ -186,7 +193,7 @@ class _KnownPriorTerms(torch.autograd.Function):
         # Every row's gradient is added by its chunk, then the own rows'.
         grad_c, grad_s = torch.zeros_like(vocabulary.table), torch.zeros_like(vocabulary.stds)
         grad_p = torch.empty_like(vocabulary.log_prior)
-        for start, stop in chunk_bounds(vocabulary.table.shape[0], ctx.chunk_size):
+        for start, stop in chunks(queries, vocabulary, ctx.chunk_size):
             c = rows(vocabulary, start, stop, f)
             weights = chunk_scores(q, c, vocabulary.log_prior[start:stop], inplace=True)
             weights = exp_normal(weights.sub_(log_q.unsqueeze(-1)), inplace=True)
@@ -239,7 +246,7 @@ def best_rows(
         q, f = query_side(queries)
         best = queries.new_full((queries.shape[0], 0), -math.inf)
         best_index = torch.zeros((queries.shape[0], 0), dtype=torch.int64, device=queries.device)
-        for start, stop in chunk_bounds(vocabulary.table.shape[0], chunk_size):
+        for start, stop in chunks(queries, vocabulary, chunk_size):
             c = rows(vocabulary, start, stop, f)
             scores = chunk_scores(q, c, vocabulary.log_prior[start:stop], inplace=True)
             index = torch.arange(start, stop, device=queries.device).expand_as(scores)

@@ -15,8 +15,9 @@ from mi_losses.functional import (
     pairwise_square_mahalanobis_distance,
     square_mahalanobis_distance,
 )
-from mi_losses.kernels.directions import ALIGN_ROWS, Direction, block_rows
-from mi_losses.kernels.streaming import FRESH_BYTES, columns
+from mi_losses.kernels.directions import ALIGN_ROWS, FRESH_BYTES, Direction, block_rows
+from mi_losses.kernels.streaming import columns
+from mi_losses.kernels.vocabulary import Vocabulary, chunks
 from mi_losses.options import KernelOptions
 
 # Blocks of one component, blocks that divide nothing, one block for everything (then the
@@ -77,6 +78,18 @@ def test_component_blocks_stay_below_fresh_pages_on_cpu(queries: int) -> None:
     assert all(queries * (stop - start) * 4 < FRESH_BYTES for start, stop in blocks)
     if queries == 8192:
         assert len(blocks) > 1
+
+
+@pytest.mark.parametrize(("queries", "size"), [(4096, 4096), (2048, 4096), (100, 5000), (0, 7)])
+def test_vocabulary_chunks_stay_below_fresh_pages_on_cpu(queries: int, size: int) -> None:
+    rows = 20_000
+    vocabulary = Vocabulary(*torch.zeros(3, rows, 1), torch.zeros(rows), torch.ones(rows) > 0)
+    bounds = chunks(torch.zeros(queries, 1), vocabulary, size)
+    assert [i for chunk in bounds for i in range(*chunk)] == list(range(rows))
+    assert all(stop - start <= size for start, stop in bounds)
+    assert all(queries * (stop - start) * 4 < FRESH_BYTES for start, stop in bounds)
+    if queries * size * 4 >= FRESH_BYTES:
+        assert max(stop - start for start, stop in bounds) % ALIGN_ROWS == 0
 
 
 @pytest.mark.slow
