@@ -35,20 +35,20 @@ def below_fresh(columns: int, rows: int, itemsize: int, device: torch.device) ->
     below :data:`FRESH_BYTES` (a multiple of :data:`ALIGN_ROWS` when that cuts it)."""
     if device.type != "cpu" or rows == 0:
         return columns
-    limit = max(1, (FRESH_BYTES - 1) // (rows * itemsize))
-    if limit >= columns:
-        return columns
-    return limit - limit % ALIGN_ROWS if limit > ALIGN_ROWS else limit
+    return aligned(min(columns, max(1, (FRESH_BYTES - 1) // (rows * itemsize))), columns)
+
+
+def aligned(size: int, total: int) -> int:
+    """``size`` rows per block of ``total``, rounded down to a multiple of :data:`ALIGN_ROWS`
+    when that makes several blocks of more than that many."""
+    return size - size % ALIGN_ROWS if ALIGN_ROWS < size < total else size
 
 
 def block_rows(rows: int, row_bytes: int, budget: int) -> list[tuple[int, int]]:
     """Ranges of ``rows`` of ``row_bytes`` each, as many per block as the ``budget`` allows
     (rounded down to a multiple of :data:`ALIGN_ROWS` when there are several, and at least
     that many)."""
-    size = max(1, budget // max(row_bytes, 1))
-    if ALIGN_ROWS < size < rows:
-        size -= size % ALIGN_ROWS
-    return ranges(rows, size)
+    return ranges(rows, aligned(max(1, budget // max(row_bytes, 1)), rows))
 
 
 def effective_masks(
