@@ -35,16 +35,20 @@ class Targets(NamedTuple):
     own_stds: torch.Tensor | None
     centres: torch.Tensor | None
     stds: torch.Tensor | None
+    rows: torch.Tensor | None = None  # the components' rows of centres and stds, if gathered
 
     def positions(self, start: int, stop: int) -> Targets:
         """The buffers' positions ``[start, stop)``."""
-        whole = (start == 0 and stop == t.shape[1] for t in self if t is not None)
-        if all(whole):
+        buffers = self[:5]
+        if all(start == 0 and stop == t.shape[1] for t in buffers if t is not None):
             return self
-        return Targets(*(None if t is None else t[:, start:stop] for t in self))
+        return Targets(*(None if t is None else t[:, start:stop] for t in buffers))
 
-    def components(self, start: int, stop: int) -> Targets:
-        """The buffers of components ``[start, stop)`` (the query buffers left out)."""
+    def components(self, start: int, stop: int, index: torch.Tensor | None = None) -> Targets:
+        """The buffers of components ``[start, stop)``, or with an ``index`` of components
+        ``index[start:stop]`` (the query buffers left out)."""
+        if index is not None:
+            return Targets(None, None, None, self.centres, self.stds, index[start:stop])
         centres, stds = (None if t is None else t[start:stop] for t in (self.centres, self.stds))
         return Targets(None, None, None, centres, stds)
 
@@ -102,9 +106,16 @@ def add_component_grads(
         if out.stds is not None:
             u = d_w.view(shape).addcmul_(c, torch.addcmul(v, g, c, value=-0.5), value=-2.0)
             u.mul_(w).sub_((d_k * s.b).unsqueeze(-1)).mul_(f.inverse)
-            out.stds.addcdiv_(u, s.ratio)
+            if out.rows is None:
+                out.stds.addcdiv_(u, s.ratio)
+            else:
+                out.stds.index_add_(0, out.rows, u.div_(s.ratio))
         if out.centres is not None:
-            out.centres.addcmul_(v.addcmul_(g, c, value=-1.0).mul_(f.inverse), w)
+            v = v.addcmul_(g, c, value=-1.0).mul_(f.inverse)
+            if out.rows is None:
+                out.centres.addcmul_(v, w)
+            else:
+                out.centres.index_add_(0, out.rows, v.mul_(w))
 
 
 def add_grads(s: Sides, d: Grads, out: Targets) -> None:

@@ -89,13 +89,43 @@ class Direction(NamedTuple):
         own = None if self.own is None else Own(*(t[cut] for t in self.own))
         return Direction(self.queries[cut], own, *(t[cut] for t in self[2:]))
 
-    def components(self, start: int, stop: int) -> Direction:
-        """The direction restricted to components ``[start, stop)``."""
-        if start == 0 and stop == self.clean.shape[0]:
+    def components(self, start: int, stop: int, index: torch.Tensor | None = None) -> Direction:
+        """The direction restricted to components ``[start, stop)``, or with an ``index`` to
+        components ``index[start:stop]`` (gathered)."""
+        if index is None and start == 0 and stop == self.clean.shape[0]:
             return self
-        cut = slice(start, stop)
+        cut = slice(start, stop) if index is None else index[start:stop]
         rows = (self.clean[cut], self.means[cut], self.stds[cut])
         return Direction(self.queries, self.own, *rows, self.a, self.b[cut])
+
+
+class Active(NamedTuple):
+    """The rows of a direction's queries and of its components that have an active position,
+    as indices (``None``: every row): the streaming blocks gather these, so padding rows (at
+    token granularity, every padding token) take no part in any product."""
+
+    queries: torch.Tensor | None
+    components: torch.Tensor | None
+
+    @staticmethod
+    def of(d: Direction) -> Active:
+        """The active rows of ``d`` (one host synchronisation per side)."""
+        return Active(active_rows(d.a), active_rows(d.b))
+
+    def sizes(self, d: Direction) -> tuple[int, int]:
+        """The numbers of active queries and components of ``d``."""
+        m, n = (
+            len(t) if t is not None else rows
+            for t, rows in zip(self, (d.queries.shape[0], d.clean.shape[0]), strict=True)
+        )
+        return m, n
+
+
+def active_rows(mask: torch.Tensor) -> torch.Tensor | None:
+    """The indices of the rows of ``mask`` ``(rows, S)`` with an active position, ``None`` when
+    every row has one."""
+    on = mask.any(1)
+    return None if bool(on.all()) else on.nonzero().squeeze(1)
 
 
 def directions(

@@ -54,6 +54,14 @@ class Queries(NamedTuple):
     q: torch.Tensor | None = None  # a q (the own term), (m, S)
     squares: torch.Tensor | None = None  # |y'|^2, (m,) (rounding check)
 
+    def rows(self, index: torch.Tensor | None) -> Queries:
+        """The factors of the queries ``index`` (all of them for ``None``), without ``own``."""
+        if index is None:
+            return self._replace(own=None)
+        y, y2, a = (t.index_select(0, index) for t in self[:3])
+        q, squares = (None if t is None else t.index_select(0, index) for t in self[4:])
+        return Queries(y, y2, a, None, q, squares)
+
 
 class Components(NamedTuple):
     """The component factors (``n`` components). Without ``values`` (the backward pass) ``k``,

@@ -28,6 +28,7 @@ from mi_losses.kernels.chain import (
     add_query_grads,
 )
 from mi_losses.kernels.directions import (
+    Active,
     Direction,
     below_fresh,
     block_rows,
@@ -74,6 +75,7 @@ class Saved(NamedTuple):
     scores: torch.Tensor | None  # z (several blocks), or the softmax weights (one block)
     factors: list[Sides] | None = None
     blocks: bool = False  # the scores were made in several blocks of components
+    active: Active | None = None  # the rows the blocks gathered (several blocks)
 
 
 class Blocks(Protocol):
@@ -98,16 +100,17 @@ class Blocks(Protocol):
 
 
 def columns(
-    d: Direction, dtype: torch.dtype, budget: int, *, factors: bool = True
-) -> list[tuple[int, int]]:
-    """Blocks of the components of ``d`` whose ``(m, block)`` scores, sums, masks and weights
-    (up to about sixteen matrices at the forward pass's peak) and, with ``factors``, factors
-    (about six of ``S E`` per component) fit the budget; on CPU each matrix stays below
-    :data:`~mi_losses.kernels.directions.FRESH_BYTES`."""
-    m, itemsize = d.queries.shape[0], torch.finfo(dtype).bits // 8
+    d: Direction, dtype: torch.dtype, budget: int, *, factors: bool = True,
+    active: Active | None = None,
+) -> list[tuple[int, int]]:  # fmt: skip
+    """Blocks of the components of ``d`` (its ``active`` rows when given) whose ``(m, block)``
+    scores, sums, masks and weights (up to about sixteen matrices at the forward pass's peak)
+    and, with ``factors``, factors (about six of ``S E`` per component) fit the budget; on CPU
+    each matrix stays below :data:`~mi_losses.kernels.directions.FRESH_BYTES`."""
+    m, n = active.sizes(d) if active is not None else (d.queries.shape[0], d.clean.shape[0])
+    itemsize = torch.finfo(dtype).bits // 8
     features = d.queries.shape[1] * d.queries.shape[2] if factors else 0
     per_column = (16 * m + 6 * features) * itemsize
-    n = d.clean.shape[0]
     budget = min(budget, per_column * below_fresh(n, m, itemsize, d.queries.device))
     return block_rows(n, per_column, budget)
 
@@ -168,10 +171,12 @@ class TorchBlocks:
         self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
     ) -> tuple[Result, Saved]:
         """Blocks of components with a running log-sum-exp; the query factors are made once,
-        the components' one block at a time."""
+        the components' one block at a time, of the active rows only (padding rows take no
+        part)."""
         f = frame(d.clean, d.means, d.stds, d.b.to(dtype).unsqueeze(-1), dtype)
-        queries = query_factors(d.queries, d.own, d.a, f, dtype, check=check)
-        m, n = d.queries.shape[0], d.clean.shape[0]
+        active = Active.of(d)
+        queries = query_factors(d.queries, d.own, d.a, f, dtype, check=check).rows(active.queries)
+        m, n = active.sizes(d)
         # Scores that take half the budget are kept: two matrix products fewer later.
         kept = (
             queries.y.new_empty((m, n)) if m * n * queries.y.element_size() <= budget // 2 else None
@@ -179,8 +184,8 @@ class TorchBlocks:
         peak = queries.y.new_full((m,), -math.inf)
         total, score, own, constants, count = queries.y.new_zeros((5, m))
         excess = queries.y.new_full((), -math.inf)
-        for c0, c1 in columns(d, dtype, budget):
-            part = d.components(c0, c1)
+        for c0, c1 in columns(d, dtype, budget, active=active):
+            part = d.components(c0, c1, active.components)
             comps = component_factors(
                 part.clean, part.means, part.stds, part.b, f, dtype, check=check
             )
@@ -206,7 +211,13 @@ class TorchBlocks:
         total = torch.where(has, total, 1.0)
         lse = (peak.masked_fill(~has, 0.0) + total.log()).masked_fill(~has, -math.inf)
         stats = torch.stack([score, own, constants]) / total if with_statistics else None
-        return Result(lse, count, stats, excess), Saved(f, kept, None, True)
+        if active.queries is not None:  # the inactive queries: no valid pair
+            rows, size = active.queries, d.queries.shape[0]
+            lse = lse.new_full((size,), -math.inf).index_copy_(0, rows, lse)
+            count = count.new_zeros(size).index_copy_(0, rows, count)
+            if stats is not None:
+                stats = stats.new_zeros(3, size).index_copy_(1, rows, stats)
+        return Result(lse, count, stats, excess), Saved(f, kept, None, True, active)
 
     def backward(
         self,
@@ -240,17 +251,24 @@ class TorchBlocks:
         queries' factor gradients are summed over the blocks. ``upstream``: the forward pass's
         ``logsumexp`` and the gradient of the loss with respect to it."""
         log_sum_exp, grad = upstream
+        active = saved.active
+        assert active is not None
+        rows = active.queries
+        if rows is not None:
+            log_sum_exp, grad = log_sum_exp[rows], grad[rows]
         f, again = saved.frame, saved.scores is None  # the scores made again, or kept
         own_term = d.own if again else None  # q enters the scores only
         queries = query_factors(d.queries, own_term, d.a, f, dtype, check=False, values=again)
-        queries = queries._replace(own=None)
+        queries = queries.rows(rows)
         # The queries' rows of the gradient buffer are this direction's alone (the plan's query
-        # spans never overlap) and hold zeros: d y' is summed there, then finished in place.
-        d_y = out.queries.flatten(1) if out.queries is not None else torch.zeros_like(queries.y)
+        # spans never overlap) and hold zeros: d y' is summed there (when every row is active),
+        # then finished in place.
+        summed = out.queries if rows is None else None  # the buffer d y' is summed into
+        d_y = summed.flatten(1) if summed is not None else torch.zeros_like(queries.y)
         d_y2 = torch.zeros_like(queries.y)
         d_q = torch.zeros_like(queries.a) if d.own is not None else None
-        for c0, c1 in columns(d, dtype, budget):
-            part = d.components(c0, c1)
+        for c0, c1 in columns(d, dtype, budget, active=active):
+            part = d.components(c0, c1, active.components)
             comps = component_factors(
                 part.clean, part.means, part.stds, part.b, f, dtype, check=False, values=again
             )
@@ -266,12 +284,21 @@ class TorchBlocks:
             transposed = g.T
             add_component_grads(
                 comps, f, transposed @ queries.y2, transposed @ queries.y, transposed @ queries.a,
-                out.components(c0, c1),
+                out.components(c0, c1, active.components),
             )  # fmt: skip
-        add_query_grads(queries, f, d_y, d_y2, None, out, summed=out.queries is not None)
-        del queries, d_y2  # before the own terms' residuals are made
+        if rows is None or out.queries is None:
+            add_query_grads(queries, f, d_y, d_y2, None, out, summed=summed is not None)
+        else:  # finished in the compact rows, then added into theirs
+            compact = d_y.view(-1, *out.queries.shape[1:])
+            add_query_grads(
+                queries, f, d_y, d_y2, None, Targets(compact, *(None,) * 4), summed=True
+            )
+            out.queries.index_add_(0, rows, compact)
+        del queries, d_y, d_y2  # before the own terms' residuals are made
         if d.own is not None:
             assert d_q is not None
+            if rows is not None:
+                d_q = d_q.new_zeros(d.a.shape).index_copy_(0, rows, d_q)
             on = d.a.to(dtype)
             add_own_grads(*own_residual(d.queries, d.own, on.unsqueeze(-1), dtype), on, d_q, out)
 

@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mi_losses.functional import (
     gaussian_mixture_entropy,
@@ -272,19 +273,22 @@ def test_torch_func_grad_and_jacrev() -> None:
     torch.testing.assert_close(hessian_row, expected_row)
 
 
+@pytest.mark.parametrize("block_bytes", [None, 256], ids=["one block", "blocks"])
 @pytest.mark.parametrize("granularity", ["sequence", "token"])
 @pytest.mark.parametrize("fill", [float("nan"), float("inf"), 0.0, -1.0, 1e30, 1e-30])
-def test_inactive_positions_are_never_read(granularity, fill) -> None:
+def test_inactive_positions_are_never_read(granularity, fill, block_bytes) -> None:
     b, s, e = 6, 4, 3
     clean_inputs = _mi_inputs(b, s, e, seed=15)
     mask = _mask(b, s, seed=16)
     inactive = ~mask.unsqueeze(-1)
     dirty_inputs = [torch.where(inactive, fill, t.detach()).requires_grad_() for t in clean_inputs]
+    options = KernelOptions(kernel="streaming", max_block_bytes=block_bytes or 2**28)
 
     def fn(*inputs):
         return mutual_information_sub_batch(
-            inputs[0], inputs[1], mask, inputs[2], inputs[3], granularity=granularity
-        )
+            inputs[0], inputs[1], mask, inputs[2], inputs[3], granularity=granularity,
+            kernel=options,
+        )  # fmt: skip
 
     value, grads = _value_and_grads(fn, clean_inputs)
     dirty_value, dirty_grads = _value_and_grads(fn, dirty_inputs)
@@ -294,6 +298,38 @@ def test_inactive_positions_are_never_read(granularity, fill) -> None:
         assert torch.equal(
             dirty[inactive.expand_as(dirty)], torch.zeros_like(dirty[inactive.expand_as(dirty)])
         )
+
+
+class MatrixProducts(TorchDispatchMode):
+    """The shapes of the operands of every matrix product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+            self.shapes += [tuple(t.shape) for t in args if isinstance(t, torch.Tensor)]
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_blocks_multiply_active_tokens_only(symmetric: bool) -> None:
+    """At token granularity the blocks gather the tokens with an active position: no matrix
+    product, forward or backward, has a row or column per padding token."""
+    b, s, e = 6, 8, 5
+    inputs = _mi_inputs(b, s, e, seed=21, dtype=torch.float32)
+    mask = torch.arange(s) < torch.tensor([8, 6, 3, 7, 5, 2]).unsqueeze(1)
+    active = {int(mask[:3].sum()), int(mask[3:].sum())}  # 17 and 14 of 24 tokens per half
+    with MatrixProducts() as products:
+        value = mutual_information_sub_batch(
+            *inputs[:2], mask, *inputs[2:], granularity="token", symmetric=symmetric,
+            kernel=KernelOptions(kernel="streaming", max_block_bytes=2048),
+        )  # fmt: skip
+        torch.autograd.grad(value, inputs)
+    sizes = {size for shape in products.shapes for size in shape}
+    assert len(products.shapes) > 10 and sizes & active  # the active queries
+    assert max(sizes) <= max(active)  # never b // 2 * s = 24 rows
 
 
 @pytest.mark.parametrize("granularity", ["sequence", "token"])
