@@ -105,12 +105,14 @@ def columns(
 ) -> list[tuple[int, int]]:  # fmt: skip
     """Blocks of the components of ``d`` (its ``active`` rows when given) whose ``(m, block)``
     scores, sums, masks and weights (up to about sixteen matrices at the forward pass's peak)
-    and, with ``factors``, factors (about six of ``S E`` per component) fit the budget; on CPU
-    each matrix stays below :data:`~mi_losses.kernels.directions.FRESH_BYTES`."""
+    and, with ``factors``, factors (about six of ``S E`` per component, nine when the block's
+    inputs are gathered) fit the budget; on CPU each matrix stays below
+    :data:`~mi_losses.kernels.directions.FRESH_BYTES`."""
     m, n = active.sizes(d) if active is not None else (d.queries.shape[0], d.clean.shape[0])
     itemsize = torch.finfo(dtype).bits // 8
-    features = d.queries.shape[1] * d.queries.shape[2] if factors else 0
-    per_column = (16 * m + 6 * features) * itemsize
+    gathered = active is not None and active.components is not None
+    features = (9 if gathered else 6) * d.queries.shape[1] * d.queries.shape[2] if factors else 0
+    per_column = (16 * m + features) * itemsize
     budget = min(budget, per_column * below_fresh(n, m, itemsize, d.queries.device))
     return block_rows(n, per_column, budget)
 
@@ -261,17 +263,19 @@ class TorchBlocks:
         queries = query_factors(d.queries, own_term, d.a, f, dtype, check=False, values=again)
         queries = queries.rows(rows)
         # The queries' rows of the gradient buffer are this direction's alone (the plan's query
-        # spans never overlap) and hold zeros: d y' is summed there (when every row is active),
-        # then finished in place.
-        summed = out.queries if rows is None else None  # the buffer d y' is summed into
-        d_y = summed.flatten(1) if summed is not None else torch.zeros_like(queries.y)
+        # spans never overlap) and hold zeros: d y' is summed in its first rows, one per active
+        # query, finished in place, then moved to the active queries' rows.
+        scratch = out.queries[: queries.y.shape[0]] if out.queries is not None else None
+        d_y = scratch.flatten(1) if scratch is not None else torch.zeros_like(queries.y)
         d_y2 = torch.zeros_like(queries.y)
         d_q = torch.zeros_like(queries.a) if d.own is not None else None
-        for c0, c1 in columns(d, dtype, budget, active=active):
+        blocks = columns(d, dtype, budget, active=active)
+        for c0, c1 in blocks:
             part = d.components(c0, c1, active.components)
             comps = component_factors(
                 part.clean, part.means, part.stds, part.b, f, dtype, check=False, values=again
             )
+            del part  # gathered inputs
             if saved.scores is None:
                 g = weights(Sides(queries, comps, f), log_sum_exp, grad)
             else:
@@ -286,15 +290,17 @@ class TorchBlocks:
                 comps, f, transposed @ queries.y2, transposed @ queries.y, transposed @ queries.a,
                 out.components(c0, c1, active.components),
             )  # fmt: skip
-        if rows is None or out.queries is None:
-            add_query_grads(queries, f, d_y, d_y2, None, out, summed=summed is not None)
-        else:  # finished in the compact rows, then added into theirs
-            compact = d_y.view(-1, *out.queries.shape[1:])
-            add_query_grads(
-                queries, f, d_y, d_y2, None, Targets(compact, *(None,) * 4), summed=True
-            )
-            out.queries.index_add_(0, rows, compact)
-        del queries, d_y, d_y2  # before the own terms' residuals are made
+        target = out._replace(queries=scratch)
+        add_query_grads(queries, f, d_y, d_y2, None, target, summed=scratch is not None)
+        # Before the own terms' residuals are made: the query factors and the last block's.
+        del queries, d_y, d_y2
+        if blocks:
+            del comps, g, transposed
+        if rows is not None and scratch is not None and out.queries is not None:
+            moved = scratch.clone()
+            out.queries[: len(rows)] = 0.0
+            out.queries.index_copy_(0, rows, moved)
+            del moved
         if d.own is not None:
             assert d_q is not None
             if rows is not None:
