@@ -54,14 +54,6 @@ class Queries(NamedTuple):
     q: torch.Tensor | None = None  # a q (the own term), (m, S)
     squares: torch.Tensor | None = None  # |y'|^2, (m,) (rounding check)
 
-    def rows(self, index: torch.Tensor | None) -> Queries:
-        """The factors of the queries ``index`` (all of them for ``None``), without ``own``."""
-        if index is None:
-            return self._replace(own=None)
-        y, y2, a = (t.index_select(0, index) for t in self[:3])
-        q, squares = (None if t is None else t.index_select(0, index) for t in self[4:])
-        return Queries(y, y2, a, None, q, squares)
-
 
 class Components(NamedTuple):
     """The component factors (``n`` components). Without ``values`` (the backward pass) ``k``,
@@ -153,17 +145,19 @@ def query_factors(
     s = Queries(scaled_y, scaled_y.square(), on, residual)
     if not values:
         return s
-    q = None
-    if residual is not None:
-        r, sigma_i = residual
-        # -(|r|^2 / 2 + sum_e log sigma_i) - a E/2 log 2 pi (r = 0, sigma_i = 1 where inactive)
-        q = sigma_i.log().addcmul_(r, r, value=0.5).sum(-1)
-        q = q.add_(on, alpha=queries.shape[-1] * HALF_LOG_TWO_PI).neg_()
+    q = None if residual is None else own_term(*residual, on)
     squares = None
     if check:
         with torch.no_grad():
             squares = s.y2.sum(-1)
     return s._replace(q=q, squares=squares)
+
+
+def own_term(residual: torch.Tensor, sigma_i: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+    """The own term ``a q = -(|r|^2 / 2 + sum_e log sigma_i) - a E/2 log 2 pi`` ``(m, S)`` from
+    :func:`own_residual` (``r = 0``, ``sigma_i = 1`` where inactive) and the 0/1 mask ``on``."""
+    q = sigma_i.log().addcmul_(residual, residual, value=0.5).sum(-1)
+    return q.add_(on, alpha=residual.shape[-1] * HALF_LOG_TWO_PI).neg_()
 
 
 def own_residual(

@@ -37,10 +37,12 @@ from mi_losses.kernels.directions import (
 )
 from mi_losses.kernels.factors import (
     Frame,
+    Queries,
     Sides,
     component_factors,
     frame,
     own_residual,
+    own_term,
     query_factors,
     sides,
 )
@@ -124,6 +126,24 @@ def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
     return ranges(s, max(1, CHUNK_BYTES // max(per_position, 1))) or [(0, s)]
 
 
+def _queries(
+    d: Direction, rows: torch.Tensor | None, f: Frame, dtype: torch.dtype, *, check: bool,
+    values: bool,
+) -> Queries:  # fmt: skip
+    """The factors of the queries ``rows`` of ``d`` (all of them for ``None``), without their
+    residuals: those of the gathered queries, and the own term made for all rows and gathered
+    (two ``(m, S, E)`` temporaries, where gathered own inputs would be three copies)."""
+    if rows is None:
+        s = query_factors(d.queries, d.own, d.a, f, dtype, check=check, values=values)
+        return s._replace(own=None)
+    s = query_factors(d.queries[rows], None, d.a[rows], f, dtype, check=check, values=values)
+    if d.own is None or not values:
+        return s
+    on = d.a.to(dtype)
+    q = own_term(*own_residual(d.queries, d.own, on.unsqueeze(-1), dtype), on)
+    return s._replace(q=q[rows])
+
+
 def _factor_grads(s: Sides, weights: torch.Tensor) -> Grads:
     """The factors' gradients from the weights ``G`` of the pairs of ``s``."""
     q, c = s.queries, s.components
@@ -177,7 +197,7 @@ class TorchBlocks:
         part)."""
         f = frame(d.clean, d.means, d.stds, d.b.to(dtype).unsqueeze(-1), dtype)
         active = Active.of(d)
-        queries = query_factors(d.queries, d.own, d.a, f, dtype, check=check).rows(active.queries)
+        queries = _queries(d, active.queries, f, dtype, check=check, values=True)
         m, n = active.sizes(d)
         # Scores that take half the budget are kept: two matrix products fewer later.
         kept = (
@@ -259,9 +279,10 @@ class TorchBlocks:
         if rows is not None:
             log_sum_exp, grad = log_sum_exp[rows], grad[rows]
         f, again = saved.frame, saved.scores is None  # the scores made again, or kept
-        own_term = d.own if again else None  # q enters the scores only
-        queries = query_factors(d.queries, own_term, d.a, f, dtype, check=False, values=again)
-        queries = queries.rows(rows)
+        # q enters the scores only
+        queries = _queries(
+            d if again else d._replace(own=None), rows, f, dtype, check=False, values=again
+        )
         # The queries' rows of the gradient buffer are this direction's alone (the plan's query
         # spans never overlap) and hold zeros: d y' is summed in its first rows, one per active
         # query, finished in place, then moved to the active queries' rows.
