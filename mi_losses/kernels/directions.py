@@ -114,11 +114,8 @@ class Active(NamedTuple):
 
     def sizes(self, d: Direction) -> tuple[int, int]:
         """The numbers of active queries and components of ``d``."""
-        m, n = (
-            len(t) if t is not None else rows
-            for t, rows in zip(self, (d.queries.shape[0], d.clean.shape[0]), strict=True)
-        )
-        return m, n
+        m = d.queries.shape[0] if self.queries is None else len(self.queries)
+        return m, d.clean.shape[0] if self.components is None else len(self.components)
 
 
 def active_rows(mask: torch.Tensor) -> torch.Tensor | None:
