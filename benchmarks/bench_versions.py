@@ -9,7 +9,8 @@ of the shape) with ``torch.utils.benchmark.Timer.blocked_autorange`` (at least o
 one timed call each; one torch thread by default); the timer's untimed first call of the
 library measures its extra peak memory (``torch.profiler`` allocations above the inputs, input
 gradients included). The
-subprocesses of a shape run one after the other, ``--rounds`` times; the table keeps each
+subprocesses of a shape run one after the other, ``--rounds`` times, each round starting one
+checkout later (a position in the order can cost several percent); the table keeps each
 checkout's round with the fastest median and gives its time over its own floor, and time and
 memory over the first checkout's (the baseline). Every subprocess's result is appended to
 ``--json`` as it comes, and ``--load`` prints the tables of saved results (several runs
@@ -177,8 +178,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     records = []
     checkouts = [item.split("=", 1) for item in args.checkouts]
     for shape in args.shapes:
-        for _ in range(args.rounds):
-            for name, folder in checkouts:
+        for round_ in range(args.rounds):
+            # Each round starts one checkout later: at sequence B16 S64 E256 whichever ran
+            # second ran 6-7 % slower, either way round (3 rounds each).
+            turn = round_ % len(checkouts)
+            for name, folder in checkouts[turn:] + checkouts[:turn]:
                 records.append(_run_one(args, name, folder, shape))
                 summary = records[-1].get("error") or f"{records[-1]['peak_mib']:.0f} MiB"
                 print(f"[versions] {shape} {name}: {summary}", file=sys.stderr, flush=True)
