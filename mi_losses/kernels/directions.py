@@ -121,8 +121,8 @@ class Active(NamedTuple):
 def active_rows(mask: torch.Tensor) -> torch.Tensor | None:
     """The indices of the rows of ``mask`` ``(rows, S)`` with an active position, ``None`` when
     every row has one."""
-    on = mask.any(1)
-    return None if bool(on.all()) else on.nonzero().squeeze(1)
+    index = mask.any(1).nonzero().squeeze(1)
+    return None if len(index) == mask.shape[0] else index
 
 
 def directions(
