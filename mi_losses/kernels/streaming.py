@@ -319,7 +319,7 @@ class TorchBlocks:
             del comps, g, transposed
         if rows is not None and scratch is not None and out.queries is not None:
             moved = scratch.clone()
-            out.queries[: len(rows)] = 0.0
+            scratch.zero_()
             out.queries.index_copy_(0, rows, moved)
             del moved
         if d.own is not None:
