@@ -30,6 +30,7 @@ from mi_losses.kernels.chain import (
 from mi_losses.kernels.directions import (
     Active,
     Direction,
+    Own,
     below_fresh,
     block_rows,
     directions,
@@ -126,22 +127,39 @@ def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
     return ranges(s, max(1, CHUNK_BYTES // max(per_position, 1))) or [(0, s)]
 
 
+def _rows(d: Direction, dtype: torch.dtype) -> int:
+    """Query rows whose ``(rows, S, E)`` temporaries take about :data:`CHUNK_BYTES`."""
+    return max(1, CHUNK_BYTES // max(math.prod(d.queries.shape[1:]) * dtype.itemsize, 1))
+
+
 def _queries(
     d: Direction, rows: torch.Tensor | None, f: Frame, dtype: torch.dtype, *, check: bool,
     values: bool,
 ) -> Queries:  # fmt: skip
     """The factors of the queries ``rows`` of ``d`` (all of them for ``None``), without their
-    residuals: those of the gathered queries, and the own term made for all rows and gathered
-    (two ``(m, S, E)`` temporaries, where gathered own inputs would be three copies)."""
-    if rows is None:
-        s = query_factors(d.queries, d.own, d.a, f, dtype, check=check, values=values)
-        return s._replace(own=None)
-    s = query_factors(d.queries[rows], None, d.a[rows], f, dtype, check=check, values=values)
+    residuals, made :data:`CHUNK_BYTES` of rows at a time: only the factors are whole
+    ``(m, S E)`` tensors, the temporaries stay in the caches (fresh tensors of tens of MiB
+    page-fault at every call). The own term is made for all rows and gathered."""
+    count = d.queries.shape[0] if rows is None else rows.shape[0]
+    size = _rows(d, dtype)
+    a = (d.a if rows is None else d.a[rows]).to(dtype)
+    y = d.queries.new_empty((count, math.prod(d.queries.shape[1:])), dtype=dtype)
+    y2 = torch.empty_like(y)
+    squares = y.new_empty(count) if values and check else None
+    for r0, r1 in ranges(count, size):
+        cut = slice(r0, r1) if rows is None else rows[r0:r1]
+        part = query_factors(d.queries[cut], None, d.a[cut], f, dtype, check=check, values=values)
+        y[r0:r1], y2[r0:r1] = part.y, part.y2
+        if squares is not None and part.squares is not None:
+            squares[r0:r1] = part.squares
     if d.own is None or not values:
-        return s
-    on = d.a.to(dtype)
-    q = own_term(*own_residual(d.queries, d.own, on.unsqueeze(-1), dtype), on)
-    return s._replace(q=q[rows])
+        return Queries(y, y2, a, None, None, squares)
+    q = a.new_empty(d.a.shape)
+    for r0, r1 in ranges(d.queries.shape[0], size):
+        on = d.a[r0:r1].to(dtype)
+        own = Own(*(t[r0:r1] for t in d.own))
+        q[r0:r1] = own_term(*own_residual(d.queries[r0:r1], own, on.unsqueeze(-1), dtype), on)
+    return Queries(y, y2, a, None, q if rows is None else q[rows], squares)
 
 
 def _factor_grads(s: Sides, weights: torch.Tensor) -> Grads:
@@ -317,17 +335,23 @@ class TorchBlocks:
         del queries, d_y, d_y2
         if blocks:
             del comps, g, transposed
+        size = _rows(d, dtype)
         if rows is not None and scratch is not None and out.queries is not None:
-            moved = scratch.clone()
-            scratch.zero_()
-            out.queries.index_copy_(0, rows, moved)
-            del moved
+            # Last chunk first: active row i moves to rows[i] >= i, never onto a row to move.
+            for r0, r1 in reversed(ranges(rows.shape[0], size)):
+                moved = scratch[r0:r1].clone()
+                scratch[r0:r1] = 0.0
+                out.queries.index_copy_(0, rows[r0:r1], moved)
         if d.own is not None:
             assert d_q is not None
             if rows is not None:
                 d_q = d_q.new_zeros(d.a.shape).index_copy_(0, rows, d_q)
-            on = d.a.to(dtype)
-            add_own_grads(*own_residual(d.queries, d.own, on.unsqueeze(-1), dtype), on, d_q, out)
+            for r0, r1 in ranges(d.queries.shape[0], size):
+                on, own = d.a[r0:r1].to(dtype), Own(*(t[r0:r1] for t in d.own))
+                residual = own_residual(d.queries[r0:r1], own, on.unsqueeze(-1), dtype)
+                own_rows = [None if t is None else t[r0:r1] for t in out[:3]]
+                target = Targets(own_rows[0], own_rows[1], own_rows[2], None, None)
+                add_own_grads(*residual, on, d_q[r0:r1], target)
 
 
 def finite_log_sum_exp(log_sum_exp: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from mi_losses.functional import (
     pairwise_square_mahalanobis_distance,
     square_mahalanobis_distance,
 )
+from mi_losses.kernels import streaming
 from mi_losses.kernels.directions import ALIGN_ROWS, FRESH_BYTES, Direction, block_rows
 from mi_losses.kernels.streaming import columns
 from mi_losses.kernels.vocabulary import Vocabulary, chunks
@@ -273,10 +274,17 @@ def test_torch_func_grad_and_jacrev() -> None:
     torch.testing.assert_close(hessian_row, expected_row)
 
 
-@pytest.mark.parametrize("block_bytes", [None, 256], ids=["one block", "blocks"])
+@pytest.mark.parametrize(
+    ("block_bytes", "chunk_bytes"),
+    [(None, streaming.CHUNK_BYTES), (256, streaming.CHUNK_BYTES), (256, 1)],
+    ids=["one block", "blocks", "blocks, a row per chunk"],
+)
 @pytest.mark.parametrize("granularity", ["sequence", "token"])
 @pytest.mark.parametrize("fill", [float("nan"), float("inf"), 0.0, -1.0, 1e30, 1e-30])
-def test_inactive_positions_are_never_read(granularity, fill, block_bytes) -> None:
+def test_inactive_positions_are_never_read(
+    granularity, fill, block_bytes, chunk_bytes, monkeypatch
+) -> None:
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)
     b, s, e = 6, 4, 3
     clean_inputs = _mi_inputs(b, s, e, seed=15)
     mask = _mask(b, s, seed=16)
