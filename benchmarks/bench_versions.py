@@ -14,7 +14,10 @@ checkout later (a position in the order can cost several percent); the table kee
 checkout's round with the fastest median and gives its time over its own floor, and time and
 memory over the first checkout's (the baseline). Every subprocess's result is appended to
 ``--json`` as it comes, and ``--load`` prints the tables of saved results (several runs
-merged). A shape may name a fifth field, the block budget in MiB
+merged). ``--interleave CALLS`` keeps one process per checkout alive instead and takes their
+calls in turn (each turn starting one checkout later), so that a busy neighbour or a slow
+stretch of the machine falls on every checkout alike: between subprocesses of the same code
+the token rows varied by 10-17 %. A shape may name a fifth field, the block budget in MiB
 (``KernelOptions(max_block_bytes=...)``; default the library's). Run from the repository root,
 e.g. against the commit before a change::
 
@@ -35,6 +38,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
+PARTS = ("library", "floor")
 
 SMALL_SHAPES = [
     "sequence,16,64,256",
@@ -72,15 +76,15 @@ def _import_checkout(library: Path) -> Any:
     return mi_losses.functional.mutual_information_sub_batch
 
 
-def measure(library: Path, shape: str, min_run_time: float, threads: int) -> dict[str, Any]:
-    """Extra peak MiB of one call, then library and floor timings, in this process."""
+def _calls(library: Path, shape: str, threads: int) -> tuple[Any, Any]:
+    """The library's call (its first call measures its memory) and the floor's, in this
+    process."""
     import torch
 
     estimator = _import_checkout(library)
     from benchmarks.floor import floor_operands, floor_step
     from benchmarks.grids import Case, make_inputs
     from benchmarks.memory import FirstCallMeasured, MemoryMeter
-    from benchmarks.timing import time_step
     from mi_losses.options import KernelOptions
 
     torch.set_num_threads(threads)
@@ -98,21 +102,46 @@ def measure(library: Path, shape: str, min_run_time: float, threads: int) -> dic
         value = estimator(*inputs, granularity=granularity, **options)
         return torch.autograd.grad(value, leaves)
 
-    # the timer's first (untimed) call of the library measures its memory
-    library = FirstCallMeasured(step, MemoryMeter(torch.device("cpu"), "profiler"))
     operands = floor_operands(case, torch.device("cpu"))
+    measured = FirstCallMeasured(step, MemoryMeter(torch.device("cpu"), "profiler"))
+    return measured, lambda: floor_step(operands)
+
+
+def measure(library: Path, shape: str, min_run_time: float, threads: int) -> dict[str, Any]:
+    """Extra peak MiB of one call, then library and floor timings, in this process."""
+    step, floor = _calls(library, shape, threads)
+    from benchmarks.timing import time_step
+
+    # the timer's first (untimed) call of the library measures its memory
     timings = {
         name: time_step(function, min_run_time=min_run_time, num_threads=threads)
-        for name, function in (("library", library), ("floor", lambda: floor_step(operands)))
+        for name, function in (("library", step), ("floor", floor))
     }
-    assert library.peak_bytes is not None
+    assert step.peak_bytes is not None
     return {
-        "peak_mib": library.peak_bytes / MIB,
+        "peak_mib": step.peak_bytes / MIB,
         **{
             name: {"raw_times": t.raw_times, "number_per_run": t.number_per_run}
             for name, t in timings.items()
         },
     }
+
+
+def serve(library: Path, shape: str, threads: int) -> None:
+    """One call measured for memory, then one timed call per line read (``library`` or
+    ``floor``), its seconds printed: a worker of ``--interleave``."""
+    step, floor = _calls(library, shape, threads)
+    from torch.utils.benchmark import Timer
+
+    step()
+    assert step.peak_bytes is not None
+    print(json.dumps({"peak_mib": step.peak_bytes / MIB}), flush=True)
+    timers = {
+        name: Timer("f()", globals={"f": f}, num_threads=threads)
+        for name, f in (("library", step), ("floor", floor))
+    }
+    for line in sys.stdin:
+        print(timers[line.strip()].timeit(1).raw_times[0], flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,7 +173,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--load", type=Path, nargs="+", help="print the tables of saved results (of --shapes)"
     )
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        metavar="CALLS",
+        help="instead of rounds, one live process per checkout and shape, their calls taken in "
+        "turn (each turn starting one checkout later), CALLS each",
+    )
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # DIR, shape (internal)
+    parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)  # DIR, shape (internal)
     return parser
 
 
@@ -155,17 +192,26 @@ def _commit(folder: str) -> str:
     return result.stdout.strip() or "?"
 
 
+def _environment(args: argparse.Namespace) -> dict[str, str]:
+    environment = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": str(args.threads)}
+    environment["THP_MEM_ALLOC_ENABLE"] = "1" if args.huge_pages else "0"
+    return environment
+
+
+def _record(args: argparse.Namespace, name: str, folder: str, shape: str) -> dict[str, Any]:
+    return {
+        "checkout": name, "commit": _commit(folder), "shape": shape,
+        "load": round(os.getloadavg()[0], 2), "threads": args.threads,
+        "huge_pages": args.huge_pages,
+    }  # fmt: skip
+
+
 def _run_one(args: argparse.Namespace, name: str, folder: str, shape: str) -> dict[str, Any]:
     """One subprocess: the record of one checkout on one shape (``error`` if it failed)."""
     command = [sys.executable, __file__, "--measure", folder, shape]
     command += ["--min-run-time", str(args.min_run_time), "--threads", str(args.threads)]
-    environment = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": str(args.threads)}
-    environment["THP_MEM_ALLOC_ENABLE"] = "1" if args.huge_pages else "0"
-    process = subprocess.run(command, capture_output=True, text=True, env=environment)
-    record: dict[str, Any] = {"checkout": name, "commit": _commit(folder), "shape": shape}
-    record["load"] = round(os.getloadavg()[0], 2)
-    record["threads"] = args.threads
-    record["huge_pages"] = args.huge_pages
+    process = subprocess.run(command, capture_output=True, text=True, env=_environment(args))
+    record = _record(args, name, folder, shape)
     if process.returncode != 0:
         record["error"] = (process.stderr.strip().splitlines() or ["?"])[-1][:300]
     else:
@@ -173,11 +219,52 @@ def _run_one(args: argparse.Namespace, name: str, folder: str, shape: str) -> di
     return record
 
 
+def _interleaved(
+    args: argparse.Namespace, checkouts: list[list[str]], shape: str
+) -> list[dict[str, Any]]:
+    """One live process per checkout, their calls in turn: whatever else the machine does
+    falls on every checkout alike. The records of one shape, in the checkouts' order."""
+    command = [sys.executable, __file__, "--threads", str(args.threads), "--serve"]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    workers = [
+        subprocess.Popen([*command, folder, shape], env=_environment(args), **pipes)  # type: ignore[call-overload]
+        for _, folder in checkouts
+    ]
+    records = []
+    for (name, folder), worker in zip(checkouts, workers, strict=True):
+        assert worker.stdout is not None
+        records.append({**_record(args, name, folder, shape), "interleaved": args.interleave})
+        records[-1].update(json.loads(worker.stdout.readline()))
+        records[-1].update({part: {"raw_times": [], "number_per_run": 1} for part in PARTS})
+    for call in range(args.interleave):
+        turn = call % len(workers)
+        for index in [*range(turn, len(workers)), *range(turn)]:
+            worker = workers[index]
+            assert worker.stdin is not None and worker.stdout is not None
+            for part in PARTS:
+                worker.stdin.write(part + "\n")
+                worker.stdin.flush()
+                records[index][part]["raw_times"].append(float(worker.stdout.readline()))
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.close()
+        worker.wait()
+    return records
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every round of every shape and checkout, saved to ``--json`` as they come."""
     records = []
     checkouts = [item.split("=", 1) for item in args.checkouts]
     for shape in args.shapes:
+        if args.interleave:
+            records += _interleaved(args, checkouts, shape)
+            for record in records[-len(checkouts) :]:
+                print(f"[versions] {shape} {record['checkout']}: {record['peak_mib']:.0f} MiB")
+                if args.json:
+                    with open(args.json, "a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+            continue
         for round_ in range(args.rounds):
             # Each round starts one checkout later: at sequence B16 S64 E256 whichever ran
             # second ran 6-7 % slower, either way round (3 rounds each).
@@ -194,6 +281,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = _parser().parse_args(argv)
+    if args.serve:
+        serve(Path(args.serve[0]).resolve(), args.serve[1], args.threads)
+        return []
     if args.measure:
         folder, shape = args.measure
         result = measure(Path(folder).resolve(), shape, args.min_run_time, args.threads)

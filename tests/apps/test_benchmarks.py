@@ -248,6 +248,36 @@ def test_versions_measures_two_checkouts_in_subprocesses_and_reloads(tmp_path: P
 
 
 @pytest.mark.slow
+def test_versions_interleaves_the_calls_of_live_processes(tmp_path: Path) -> None:
+    """``--interleave``: one process per checkout, three calls each of the library and of the
+    floor, taken in turn; the records load and print like the rounds'."""
+    saved = tmp_path / "runs.json"
+    root = str(SCRIPT.parents[1])
+    shapes = ["--shapes", "sequence,4,8,16", "token,4,8,16,1"]
+    records = bench_versions.main(
+        [
+            "--checkouts",
+            f"a={root}",
+            f"b={root}",
+            *shapes,
+            "--interleave",
+            "3",
+            "--json",
+            str(saved),
+        ]
+    )
+    assert [(r["shape"], r["checkout"]) for r in records] == [
+        (shape, name) for shape in ("sequence,4,8,16", "token,4,8,16,1") for name in "ab"
+    ]
+    for record in records:
+        assert record["interleaved"] == 3 and record["peak_mib"] > 0
+        for part in ("library", "floor"):
+            times = record[part]["raw_times"]
+            assert len(times) == 3 and min(times) > 0
+    assert bench_versions.main(["--load", str(saved), *shapes]) == records
+
+
+@pytest.mark.slow
 def test_the_compiled_candidate_matches_the_eager_path() -> None:
     """``elementwise_candidates.py`` (in its own process: it swaps the kernel's factor
     functions) compiles the pure factors and gives the eager path's gradients."""
