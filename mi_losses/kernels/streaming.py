@@ -28,6 +28,7 @@ from mi_losses.kernels.chain import (
     add_query_grads,
 )
 from mi_losses.kernels.directions import (
+    FRESH_BYTES,
     Active,
     Direction,
     Own,
@@ -127,9 +128,14 @@ def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
     return ranges(s, max(1, CHUNK_BYTES // max(per_position, 1))) or [(0, s)]
 
 
-def _rows(d: Direction, dtype: torch.dtype) -> int:
-    """Query rows whose ``(rows, S, E)`` temporaries take about :data:`CHUNK_BYTES`."""
-    return max(1, CHUNK_BYTES // max(math.prod(d.queries.shape[1:]) * dtype.itemsize, 1))
+def _rows(d: Direction, dtype: torch.dtype, count: int) -> list[tuple[int, int]]:
+    """Chunks of ``count`` query rows: one while their ``(count, S, E)`` temporaries stay below
+    :data:`~mi_losses.kernels.directions.FRESH_BYTES` (the allocator reuses that memory), else
+    :data:`CHUNK_BYTES` of rows each (fresh tensors of tens of MiB page-fault at every call)."""
+    row = math.prod(d.queries.shape[1:]) * dtype.itemsize
+    if count * row < FRESH_BYTES:
+        return [(0, count)]
+    return ranges(count, max(1, CHUNK_BYTES // max(row, 1)))
 
 
 def _queries(
@@ -137,29 +143,34 @@ def _queries(
     values: bool,
 ) -> Queries:  # fmt: skip
     """The factors of the queries ``rows`` of ``d`` (all of them for ``None``), without their
-    residuals, made :data:`CHUNK_BYTES` of rows at a time: only the factors are whole
-    ``(m, S E)`` tensors, the temporaries stay in the caches (fresh tensors of tens of MiB
-    page-fault at every call). The own term is made for all rows and gathered."""
+    residuals, made a chunk of rows at a time (:func:`_rows`): only the factors are whole
+    ``(m, S E)`` tensors. The own term is made for all rows and gathered."""
     count = d.queries.shape[0] if rows is None else rows.shape[0]
-    size = _rows(d, dtype)
-    a = (d.a if rows is None else d.a[rows]).to(dtype)
-    y = d.queries.new_empty((count, math.prod(d.queries.shape[1:])), dtype=dtype)
-    y2 = torch.empty_like(y)
-    squares = y.new_empty(count) if values and check else None
-    for r0, r1 in ranges(count, size):
-        cut = slice(r0, r1) if rows is None else rows[r0:r1]
-        part = query_factors(d.queries[cut], None, d.a[cut], f, dtype, check=check, values=values)
-        y[r0:r1], y2[r0:r1] = part.y, part.y2
-        if squares is not None and part.squares is not None:
-            squares[r0:r1] = part.squares
+    chunks = _rows(d, dtype, count)
+    if len(chunks) == 1:
+        cut = slice(None) if rows is None else rows
+        s = query_factors(d.queries[cut], None, d.a[cut], f, dtype, check=check, values=values)
+    else:
+        a = d.a[rows if rows is not None else slice(None)].to(dtype)
+        y = d.queries.new_empty((count, math.prod(d.queries.shape[1:])), dtype=dtype)
+        squares = y.new_empty(count) if check and values else None
+        s = Queries(y, torch.empty_like(y), a, None, None, squares)
+        for r0, r1 in chunks:
+            cut = slice(r0, r1) if rows is None else rows[r0:r1]
+            part = query_factors(
+                d.queries[cut], None, d.a[cut], f, dtype, check=check, values=values
+            )
+            s.y[r0:r1], s.y2[r0:r1] = part.y, part.y2
+            if s.squares is not None and part.squares is not None:
+                s.squares[r0:r1] = part.squares
     if d.own is None or not values:
-        return Queries(y, y2, a, None, None, squares)
-    q = a.new_empty(d.a.shape)
-    for r0, r1 in ranges(d.queries.shape[0], size):
+        return s
+    q = s.a.new_empty(d.a.shape)
+    for r0, r1 in _rows(d, dtype, d.queries.shape[0]):
         on = d.a[r0:r1].to(dtype)
         own = Own(*(t[r0:r1] for t in d.own))
         q[r0:r1] = own_term(*own_residual(d.queries[r0:r1], own, on.unsqueeze(-1), dtype), on)
-    return Queries(y, y2, a, None, q if rows is None else q[rows], squares)
+    return s._replace(q=q if rows is None else q[rows])
 
 
 def _factor_grads(s: Sides, weights: torch.Tensor) -> Grads:
@@ -335,10 +346,9 @@ class TorchBlocks:
         del queries, d_y, d_y2
         if blocks:
             del comps, g, transposed
-        size = _rows(d, dtype)
         if rows is not None and scratch is not None and out.queries is not None:
             # Last chunk first: active row i moves to rows[i] >= i, never onto a row to move.
-            for r0, r1 in reversed(ranges(rows.shape[0], size)):
+            for r0, r1 in reversed(_rows(d, dtype, rows.shape[0])):
                 moved = scratch[r0:r1].clone()
                 scratch[r0:r1] = 0.0
                 out.queries.index_copy_(0, rows[r0:r1], moved)
@@ -346,7 +356,7 @@ class TorchBlocks:
             assert d_q is not None
             if rows is not None:
                 d_q = d_q.new_zeros(d.a.shape).index_copy_(0, rows, d_q)
-            for r0, r1 in ranges(d.queries.shape[0], size):
+            for r0, r1 in _rows(d, dtype, d.queries.shape[0]):
                 on, own = d.a[r0:r1].to(dtype), Own(*(t[r0:r1] for t in d.own))
                 residual = own_residual(d.queries[r0:r1], own, on.unsqueeze(-1), dtype)
                 own_rows = [None if t is None else t[r0:r1] for t in out[:3]]

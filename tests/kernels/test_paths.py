@@ -128,6 +128,8 @@ def test_streaming_equals_reference(
     scores fit one block, their factors do not; with ``budget=9000`` the token problems take
     several blocks whose scores are kept for the backward pass)."""
     monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)
+    if chunk_bytes == 1:  # the query rows of the several-block path in chunks too
+        monkeypatch.setattr(streaming, "FRESH_BYTES", 1)
     tensors, masks, directions = _problem(granularity, with_own, symmetric, pattern, extra)
     expected = _run(tensors, masks, directions, with_own, KernelOptions(kernel="reference"))
     options = KernelOptions(kernel="streaming", max_block_bytes=budget, keep_factors=keep_factors)

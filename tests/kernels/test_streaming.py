@@ -285,6 +285,7 @@ def test_inactive_positions_are_never_read(
     granularity, fill, block_bytes, chunk_bytes, monkeypatch
 ) -> None:
     monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(streaming, "FRESH_BYTES", chunk_bytes)  # rows in chunks from 1 byte
     b, s, e = 6, 4, 3
     clean_inputs = _mi_inputs(b, s, e, seed=15)
     mask = _mask(b, s, seed=16)
