@@ -27,6 +27,7 @@ from mi_losses.kernels.chain import (
     add_own_grads,
     add_query_grads,
 )
+from mi_losses.kernels.compiled import Makers, makers
 from mi_losses.kernels.directions import (
     FRESH_BYTES,
     Active,
@@ -41,12 +42,9 @@ from mi_losses.kernels.factors import (
     Frame,
     Queries,
     Sides,
-    component_factors,
     frame,
     own_residual,
     own_term,
-    query_factors,
-    sides,
 )
 from mi_losses.kernels.reference import Result, graph_grads, reference
 from mi_losses.kernels.scores import (
@@ -139,17 +137,17 @@ def _rows(d: Direction, dtype: torch.dtype, count: int) -> list[tuple[int, int]]
 
 
 def _queries(
-    d: Direction, rows: torch.Tensor | None, f: Frame, dtype: torch.dtype, *, check: bool,
-    values: bool,
+    d: Direction, rows: torch.Tensor | None, f: Frame, dtype: torch.dtype, make: Makers, *,
+    check: bool, values: bool,
 ) -> Queries:  # fmt: skip
     """The factors of the queries ``rows`` of ``d`` (all of them for ``None``), without their
-    residuals, made a chunk of rows at a time (:func:`_rows`): only the factors are whole
-    ``(m, S E)`` tensors. The own term is made for all rows and gathered."""
+    residuals, made a chunk of rows at a time (:func:`_rows`) by ``make``: only the factors are
+    whole ``(m, S E)`` tensors. The own term is made for all rows and gathered."""
     count = d.queries.shape[0] if rows is None else rows.shape[0]
     chunks = _rows(d, dtype, count)
     if len(chunks) == 1:
         cut = slice(None) if rows is None else rows
-        s = query_factors(d.queries[cut], None, d.a[cut], f, dtype, check=check, values=values)
+        s = make.queries(d.queries[cut], None, d.a[cut], f, dtype, check=check, values=values)
     else:
         a = d.a[rows if rows is not None else slice(None)].to(dtype)
         y = d.queries.new_empty((count, math.prod(d.queries.shape[1:])), dtype=dtype)
@@ -157,7 +155,7 @@ def _queries(
         s = Queries(y, torch.empty_like(y), a, None, None, squares)
         for r0, r1 in chunks:
             cut = slice(r0, r1) if rows is None else rows[r0:r1]
-            part = query_factors(
+            part = make.queries(
                 d.queries[cut], None, d.a[cut], f, dtype, check=check, values=values
             )
             s.y[r0:r1], s.y2[r0:r1] = part.y, part.y2
@@ -190,16 +188,18 @@ class TorchBlocks:
         self, d: Direction, dtype: torch.dtype, options: KernelOptions, *, check: bool,
         with_statistics: bool,
     ) -> tuple[Result, Saved]:  # fmt: skip
-        budget = options.max_block_bytes
+        budget, make = options.max_block_bytes, makers(options.compiled_factors)
         if len(columns(d, dtype, budget, factors=False)) > 1:
-            return self._stream(d, dtype, budget, check=check, with_statistics=with_statistics)
+            return self._stream(
+                d, dtype, budget, make, check=check, with_statistics=with_statistics
+            )
         total: Sums | None = None
         frames, kept = [], []
         chunks = _positions(d, dtype)
         # One chunk's factors are made at the backward pass's peak anyway: kept.
         keep = options.keep_factors or len(chunks) == 1
         for start, stop in chunks:
-            s = sides(*d.positions(start, stop), dtype, check=check)
+            s = make.sides(*d.positions(start, stop), dtype, check=check)
             total = add_sums(total, pair_sums(s, check=check, constants=with_statistics))
             frames.append(s.frame)
             if keep:
@@ -219,14 +219,15 @@ class TorchBlocks:
         return Result(lse, count, stats, excess), Saved(joined, softmax_weights, kept or None)
 
     def _stream(
-        self, d: Direction, dtype: torch.dtype, budget: int, *, check: bool, with_statistics: bool
-    ) -> tuple[Result, Saved]:
+        self, d: Direction, dtype: torch.dtype, budget: int, make: Makers, *, check: bool,
+        with_statistics: bool,
+    ) -> tuple[Result, Saved]:  # fmt: skip
         """Blocks of components with a running log-sum-exp; the query factors are made once,
         the components' one block at a time, of the active rows only (padding rows take no
         part)."""
         f = frame(d.clean, d.means, d.stds, d.b.to(dtype).unsqueeze(-1), dtype)
         active = Active.of(d)
-        queries = _queries(d, active.queries, f, dtype, check=check, values=True)
+        queries = _queries(d, active.queries, f, dtype, make, check=check, values=True)
         m, n = active.sizes(d)
         # Scores that take half the budget are kept: two matrix products fewer later.
         kept = (
@@ -237,7 +238,7 @@ class TorchBlocks:
         excess = queries.y.new_full((), -math.inf)
         for c0, c1 in columns(d, dtype, budget, active=active):
             part = d.components(c0, c1, active.components)
-            comps = component_factors(
+            comps = make.components(
                 part.clean, part.means, part.stds, part.b, f, dtype, check=check
             )
             block = scores(Sides(queries, comps, f), check=check, constants=with_statistics)
@@ -280,10 +281,11 @@ class TorchBlocks:
         dtype: torch.dtype,
         out: Targets,
     ) -> None:
+        make = makers(options.compiled_factors)
         if saved.blocks:
             budget = options.max_block_bytes
             finite = finite_log_sum_exp(log_sum_exp)
-            self._stream_backward(d, saved, (finite, grad), budget, dtype, out)
+            self._stream_backward(d, saved, (finite, grad), budget, dtype, make, out)
             return
         assert saved.scores is not None
         weights = saved.scores * grad.unsqueeze(-1)  # the softmax weights times the gradient
@@ -291,12 +293,14 @@ class TorchBlocks:
             s = saved.factors[i] if saved.factors is not None else None
             if s is None:
                 f = saved.frame.positions(start, stop)
-                s = sides(*d.positions(start, stop), dtype, check=False, values=False, frame_=f)
+                s = make.sides(
+                    *d.positions(start, stop), dtype, check=False, values=False, frame_=f
+                )
             add_grads(s, _factor_grads(s, weights), out.positions(start, stop))
 
     def _stream_backward(
         self, d: Direction, saved: Saved, upstream: tuple[torch.Tensor, torch.Tensor],
-        budget: int, dtype: torch.dtype, out: Targets,
+        budget: int, dtype: torch.dtype, make: Makers, out: Targets,
     ) -> None:  # fmt: skip
         """The blocks made again: each block's components get their gradients at once, the
         queries' factor gradients are summed over the blocks. ``upstream``: the forward pass's
@@ -310,7 +314,7 @@ class TorchBlocks:
         f, again = saved.frame, saved.scores is None  # the scores made again, or kept
         # q enters the scores only
         queries = _queries(
-            d if again else d._replace(own=None), rows, f, dtype, check=False, values=again
+            d if again else d._replace(own=None), rows, f, dtype, make, check=False, values=again
         )
         # The queries' rows of the gradient buffer are this direction's alone (the plan's query
         # spans never overlap) and hold zeros: d y' is summed in its first rows, one per active
@@ -322,7 +326,7 @@ class TorchBlocks:
         blocks = columns(d, dtype, budget, active=active)
         for c0, c1 in blocks:
             part = d.components(c0, c1, active.components)
-            comps = component_factors(
+            comps = make.components(
                 part.clean, part.means, part.stds, part.b, f, dtype, check=False, values=again
             )
             del part  # gathered inputs

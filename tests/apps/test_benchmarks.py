@@ -6,7 +6,6 @@ import ast
 import csv
 import importlib.util
 import math
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -14,7 +13,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from benchmarks import bench_versions, gpu_check, versions_table
+from benchmarks import bench_versions, compiled_factors, gpu_check, versions_table
 from benchmarks.grids import Case, make_inputs
 from benchmarks.naive import naive_mutual_information_sub_batch
 from benchmarks.timing import calls, fastest, rebuilt, time_step
@@ -278,22 +277,16 @@ def test_versions_interleaves_the_calls_of_live_processes(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_the_compiled_candidate_matches_the_eager_path() -> None:
-    """``elementwise_candidates.py`` (in its own process: it swaps the kernel's factor
-    functions) compiles the pure factors and gives the eager path's gradients."""
-    script = SCRIPT.parent / "elementwise_candidates.py"
-    shapes = ["--shapes", "sequence,4,8,16", "token,4,8,16", "--min-run-time", "0"]
-    done = subprocess.run(
-        [sys.executable, str(script), *shapes], capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| sequence")]
-    rows += [line.split("|") for line in done.stdout.splitlines() if line.startswith("| token")]
-    assert len(rows) == 2, done.stdout
-    for row in rows:
-        eager, first, compiled, difference = (float(row[i].rstrip("x ")) for i in (2, 3, 4, 6))
-        assert eager > 0 and first > 0 and compiled > 0
-        assert difference < 1e-4, row
+def test_compiled_factors_benchmark_measures_both_paths(capsys: pytest.CaptureFixture[str]) -> None:
+    """``compiled_factors.py`` times the eager and the compiled factors and the floor in turn,
+    and their gradients agree."""
+    records = compiled_factors.main(["--shapes", "sequence,4,8,16", "token,4,8,16", "--calls", "2"])
+    assert [r["shape"] for r in records] == ["sequence,4,8,16", "token,4,8,16"]
+    for record in records:
+        assert record["first"] > 0 and record["difference"] < 1e-4
+        assert all(len(t) == 2 and min(t) > 0 for t in record["times"].values())
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 3  # the header and the two shapes
 
 
 def test_gpu_check_without_cuda_says_so_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:

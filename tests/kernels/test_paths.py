@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from mi_losses.kernels import Plan, make_plan, stream, streaming
+from mi_losses.kernels.compiled import compiled
 from mi_losses.kernels.dispatch import choose
 from mi_losses.options import KernelOptions
 
@@ -86,7 +88,7 @@ def _run(tensors, masks, directions, with_own, options: KernelOptions, dtype=Non
 
 def _naive(tensors, masks, directions, with_own):
     """``logsumexp_{j in V_i} z_ij`` in float64 by broadcasting (docs/math.md, slow, obvious)."""
-    noisy, clean, means, stds = (t.detach().double() for t in tensors)
+    noisy, clean, means, stds = (t.double() for t in tensors)  # differentiable
     query_mask, component_mask = masks
     out = []
     for q0, q1, c0, c1 in directions:
@@ -155,6 +157,51 @@ def test_factors_kept_only_when_asked(keep_factors, monkeypatch) -> None:
         assert saved.factors is not None and len(saved.factors) == positions
     else:
         assert saved.factors is None
+
+
+@pytest.mark.parametrize("budget", [1, 2**30])
+@pytest.mark.parametrize(
+    ("granularity", "with_own"), [("sequence", True), ("sequence", False), ("token", True)]
+)
+def test_compiled_factors_equal_direct_float64(granularity, with_own, budget, monkeypatch) -> None:
+    """``compiled_factors=True`` (Inductor's generated code): values equal the direct float64
+    evaluation and gradients autograd through it, on random masks with a position and a row
+    per chunk, in several blocks of components (``budget=1``) or one."""
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(streaming, "FRESH_BYTES", 1)
+    tensors, masks, directions = _problem(granularity, with_own, True, "random", 3)
+    options = KernelOptions(kernel="streaming", max_block_bytes=budget, compiled_factors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # compiled, not the eager fallback
+        (lse, *_), grads = _run(tensors, masks, directions, with_own, options)
+    expected = _naive(tensors, masks, directions, with_own)
+    torch.testing.assert_close(lse, expected.detach())
+    weights = torch.linspace(0.5, 1.5, expected.shape[0], dtype=expected.dtype)
+    total = torch.where(torch.isfinite(expected), expected, 0.0) @ weights
+    for grad, want, t in zip(
+        grads, torch.autograd.grad(total, tensors, allow_unused=True), tensors, strict=True
+    ):
+        torch.testing.assert_close(grad, torch.zeros_like(t) if want is None else want)
+
+
+def test_compiled_factors_fall_back_to_eager_with_one_warning() -> None:
+    """Where compilation fails (here the backend raises, as Inductor does without a C++
+    compiler), the eager function runs and a warning says why, once."""
+
+    def broken(graph, example_inputs):
+        raise RuntimeError("no working C++ compiler")
+
+    def scaled(t: torch.Tensor) -> torch.Tensor:
+        return t * 2.0 + 1.0
+
+    run = compiled(scaled, backend=broken)
+    t = torch.arange(5.0)
+    with torch.no_grad():
+        with pytest.warns(RuntimeWarning, match="compile failed.*no working C\\+\\+ compiler"):
+            torch.testing.assert_close(run(t), scaled(t))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            torch.testing.assert_close(run(t), scaled(t))
 
 
 @pytest.mark.parametrize(

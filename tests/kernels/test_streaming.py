@@ -263,7 +263,6 @@ def test_torch_func_grad_and_jacrev() -> None:
     def fn(stds):
         return mutual_information_sub_batch(means, stds, mask, clean, noisy, granularity="token")
 
-    expected = torch.autograd.grad(fn(stds.clone().requires_grad_()), stds)[0] if False else None
     leaf = stds.clone().requires_grad_()
     (expected,) = torch.autograd.grad(fn(leaf), leaf)
     torch.testing.assert_close(torch.func.grad(fn)(stds), expected)
@@ -275,23 +274,35 @@ def test_torch_func_grad_and_jacrev() -> None:
 
 
 @pytest.mark.parametrize(
-    ("block_bytes", "chunk_bytes"),
-    [(None, streaming.CHUNK_BYTES), (256, streaming.CHUNK_BYTES), (256, 1)],
-    ids=["one block", "blocks", "blocks, a row per chunk"],
-)
+    ("block_bytes", "chunk_bytes", "compiled"),
+    [
+        (None, streaming.CHUNK_BYTES, False),
+        (256, streaming.CHUNK_BYTES, False),
+        (256, 1, False),
+        (None, 1, True),
+        (256, 1, True),
+    ],
+    ids=[
+        "one block", "blocks", "blocks, a row per chunk", "compiled, a position per chunk",
+        "compiled blocks, a row per chunk",
+    ],
+)  # fmt: skip
 @pytest.mark.parametrize("granularity", ["sequence", "token"])
 @pytest.mark.parametrize("fill", [float("nan"), float("inf"), 0.0, -1.0, 1e30, 1e-30])
 def test_inactive_positions_are_never_read(
-    granularity, fill, block_bytes, chunk_bytes, monkeypatch
+    granularity, fill, block_bytes, chunk_bytes, compiled, monkeypatch
 ) -> None:
     monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)
-    monkeypatch.setattr(streaming, "FRESH_BYTES", chunk_bytes)  # rows in chunks from 1 byte
+    if chunk_bytes == 1:  # the query rows of the several-block path in chunks too
+        monkeypatch.setattr(streaming, "FRESH_BYTES", 1)
     b, s, e = 6, 4, 3
     clean_inputs = _mi_inputs(b, s, e, seed=15)
     mask = _mask(b, s, seed=16)
     inactive = ~mask.unsqueeze(-1)
     dirty_inputs = [torch.where(inactive, fill, t.detach()).requires_grad_() for t in clean_inputs]
-    options = KernelOptions(kernel="streaming", max_block_bytes=block_bytes or 2**28)
+    options = KernelOptions(
+        kernel="streaming", max_block_bytes=block_bytes or 2**28, compiled_factors=compiled
+    )
 
     def fn(*inputs):
         return mutual_information_sub_batch(
