@@ -61,9 +61,15 @@ def compiled(function: F, backend: str | Callable[..., Any] = "inductor") -> F:
     return run  # type: ignore[return-value]
 
 
-@functools.cache
+_COMPILED: list[Makers] = []  # made at the first call that asks (torch.compile imports dynamo)
+
+
 def makers(compile: bool) -> Makers:
     """The eager makers, or (``compile``) the compiled ones, made once per process."""
     if not compile:
         return EAGER
-    return Makers(compiled(EAGER.sides), compiled(EAGER.queries), compiled(EAGER.components))
+    if not _COMPILED:
+        _COMPILED.append(
+            Makers(compiled(EAGER.sides), compiled(EAGER.queries), compiled(EAGER.components))
+        )
+    return _COMPILED[0]

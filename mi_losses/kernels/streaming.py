@@ -6,8 +6,8 @@ pass multiplies the weights ``G = g_i exp(z_ij - logsumexp_i)`` of each block in
 of :func:`~mi_losses.kernels.factors.sides`; :mod:`~mi_losses.kernels.chain` carries them to
 the inputs, added into the gradient buffers block by block. Scores that fit one block are kept
 for the backward pass; factors are made one cache-sized chunk of positions at a time (kept only
-when there is a single chunk, or when ``KernelOptions(keep_factors=True)`` trades memory for
-time), so memory stays linear in the number of samples by default. With
+when there is a single chunk, which the backward pass makes at its peak anyway), so memory stays
+linear in the number of samples. With
 ``create_graph=True`` the backward pass differentiates the reference path (exact second
 derivatives). The Triton path (:mod:`mi_losses.kernels.triton`) runs inside the same
 :class:`StreamingLogSumExp` with fused block kernels."""
@@ -68,10 +68,10 @@ CHUNK_BYTES = 1 << 21
 
 class Saved(NamedTuple):
     """What the backward pass of one direction keeps: the frame, the scores when they fit one
-    block (``None``: made again), and the factors of each chunk of positions only when all
-    positions are one chunk (the backward pass makes them at its peak anyway) or
-    :attr:`~mi_losses.options.KernelOptions.keep_factors` asks: memory stays linear in the
-    samples by default."""
+    block (``None``: made again), and the factors only when all positions are one chunk (the
+    backward pass makes them at its peak anyway): memory stays linear in the samples. Several
+    chunks' factors are made again, a cache-sized chunk at a time: keeping them all was
+    1.1-1.4x slower on sequence rows (fresh whole tensors), with more memory."""
 
     frame: Frame
     scores: torch.Tensor | None  # z (several blocks), or the softmax weights (one block)
@@ -196,13 +196,11 @@ class TorchBlocks:
         total: Sums | None = None
         frames, kept = [], []
         chunks = _positions(d, dtype)
-        # One chunk's factors are made at the backward pass's peak anyway: kept.
-        keep = options.keep_factors or len(chunks) == 1
         for start, stop in chunks:
             s = make.sides(*d.positions(start, stop), dtype, check=check)
             total = add_sums(total, pair_sums(s, check=check, constants=with_statistics))
             frames.append(s.frame)
-            if keep:
+            if len(chunks) == 1:  # made at the backward pass's peak anyway: kept
                 kept.append(s)
         assert total is not None
         block = finish(total, check=check)

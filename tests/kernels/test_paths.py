@@ -115,48 +115,43 @@ def test_reference_equals_direct_float64(granularity, with_own, symmetric, patte
     torch.testing.assert_close(lse, _naive(tensors, masks, directions, with_own))
 
 
-@pytest.mark.parametrize(
-    ("chunk_bytes", "keep_factors"), [(1, False), (streaming.CHUNK_BYTES, False), (1, True)]
-)
+@pytest.mark.parametrize("chunk_bytes", [1, streaming.CHUNK_BYTES])
 @pytest.mark.parametrize("budget", [1, 700, 2000, 9000, 2**30])
 @pytest.mark.parametrize(("granularity", "with_own", "symmetric", "pattern", "extra"), MATRIX)
 def test_streaming_equals_reference(
-    granularity, with_own, symmetric, pattern, extra, budget, chunk_bytes, keep_factors,
-    monkeypatch,
-) -> None:  # fmt: skip
+    granularity, with_own, symmetric, pattern, extra, budget, chunk_bytes, monkeypatch
+) -> None:
     """Blocks of one component, of a few, one block for all scores (then the factors are made
     a chunk of positions at a time: one position per chunk with ``chunk_bytes=1``, made again
-    by the backward pass unless ``keep_factors``; with ``budget=2000`` the sequence problems'
-    scores fit one block, their factors do not; with ``budget=9000`` the token problems take
-    several blocks whose scores are kept for the backward pass)."""
+    by the backward pass; with ``budget=2000`` the sequence problems' scores fit one block,
+    their factors do not; with ``budget=9000`` the token problems take several blocks whose
+    scores are kept for the backward pass)."""
     monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)
     if chunk_bytes == 1:  # the query rows of the several-block path in chunks too
         monkeypatch.setattr(streaming, "FRESH_BYTES", 1)
     tensors, masks, directions = _problem(granularity, with_own, symmetric, pattern, extra)
     expected = _run(tensors, masks, directions, with_own, KernelOptions(kernel="reference"))
-    options = KernelOptions(kernel="streaming", max_block_bytes=budget, keep_factors=keep_factors)
+    options = KernelOptions(kernel="streaming", max_block_bytes=budget)
     got = _run(tensors, masks, directions, with_own, options)
     for value, want in zip([*got[0], *got[1]], [*expected[0], *expected[1]], strict=True):
         torch.testing.assert_close(value, want)
 
 
-@pytest.mark.parametrize("keep_factors", [False, True])
-def test_factors_kept_only_when_asked(keep_factors, monkeypatch) -> None:
-    """Several chunks of positions: their factors are made again by the backward pass (memory
-    linear in the samples) unless ``keep_factors`` keeps every chunk's."""
-    monkeypatch.setattr(streaming, "CHUNK_BYTES", 1)
+@pytest.mark.parametrize("chunk_bytes", [1, streaming.CHUNK_BYTES])
+def test_factors_kept_only_for_one_chunk(chunk_bytes, monkeypatch) -> None:
+    """One chunk of positions: its factors are kept for the backward pass (which makes them at
+    its peak anyway). Several: they are made again there (memory linear in the samples)."""
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)
     tensors, masks, directions = _problem("sequence", True, False, "random", 0)
     (d,) = streaming.directions((*tensors, *masks), tuple(directions), True)
-    options = KernelOptions(kernel="streaming", keep_factors=keep_factors)
     _, saved = streaming.TorchBlocks().forward(
-        d, torch.float64, options, check=True, with_statistics=False
+        d, torch.float64, KernelOptions(kernel="streaming"), check=True, with_statistics=False
     )
-    positions = d.queries.shape[1]
-    assert positions > 1
-    if keep_factors:
-        assert saved.factors is not None and len(saved.factors) == positions
-    else:
+    assert d.queries.shape[1] > 1
+    if chunk_bytes == 1:
         assert saved.factors is None
+    else:
+        assert saved.factors is not None and len(saved.factors) == 1
 
 
 @pytest.mark.parametrize("budget", [1, 2**30])
