@@ -75,7 +75,7 @@ class Saved(NamedTuple):
 
     frame: Frame
     scores: torch.Tensor | None  # z (several blocks), or the softmax weights (one block)
-    factors: list[Sides] | None = None
+    factors: Sides | None = None  # the one chunk's
     blocks: bool = False  # the scores were made in several blocks of components
     active: Active | None = None  # the rows the blocks gathered (several blocks)
 
@@ -194,15 +194,14 @@ class TorchBlocks:
                 d, dtype, budget, make, check=check, with_statistics=with_statistics
             )
         total: Sums | None = None
-        frames, kept = [], []
+        frames = []
         chunks = _positions(d, dtype)
         for start, stop in chunks:
             s = make.sides(*d.positions(start, stop), dtype, check=check)
             total = add_sums(total, pair_sums(s, check=check, constants=with_statistics))
             frames.append(s.frame)
-            if len(chunks) == 1:  # made at the backward pass's peak anyway: kept
-                kept.append(s)
         assert total is not None
+        kept = s if len(chunks) == 1 else None  # made at the backward pass's peak anyway
         block = finish(total, check=check)
         count = block.valid.sum(-1, dtype=dtype)
         softmax_weights, lse = softmax(block.z)
@@ -214,7 +213,7 @@ class TorchBlocks:
         joined = (
             frames[0] if len(frames) == 1 else Frame(*map(torch.cat, zip(*frames, strict=True)))
         )
-        return Result(lse, count, stats, excess), Saved(joined, softmax_weights, kept or None)
+        return Result(lse, count, stats, excess), Saved(joined, softmax_weights, kept)
 
     def _stream(
         self, d: Direction, dtype: torch.dtype, budget: int, make: Makers, *, check: bool,
@@ -287,8 +286,8 @@ class TorchBlocks:
             return
         assert saved.scores is not None
         weights = saved.scores * grad.unsqueeze(-1)  # the softmax weights times the gradient
-        for i, (start, stop) in enumerate(_positions(d, dtype)):
-            s = saved.factors[i] if saved.factors is not None else None
+        for start, stop in _positions(d, dtype):
+            s = saved.factors
             if s is None:
                 f = saved.frame.positions(start, stop)
                 s = make.sides(
