@@ -136,8 +136,8 @@ def directions(
     queries, clean, means, stds, query_mask, component_mask = inputs
     query_cuts = {q for span in spans for q in span[:2]}
     component_cuts = {c for span in spans for c in span[2:]} | (query_cuts if with_own else set())
-    take_query = _rows(queries, query_cuts)
-    take_clean, take_means, take_stds = (_rows(t, component_cuts) for t in (clean, means, stds))
+    take_query = _splitter(queries, query_cuts)
+    take_clean, take_means, take_stds = (_splitter(t, component_cuts) for t in (clean, means, stds))
     out: list[Direction] = []
     for q0, q1, c0, c1 in spans:
         a, b = effective_masks(query_mask[q0:q1], component_mask[c0:c1])
@@ -147,7 +147,9 @@ def directions(
     return out
 
 
-def _rows(tensor: torch.Tensor, cuts: set[int]) -> Callable[[int, int], torch.Tensor]:
+def _splitter(tensor: torch.Tensor, cuts: set[int]) -> Callable[[int, int], torch.Tensor]:
+    """``take(start, stop)``: rows ``[start, stop)`` of ``tensor``, split once at ``cuts`` (a piece
+    itself where the rows are one)."""
     bounds = sorted(cuts | {0, tensor.shape[0]})
     pieces = (
         torch.split(tensor, [b - a for a, b in itertools.pairwise(bounds)])

@@ -15,6 +15,7 @@ derivatives). The Triton path (:mod:`mi_losses.kernels.triton`) runs inside the 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -126,7 +127,7 @@ def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
     return ranges(s, max(1, CHUNK_BYTES // max(per_position, 1))) or [(0, s)]
 
 
-def _rows(d: Direction, dtype: torch.dtype, count: int) -> list[tuple[int, int]]:
+def _row_chunks(d: Direction, dtype: torch.dtype, count: int) -> list[tuple[int, int]]:
     """Chunks of ``count`` query rows: one while their ``(count, S, E)`` temporaries stay below
     :data:`~mi_losses.kernels.directions.FRESH_BYTES` (the allocator reuses that memory), else
     :data:`CHUNK_BYTES` of rows each (fresh tensors of tens of MiB page-fault at every call)."""
@@ -141,10 +142,10 @@ def _queries(
     check: bool, values: bool,
 ) -> Queries:  # fmt: skip
     """The factors of the queries ``rows`` of ``d`` (all of them for ``None``), without their
-    residuals, made a chunk of rows at a time (:func:`_rows`) by ``make``: only the factors are
+    residuals, made a chunk of rows at a time (:func:`_row_chunks`) by ``make``: only the factors are
     whole ``(m, S E)`` tensors. The own term is made for all rows and gathered."""
     count = d.queries.shape[0] if rows is None else rows.shape[0]
-    chunks = _rows(d, dtype, count)
+    chunks = _row_chunks(d, dtype, count)
     if len(chunks) == 1:
         cut = slice(None) if rows is None else rows
         s = make.queries(d.queries[cut], None, d.a[cut], f, dtype, check=check, values=values)
@@ -164,11 +165,20 @@ def _queries(
     if d.own is None or not values:
         return s
     q = s.a.new_empty(d.a.shape)
-    for r0, r1 in _rows(d, dtype, d.queries.shape[0]):
-        on = d.a[r0:r1].to(dtype)
-        own = Own(*(t[r0:r1] for t in d.own))
-        q[r0:r1] = own_term(*own_residual(d.queries[r0:r1], own, on.unsqueeze(-1), dtype), on)
+    for r0, r1, on, residual in _own_residuals(d, dtype):
+        q[r0:r1] = own_term(*residual, on)
     return s._replace(q=q if rows is None else q[rows])
+
+
+def _own_residuals(
+    d: Direction, dtype: torch.dtype
+) -> Iterator[tuple[int, int, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
+    """``(r0, r1, a, (r, sigma_i))`` of every chunk of query rows of ``d`` (all of them, an own
+    term required): the rows' mask as 0/1 and their :func:`own_residual`."""
+    assert d.own is not None
+    for r0, r1 in _row_chunks(d, dtype, d.queries.shape[0]):
+        on, own = d.a[r0:r1].to(dtype), Own(*(t[r0:r1] for t in d.own))
+        yield r0, r1, on, own_residual(d.queries[r0:r1], own, on.unsqueeze(-1), dtype)
 
 
 def _factor_grads(s: Sides, weights: torch.Tensor) -> Grads:
@@ -349,7 +359,7 @@ class TorchBlocks:
             del comps, g, transposed
         if rows is not None and scratch is not None and out.queries is not None:
             # Last chunk first: active row i moves to rows[i] >= i, never onto a row to move.
-            for r0, r1 in reversed(_rows(d, dtype, rows.shape[0])):
+            for r0, r1 in reversed(_row_chunks(d, dtype, rows.shape[0])):
                 moved = scratch[r0:r1].clone()
                 scratch[r0:r1] = 0.0
                 out.queries.index_copy_(0, rows[r0:r1], moved)
@@ -357,11 +367,9 @@ class TorchBlocks:
             assert d_q is not None
             if rows is not None:
                 d_q = d_q.new_zeros(d.a.shape).index_copy_(0, rows, d_q)
-            for r0, r1 in _rows(d, dtype, d.queries.shape[0]):
-                on, own = d.a[r0:r1].to(dtype), Own(*(t[r0:r1] for t in d.own))
-                residual = own_residual(d.queries[r0:r1], own, on.unsqueeze(-1), dtype)
-                own_rows = [None if t is None else t[r0:r1] for t in out[:3]]
-                target = Targets(own_rows[0], own_rows[1], own_rows[2], None, None)
+            for r0, r1, on, residual in _own_residuals(d, dtype):
+                rows_of = [None if t is None else t[r0:r1] for t in out[:3]]
+                target = Targets(rows_of[0], rows_of[1], rows_of[2], None, None)
                 add_own_grads(*residual, on, d_q[r0:r1], target)
 
 
