@@ -79,6 +79,7 @@ class Saved(NamedTuple):
     factors: Sides | None = None  # the one chunk's
     blocks: bool = False  # the scores were made in several blocks of components
     active: Active | None = None  # the rows the blocks gathered (several blocks)
+    dense: list[bool] | None = None  # per chunk of positions: every pair active (one block)
 
 
 class Blocks(Protocol):
@@ -125,6 +126,16 @@ def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
     m, s, e = d.queries.shape
     per_position = (m + d.clean.shape[0]) * max(e, 1) * torch.finfo(dtype).bits // 8
     return ranges(s, max(1, CHUNK_BYTES // max(per_position, 1))) or [(0, s)]
+
+
+def _dense(d: Direction, chunks: list[tuple[int, int]]) -> list[bool]:
+    """Per chunk of positions, whether every query and every component of ``d`` is active at
+    all of its positions (there the factors replace nothing: two passes fewer per masked
+    input). Found where there are several chunks (2 operations and a host read)."""
+    if len(chunks) == 1 or not d.a.shape[0] or not d.b.shape[0]:
+        return [False] * len(chunks)
+    full = torch.cat([d.a, d.b]).all(0).tolist()
+    return [all(full[start:stop]) for start, stop in chunks]
 
 
 def _row_chunks(d: Direction, dtype: torch.dtype, count: int) -> list[tuple[int, int]]:
@@ -206,8 +217,9 @@ class TorchBlocks:
         total: Sums | None = None
         frames = []
         chunks = _positions(d, dtype)
-        for start, stop in chunks:
-            s = make.sides(*d.positions(start, stop), dtype, check=check)
+        dense = _dense(d, chunks)
+        for (start, stop), full in zip(chunks, dense, strict=True):
+            s = make.sides(*d.positions(start, stop), dtype, check=check, dense=full)
             total = add_sums(total, pair_sums(s, check=check, constants=with_statistics))
             frames.append(s.frame)
         assert total is not None
@@ -223,7 +235,8 @@ class TorchBlocks:
         joined = (
             frames[0] if len(frames) == 1 else Frame(*map(torch.cat, zip(*frames, strict=True)))
         )
-        return Result(lse, count, stats, excess), Saved(joined, softmax_weights, kept)
+        saved = Saved(joined, softmax_weights, kept, dense=dense)
+        return Result(lse, count, stats, excess), saved
 
     def _stream(
         self, d: Direction, dtype: torch.dtype, budget: int, make: Makers, *, check: bool,
@@ -294,15 +307,16 @@ class TorchBlocks:
             finite = finite_log_sum_exp(log_sum_exp)
             self._stream_backward(d, saved, (finite, grad), budget, dtype, make, out)
             return
-        assert saved.scores is not None
+        assert saved.scores is not None and saved.dense is not None
         weights = saved.scores * grad.unsqueeze(-1)  # the softmax weights times the gradient
-        for start, stop in _positions(d, dtype):
+        for (start, stop), full in zip(_positions(d, dtype), saved.dense, strict=True):
             s = saved.factors
             if s is None:
                 f = saved.frame.positions(start, stop)
                 s = make.sides(
-                    *d.positions(start, stop), dtype, check=False, values=False, frame_=f
-                )
+                    *d.positions(start, stop), dtype, check=False, values=False, frame_=f,
+                    dense=full,
+                )  # fmt: skip
             add_grads(s, _factor_grads(s, weights), out.positions(start, stop))
 
     def _stream_backward(

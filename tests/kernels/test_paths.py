@@ -52,6 +52,11 @@ def _masks(rows: int, n: int, s: int, pattern: str, seed: int):
     if pattern == "none":
         return torch.ones(rows, s, dtype=torch.bool), torch.ones(n, s, dtype=torch.bool)
     g = torch.Generator().manual_seed(seed)
+    if pattern == "padded":  # sequences of 2 to S positions: the first two active everywhere
+        lengths = torch.randint(2, s + 1, (rows + n,), generator=g)
+        lengths[0] = 2
+        mask = torch.arange(s) < lengths.unsqueeze(1)
+        return mask[:rows], mask[rows:]
     query_mask = torch.rand(rows, s, generator=g) < 0.6
     component_mask = torch.rand(n, s, generator=g) < 0.6
     query_mask[0] = False  # a query without positions
@@ -156,6 +161,32 @@ def test_factors_kept_only_for_one_chunk(chunk_bytes, monkeypatch) -> None:
         assert saved.factors.queries.y.shape == (d.queries.shape[0], d.queries[0].numel())
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize(("with_own", "symmetric", "extra"), [(True, True, 0), (False, False, 3)])
+def test_dense_chunks_equal_direct_float64(compiled, with_own, symmetric, extra, monkeypatch):
+    """Sequences padded at their ends, a position per chunk: the chunks where every query and
+    component is active skip the masks (two passes fewer per input), the others replace the
+    padding. Values equal the direct float64 evaluation, gradients autograd through it."""
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 1)
+    tensors, masks, directions = _problem(
+        "sequence", with_own, symmetric, "padded", extra, size=(8, 5, 4)
+    )
+    dense = []
+    for d in streaming.directions((*tensors, *masks), tuple(directions), with_own):
+        dense += streaming._dense(d, streaming._positions(d, torch.float64))
+    assert any(dense) and not all(dense)  # both kinds of chunk in the call
+    options = KernelOptions(kernel="streaming", compiled_factors=compiled)
+    (lse, *_), grads = _run(tensors, masks, directions, with_own, options)
+    expected = _naive(tensors, masks, directions, with_own)
+    torch.testing.assert_close(lse, expected.detach())
+    weights = torch.linspace(0.5, 1.5, expected.shape[0], dtype=expected.dtype)
+    total = torch.where(torch.isfinite(expected), expected, 0.0) @ weights
+    for grad, want, t in zip(
+        grads, torch.autograd.grad(total, tensors, allow_unused=True), tensors, strict=True
+    ):
+        torch.testing.assert_close(grad, torch.zeros_like(t) if want is None else want)
+
+
 @pytest.mark.parametrize("budget", [1, 2**30])
 @pytest.mark.parametrize(
     ("granularity", "with_own"), [("sequence", True), ("sequence", False), ("token", True)]
@@ -202,19 +233,23 @@ def test_compiled_factors_fall_back_to_eager_with_one_warning() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kernel", "granularity", "with_own", "budget"),
+    ("kernel", "granularity", "with_own", "budget", "pattern"),
     [
-        pytest.param("reference", "sequence", True, 500, marks=pytest.mark.slow),
-        pytest.param("reference", "token", False, 500, marks=pytest.mark.slow),
-        pytest.param("streaming", "sequence", True, 500, marks=pytest.mark.slow),
-        pytest.param("streaming", "sequence", True, 2**30, marks=pytest.mark.slow),
-        pytest.param("streaming", "token", True, 9000, marks=pytest.mark.slow),
+        pytest.param("reference", "sequence", True, 500, "random", marks=pytest.mark.slow),
+        pytest.param("reference", "token", False, 500, "random", marks=pytest.mark.slow),
+        pytest.param("streaming", "sequence", True, 500, "random", marks=pytest.mark.slow),
+        pytest.param("streaming", "sequence", True, 2**30, "random", marks=pytest.mark.slow),
+        pytest.param("streaming", "sequence", True, 2**30, "padded", marks=pytest.mark.slow),
+        pytest.param("streaming", "token", True, 9000, "random", marks=pytest.mark.slow),
     ],
 )
-def test_gradcheck_and_gradgradcheck(kernel, granularity, with_own, budget, monkeypatch) -> None:
-    """Several blocks of components (``budget=500``), or one block with one position per chunk."""
+def test_gradcheck_and_gradgradcheck(
+    kernel, granularity, with_own, budget, pattern, monkeypatch
+) -> None:
+    """Several blocks of components (``budget=500``), or one block with one position per chunk
+    (``padded``: some chunks active for every pair, which skip the masks)."""
     monkeypatch.setattr(streaming, "CHUNK_BYTES", 1)
-    tensors, masks, directions = _problem(granularity, with_own, True, "random", 0)
+    tensors, masks, directions = _problem(granularity, with_own, True, pattern, 0)
     options = KernelOptions(kernel=kernel, max_block_bytes=budget)
     plan = make_plan(directions, with_own=with_own, dtype=torch.float64, options=options)
 

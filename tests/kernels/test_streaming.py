@@ -274,30 +274,39 @@ def test_torch_func_grad_and_jacrev() -> None:
 
 
 @pytest.mark.parametrize(
-    ("block_bytes", "chunk_bytes", "compiled"),
+    ("block_bytes", "chunk_bytes", "compiled", "padded"),
     [
-        (None, streaming.CHUNK_BYTES, False),
-        (256, streaming.CHUNK_BYTES, False),
-        (256, 1, False),
-        (None, 1, True),
-        (256, 1, True),
+        (None, streaming.CHUNK_BYTES, False, False),
+        (256, streaming.CHUNK_BYTES, False, False),
+        (256, 1, False, False),
+        (None, 1, False, True),
+        (None, 1, True, False),
+        (256, 1, True, False),
+        (None, 1, True, True),
     ],
     ids=[
-        "one block", "blocks", "blocks, a row per chunk", "compiled, a position per chunk",
-        "compiled blocks, a row per chunk",
+        "one block", "blocks", "blocks, a row per chunk", "dense chunks",
+        "compiled, a position per chunk", "compiled blocks, a row per chunk",
+        "compiled dense chunks",
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("granularity", ["sequence", "token"])
 @pytest.mark.parametrize("fill", [float("nan"), float("inf"), 0.0, -1.0, 1e30, 1e-30])
 def test_inactive_positions_are_never_read(
-    granularity, fill, block_bytes, chunk_bytes, compiled, monkeypatch
+    granularity, fill, block_bytes, chunk_bytes, compiled, padded, monkeypatch
 ) -> None:
+    """``padded``: sequences padded at their ends, so that some chunks of positions are
+    active for every query and component (and skip the masks) and others are not."""
     monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)
     if chunk_bytes == 1:  # the query rows of the several-block path in chunks too
         monkeypatch.setattr(streaming, "FRESH_BYTES", 1)
     b, s, e = 6, 4, 3
     clean_inputs = _mi_inputs(b, s, e, seed=15)
-    mask = _mask(b, s, seed=16)
+    mask = (
+        torch.arange(s) < torch.tensor([1, 4, 2, 4, 3, 1]).unsqueeze(1)
+        if padded
+        else _mask(b, s, seed=16)
+    )
     inactive = ~mask.unsqueeze(-1)
     dirty_inputs = [torch.where(inactive, fill, t.detach()).requires_grad_() for t in clean_inputs]
     options = KernelOptions(
