@@ -114,6 +114,19 @@ def _naive(tensors, masks, directions, with_own):
     return torch.cat(out)
 
 
+def _assert_equals_naive(lse, grads, tensors, masks, directions, with_own) -> None:
+    """``lse`` equals :func:`_naive`, and ``grads`` (of :func:`_run`'s weighted sum) autograd
+    through it."""
+    expected = _naive(tensors, masks, directions, with_own)
+    torch.testing.assert_close(lse, expected.detach())
+    weights = torch.linspace(0.5, 1.5, expected.shape[0], dtype=expected.dtype)
+    total = torch.where(torch.isfinite(expected), expected, 0.0) @ weights
+    for grad, want, t in zip(
+        grads, torch.autograd.grad(total, tensors, allow_unused=True), tensors, strict=True
+    ):
+        torch.testing.assert_close(grad, torch.zeros_like(t) if want is None else want)
+
+
 @pytest.mark.parametrize(("granularity", "with_own", "symmetric", "pattern", "extra"), MATRIX)
 def test_reference_equals_direct_float64(granularity, with_own, symmetric, pattern, extra) -> None:
     tensors, masks, directions = _problem(granularity, with_own, symmetric, pattern, extra)
@@ -177,14 +190,7 @@ def test_dense_chunks_equal_direct_float64(compiled, with_own, symmetric, extra,
     assert any(dense) and not all(dense)  # both kinds of chunk in the call
     options = KernelOptions(kernel="streaming", compiled_factors=compiled)
     (lse, *_), grads = _run(tensors, masks, directions, with_own, options)
-    expected = _naive(tensors, masks, directions, with_own)
-    torch.testing.assert_close(lse, expected.detach())
-    weights = torch.linspace(0.5, 1.5, expected.shape[0], dtype=expected.dtype)
-    total = torch.where(torch.isfinite(expected), expected, 0.0) @ weights
-    for grad, want, t in zip(
-        grads, torch.autograd.grad(total, tensors, allow_unused=True), tensors, strict=True
-    ):
-        torch.testing.assert_close(grad, torch.zeros_like(t) if want is None else want)
+    _assert_equals_naive(lse, grads, tensors, masks, directions, with_own)
 
 
 @pytest.mark.parametrize("budget", [1, 2**30])
@@ -202,14 +208,7 @@ def test_compiled_factors_equal_direct_float64(granularity, with_own, budget, mo
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # compiled, not the eager fallback
         (lse, *_), grads = _run(tensors, masks, directions, with_own, options)
-    expected = _naive(tensors, masks, directions, with_own)
-    torch.testing.assert_close(lse, expected.detach())
-    weights = torch.linspace(0.5, 1.5, expected.shape[0], dtype=expected.dtype)
-    total = torch.where(torch.isfinite(expected), expected, 0.0) @ weights
-    for grad, want, t in zip(
-        grads, torch.autograd.grad(total, tensors, allow_unused=True), tensors, strict=True
-    ):
-        torch.testing.assert_close(grad, torch.zeros_like(t) if want is None else want)
+    _assert_equals_naive(lse, grads, tensors, masks, directions, with_own)
 
 
 def test_compiled_factors_fall_back_to_eager_with_one_warning() -> None:
