@@ -39,6 +39,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
 PARTS = ("library", "floor")
+# glibc's malloc (mallopt(3)): every request below 4 GiB from the heap, and freed memory kept
+# there up to 16 GiB, so that a call's large tensors reuse the pages of the call before.
+REUSE_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
 
 SMALL_SHAPES = [
     "sequence,16,64,256",
@@ -169,6 +172,13 @@ def _parser() -> argparse.ArgumentParser:
         help="THP_MEM_ALLOC_ENABLE=1 in the subprocesses: PyTorch's CPU allocator asks for "
         "transparent huge pages (fresh large tensors page-fault 512x less often)",
     )
+    parser.add_argument(
+        "--reuse-memory",
+        action="store_true",
+        help="glibc keeps freed memory for reuse in the subprocesses (MALLOC_MMAP_THRESHOLD_ "
+        "and MALLOC_TRIM_THRESHOLD_ of 4 and 16 GiB): a large tensor takes pages already "
+        "touched instead of fresh ones",
+    )
     parser.add_argument("--json", type=Path, help="append every subprocess's result here")
     parser.add_argument(
         "--load", type=Path, nargs="+", help="print the tables of saved results (of --shapes)"
@@ -195,6 +205,8 @@ def _commit(folder: str) -> str:
 def _environment(args: argparse.Namespace) -> dict[str, str]:
     environment = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": str(args.threads)}
     environment["THP_MEM_ALLOC_ENABLE"] = "1" if args.huge_pages else "0"
+    if args.reuse_memory:
+        environment.update(REUSE_MEMORY)
     return environment
 
 
@@ -202,7 +214,7 @@ def _record(args: argparse.Namespace, name: str, folder: str, shape: str) -> dic
     return {
         "checkout": name, "commit": _commit(folder), "shape": shape,
         "load": round(os.getloadavg()[0], 2), "threads": args.threads,
-        "huge_pages": args.huge_pages,
+        "huge_pages": args.huge_pages, "reuse_memory": args.reuse_memory,
     }  # fmt: skip
 
 
@@ -295,6 +307,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         records = [r for shape in args.shapes for r in saved if r["shape"] == shape]
     elif args.checkouts:
         pages = "huge pages" if args.huge_pages else "4 KiB pages"
+        pages += ", freed memory reused" if args.reuse_memory else ""
         print(f"load average at start {os.getloadavg()[0]:.2f}; {pages}", flush=True)
         records = run(args)
         print(f"load average at end {os.getloadavg()[0]:.2f}\n")

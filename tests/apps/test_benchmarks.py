@@ -6,6 +6,7 @@ import ast
 import csv
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -246,6 +247,14 @@ def test_versions_measures_two_checkouts_in_subprocesses_and_reloads(tmp_path: P
     assert only_tokens == records[4:]
 
 
+def test_versions_reuse_memory_sets_glibc_thresholds() -> None:
+    plain = bench_versions._environment(bench_versions._parser().parse_args([]))
+    reuse = bench_versions._environment(bench_versions._parser().parse_args(["--reuse-memory"]))
+    assert plain.get("MALLOC_MMAP_THRESHOLD_") == os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    assert reuse["MALLOC_MMAP_THRESHOLD_"] == str(4 << 30)
+    assert reuse["MALLOC_TRIM_THRESHOLD_"] == str(16 << 30)
+
+
 @pytest.mark.slow
 def test_versions_interleaves_the_calls_of_live_processes(tmp_path: Path) -> None:
     """``--interleave``: one process per checkout, three calls each of the library and of the
@@ -261,6 +270,7 @@ def test_versions_interleaves_the_calls_of_live_processes(tmp_path: Path) -> Non
             *shapes,
             "--interleave",
             "3",
+            "--reuse-memory",
             "--json",
             str(saved),
         ]
@@ -269,7 +279,7 @@ def test_versions_interleaves_the_calls_of_live_processes(tmp_path: Path) -> Non
         (shape, name) for shape in ("sequence,4,8,16", "token,4,8,16,1") for name in "ab"
     ]
     for record in records:
-        assert record["interleaved"] == 3 and record["peak_mib"] > 0
+        assert record["interleaved"] == 3 and record["peak_mib"] > 0 and record["reuse_memory"]
         for part in ("library", "floor"):
             times = record[part]["raw_times"]
             assert len(times) == 3 and min(times) > 0
