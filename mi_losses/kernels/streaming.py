@@ -153,8 +153,8 @@ def _queries(
     check: bool, values: bool,
 ) -> Queries:  # fmt: skip
     """The factors of the queries ``rows`` of ``d`` (all of them for ``None``), without their
-    residuals, made a chunk of rows at a time (:func:`_row_chunks`) by ``make``: only the factors are
-    whole ``(m, S E)`` tensors. The own term is made for all rows and gathered."""
+    residuals, made a chunk of rows at a time (:func:`_row_chunks`) by ``make``: only the
+    factors are whole ``(m, S E)`` tensors. The own term is made for all rows and gathered."""
     count = d.queries.shape[0] if rows is None else rows.shape[0]
     chunks = _row_chunks(d, dtype, count)
     if len(chunks) == 1:
