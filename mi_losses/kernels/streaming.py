@@ -131,8 +131,9 @@ def _positions(d: Direction, dtype: torch.dtype) -> list[tuple[int, int]]:
 def _dense(d: Direction, chunks: list[tuple[int, int]]) -> list[bool]:
     """Per chunk of positions, whether every query and every component of ``d`` is active at
     all of its positions (there the factors replace nothing: two passes fewer per masked
-    input). Found where there are several chunks (2 operations and a host read)."""
-    if len(chunks) == 1 or not d.a.shape[0] or not d.b.shape[0]:
+    input). Found where there are several chunks (2 operations and a host read), not under
+    ``torch.compile`` (no host read there: every chunk masks)."""
+    if len(chunks) == 1 or not d.a.shape[0] or not d.b.shape[0] or torch.compiler.is_compiling():
         return [False] * len(chunks)
     full = torch.cat([d.a, d.b]).all(0).tolist()
     return [all(full[start:stop]) for start, stop in chunks]

@@ -408,3 +408,28 @@ def test_compile_fullgraph_without_validation() -> None:
     ):
         torch.testing.assert_close(got, want)
     torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("granularity", "budget"), [("sequence", 2**28), ("token", 300)])
+def test_compile_fullgraph_with_chunks_and_blocks(granularity, budget, monkeypatch, fresh_dynamo):
+    """``kernel="streaming"`` compiles whole where eager would read the host: several chunks
+    of positions (the dense-chunk flags) and several blocks of components (the active rows).
+    Compiled, every chunk masks and every row takes part; values and gradients are eager's."""
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 1)
+    inputs = _mi_inputs(6, 4, 3, seed=23, dtype=torch.float32)
+    mask = torch.arange(4) < torch.tensor([1, 4, 2, 4, 4, 3]).unsqueeze(1)  # padded ends
+    options = KernelOptions(kernel="streaming", max_block_bytes=budget, accuracy_check=False)
+
+    def fn(*inputs):
+        return mutual_information_sub_batch(
+            inputs[0], inputs[1], mask, inputs[2], inputs[3], granularity=granularity,
+            validate_args=False, kernel=options,
+        )  # fmt: skip
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    value, grads = _value_and_grads(compiled, inputs)
+    expected, expected_grads = _value_and_grads(fn, inputs)
+    torch.testing.assert_close(value, expected)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want)
