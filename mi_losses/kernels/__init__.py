@@ -8,6 +8,8 @@
   (also the distance matrix of ``pairwise_square_mahalanobis_distance``).
 - :mod:`~mi_losses.kernels.streaming`: blocks with a running log-sum-exp, linear memory.
 - :mod:`~mi_losses.kernels.triton`: the same blocks as fused Triton kernels (CUDA).
+- :mod:`~mi_losses.kernels.memory`: temporaries below glibc's fresh-page size on the CPU, the
+  gradient buffers on huge pages.
 - :mod:`~mi_losses.kernels.accuracy`: the float64 fallback around any of them.
 - :mod:`~mi_losses.kernels.dispatch`: which path runs a call (``KernelOptions.kernel``).
 - :mod:`~mi_losses.kernels.vocabulary`: the same factors against a vocabulary table, plus a

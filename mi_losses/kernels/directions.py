@@ -23,21 +23,6 @@ def ranges(total: int, size: int) -> list[tuple[int, int]]:
 ALIGN_ROWS = 16
 
 
-# glibc's malloc serves a request of 32 MiB or more (its largest mmap threshold on 64-bit) with
-# fresh pages, each first touch a page fault: on CPU the matrices of a block stay below it
-# (token B8 S2048 E256 with a 1 GiB budget took 7.0 s with 64 MiB blocks, 4.1 s with them
-# capped, though it then kept its scores).
-FRESH_BYTES = 1 << 25
-
-
-def below_fresh(columns: int, rows: int, itemsize: int, device: torch.device) -> int:
-    """At most ``columns``, and on the CPU few enough that a ``(rows, columns)`` matrix stays
-    below :data:`FRESH_BYTES` (a multiple of :data:`ALIGN_ROWS` when that cuts it)."""
-    if device.type != "cpu" or rows == 0:
-        return columns
-    return aligned(min(columns, max(1, (FRESH_BYTES - 1) // (rows * itemsize))), columns)
-
-
 def aligned(size: int, total: int) -> int:
     """``size`` rows per block of ``total``, rounded down to a multiple of :data:`ALIGN_ROWS`
     when that makes several blocks of more than that many."""

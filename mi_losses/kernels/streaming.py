@@ -30,11 +30,9 @@ from mi_losses.kernels.chain import (
 )
 from mi_losses.kernels.compiled import Makers, makers
 from mi_losses.kernels.directions import (
-    FRESH_BYTES,
     Active,
     Direction,
     Own,
-    below_fresh,
     block_rows,
     directions,
     ranges,
@@ -47,6 +45,7 @@ from mi_losses.kernels.factors import (
     own_residual,
     own_term,
 )
+from mi_losses.kernels.memory import FRESH_BYTES, below_fresh, zeros
 from mi_losses.kernels.reference import Result, graph_grads, reference
 from mi_losses.kernels.scores import (
     Sums,
@@ -111,7 +110,7 @@ def columns(
     scores, sums, masks and weights (up to about sixteen matrices at the forward pass's peak)
     and, with ``factors``, factors (about six of ``S E`` per component, nine when the block's
     inputs are gathered) fit the budget; on CPU each matrix stays below
-    :data:`~mi_losses.kernels.directions.FRESH_BYTES`."""
+    :data:`~mi_losses.kernels.memory.FRESH_BYTES`."""
     m, n = active.sizes(d) if active is not None else (d.queries.shape[0], d.clean.shape[0])
     itemsize = torch.finfo(dtype).bits // 8
     gathered = active is not None and active.components is not None
@@ -141,7 +140,7 @@ def _dense(d: Direction, chunks: list[tuple[int, int]]) -> list[bool]:
 
 def _row_chunks(d: Direction, dtype: torch.dtype, count: int) -> list[tuple[int, int]]:
     """Chunks of ``count`` query rows: one while their ``(count, S, E)`` temporaries stay below
-    :data:`~mi_losses.kernels.directions.FRESH_BYTES` (the allocator reuses that memory), else
+    :data:`~mi_losses.kernels.memory.FRESH_BYTES` (the allocator reuses that memory), else
     :data:`CHUNK_BYTES` of rows each (fresh tensors of tens of MiB page-fault at every call)."""
     row = math.prod(d.queries.shape[1:]) * dtype.itemsize
     if count * row < FRESH_BYTES:
@@ -455,7 +454,7 @@ class StreamingLogSumExp(torch.autograd.Function):
         grad = grad.masked_fill(num_valid == 0, 0.0)  # logsumexp -inf: no gradient
 
         def buffer(like: torch.Tensor, need: bool) -> torch.Tensor | None:
-            return torch.zeros(like.shape, dtype=plan.dtype, device=like.device) if need else None
+            return zeros(like.shape, plan.dtype, like.device) if need else None
 
         queries = buffer(inputs[0], needs[0])
         centres = buffer(inputs[1], needs[1] or needs[2])  # d mu = d x: one buffer

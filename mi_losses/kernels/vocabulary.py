@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 
 from mi_losses.kernels.chain import Targets, add_component_grads, add_query_grads
-from mi_losses.kernels.directions import below_fresh, ranges
+from mi_losses.kernels.directions import ranges
 from mi_losses.kernels.factors import (
     HALF_LOG_TWO_PI,
     Components,
@@ -27,6 +27,7 @@ from mi_losses.kernels.factors import (
     component_factors,
     query_factors,
 )
+from mi_losses.kernels.memory import below_fresh
 from mi_losses.kernels.reference import graph_grads
 from mi_losses.kernels.scores import exp_normal
 
@@ -72,7 +73,7 @@ def rows(vocabulary: Vocabulary, start: int, stop: int, f: Frame) -> Components:
 
 def chunks(queries: torch.Tensor, vocabulary: Vocabulary, size: int) -> list[tuple[int, int]]:
     """Ranges of at most ``size`` vocabulary rows; on the CPU their ``(N, C)`` scores stay
-    below :data:`~mi_losses.kernels.directions.FRESH_BYTES` (fresh pages at every chunk)."""
+    below :data:`~mi_losses.kernels.memory.FRESH_BYTES` (fresh pages at every chunk)."""
     size = below_fresh(size, queries.shape[0], queries.element_size(), queries.device)
     return ranges(vocabulary.table.shape[0], size)
 

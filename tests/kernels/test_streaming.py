@@ -4,6 +4,7 @@ inactive positions never read, empty axes, ``torch.compile(fullgraph=True)``."""
 from __future__ import annotations
 
 import itertools
+import mmap
 
 import pytest
 import torch
@@ -16,8 +17,9 @@ from mi_losses.functional import (
     pairwise_square_mahalanobis_distance,
     square_mahalanobis_distance,
 )
-from mi_losses.kernels import streaming
-from mi_losses.kernels.directions import ALIGN_ROWS, FRESH_BYTES, Direction, block_rows
+from mi_losses.kernels import memory, streaming
+from mi_losses.kernels.directions import ALIGN_ROWS, Direction, block_rows
+from mi_losses.kernels.memory import FRESH_BYTES, HUGE_PAGE_BYTES, zeros
 from mi_losses.kernels.streaming import columns
 from mi_losses.kernels.vocabulary import Vocabulary, chunks
 from mi_losses.options import KernelOptions
@@ -80,6 +82,70 @@ def test_component_blocks_stay_below_fresh_pages_on_cpu(queries: int) -> None:
     assert all(queries * (stop - start) * 4 < FRESH_BYTES for start, stop in blocks)
     if queries == 8192:
         assert len(blocks) > 1
+
+
+class _Madvise:
+    """A stand-in for libc that records ``madvise(start, length, advice)``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+
+    def madvise(self, start, length, advice) -> int:  # type: ignore[no-untyped-def]
+        self.calls.append((start.value, length.value, advice))
+        return 0
+
+
+huge_pages = pytest.mark.skipif(
+    not hasattr(mmap, "MADV_HUGEPAGE"), reason="madvise(MADV_HUGEPAGE) is Linux only"
+)
+
+
+@huge_pages
+@pytest.mark.parametrize(
+    "size", [FRESH_BYTES - 4, FRESH_BYTES, FRESH_BYTES + 3 * HUGE_PAGE_BYTES + 12]
+)
+def test_fresh_zeros_ask_for_huge_pages_within_themselves(size: int, monkeypatch) -> None:
+    """Tensors of ``FRESH_BYTES`` or more are advised to huge pages on their whole 2 MiB pages
+    (never past their own bytes), smaller ones not; either way they hold zeros."""
+    libc = _Madvise()
+    monkeypatch.setattr(memory, "_LIBC", [libc])
+    t = zeros((size // 4,), torch.float32, torch.device("cpu"))
+    assert torch.count_nonzero(t) == 0 and t.dtype == torch.float32
+    if size < FRESH_BYTES:
+        assert libc.calls == []
+        return
+    ((start, length, advice),) = libc.calls
+    assert advice == mmap.MADV_HUGEPAGE
+    assert start % HUGE_PAGE_BYTES == 0 and length % HUGE_PAGE_BYTES == 0 and length > 0
+    assert t.data_ptr() <= start and start + length <= t.data_ptr() + size
+    assert t.data_ptr() + size - (start + length) < HUGE_PAGE_BYTES  # every whole page
+
+
+@huge_pages
+def test_gradient_buffers_ask_for_huge_pages(monkeypatch) -> None:
+    """The streaming backward pass takes its three gradient buffers from :func:`zeros`: with
+    every buffer advised (``FRESH_BYTES`` lowered), the gradients are those of ``torch.zeros``
+    buffers."""
+    monkeypatch.setattr(memory, "FRESH_BYTES", 1)
+    inputs = _mi_inputs(4, 8, 20_000, seed=21)  # 1.3 MiB per float64 half: one whole page each
+    mask = _mask(4, 8, seed=22)
+
+    def fn(*inputs):
+        return mutual_information_sub_batch(
+            inputs[0], inputs[1], mask, inputs[2], inputs[3], kernel="streaming"
+        )
+
+    libc = _Madvise()
+    monkeypatch.setattr(memory, "_LIBC", [libc])
+    value, grads = _value_and_grads(fn, inputs)
+    assert len(libc.calls) == 3  # queries, centres (x and mu), stds
+    plain = lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
+    monkeypatch.setattr(streaming, "zeros", plain)
+    expected_value, expected = _value_and_grads(fn, inputs)
+    assert len(libc.calls) == 3
+    assert torch.equal(value, expected_value)
+    for grad, want in zip(grads, expected, strict=True):
+        assert torch.equal(grad, want)
 
 
 @pytest.mark.parametrize(("queries", "size"), [(4096, 4096), (2048, 4096), (100, 5000), (0, 7)])
