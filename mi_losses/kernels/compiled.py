@@ -35,9 +35,17 @@ class Makers(NamedTuple):
 EAGER = Makers(factors.sides, factors.query_factors, factors.component_factors)
 
 
+# Graphs per maker: dynamo compiles one for every combination of the makers' flags (``check``,
+# ``values``, ``dense``, a frame given) and shape family (sizes that happen to be equal are
+# guarded as equal), and past its default limit of 8 it runs the function eagerly, with a log
+# line only: two sequence shapes in one process reached it.
+RECOMPILE_LIMIT = 64
+
+
 def compiled(function: F, backend: str | Callable[..., Any] = "inductor") -> F:
-    """``function`` compiled by ``backend`` with dynamic shapes where no graph is being built;
-    the eager ``function`` (with a warning, once) where compilation fails."""
+    """``function`` compiled by ``backend`` with dynamic shapes where no graph is being built
+    (up to :data:`RECOMPILE_LIMIT` graphs); the eager ``function`` (with a warning, once) where
+    compilation fails."""
     graph = torch.compile(function, dynamic=True, backend=backend)
     failed = False
 
@@ -47,7 +55,8 @@ def compiled(function: F, backend: str | Callable[..., Any] = "inductor") -> F:
         if failed or torch.is_grad_enabled():
             return function(*args, **kwargs)
         try:
-            return graph(*args, **kwargs)
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return graph(*args, **kwargs)
         except torch._dynamo.exc.BackendCompilerFailed as error:
             failed = True
             warnings.warn(

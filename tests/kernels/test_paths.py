@@ -231,6 +231,28 @@ def test_compiled_factors_fall_back_to_eager_with_one_warning() -> None:
             torch.testing.assert_close(run(t), scaled(t))
 
 
+def test_compiled_factors_compile_past_dynamo_default_limit() -> None:
+    """Every combination of a maker's flags is a graph of its own; past dynamo's default limit
+    of 8 graphs per function it would run eagerly (two sequence shapes reached it)."""
+    graphs = []
+
+    def counting(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    def flagged(t: torch.Tensor, *, a: bool, b: bool, c: bool, d: bool) -> torch.Tensor:
+        return t * (1.0 + a) + (2.0 + b) * (3.0 + c) - float(d)
+
+    run = compiled(flagged, backend=counting)
+    t = torch.arange(5.0)
+    with torch.no_grad():
+        for flags in itertools.product([False, True], repeat=4):
+            kwargs = dict(zip("abcd", flags, strict=True))
+            torch.testing.assert_close(run(t, **kwargs), flagged(t, **kwargs))
+    assert len(graphs) == 16
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize(
     ("kernel", "granularity", "with_own", "budget", "pattern"),
     [
