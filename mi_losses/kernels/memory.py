@@ -3,7 +3,7 @@
 glibc's malloc serves a request of :data:`FRESH_BYTES` or more (its largest mmap threshold on
 64-bit) with fresh pages, and each first touch of a 4 KiB page is a page fault. The paths keep
 their temporaries below that size (:func:`below_fresh`), where the allocator reuses memory; the
-input gradients they return are whole tensors, allocated by :func:`zeros`."""
+input gradients they return are whole tensors, allocated by :func:`zeros` on huge pages."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from mi_losses.kernels.directions import aligned
 FRESH_BYTES = 1 << 25
 
 HUGE_PAGE_BYTES = 1 << 21
+# A tensor this large holds at least one whole 2 MiB page, wherever it starts.
+ADVISED_BYTES = 2 * HUGE_PAGE_BYTES
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)  # Linux only
 _LIBC: list[Any] = []  # loaded at the first advice
 
@@ -35,15 +37,18 @@ def below_fresh(columns: int, rows: int, itemsize: int, device: torch.device) ->
 
 
 def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``torch.zeros(shape)``. On a Linux CPU a tensor of :data:`FRESH_BYTES` or more is first
-    advised to transparent huge pages (``madvise(MADV_HUGEPAGE)`` on the whole 2 MiB pages
-    inside it), so that zeroing it takes a page fault per 2 MiB instead of one per 4 KiB: the
-    three 64 MiB gradients of sequence B32 S512 E1024 took 66 ms of faults per call. The advice
-    is a hint; where the system does not take it (``transparent_hugepage`` set to ``never``),
-    the pages are ordinary ones."""
+    """``torch.zeros(shape)``. On a Linux CPU a tensor of :data:`ADVISED_BYTES` or more is
+    first advised to transparent huge pages (``madvise(MADV_HUGEPAGE)`` on the whole 2 MiB
+    pages inside it), so that zeroing fresh pages takes a page fault per 2 MiB instead of one
+    per 4 KiB: the three 64 MiB gradients of sequence B32 S512 E1024 took 66 ms of faults per
+    call. Below :data:`FRESH_BYTES` glibc serves a request from fresh pages or from memory the
+    process already touched, depending on what it freed before (sequence B64 S128 E768's
+    24 MiB gradients took 11,500 faults per call in one process and 2,200 in another); advised,
+    neither faults much. The advice is a hint; where the system does not take it
+    (``transparent_hugepage`` set to ``never``), the pages are ordinary ones."""
     size = math.prod(shape) * dtype.itemsize
     if (
-        device.type != "cpu" or size < FRESH_BYTES or _MADV_HUGEPAGE is None
+        device.type != "cpu" or size < ADVISED_BYTES or _MADV_HUGEPAGE is None
         or torch.compiler.is_compiling()  # no addresses while tracing
     ):  # fmt: skip
         return torch.zeros(shape, dtype=dtype, device=device)

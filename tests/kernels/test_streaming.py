@@ -19,7 +19,7 @@ from mi_losses.functional import (
 )
 from mi_losses.kernels import memory, streaming
 from mi_losses.kernels.directions import ALIGN_ROWS, Direction, block_rows
-from mi_losses.kernels.memory import FRESH_BYTES, HUGE_PAGE_BYTES, zeros
+from mi_losses.kernels.memory import ADVISED_BYTES, FRESH_BYTES, HUGE_PAGE_BYTES, zeros
 from mi_losses.kernels.streaming import columns
 from mi_losses.kernels.vocabulary import Vocabulary, chunks
 from mi_losses.options import KernelOptions
@@ -102,16 +102,16 @@ huge_pages = pytest.mark.skipif(
 
 @huge_pages
 @pytest.mark.parametrize(
-    "size", [FRESH_BYTES - 4, FRESH_BYTES, FRESH_BYTES + 3 * HUGE_PAGE_BYTES + 12]
+    "size", [ADVISED_BYTES - 4, ADVISED_BYTES, ADVISED_BYTES + 12, 3 * HUGE_PAGE_BYTES + 12]
 )
-def test_fresh_zeros_ask_for_huge_pages_within_themselves(size: int, monkeypatch) -> None:
-    """Tensors of ``FRESH_BYTES`` or more are advised to huge pages on their whole 2 MiB pages
-    (never past their own bytes), smaller ones not; either way they hold zeros."""
+def test_zeros_ask_for_huge_pages_within_themselves(size: int, monkeypatch) -> None:
+    """Tensors of ``ADVISED_BYTES`` (two huge pages) or more are advised to huge pages on their
+    whole 2 MiB pages (never past their own bytes), smaller ones not; all hold zeros."""
     libc = _Madvise()
     monkeypatch.setattr(memory, "_LIBC", [libc])
     t = zeros((size // 4,), torch.float32, torch.device("cpu"))
     assert torch.count_nonzero(t) == 0 and t.dtype == torch.float32
-    if size < FRESH_BYTES:
+    if size < ADVISED_BYTES:
         assert libc.calls == []
         return
     ((start, length, advice),) = libc.calls
@@ -123,11 +123,9 @@ def test_fresh_zeros_ask_for_huge_pages_within_themselves(size: int, monkeypatch
 
 @huge_pages
 def test_gradient_buffers_ask_for_huge_pages(monkeypatch) -> None:
-    """The streaming backward pass takes its three gradient buffers from :func:`zeros`: with
-    every buffer advised (``FRESH_BYTES`` lowered), the gradients are those of ``torch.zeros``
-    buffers."""
-    monkeypatch.setattr(memory, "FRESH_BYTES", 1)
-    inputs = _mi_inputs(4, 8, 20_000, seed=21)  # 1.3 MiB per float64 half: one whole page each
+    """The streaming backward pass takes its three gradient buffers from :func:`zeros`: every
+    one advised, the gradients are those of ``torch.zeros`` buffers."""
+    inputs = _mi_inputs(4, 8, 20_000, seed=21)  # 5 MiB per float64 input: two whole pages
     mask = _mask(4, 8, seed=22)
 
     def fn(*inputs):
